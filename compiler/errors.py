@@ -1,0 +1,33 @@
+"""The exceptions a user of jaxlite can see; each message says what to do about it."""
+
+
+class JaxliteError(Exception):
+    """Base class of every jaxlite error."""
+
+
+class UnsupportedPrimitiveError(JaxliteError):
+    """The traced function uses a jax primitive jaxlite has no op for."""
+
+    def __init__(self, primitive: str, where: str, detail: str = ""):
+        self.primitive = primitive
+        self.where = where
+        msg = f"jaxlite cannot convert primitive '{primitive}' (at {where})"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+
+
+class ModelFormatError(JaxliteError):
+    """A .jlite file (or IR text) is damaged, from another format version, or malformed."""
+
+
+class SignatureError(JaxliteError, TypeError):
+    """A compiled model was called with arguments that do not match its signature."""
+
+
+class DeviceError(JaxliteError, RuntimeError):
+    """The requested device is unknown or not present on this machine."""
+
+
+class ConversionError(JaxliteError, ValueError):
+    """convert() was given something it cannot trace (bad arguments, bad options)."""

@@ -1,0 +1,157 @@
+"""The ``.jlite`` model file: one uncompressed zip holding
+
+* ``manifest.json`` -- format name and version, jaxlite version, signature, weight table;
+* ``model.mlir``    -- the IR as text (parseable by xDSL with jaxlite's dialects);
+* ``weights/N.npy`` -- one ``.npy`` per weight (no pickle: object dtypes are refused).
+
+Weights are stored uncompressed, so loading maps them straight from the file (np.memmap)
+instead of reading them into memory. Saving writes a temporary file and renames it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from jaxlite.compiler.errors import ModelFormatError
+from jaxlite.compiler.weights import WeightStore
+
+FORMAT_NAME = "jaxlite"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+IR_MEMBER = "model.mlir"
+MAX_TEXT_MEMBER = 256 * 1024 * 1024  # manifest / IR text larger than this is refused
+_LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header (30 bytes)
+
+
+def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightStore) -> None:
+    path = Path(path)
+    table = {}
+    members = []
+    for i, (name, array) in enumerate(weights.arrays.items()):
+        member = f"weights/{i}.npy"
+        table[name] = {"member": member, "dtype": array.dtype.name, "shape": list(array.shape)}
+        members.append((member, array))
+    manifest = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights": table}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
+            zf.writestr(IR_MEMBER, ir_text)
+            for member, array in members:
+                with zf.open(member, "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _safe_member(name: str) -> bool:
+    p = Path(name)
+    return not (name.startswith(("/", "\\")) or ".." in p.parts or ":" in name or "\\" in name)
+
+
+def _read_text(zf: zipfile.ZipFile, member: str, source: str) -> str:
+    try:
+        info = zf.getinfo(member)
+    except KeyError:
+        raise ModelFormatError(f"{source}: missing member {member!r}") from None
+    if info.file_size > MAX_TEXT_MEMBER:
+        raise ModelFormatError(f"{source}: member {member!r} declares an absurd size ({info.file_size} bytes)")
+    try:
+        return zf.read(member).decode("utf-8")
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ModelFormatError(f"{source}: member {member!r} is damaged or truncated ({e})") from None
+    except UnicodeDecodeError:
+        raise ModelFormatError(f"{source}: member {member!r} is not UTF-8 text") from None
+
+
+def _map_weight(path: Path, fh, info: zipfile.ZipInfo, file_size: int, source: str) -> np.ndarray:
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ModelFormatError(f"{source}: weight member {info.filename!r} is compressed (jaxlite writes them stored)")
+    fh.seek(info.header_offset)
+    header = fh.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise ModelFormatError(f"{source}: bad local header for {info.filename!r} (truncated file?)")
+    fields = _LOCAL_HEADER.unpack(header)
+    data_start = info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]
+    if data_start + info.file_size > file_size:
+        raise ModelFormatError(f"{source}: weight member {info.filename!r} runs past the end of the file (truncated)")
+    fh.seek(data_start)
+    try:
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(fh, max_header_size=10000)
+    except (ValueError, SyntaxError, EOFError) as e:
+        raise ModelFormatError(f"{source}: weight member {info.filename!r} is not a valid .npy array ({e})") from None
+    if dtype.hasobject:
+        raise ModelFormatError(f"{source}: weight member {info.filename!r} holds Python objects (refused: no pickle)")
+    offset = fh.tell()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset - data_start + nbytes != info.file_size:
+        raise ModelFormatError(f"{source}: weight member {info.filename!r} size does not match its header")
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
+                     order="F" if fortran else "C")
+
+
+def load(path: str | os.PathLike) -> tuple[dict, str, WeightStore]:
+    """Read and check a model file: (manifest, IR text, weights). Raises ModelFormatError."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{source}: no such file")
+    file_size = path.stat().st_size
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ModelFormatError(f"{source}: not a jaxlite model file (not a zip archive, or truncated)") from None
+    except OSError as e:
+        raise ModelFormatError(f"{source}: cannot be read ({e})") from None
+    with zf:
+        for info in zf.infolist():
+            if not _safe_member(info.filename):
+                raise ModelFormatError(f"{source}: member path {info.filename!r} escapes the archive")
+            if info.header_offset + info.compress_size > file_size or info.file_size > (1 << 40):
+                raise ModelFormatError(f"{source}: member {info.filename!r} declares an absurd size (truncated or forged file)")
+        try:
+            manifest = json.loads(_read_text(zf, MANIFEST, source))
+        except json.JSONDecodeError as e:
+            raise ModelFormatError(f"{source}: manifest.json is not valid JSON ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+            raise ModelFormatError(f"{source}: manifest.json does not describe a jaxlite model")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelFormatError(f"{source}: unknown format version {version!r} "
+                                   f"(this jaxlite reads version {FORMAT_VERSION})")
+        ir_text = _read_text(zf, IR_MEMBER, source)
+        table = manifest.get("weights")
+        if not isinstance(table, dict):
+            raise ModelFormatError(f"{source}: manifest.json has no weight table")
+        store = WeightStore()
+        with open(path, "rb") as fh:
+            for name, entry in table.items():
+                try:
+                    member, dtype, shape = entry["member"], entry["dtype"], tuple(entry["shape"])
+                except (KeyError, TypeError):
+                    raise ModelFormatError(f"{source}: malformed weight table entry for {name!r}") from None
+                try:
+                    info = zf.getinfo(member)
+                except KeyError:
+                    raise ModelFormatError(f"{source}: weight {name!r}: missing member {member!r}") from None
+                array = _map_weight(path, fh, info, file_size, source)
+                if array.dtype.name != dtype or array.shape != shape:
+                    raise ModelFormatError(f"{source}: weight {name!r} is {array.dtype.name}{list(array.shape)}, "
+                                           f"manifest says {dtype}{list(shape)}")
+                store.arrays[name] = array
+    return manifest, ir_text, store

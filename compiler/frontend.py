@@ -1,0 +1,279 @@
+"""jaxpr -> jlax IR: trace a JAX function and build one IR op per primitive, in memory.
+
+Calls (jit, closed_call, custom_jvp/vjp, remat) are inlined; cond/while/scan become ops
+with regions. Closed-over arrays become WeightStore entries named after the user's
+variables where they can be found (``params.Dense_0.kernel``); small anonymous constants
+and literals are inlined as ``jlax.constant``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+from jax._src import source_info_util
+from jax.extend import core as jex_core
+from xdsl.dialects import func
+from xdsl.dialects.builtin import FunctionType, ModuleOp
+from xdsl.ir import Block, Region, SSAValue
+
+from jaxlite.compiler.errors import ConversionError, UnsupportedPrimitiveError
+from jaxlite.compiler.signature import Signature, TensorSpec, TreeSpec, key_str
+from jaxlite.compiler.weights import WeightStore
+from jaxlite.dialects import jlax
+from jaxlite.dialects.params import UnencodableParam
+from jaxlite.dialects.types import is_supported_dtype, tensor_type
+
+# Anonymous constants up to this many elements are inlined; larger ones become weights.
+INLINE_CONSTANT_LIMIT = 64
+
+_CALL_PRIMITIVES = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
+                    "custom_vjp_call", "custom_vjp_call_jaxpr", "checkpoint", "remat",
+                    "remat2", "custom_lin"}
+
+
+@dataclass
+class Traced:
+    module: ModuleOp
+    weights: WeightStore
+    signature: Signature
+    jaxpr: Any  # the ClosedJaxpr, for statistics and debugging
+
+
+def _where(eqn) -> str:
+    try:
+        return source_info_util.summarize(eqn.source_info)
+    except Exception:
+        return "unknown location"
+
+
+def _aval_type(aval, eqn=None, what="value"):
+    dtype = getattr(aval, "dtype", None)
+    if dtype is None or not is_supported_dtype(dtype):
+        name = eqn.primitive.name if eqn is not None else "input"
+        where = _where(eqn) if eqn is not None else "the function's inputs"
+        raise UnsupportedPrimitiveError(name, where, f"{what} of type {aval} is not supported "
+                                        "(jaxlite handles bool, int, uint and float tensors)")
+    return tensor_type(aval.shape, dtype)
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, jax.Array | np.ndarray)
+
+
+def closure_names(fn: Callable) -> dict[int, str]:
+    """id(array) -> readable path, for arrays reachable from ``fn``'s closure and globals."""
+    roots: list[tuple[str, Any]] = []
+    seen_fns: set[int] = set()
+
+    def visit_fn(f, depth=0):
+        if depth > 4 or id(f) in seen_fns:
+            return
+        seen_fns.add(id(f))
+        if isinstance(f, functools.partial):
+            roots.extend((f"arg{i}", a) for i, a in enumerate(f.args))
+            roots.extend(f.keywords.items())
+            visit_fn(f.func, depth + 1)
+            return
+        if inspect.ismethod(f):
+            roots.append(("self", f.__self__))
+            f = f.__func__
+        code = getattr(f, "__code__", None)
+        if code is None:
+            return
+        for name, cell in zip(code.co_freevars, getattr(f, "__closure__", None) or (), strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                continue
+            if callable(value) and not hasattr(value, "shape"):
+                visit_fn(value, depth + 1)
+            else:
+                roots.append((name, value))
+        globs = getattr(f, "__globals__", {})
+        for name in code.co_names:
+            if name in globs and not inspect.ismodule(globs[name]) and not callable(globs[name]):
+                roots.append((name, globs[name]))
+
+    visit_fn(fn)
+    names: dict[int, str] = {}
+    for root, value in roots:
+        try:
+            leaves = jax.tree_util.tree_flatten_with_path(value)[0]
+        except Exception:
+            continue
+        for path, leaf in leaves:
+            if _is_array(leaf) and id(leaf) not in names:
+                parts = [str(jlax_key(k)) for k in path]
+                names[id(leaf)] = ".".join(parts) if parts else root
+    return names
+
+
+def jlax_key(k):
+    return getattr(k, "key", None) if hasattr(k, "key") else getattr(k, "name", getattr(k, "idx", k))
+
+
+class _Lowerer:
+    def __init__(self, names: dict[int, str]):
+        self.names = names
+        self.store = WeightStore()
+        self._weight_by_id: dict[int, str] = {}
+
+    # -- values -----------------------------------------------------------------------
+    def constant(self, value, block: Block, hint: str) -> SSAValue:
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+        named = self.names.get(id(value))
+        if named is None and arr.size <= INLINE_CONSTANT_LIMIT:
+            op = jlax.ConstantOp.from_array(arr)
+        else:
+            key = id(value)
+            if key not in self._weight_by_id:
+                self._weight_by_id[key] = self.store.add(arr, named or hint)
+            op = jlax.WeightOp(self._weight_by_id[key], tensor_type(arr.shape, arr.dtype))
+        block.add_op(op)
+        return op.results[0]
+
+    def literal(self, lit, block: Block) -> SSAValue:
+        arr = np.asarray(lit.val, dtype=lit.aval.dtype)
+        op = jlax.ConstantOp.from_array(arr)
+        block.add_op(op)
+        return op.results[0]
+
+    # -- jaxprs -----------------------------------------------------------------------
+    def lower(self, jaxpr, consts: Sequence[Any], args: Sequence[SSAValue], block: Block) -> list[SSAValue]:
+        env: dict[Any, SSAValue] = {}
+        for i, (v, c) in enumerate(zip(jaxpr.constvars, consts, strict=True)):
+            env[v] = self.constant(c, block, f"const{i}")
+        for v, a in zip(jaxpr.invars, args, strict=True):
+            env[v] = a
+
+        def read(v) -> SSAValue:
+            if isinstance(v, jex_core.Literal):
+                return self.literal(v, block)
+            return env[v]
+
+        for eqn in jaxpr.eqns:
+            ins = [read(v) for v in eqn.invars]
+            outs = self.lower_eqn(eqn, ins, block)
+            for v, o in zip(eqn.outvars, outs, strict=True):
+                if not isinstance(v, jex_core.DropVar):
+                    env[v] = o
+        return [read(v) for v in jaxpr.outvars]
+
+    def lower_closed(self, closed, args, block) -> list[SSAValue]:
+        if hasattr(closed, "consts"):
+            return self.lower(closed.jaxpr, closed.consts, args, block)
+        return self.lower(closed, [], args, block)
+
+    def region(self, closed, arg_types) -> Region:
+        block = Block(arg_types=list(arg_types))
+        outs = self.lower_closed(closed, list(block.args), block)
+        block.add_op(jlax.YieldOp(outs))
+        return Region([block])
+
+    def lower_eqn(self, eqn, ins: list[SSAValue], block: Block) -> list[SSAValue]:
+        name = eqn.primitive.name
+        if name in _CALL_PRIMITIVES:
+            sub = next((eqn.params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params), None)
+            if sub is None:
+                raise UnsupportedPrimitiveError(name, _where(eqn), "no inner jaxpr to inline")
+            return self.lower_closed(sub, ins, block)
+        result_types = [_aval_type(v.aval, eqn, "result") for v in eqn.outvars]
+        if name == "cond":
+            types = [v.type for v in ins[1:]]
+            branches = [self.region(b, types) for b in eqn.params["branches"]]
+            op = jlax.CondOp(ins[0], ins[1:], result_types, branches)
+        elif name == "while":
+            p = eqn.params
+            nc, nb = p["cond_nconsts"], p["body_nconsts"]
+            types = [v.type for v in ins]
+            cond = self.region(p["cond_jaxpr"], types[:nc] + types[nc + nb:])
+            body = self.region(p["body_jaxpr"], types[nc:])
+            op = jlax.WhileOp(ins, result_types, cond, body, nc, nb)
+        elif name == "scan":
+            p = eqn.params
+            nconst, ncarry = p["num_consts"], p["num_carry"]
+            types = [v.type for v in ins]
+            x_types = [tensor_type(v.aval.shape[1:], v.aval.dtype) for v in eqn.invars[nconst + ncarry:]]
+            body = self.region(p["jaxpr"], types[:nconst + ncarry] + x_types)
+            unroll = p.get("unroll", 1)
+            unroll = (p["length"] if unroll else 1) if isinstance(unroll, bool) else int(unroll)
+            op = jlax.ScanOp(ins, result_types, body, num_consts=nconst, num_carry=ncarry,
+                             length=p["length"], reverse=bool(p["reverse"]), unroll=unroll)
+        elif name in jlax.PRIMITIVE_OPS:
+            for v in eqn.invars:
+                _aval_type(v.aval, eqn, "operand")
+            try:
+                op = jlax.PRIMITIVE_OPS[name].create_from_params(ins, result_types, eqn.params)
+            except UnencodableParam as e:
+                raise UnsupportedPrimitiveError(name, _where(eqn), str(e)) from None
+        else:
+            raise UnsupportedPrimitiveError(name, _where(eqn))
+        block.add_op(op)
+        return list(op.results)
+
+
+def _arg_names(fn: Callable, n: int) -> list[str]:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i in range(n):
+        if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY, params[i].POSITIONAL_OR_KEYWORD):
+            names.append(params[i].name)
+        else:
+            names.append(f"args[{i}]")
+    return names
+
+
+def _leaf_specs(tree, avals, root_names: list[str] | None, prefix: str) -> list[TensorSpec]:
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    specs = []
+    for path, aval in zip(paths, avals, strict=True):
+        if root_names is not None and path:
+            name = root_names[path[0].idx] + "".join(key_str(k) for k in path[1:])
+        else:
+            name = prefix + "".join(key_str(k) for k in path)
+        specs.append(TensorSpec(name, tuple(aval.shape), np.dtype(aval.dtype)))
+    return specs
+
+
+def trace(fn: Callable, args: tuple) -> Traced:
+    """Trace ``fn(*args)`` and build the IR, the weights and the signature."""
+    if not callable(fn):
+        raise ConversionError(f"convert() needs a function as its first argument, got {type(fn).__name__}")
+    leaves, in_treedef = jax.tree_util.tree_flatten(args)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        if not (_is_array(leaf) or isinstance(leaf, int | float | bool | np.generic)):
+            where = "args" + "".join(key_str(k) for k in path)
+            raise ConversionError(f"example argument {where} is a {type(leaf).__name__}, not an array")
+    try:
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    except UnsupportedPrimitiveError:
+        raise
+    except Exception as e:
+        raise ConversionError(f"tracing the function failed: {type(e).__name__}: {e}") from e
+    out_leaves, out_treedef = jax.tree_util.tree_flatten(out_shape)
+
+    in_types = [_aval_type(v.aval, None, f"input {i}") for i, v in enumerate(closed.jaxpr.invars)]
+    out_types = [_aval_type(v.aval, None, f"output {i}") for i, v in enumerate(closed.jaxpr.outvars)]
+    lowerer = _Lowerer(closure_names(fn))
+    block = Block(arg_types=in_types)
+    outs = lowerer.lower(closed.jaxpr, closed.consts, list(block.args), block)
+    block.add_op(func.ReturnOp(*outs))
+    main = func.FuncOp("main", FunctionType.from_lists(in_types, out_types), Region([block]))
+    module = ModuleOp([main])
+
+    signature = Signature(
+        inputs=_leaf_specs(args, [v.aval for v in closed.jaxpr.invars], _arg_names(fn, len(args)), "args"),
+        outputs=_leaf_specs(out_shape, out_leaves, None, "out"),
+        in_tree=TreeSpec.of(args), out_tree=TreeSpec.of(out_shape),
+        in_treedef=in_treedef, out_treedef=out_treedef,
+    )
+    return Traced(module, lowerer.store, signature, closed)

@@ -1,0 +1,99 @@
+"""Model: the converted program (IR module + weights + signature), and its file I/O."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+from xdsl.dialects.builtin import ModuleOp
+
+from jaxlite.compiler import fileformat
+from jaxlite.compiler.context import parse_module, print_module
+from jaxlite.compiler.errors import ModelFormatError
+from jaxlite.compiler.signature import Signature
+from jaxlite.compiler.weights import WeightStore
+from jaxlite.dialects.jlax import WeightOp
+from jaxlite.dialects.types import shape_dtype
+
+
+@dataclass
+class Model:
+    """A converted model. ``compile()`` makes it callable; ``save()`` writes a .jlite file."""
+
+    module: ModuleOp
+    weights: WeightStore
+    signature: Signature
+    metadata: dict = field(default_factory=dict)
+    ir_history: list[tuple[str, str]] = field(default_factory=list)  # (pass name, IR text)
+
+    def ir(self, after: str | None = None) -> str:
+        """IR text of the model, or (``after=NAME``) as it was after that pipeline step."""
+        if after is None:
+            return print_module(self.module)
+        for name, text in self.ir_history:
+            if name == after:
+                return text
+        known = ", ".join(n for n, _ in self.ir_history) or "none recorded"
+        raise KeyError(f"no IR recorded after {after!r} (recorded: {known})")
+
+    def compile(self, device=None):
+        """An Executable running this model on ``device`` (None, "cpu" or "gpu")."""
+        from jaxlite.runtime.executable import Executable
+
+        return Executable(self, device)
+
+    def op_counts(self) -> Counter:
+        return Counter(op.name for op in self.module.walk() if op is not self.module)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(int(a.size) for a in self.weights.arrays.values())
+
+    def save(self, path: str | os.PathLike) -> None:
+        from jaxlite import __version__
+
+        manifest = {"jaxlite_version": __version__, "signature": self.signature.to_json(),
+                    "metadata": self.metadata}
+        fileformat.save(path, manifest, self.ir(), self.weights)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(s.describe() for s in self.signature.inputs)
+        outs = ", ".join(s.describe() for s in self.signature.outputs)
+        n_ops = sum(self.op_counts().values())
+        return (f"<jaxlite.Model ({ins}) -> ({outs}); {n_ops} ops, "
+                f"{self.num_parameters:,} parameters in {len(self.weights)} weights>")
+
+
+def load(path: str | os.PathLike) -> Model:
+    """Load a .jlite file; needs none of the code that produced it."""
+    manifest, ir_text, weights = fileformat.load(path)
+    module = parse_module(ir_text, f"{path}: model.mlir")
+    signature = Signature.from_json(manifest.get("signature", {})) if "signature" in manifest else None
+    if signature is None:
+        raise ModelFormatError(f"{path}: manifest.json has no signature")
+    for op in module.walk():
+        if isinstance(op, WeightOp):
+            name = op.weight_name
+            if name not in weights:
+                raise ModelFormatError(f"{path}: the IR uses weight {name!r}, which the file does not hold")
+            shape, dtype = shape_dtype(op.result.type)
+            arr = weights[name]
+            if tuple(arr.shape) != shape or arr.dtype != dtype:
+                raise ModelFormatError(f"{path}: weight {name!r} is {arr.dtype.name}{list(arr.shape)}, "
+                                       f"the IR expects {dtype.name}{list(shape)}")
+    _check_signature_matches(module, signature, path)
+    return Model(module, weights, signature, metadata=dict(manifest.get("metadata") or {}))
+
+
+def _check_signature_matches(module: ModuleOp, signature: Signature, path) -> None:
+    from jaxlite.runtime.executable import find_main
+
+    try:
+        main = find_main(module)
+    except ValueError:
+        raise ModelFormatError(f"{path}: the IR has no func.func @main") from None
+    ins = [shape_dtype(t) for t in main.function_type.inputs.data]
+    outs = [shape_dtype(t) for t in main.function_type.outputs.data]
+    if ins != [(s.shape, s.dtype) for s in signature.inputs] or outs != [(s.shape, s.dtype) for s in signature.outputs]:
+        raise ModelFormatError(f"{path}: the manifest's signature does not match the IR's @main")

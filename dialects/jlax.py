@@ -1,0 +1,496 @@
+"""``jlax``: the tensor-level dialect, one op per jax.lax primitive.
+
+An IR dump reads like a jaxpr: ``%2 = jlax.dot_general %0, %1 {dimension_numbers = ...}``.
+Each op *is* its jax primitive: parameters are attributes (see ``params``), and the verifier
+checks result types with the primitive's own shape rule, so the IR can never disagree with
+jax about a shape or a dtype. Besides the primitive ops the dialect has:
+
+* ``jlax.weight @name``: a reference to an array in the model's WeightStore (out of line,
+  like MLIR's ``dense_resource``), so dumps stay readable at any model size;
+* ``jlax.constant``: a small inline constant (literals, shapes, tiny tables);
+* ``jlax.cond`` / ``jlax.while`` / ``jlax.scan``: control flow holding regions (scf-style),
+  terminated by ``jlax.yield``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+from jax import lax
+from jax._src import core as jax_core
+from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, StringAttr, SymbolRefAttr, TensorType
+from xdsl.ir import Attribute, Block, Dialect, Operation, Region, SSAValue
+from xdsl.irdl import (
+    AnyAttr,
+    ParamAttrConstraint,
+    VarConstraint,
+    IRDLOperation,
+    irdl_op_definition,
+    operand_def,
+    prop_def,
+    result_def,
+    traits_def,
+    var_operand_def,
+    var_region_def,
+    var_result_def,
+    region_def,
+)
+from xdsl.traits import ConstantLike, IsTerminator, Pure
+from xdsl.utils.exceptions import VerifyException
+
+from jaxlite.dialects import params as P
+from jaxlite.dialects.types import dtype_of, shape_dtype, tensor_type
+
+# ---------------------------------------------------------------------------------------
+# The supported primitives. Value: parameters that may be None and are then left out of the
+# IR (they are restored as None when the op is evaluated), keeping dumps short.
+_ACC = ("accuracy",)
+ELEMENTWISE_UNARY: dict[str, tuple[str, ...]] = {
+    **{n: () for n in (
+        "neg", "sign", "floor", "ceil", "is_finite", "abs", "not", "erf", "erfc", "erf_inv",
+        "lgamma", "digamma", "square", "population_count", "clz", "real", "imag", "conj",
+        "bessel_i0e", "bessel_i1e", "stop_gradient", "copy", "round", "integer_pow",
+        "reduce_precision", "convert_element_type", "bitcast_convert_type",
+    )},
+    **{n: _ACC for n in (
+        "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan",
+        "sqrt", "rsqrt", "cbrt",
+    )},
+    "asin": (), "acos": (), "atan": (), "sinh": (), "cosh": (), "asinh": (), "acosh": (),
+    "atanh": (),
+}
+ELEMENTWISE_UNARY["convert_element_type"] = ("sharding",)
+ELEMENTWISE_BINARY: dict[str, tuple[str, ...]] = {
+    **{n: () for n in (
+        "add", "sub", "div", "rem", "pow", "max", "min", "atan2", "nextafter", "and", "or",
+        "xor", "shift_left", "shift_right_logical", "shift_right_arithmetic", "eq", "ne",
+        "lt", "le", "gt", "ge", "igamma", "igammac", "complex",
+    )},
+    "mul": ("out_dtype",),
+}
+STRUCTURAL: dict[str, tuple[str, ...]] = {
+    "select_n": (), "clamp": (),
+    "dot_general": ("precision", "preferred_element_type", "out_sharding"),
+    "conv_general_dilated": ("precision", "preferred_element_type", "out_sharding"),
+    "reduce_sum": ("out_sharding",), "reduce_max": ("out_sharding",),
+    "reduce_min": ("out_sharding",), "reduce_prod": ("out_sharding",),
+    "reduce_and": ("out_sharding",), "reduce_or": ("out_sharding",),
+    "reduce_xor": ("out_sharding",),
+    "argmax": (), "argmin": (),
+    "reduce_window_sum": (), "reduce_window_max": (), "reduce_window_min": (),
+    "cumsum": (), "cumprod": (), "cummax": (), "cummin": (), "cumlogsumexp": (),
+    "broadcast_in_dim": ("sharding",), "reshape": ("dimensions", "sharding"),
+    "squeeze": (), "transpose": (), "rev": (), "slice": ("strides",),
+    "dynamic_slice": (), "dynamic_update_slice": (), "gather": ("fill_value",),
+    "concatenate": (), "pad": (), "iota": ("sharding",), "sort": (), "top_k": (),
+    "split": (), "scatter": (), "scatter-add": (), "scatter-sub": (), "scatter-mul": (),
+    "scatter-min": (), "scatter-max": (), "optimization_barrier": (),
+}
+SUPPORTED: dict[str, tuple[str, ...]] = {**ELEMENTWISE_UNARY, **ELEMENTWISE_BINARY, **STRUCTURAL}
+
+# Parameters the frontend drops because they are jaxprs the op re-derives (scatter's
+# combiner is implied by the op's name).
+DROPPED_PARAMS: dict[str, tuple[str, ...]] = {
+    n: ("update_jaxpr", "update_consts")
+    for n in ("scatter", "scatter-add", "scatter-sub", "scatter-mul", "scatter-min", "scatter-max")
+}
+
+
+def _find_primitives() -> dict[str, jax_core.Primitive]:
+    import importlib
+    import pkgutil
+
+    import jax._src.lax as lax_pkg
+
+    found: dict[str, jax_core.Primitive] = {}
+    for info in pkgutil.walk_packages(lax_pkg.__path__, "jax._src.lax."):
+        try:
+            mod = importlib.import_module(info.name)
+        except Exception:  # optional backends (e.g. GPU-only modules)
+            continue
+        for v in vars(mod).values():
+            if isinstance(v, jax_core.Primitive):
+                found.setdefault(v.name, v)
+    from jax._src import ad_util
+
+    for v in vars(ad_util).values():
+        if isinstance(v, jax_core.Primitive):
+            found.setdefault(v.name, v)
+    return found
+
+
+@functools.cache
+def primitives() -> dict[str, jax_core.Primitive]:
+    """jax's primitive objects by name (looked up once, lazily)."""
+    return _find_primitives()
+
+
+def _scatter_kernel(fn: Callable) -> Callable[..., Any]:
+    def kernel(operand, indices, updates, **params):
+        return fn(operand, indices, updates, params["dimension_numbers"],
+                  indices_are_sorted=params["indices_are_sorted"],
+                  unique_indices=params["unique_indices"], mode=params["mode"])
+    return kernel
+
+
+# Primitives whose evaluation goes through a public lax function rather than bind.
+_CUSTOM_EVAL: dict[str, Callable[..., Any]] = {
+    "scatter": _scatter_kernel(lax.scatter),
+    "scatter-add": _scatter_kernel(lax.scatter_add),
+    "scatter-sub": _scatter_kernel(lax.scatter_sub),
+    "scatter-mul": _scatter_kernel(lax.scatter_mul),
+    "scatter-min": _scatter_kernel(lax.scatter_min),
+    "scatter-max": _scatter_kernel(lax.scatter_max),
+}
+
+
+def op_name(primitive: str) -> str:
+    return "jlax." + primitive.replace("-", "_")
+
+
+class LaxOp(IRDLOperation):
+    """Abstract base of the ops that mirror one jax primitive each."""
+
+    PRIMITIVE: ClassVar[str]
+    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = ()
+
+    inputs = var_operand_def(TensorType)
+    outputs = var_result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$inputs attr-dict `:` functional-type($inputs, $outputs)"
+
+    def __init__(self, inputs: Sequence[SSAValue | Operation], result_types: Sequence[Attribute],
+                 params: dict[str, Attribute] | None = None):
+        super().__init__(operands=[list(inputs)], result_types=[list(result_types)],
+                         attributes=params or {})
+
+    @classmethod
+    def create_from_params(cls, inputs, result_types, params: dict[str, Any]) -> LaxOp:
+        """Build from Python parameter values (as found on a jaxpr equation)."""
+        attrs = {}
+        for k, v in params.items():
+            if k in DROPPED_PARAMS.get(cls.PRIMITIVE, ()):
+                continue
+            if v is None and k in cls.OPTIONAL_PARAMS:
+                continue
+            attrs[k] = P.encode(v)
+        return cls(inputs, result_types, attrs)
+
+    def params(self) -> dict[str, Any]:
+        """The primitive's parameters, decoded (None restored for the omitted ones)."""
+        out = {k: None for k in self.OPTIONAL_PARAMS}
+        out.update(P.decode_all(self.attributes))
+        return out
+
+    def evaluate(self, *args):
+        """Apply the jax primitive (inside a trace or eagerly); always returns a list."""
+        return evaluate(self.PRIMITIVE, _params_key(self.attributes), self.OPTIONAL_PARAMS)(*args)
+
+    def verify_(self) -> None:
+        in_types = tuple(o.type for o in self.operands)
+        out_types = tuple(r.type for r in self.results)
+        expected = _infer_types(self.name, self.PRIMITIVE, self.OPTIONAL_PARAMS,
+                                _params_key(self.attributes), in_types)
+        if isinstance(expected, str):
+            raise VerifyException(f"{self.name}: {expected}")
+        if expected != out_types:
+            show = ", ".join(str(t) for t in expected)
+            got = ", ".join(str(t) for t in out_types)
+            raise VerifyException(f"{self.name}: result types ({got}) do not match what the "
+                                  f"primitive computes from its operands ({show})")
+
+
+def _params_key(attributes: dict[str, Attribute]) -> tuple:
+    return tuple(sorted(attributes.items(), key=lambda kv: kv[0]))
+
+
+@functools.lru_cache(maxsize=8192)
+def evaluate(primitive: str, params_key: tuple, optional: tuple[str, ...]) -> Callable[..., list]:
+    params = {k: None for k in optional}
+    params.update({k: P.decode(v) for k, v in params_key})
+    if primitive in _CUSTOM_EVAL:
+        fn = _CUSTOM_EVAL[primitive]
+
+        def run_custom(*args):
+            return [fn(*args, **params)]
+
+        return run_custom
+    prim = primitives()[primitive]
+
+    def run_bind(*args):
+        out = prim.bind(*args, **params)
+        return list(out) if prim.multiple_results else [out]
+
+    return run_bind
+
+
+@functools.lru_cache(maxsize=16384)
+def _infer_types(name, primitive, optional, params_key, in_types) -> tuple | str:
+    """Result types by jax's own shape rule, or an error message."""
+    try:
+        avals = [jax.ShapeDtypeStruct(*shape_dtype(t)) for t in in_types]
+        fn = evaluate(primitive, params_key, optional)
+        outs = jax.eval_shape(fn, *avals) if primitive in _CUSTOM_EVAL else _abstract_eval(primitive, params_key, optional, avals)
+        return tuple(tensor_type(o.shape, o.dtype) for o in outs)
+    except Exception as e:  # any shape-rule failure is an invalid op
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"invalid operands or attributes: {first}"
+
+
+def _abstract_eval(primitive, params_key, optional, avals):
+    params = {k: None for k in optional}
+    params.update({k: P.decode(v) for k, v in params_key})
+    prim = primitives()[primitive]
+    shaped = [jax_core.ShapedArray(a.shape, a.dtype) for a in avals]
+    out, _effects = prim.abstract_eval(*shaped, **params)
+    return list(out) if prim.multiple_results else [out]
+
+
+def _make_op_class(primitive: str, optional: tuple[str, ...]) -> type[LaxOp]:
+    cls_name = "".join(p.capitalize() for p in primitive.replace("-", "_").split("_")) + "Op"
+    cls = type(cls_name, (LaxOp,), {
+        "name": op_name(primitive),
+        "PRIMITIVE": primitive,
+        "OPTIONAL_PARAMS": optional,
+        "__module__": __name__,
+        "__annotations__": {"PRIMITIVE": ClassVar[str], "OPTIONAL_PARAMS": ClassVar[tuple[str, ...]]},
+        "__doc__": f"``lax.{primitive}``: the jax primitive of that name.",
+    })
+    return irdl_op_definition(cls)
+
+
+PRIMITIVE_OPS: dict[str, type[LaxOp]] = {p: _make_op_class(p, o) for p, o in SUPPORTED.items()}
+OPS_BY_NAME: dict[str, type[LaxOp]] = {c.name: c for c in PRIMITIVE_OPS.values()}
+
+
+# ---------------------------------------------------------------------------------------
+# Weights, constants, control flow.
+
+
+@irdl_op_definition
+class WeightOp(IRDLOperation):
+    """An array of the model's WeightStore, by name (never inlined into the IR)."""
+
+    name = "jlax.weight"
+    ref = prop_def(SymbolRefAttr)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$ref attr-dict `:` type($result)"
+
+    def __init__(self, ref: str, type: TensorType):
+        super().__init__(properties={"ref": SymbolRefAttr(ref)}, result_types=[type])
+
+    @property
+    def weight_name(self) -> str:
+        return self.ref.root_reference.data
+
+
+@irdl_op_definition
+class ConstantOp(IRDLOperation):
+    """A small inline constant: jaxpr literals, shapes and tiny tables."""
+
+    name = "jlax.constant"
+    T: ClassVar = VarConstraint("T", TensorType.constr())
+    value = prop_def(ParamAttrConstraint(DenseIntOrFPElementsAttr, (T, AnyAttr())))
+    result = result_def(T)
+    traits = traits_def(Pure(), ConstantLike())
+    assembly_format = "$value attr-dict"
+
+    def __init__(self, value: DenseIntOrFPElementsAttr):
+        super().__init__(properties={"value": value}, result_types=[value.type])
+
+    @staticmethod
+    def from_array(array: np.ndarray) -> ConstantOp:
+        array = np.asarray(array)
+        ty = tensor_type(array.shape, array.dtype)
+        flat = array.reshape(-1)
+        values = [bool(v) for v in flat] if array.dtype == np.bool_ else flat.tolist()
+        if array.size == 0:
+            values = []
+        return ConstantOp(DenseIntOrFPElementsAttr.from_list(ty, values))
+
+    def to_array(self) -> np.ndarray:
+        return constant_to_array(self.value)
+
+    def verify_(self) -> None:
+        if self.value.type != self.result.type:
+            raise VerifyException("jlax.constant: value type differs from result type")
+
+
+def constant_to_array(value: DenseIntOrFPElementsAttr) -> np.ndarray:
+    shape, dtype = shape_dtype(value.type)
+    raw = value.data.data
+    if dtype == np.bool_:
+        arr = np.frombuffer(raw, np.uint8) != 0
+    else:
+        arr = np.frombuffer(raw, dtype)
+    size = int(np.prod(shape)) if shape else 1
+    if arr.size == 1 and size != 1:  # splat
+        arr = np.broadcast_to(arr, (size,))
+    return np.array(arr.reshape(shape))
+
+
+@irdl_op_definition
+class YieldOp(IRDLOperation):
+    """Terminates a control-flow region, passing its values out."""
+
+    name = "jlax.yield"
+    values = var_operand_def(TensorType)
+    traits = traits_def(IsTerminator())
+    assembly_format = "($values^ `:` type($values))? attr-dict"
+
+    def __init__(self, values: Sequence[SSAValue | Operation]):
+        super().__init__(operands=[list(values)])
+
+
+def _block_types(region: Region) -> tuple[tuple, tuple]:
+    block = region.block
+    term = block.last_op
+    if not isinstance(term, YieldOp):
+        raise VerifyException("region must end with jlax.yield")
+    return tuple(a.type for a in block.args), tuple(v.type for v in term.values)
+
+
+class RegionOp(IRDLOperation):
+    """Base of control-flow ops: inputs, results and integer parameters as attributes."""
+
+    inputs = var_operand_def(TensorType)
+    outputs = var_result_def(TensorType)
+    traits = traits_def(Pure())
+
+    def int_param(self, key: str) -> int:
+        attr = self.attributes.get(key)
+        if attr is None:
+            raise VerifyException(f"{self.name}: missing attribute {key}")
+        value = P.decode(attr)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise VerifyException(f"{self.name}: attribute {key} must be an integer")
+        return value
+
+
+@irdl_op_definition
+class CondOp(RegionOp):
+    """``lax.cond``/``lax.switch``: run branch ``index`` (clamped) on the operands.
+
+    Operands: the i32 index, then the branch operands. One region per branch.
+    """
+
+    name = "jlax.cond"
+    branches = var_region_def()
+
+    def __init__(self, index: SSAValue, operands: Sequence[SSAValue], result_types, branches):
+        super().__init__(operands=[[index, *operands]], result_types=[list(result_types)],
+                         regions=[list(branches)])
+
+    def verify_(self) -> None:
+        if not self.inputs or shape_dtype(self.inputs[0].type)[0] != ():
+            raise VerifyException("jlax.cond: the first operand must be a scalar index")
+        ins = tuple(o.type for o in self.inputs[1:])
+        outs = tuple(r.type for r in self.outputs)
+        if not self.branches:
+            raise VerifyException("jlax.cond: needs at least one branch")
+        for i, region in enumerate(self.branches):
+            args, yields = _block_types(region)
+            if args != ins or yields != outs:
+                raise VerifyException(f"jlax.cond: branch {i} has type {args} -> {yields}, "
+                                      f"expected {ins} -> {outs}")
+
+
+@irdl_op_definition
+class WhileOp(RegionOp):
+    """``lax.while_loop``. Operands: cond consts, body consts, initial carry.
+
+    Attributes ``cond_nconsts``/``body_nconsts`` split them; the ``cond`` region maps
+    (cond consts, carry) to a scalar i1, the ``body`` region (body consts, carry) to carry.
+    """
+
+    name = "jlax.while"
+    cond = region_def()
+    body = region_def()
+
+    def __init__(self, operands, result_types, cond: Region, body: Region, cond_nconsts: int,
+                 body_nconsts: int):
+        super().__init__(operands=[list(operands)], result_types=[list(result_types)],
+                         regions=[cond, body],
+                         attributes={"cond_nconsts": P.encode(cond_nconsts),
+                                     "body_nconsts": P.encode(body_nconsts)})
+
+    def verify_(self) -> None:
+        nc, nb = self.int_param("cond_nconsts"), self.int_param("body_nconsts")
+        types = tuple(o.type for o in self.inputs)
+        if len(types) < nc + nb:
+            raise VerifyException("jlax.while: fewer operands than constants")
+        carry = types[nc + nb:]
+        if tuple(r.type for r in self.outputs) != carry:
+            raise VerifyException("jlax.while: result types differ from the carry types")
+        cargs, cyield = _block_types(self.cond)
+        if cargs != types[:nc] + carry or len(cyield) != 1 or shape_dtype(cyield[0]) != ((), np.dtype(bool)):
+            raise VerifyException("jlax.cond region must map (cond consts, carry) to a scalar i1")
+        bargs, byield = _block_types(self.body)
+        if bargs != types[nc:nc + nb] + carry or byield != carry:
+            raise VerifyException("jlax.while: body region must map (body consts, carry) to carry")
+
+
+@irdl_op_definition
+class ScanOp(RegionOp):
+    """``lax.scan``. Operands: consts, initial carry, xs (scanned along axis 0).
+
+    Results: final carry, then ys stacked along a new axis 0. Attributes: num_consts,
+    num_carry, length, reverse, unroll.
+    """
+
+    name = "jlax.scan"
+    body = region_def()
+
+    def __init__(self, operands, result_types, body: Region, *, num_consts: int, num_carry: int,
+                 length: int, reverse: bool, unroll: int):
+        super().__init__(operands=[list(operands)], result_types=[list(result_types)],
+                         regions=[body],
+                         attributes={"num_consts": P.encode(num_consts),
+                                     "num_carry": P.encode(num_carry),
+                                     "length": P.encode(length), "reverse": P.encode(reverse),
+                                     "unroll": P.encode(unroll)})
+
+    @property
+    def reverse(self) -> bool:
+        return bool(P.decode(self.attributes["reverse"]))
+
+    def verify_(self) -> None:
+        nconst, ncarry, length = (self.int_param(k) for k in ("num_consts", "num_carry", "length"))
+        self.int_param("unroll")
+        if "reverse" not in self.attributes:
+            raise VerifyException("jlax.scan: missing attribute reverse")
+        types = tuple(o.type for o in self.inputs)
+        consts, carry, xs = types[:nconst], types[nconst:nconst + ncarry], types[nconst + ncarry:]
+        x_slices = []
+        for t in xs:
+            shape, dtype = shape_dtype(t)
+            if not shape or shape[0] != length:
+                raise VerifyException(f"jlax.scan: scanned operand {t} does not have leading axis {length}")
+            x_slices.append(tensor_type(shape[1:], dtype))
+        args, yields = _block_types(self.body)
+        if args != consts + carry + tuple(x_slices):
+            raise VerifyException("jlax.scan: body arguments must be (consts, carry, x slices)")
+        if yields[:ncarry] != carry:
+            raise VerifyException("jlax.scan: body must yield the carry first")
+        outs = tuple(r.type for r in self.outputs)
+        ys = tuple(tensor_type((length, *shape_dtype(t)[0]), shape_dtype(t)[1]) for t in yields[ncarry:])
+        if outs != carry + ys:
+            raise VerifyException("jlax.scan: result types must be (carry, stacked ys)")
+
+
+JLax = Dialect(
+    "jlax",
+    [WeightOp, ConstantOp, YieldOp, CondOp, WhileOp, ScanOp, *PRIMITIVE_OPS.values()],
+    [P.EnumAttr, P.StructAttr],
+)
+
+__all__ = [
+    "JLax", "LaxOp", "WeightOp", "ConstantOp", "YieldOp", "CondOp", "WhileOp", "ScanOp",
+    "PRIMITIVE_OPS", "OPS_BY_NAME", "SUPPORTED", "constant_to_array", "op_name", "dtype_of",
+    "Block", "StringAttr",
+]

@@ -1,0 +1,32 @@
+"""jaxlite: the TFLite converter for JAX.
+
+    model = jaxlite.convert(fn, *example_args)   # trace into jaxlite IR
+    exe = model.compile(device=None)             # callable like fn
+    model.save("m.jlite"); jaxlite.load("m.jlite")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from jaxlite.compiler.convert import convert
+from jaxlite.compiler.errors import (
+    ConversionError,
+    DeviceError,
+    JaxliteError,
+    ModelFormatError,
+    SignatureError,
+    UnsupportedPrimitiveError,
+)
+from jaxlite.compiler.model import Model, load
+
+
+def compile(fn, *example_args, device=None, **convert_options):
+    """convert + compile in one step; the result's ``.model`` is the converted Model."""
+    return convert(fn, *example_args, **convert_options).compile(device=device)
+
+
+__all__ = [
+    "convert", "compile", "load", "Model", "JaxliteError", "UnsupportedPrimitiveError",
+    "ModelFormatError", "SignatureError", "DeviceError", "ConversionError", "__version__",
+]

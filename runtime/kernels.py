@@ -1,0 +1,129 @@
+"""Kernels: for each IR op, the jax.lax code that executes it.
+
+A kernel factory sees the op once (when the program is built) and returns a function
+``kernel(weights, *inputs) -> outputs``; parameters are decoded then, not per call.
+Primitive ops re-bind their jax primitive; control-flow ops run their regions through
+lax.switch / lax.while_loop / lax.scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jax import lax
+from xdsl.ir import Operation
+
+from jaxlite.dialects import jlax
+from jaxlite.dialects.params import decode
+from jaxlite.runtime.program import BlockProgram, Kernel, captures_of
+
+_FACTORIES: dict[type[Operation], Callable[[Operation], Kernel]] = {}
+
+
+class NoKernelError(LookupError):
+    pass
+
+
+def register(*op_types: type[Operation]):
+    def deco(factory):
+        for t in op_types:
+            _FACTORIES[t] = factory
+        return factory
+    return deco
+
+
+def kernel_for(op: Operation) -> Kernel:
+    for cls in type(op).__mro__:
+        if cls in _FACTORIES:
+            return _FACTORIES[cls](op)
+    raise NoKernelError(f"no kernel for {op.name}")
+
+
+def program_for(block) -> BlockProgram:
+    return BlockProgram(block, kernel_for)
+
+
+@register(jlax.LaxOp)
+def _primitive(op: jlax.LaxOp) -> Kernel:
+    fn = jlax.evaluate(op.PRIMITIVE, jlax._params_key(op.attributes), op.OPTIONAL_PARAMS)
+    return lambda weights, *xs: fn(*xs)
+
+
+@register(jlax.WeightOp)
+def _weight(op: jlax.WeightOp) -> Kernel:
+    name = op.weight_name
+    return lambda weights: (weights[name],)
+
+
+@register(jlax.ConstantOp)
+def _constant(op: jlax.ConstantOp) -> Kernel:
+    value = op.to_array()
+    return lambda weights: (value,)
+
+
+def _split(xs, n_operands):
+    return list(xs[:n_operands]), list(xs[n_operands:])
+
+
+@register(jlax.CondOp)
+def _cond(op: jlax.CondOp) -> Kernel:
+    programs = [program_for(r.block) for r in op.branches]
+    n = len(op.operands)
+    outer = captures_of(op)
+
+    def run(weights, *xs):
+        operands, captured = _split(xs, n)
+        env = dict(zip(outer, captured, strict=True))
+        fns = [(lambda p: lambda *a: tuple(p(weights, a, [env[v] for v in p.captures])))(p)
+               for p in programs]
+        return list(lax.switch(operands[0], fns, *operands[1:]))
+    return run
+
+
+@register(jlax.WhileOp)
+def _while(op: jlax.WhileOp) -> Kernel:
+    cond_p, body_p = program_for(op.cond.block), program_for(op.body.block)
+    nc, nb = op.int_param("cond_nconsts"), op.int_param("body_nconsts")
+    n = len(op.operands)
+    outer = captures_of(op)
+
+    def run(weights, *xs):
+        operands, captured = _split(xs, n)
+        env = dict(zip(outer, captured, strict=True))
+        cconsts, bconsts, init = operands[:nc], operands[nc:nc + nb], operands[nc + nb:]
+        ccap = [env[v] for v in cond_p.captures]
+        bcap = [env[v] for v in body_p.captures]
+        out = lax.while_loop(
+            lambda c: cond_p(weights, [*cconsts, *c], ccap)[0],
+            lambda c: tuple(body_p(weights, [*bconsts, *c], bcap)),
+            tuple(init))
+        return list(out)
+    return run
+
+
+@register(jlax.ScanOp)
+def _scan(op: jlax.ScanOp) -> Kernel:
+    body_p = program_for(op.body.block)
+    nconst, ncarry = op.int_param("num_consts"), op.int_param("num_carry")
+    length, unroll, reverse = op.int_param("length"), op.int_param("unroll"), op.reverse
+    n = len(op.operands)
+    outer = captures_of(op)
+
+    def run(weights, *xs):
+        operands, captured = _split(xs, n)
+        env = dict(zip(outer, captured, strict=True))
+        consts = operands[:nconst]
+        carry, scanned = operands[nconst:nconst + ncarry], operands[nconst + ncarry:]
+        cap = [env[v] for v in body_p.captures]
+
+        def step(c, x):
+            outs = body_p(weights, [*consts, *c, *x], cap)
+            return tuple(outs[:ncarry]), tuple(outs[ncarry:])
+
+        final, ys = lax.scan(step, tuple(carry), tuple(scanned), length=length,
+                             reverse=reverse, unroll=unroll)
+        return [*final, *ys]
+    return run
+
+
+__all__ = ["kernel_for", "program_for", "register", "decode", "NoKernelError"]

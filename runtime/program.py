@@ -1,0 +1,102 @@
+"""Turn a block of jlax IR into a Python callable over jax values, once.
+
+The program is a flat list of steps (kernel, input slots, output slots); a value's slot is
+cleared after its last use, so evaluating eagerly (outside jit) holds no dead tensors.
+Under ``jax.jit`` the same program is traced once and XLA compiles the whole graph.
+Regions may read values of enclosing blocks (after CSE hoists an op, say): such captured
+values become extra inputs of the op that holds the region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from xdsl.dialects import func
+from xdsl.ir import Block, Operation, SSAValue
+
+from jaxlite.dialects import jlax
+
+Kernel = Callable[..., Sequence[Any]]  # (weights, *inputs) -> outputs
+KernelFactory = Callable[[Operation, "BlockProgram | None"], tuple[Kernel, list[SSAValue]]]
+
+_TERMINATORS = (func.ReturnOp, jlax.YieldOp)
+
+
+def _defined_inside(value: SSAValue, block: Block) -> bool:
+    owner = value.owner
+    b = owner if isinstance(owner, Block) else owner.parent_block()
+    while b is not None:
+        if b is block:
+            return True
+        parent_op = b.parent_op()
+        b = parent_op.parent_block() if parent_op is not None else None
+    return False
+
+
+def captures_of(op: Operation) -> list[SSAValue]:
+    """Values the regions of ``op`` read from outside ``op``."""
+    seen: dict[SSAValue, None] = {}
+    for region in op.regions:
+        for inner in region.walk():
+            for v in inner.operands:
+                owner = v.owner
+                block = owner if isinstance(owner, Block) else owner.parent_block()
+                inside = False
+                while block is not None:
+                    if block.parent_op() is op:
+                        inside = True
+                        break
+                    parent = block.parent_op()
+                    block = parent.parent_block() if parent is not None else None
+                if not inside:
+                    seen.setdefault(v, None)
+    return list(seen)
+
+
+class BlockProgram:
+    """A compiled block: ``program(weights, args, captured)`` returns the terminator's values."""
+
+    def __init__(self, block: Block, kernel_for: Callable[[Operation], Kernel]):
+        self.captures = [v for op in block.ops for v in op.operands if not _defined_inside(v, block)]
+        self.captures += [v for op in block.ops for v in captures_of(op) if not _defined_inside(v, block)]
+        self.captures = list(dict.fromkeys(self.captures))
+        slot: dict[SSAValue, int] = {}
+        for v in list(block.args) + self.captures:
+            slot[v] = len(slot)
+        self.num_args = len(block.args)
+        steps = []
+        results: list[int] = []
+        for op in block.ops:
+            if isinstance(op, _TERMINATORS):
+                results = [slot[v] for v in op.operands]
+                break
+            inputs = list(op.operands) + captures_of(op)
+            for r in op.results:
+                slot[r] = len(slot)
+            steps.append((kernel_for(op), [slot[v] for v in inputs], [slot[r] for r in op.results]))
+        self.num_slots = len(slot)
+        self.results = results
+        # liveness: free each slot after the step that reads it last
+        last_use: dict[int, int] = {}
+        for i, (_, ins, _) in enumerate(steps):
+            for s in ins:
+                last_use[s] = i
+        keep = set(results)
+        frees: list[list[int]] = [[] for _ in steps]
+        for s, i in last_use.items():
+            if s not in keep:
+                frees[i].append(s)
+        self.steps = [(k, ins, outs, frees[i]) for i, (k, ins, outs) in enumerate(steps)]
+
+    def __call__(self, weights: Mapping[str, Any], args: Sequence[Any], captured: Sequence[Any] = ()) -> list:
+        env: list[Any] = [None] * self.num_slots
+        env[: len(args)] = args
+        env[len(args): len(args) + len(captured)] = captured
+        for kernel, ins, outs, frees in self.steps:
+            values = kernel(weights, *[env[i] for i in ins])
+            for s, v in zip(outs, values, strict=True):
+                env[s] = v
+            for s in frees:
+                env[s] = None
+        return [env[i] for i in self.results]
