@@ -22,7 +22,9 @@ import jax
 import numpy as np
 from jax import lax
 from jax._src import core as jax_core
-from xdsl.dialects.builtin import DenseIntOrFPElementsAttr, StringAttr, SymbolRefAttr, TensorType
+from xdsl.dialects.builtin import BytesAttr, DenseIntOrFPElementsAttr, StringAttr, SymbolRefAttr, TensorType
+from xdsl.parser import Parser
+from xdsl.printer import Printer
 from xdsl.ir import Attribute, Block, Dialect, Operation, Region, SSAValue
 from xdsl.irdl import (
     AnyAttr,
@@ -76,17 +78,15 @@ STRUCTURAL: dict[str, tuple[str, ...]] = {
     "select_n": (), "clamp": (),
     "dot_general": ("precision", "preferred_element_type", "out_sharding"),
     "conv_general_dilated": ("precision", "preferred_element_type", "out_sharding"),
-    "reduce_sum": ("out_sharding",), "reduce_max": ("out_sharding",),
-    "reduce_min": ("out_sharding",), "reduce_prod": ("out_sharding",),
-    "reduce_and": ("out_sharding",), "reduce_or": ("out_sharding",),
-    "reduce_xor": ("out_sharding",),
+    "reduce_sum": ("out_sharding",), "reduce_max": (), "reduce_min": (), "reduce_prod": (),
+    "reduce_and": (), "reduce_or": (), "reduce_xor": (),
     "argmax": (), "argmin": (),
     "reduce_window_sum": (), "reduce_window_max": (), "reduce_window_min": (),
     "cumsum": (), "cumprod": (), "cummax": (), "cummin": (), "cumlogsumexp": (),
     "broadcast_in_dim": ("sharding",), "reshape": ("dimensions", "sharding"),
     "squeeze": (), "transpose": (), "rev": (), "slice": ("strides",),
     "dynamic_slice": (), "dynamic_update_slice": (), "gather": ("fill_value",),
-    "concatenate": (), "pad": (), "iota": ("sharding",), "sort": (), "top_k": (),
+    "concatenate": (), "stack": (), "unstack": (), "tile": (), "pad": (), "iota": ("sharding",), "sort": (), "top_k": (),
     "split": (), "scatter": (), "scatter-add": (), "scatter-sub": (), "scatter-mul": (),
     "scatter-min": (), "scatter-max": (), "optimization_barrier": (),
 }
@@ -298,7 +298,38 @@ class ConstantOp(IRDLOperation):
     value = prop_def(ParamAttrConstraint(DenseIntOrFPElementsAttr, (T, AnyAttr())))
     result = result_def(T)
     traits = traits_def(Pure(), ConstantLike())
-    assembly_format = "$value attr-dict"
+
+    # Syntax: ``jlax.constant dense<...> : tensor<..>``; values xDSL cannot print and parse
+    # back faithfully (nan, inf) use ``jlax.constant hex "0x<little-endian bytes>" : tensor<..>``.
+    def print(self, printer: Printer) -> None:
+        arr = self.to_array()
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            printer.print_string(f' hex "0x{np.ascontiguousarray(arr).tobytes().hex().upper()}" : ')
+            printer.print_attribute(self.value.type)
+        else:
+            printer.print_string(" ")
+            printer.print_attribute(self.value)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ConstantOp:
+        if parser.parse_optional_keyword("hex") is not None:
+            text = parser.parse_str_literal()
+            parser.parse_punctuation(":")
+            ty = parser.parse_type()
+            if not isinstance(ty, TensorType) or not text.startswith("0x"):
+                parser.raise_error("expected a hex string and a tensor type")
+            shape, dtype = shape_dtype(ty)
+            try:
+                arr = np.frombuffer(bytes.fromhex(text[2:]), dtype)
+            except ValueError:
+                parser.raise_error("malformed hex constant")
+            if arr.size != int(np.prod(shape)):
+                parser.raise_error("hex constant size does not match its type")
+            return ConstantOp.from_array(arr.reshape(shape))
+        value = parser.parse_attribute()
+        if not isinstance(value, DenseIntOrFPElementsAttr):
+            parser.raise_error("expected a dense constant")
+        return ConstantOp(value)
 
     def __init__(self, value: DenseIntOrFPElementsAttr):
         super().__init__(properties={"value": value}, result_types=[value.type])
@@ -308,10 +339,10 @@ class ConstantOp(IRDLOperation):
         array = np.asarray(array)
         ty = tensor_type(array.shape, array.dtype)
         flat = array.reshape(-1)
-        values = [bool(v) for v in flat] if array.dtype == np.bool_ else flat.tolist()
-        if array.size == 0:
-            values = []
-        return ConstantOp(DenseIntOrFPElementsAttr.from_list(ty, values))
+        if array.dtype == np.bool_:
+            return ConstantOp(DenseIntOrFPElementsAttr.from_list(ty, [bool(v) for v in flat]))
+        # raw little-endian bytes: exact for every value (nan, inf, bf16), no Python floats
+        return ConstantOp(DenseIntOrFPElementsAttr(ty, BytesAttr(np.ascontiguousarray(flat).tobytes())))
 
     def to_array(self) -> np.ndarray:
         return constant_to_array(self.value)
