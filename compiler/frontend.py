@@ -66,8 +66,16 @@ def _is_array(x) -> bool:
     return isinstance(x, jax.Array | np.ndarray)
 
 
-def closure_names(fn: Callable) -> dict[int, str]:
-    """id(array) -> readable path, for arrays reachable from ``fn``'s closure and globals."""
+def array_key(x) -> tuple:
+    """Identity of an array across tracing: jax arrays pass through make_jaxpr as the same
+    object, numpy arrays come back as views of the same memory."""
+    if isinstance(x, np.ndarray):
+        return ("np", x.__array_interface__["data"][0], x.shape, x.dtype.str)
+    return ("id", id(x))
+
+
+def closure_names(fn: Callable) -> dict[tuple, str]:
+    """array_key(array) -> readable path, for arrays reachable from ``fn``'s closure and globals."""
     roots: list[tuple[str, Any]] = []
     seen_fns: set[int] = set()
 
@@ -91,9 +99,9 @@ def closure_names(fn: Callable) -> dict[int, str]:
                 value = cell.cell_contents
             except ValueError:
                 continue
-            if callable(value) and not hasattr(value, "shape"):
+            if inspect.isfunction(value) or inspect.ismethod(value) or isinstance(value, functools.partial):
                 visit_fn(value, depth + 1)
-            else:
+            else:  # arrays, pytrees of them, and callable pytrees (Equinox modules)
                 roots.append((name, value))
         globs = getattr(f, "__globals__", {})
         for name in code.co_names:
@@ -101,16 +109,16 @@ def closure_names(fn: Callable) -> dict[int, str]:
                 roots.append((name, globs[name]))
 
     visit_fn(fn)
-    names: dict[int, str] = {}
+    names: dict[tuple, str] = {}
     for root, value in roots:
         try:
             leaves = jax.tree_util.tree_flatten_with_path(value)[0]
         except Exception:
             continue
         for path, leaf in leaves:
-            if _is_array(leaf) and id(leaf) not in names:
+            if _is_array(leaf) and array_key(leaf) not in names:
                 parts = [str(jlax_key(k)) for k in path]
-                names[id(leaf)] = ".".join(parts) if parts else root
+                names[array_key(leaf)] = ".".join(parts) if parts else root
     return names
 
 
@@ -119,22 +127,22 @@ def jlax_key(k):
 
 
 class _Lowerer:
-    def __init__(self, names: dict[int, str]):
+    def __init__(self, names: dict[tuple, str]):
         self.names = names
         self.store = WeightStore()
-        self._weight_by_id: dict[int, str] = {}
+        self._weight_by_key: dict[tuple, str] = {}
 
     # -- values -----------------------------------------------------------------------
     def constant(self, value, block: Block, hint: str) -> SSAValue:
-        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-        named = self.names.get(id(value))
+        key = array_key(value)
+        arr = np.asarray(value).view(np.ndarray)  # zero-copy for numpy and CPU jax arrays
+        named = self.names.get(key)
         if named is None and arr.size <= INLINE_CONSTANT_LIMIT:
             op = jlax.ConstantOp.from_array(arr)
         else:
-            key = id(value)
-            if key not in self._weight_by_id:
-                self._weight_by_id[key] = self.store.add(arr, named or hint)
-            op = jlax.WeightOp(self._weight_by_id[key], tensor_type(arr.shape, arr.dtype))
+            if key not in self._weight_by_key:
+                self._weight_by_key[key] = self.store.add(arr, named or hint)
+            op = jlax.WeightOp(self._weight_by_key[key], tensor_type(arr.shape, arr.dtype))
         block.add_op(op)
         return op.results[0]
 

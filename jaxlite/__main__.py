@@ -1,0 +1,5 @@
+import sys
+
+from jaxlite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""The ``jaxlite`` command line: convert, ir, run, demo.
+
+User errors (missing file, bad FACTORY, wrong input, damaged model) print one line and exit
+with status 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXAMPLES = """examples:
+  jaxlite convert examples/digits_mlp.py:factory -o mlp.jlite
+  jaxlite ir mlp.jlite
+  jaxlite run mlp.jlite --input x.npy --output y.npy
+  jaxlite demo
+"""
+
+
+class UserError(Exception):
+    """An error caused by the command line's input; printed as one line."""
+
+
+def load_factory(spec: str):
+    """Import FILE.py and call FACTORY() -> (fn, example_args)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise UserError(f"expected FILE.py:FACTORY, got {spec!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"no such file: {path}")
+    mod_name = f"_jaxlite_user_{abs(hash(str(file.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, file)
+    if module_spec is None or module_spec.loader is None:
+        raise UserError(f"cannot import {path} as Python")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    module_spec.loader.exec_module(module)
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UserError(f"{path} has no function {name!r}")
+    result = factory()
+    if not (isinstance(result, tuple | list) and len(result) == 2 and callable(result[0])):
+        raise UserError(f"{name}() must return (fn, example_args), got {type(result).__name__}")
+    fn, args = result
+    if not isinstance(args, tuple | list):
+        args = (args,)
+    return fn, tuple(args)
+
+
+def _read_inputs(paths: list[str], model) -> list:
+    specs = model.signature.inputs
+    arrays = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise UserError(f"no such input file: {p}")
+        try:
+            data = np.load(p, allow_pickle=False)
+        except Exception as e:
+            raise UserError(f"cannot read {p} as .npy/.npz: {e}") from None
+        if isinstance(data, np.lib.npyio.NpzFile):
+            names = data.files
+            by_name = [s.name for s in specs]
+            keys = by_name if all(n in names for n in by_name) else names
+            arrays.extend(data[k] for k in keys)
+        else:
+            arrays.append(data)
+    if len(arrays) != len(specs):
+        raise UserError(f"the model takes {len(specs)} input arrays "
+                        f"({model.signature.describe_inputs()}), got {len(arrays)}")
+    return arrays
+
+
+def cmd_convert(args) -> None:
+    import jaxlite
+
+    fn, example_args = load_factory(args.factory)
+    model = jaxlite.convert(fn, *example_args)
+    model.save(args.output)
+    size = Path(args.output).stat().st_size
+    print(f"wrote {args.output}: {model}; {size:,} bytes")
+
+
+def cmd_ir(args) -> None:
+    import jaxlite
+
+    print(jaxlite.load(args.model).ir(), end="")
+
+
+def cmd_run(args) -> None:
+    import jax
+
+    import jaxlite
+
+    model = jaxlite.load(args.model)
+    leaves = _read_inputs(args.input, model)
+    inputs = model.signature.in_tree.unflatten(leaves)
+    out = model.compile(device=args.device)(*inputs)
+    out_leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(out)]
+    for spec, arr in zip(model.signature.outputs, out_leaves, strict=True):
+        flat = arr.reshape(-1)
+        preview = np.array2string(flat[:6], precision=4, separator=", ")
+        print(f"{spec.name}: {arr.dtype.name}{list(arr.shape)} {preview}{' ...' if flat.size > 6 else ''}")
+    if args.output:
+        if len(out_leaves) == 1 and args.output.endswith(".npy"):
+            np.save(args.output, out_leaves[0])
+        else:
+            np.savez(args.output, **{s.name: a for s, a in zip(model.signature.outputs, out_leaves, strict=True)})
+        print(f"wrote {args.output}")
+
+
+def _median_latency(fn, x, reps: int = 50) -> float:
+    import jax
+
+    jax.block_until_ready(fn(x))
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def cmd_demo(args) -> None:
+    import tempfile
+
+    import jax
+
+    import jaxlite
+    from jaxlite.examples import digits, digits_cnn
+
+    print("training the digits CNN (Conv-BatchNorm-ReLU-Pool x2, Dense) ...")
+    model_def, variables = digits_cnn.trained()
+    _, _, x_test, y_test = digits.load(images=True)
+
+    def predict(x):
+        return model_def.apply(variables, x, train=False)
+
+    batch = x_test[:64]
+    model = jaxlite.convert(predict, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "digits_cnn.jlite"
+        model.save(path)
+        size = path.stat().st_size
+        loaded = jaxlite.load(path)
+        exe = loaded.compile()
+        n = len(x_test) // 64 * 64
+        ours = np.concatenate([np.asarray(exe(x_test[i:i + 64])) for i in range(0, n, 64)])
+    ref_fn = jax.jit(predict)
+    ref = np.concatenate([np.asarray(ref_fn(x_test[i:i + 64])) for i in range(0, n, 64)])
+    t_ref = _median_latency(ref_fn, batch)
+    t_ours = _median_latency(exe, batch)
+    print(f"model: {model}")
+    print(f"float32 .jlite file: {size:,} bytes ({model.weights.nbytes:,} bytes of weights)")
+    print(f"test accuracy: jaxlite {digits.accuracy(ours, y_test[:n]):.4f}, "
+          f"jax.jit {digits.accuracy(ref, y_test[:n]):.4f}; max |diff| {np.abs(ours - ref).max():.2e}")
+    print(f"latency (batch 64, median of 50): jaxlite {t_ours * 1e6:.0f} us, jax.jit {t_ref * 1e6:.0f} us, "
+          f"ratio {t_ours / t_ref:.2f}x")
+    print("quantization (float16/int8) is not built yet: see the project's issues")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxlite", description="The TFLite converter for JAX.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="trace FILE.py:FACTORY and write a .jlite model",
+                       epilog="example: jaxlite convert examples/digits_mlp.py:factory -o mlp.jlite")
+    p.add_argument("factory", help="FILE.py:FACTORY, where FACTORY() returns (fn, example_args)")
+    p.add_argument("-o", "--output", required=True, help="the .jlite file to write")
+    p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("ir", help="print a model's IR", epilog="example: jaxlite ir mlp.jlite")
+    p.add_argument("model")
+    p.set_defaults(run=cmd_ir)
+
+    p = sub.add_parser("run", help="run a model on inputs from .npy/.npz files",
+                       epilog="example: jaxlite run mlp.jlite --input x.npy --output y.npy")
+    p.add_argument("model")
+    p.add_argument("--input", action="append", default=[], help=".npy per input (repeat), or one .npz")
+    p.add_argument("--output", help="write outputs to .npy (one output) or .npz")
+    p.add_argument("--device", default=None, help="cpu or gpu (default: jax's default)")
+    p.set_defaults(run=cmd_run)
+
+    p = sub.add_parser("demo", help="convert, save, load and run the digits CNN; print size and speed")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxlite.compiler.errors import JaxliteError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (UserError, JaxliteError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"jaxlite: error: {e}".splitlines()[0] if isinstance(e, OSError) else f"jaxlite: error: {e}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

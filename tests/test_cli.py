@@ -1,0 +1,74 @@
+"""The command line, run as a user runs it (subprocess)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import jaxlite
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "jaxlite", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_convert_ir_run_round_trip(tmp_path):
+    factory = tmp_path / "tiny.py"
+    factory.write_text(
+        "import jax.numpy as jnp, numpy as np\n"
+        "W = jnp.asarray(np.arange(12, dtype=np.float32).reshape(4, 3) / 10)\n"
+        "def factory():\n"
+        "    return (lambda x: jnp.tanh(x @ W)), (np.ones((2, 4), np.float32),)\n")
+    model_path = tmp_path / "tiny.jlite"
+    r = run("convert", f"{factory}:factory", "-o", str(model_path))
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and model_path.is_file()
+
+    r = run("ir", str(model_path))
+    assert r.returncode == 0 and "jlax.dot_general" in r.stdout and "jlax.weight @W" in r.stdout
+
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("run", str(model_path), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"))
+    assert r.returncode == 0, r.stderr
+    y = np.load(tmp_path / "y.npy")
+    W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
+    np.testing.assert_allclose(y, np.tanh(x @ W), rtol=1e-5)
+    np.testing.assert_allclose(y, np.asarray(jaxlite.load(model_path).compile()(x)), rtol=0)
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    r = run("ir", str(tmp_path / "missing.jlite"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "no such file" in r.stderr
+    r = run("convert", "nofile.py:factory", "-o", str(tmp_path / "m.jlite"))
+    assert r.returncode == 1 and "no such file: nofile.py" in r.stderr
+    r = run("convert", "just_a_name", "-o", str(tmp_path / "m.jlite"))
+    assert r.returncode == 1 and "FILE.py:FACTORY" in r.stderr
+    bad = tmp_path / "bad.jlite"
+    bad.write_text("junk")
+    r = run("run", str(bad), "--input", "x.npy")
+    assert r.returncode == 1 and "not a zip" in r.stderr
+
+
+def test_wrong_input_shape_on_the_cli(tmp_path):
+    factory = tmp_path / "f.py"
+    factory.write_text("import numpy as np\ndef factory():\n    return (lambda x: x * 2), (np.ones(3, np.float32),)\n")
+    model_path = tmp_path / "f.jlite"
+    assert run("convert", f"{factory}:factory", "-o", str(model_path)).returncode == 0
+    np.save(tmp_path / "x.npy", np.ones(4, np.float32))
+    r = run("run", str(model_path), "--input", str(tmp_path / "x.npy"))
+    assert r.returncode == 1 and "expected float32[3], got float32[4]" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run("--debug", "run", str(model_path), "--input", str(tmp_path / "x.npy"))
+    assert "Traceback" in r.stderr
+
+
+def test_example_factories_convert_from_the_cli(tmp_path):
+    out = tmp_path / "mlp.jlite"
+    r = run("convert", str(ROOT / "examples" / "digits_mlp.py") + ":factory", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert jaxlite.load(out).num_parameters == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
