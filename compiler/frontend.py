@@ -45,11 +45,16 @@ class Traced:
     jaxpr: Any  # the ClosedJaxpr, for statistics and debugging
 
 
-def _where(eqn) -> str:
+def _where(eqn, outer: str = "") -> str:
+    """The user's file:line of an equation; inside an inlined jax function (jnp.linalg...)
+    that is the line which called it (``outer``)."""
     try:
-        return source_info_util.summarize(eqn.source_info)
+        frame = source_info_util.user_frame(eqn.source_info.traceback)
+        if frame is not None and "/jax/" not in frame.file_name and "/jaxlib/" not in frame.file_name:
+            return source_info_util.summarize(eqn.source_info)
     except Exception:
-        return "unknown location"
+        pass
+    return outer or "unknown location"
 
 
 def _aval_type(aval, eqn=None, what="value"):
@@ -129,8 +134,18 @@ def jlax_key(k):
 class _Lowerer:
     def __init__(self, names: dict[tuple, str]):
         self.names = names
+        self.where = ""  # the user's line of the call being inlined, for error messages
         self.store = WeightStore()
         self._weight_by_key: dict[tuple, str] = {}
+
+    def _where(self, eqn) -> str:
+        return _where(eqn, self.where)
+
+    def _aval_type(self, aval, eqn, what):
+        try:
+            return _aval_type(aval, eqn, what)
+        except UnsupportedPrimitiveError as e:
+            raise UnsupportedPrimitiveError(e.primitive, self._where(eqn), str(e).split(": ", 1)[-1]) from None
 
     # -- values -----------------------------------------------------------------------
     def constant(self, value, block: Block, hint: str) -> SSAValue:
@@ -189,9 +204,26 @@ class _Lowerer:
         if name in _CALL_PRIMITIVES:
             sub = next((eqn.params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params), None)
             if sub is None:
-                raise UnsupportedPrimitiveError(name, _where(eqn), "no inner jaxpr to inline")
-            return self.lower_closed(sub, ins, block)
-        result_types = [_aval_type(v.aval, eqn, "result") for v in eqn.outvars]
+                raise UnsupportedPrimitiveError(name, self._where(eqn), "no inner jaxpr to inline")
+            outer, self.where = self.where, self._where(eqn)
+            try:
+                return self.lower_closed(sub, ins, block)
+            finally:
+                self.where = outer
+        if name == "custom_linear_solve":
+            # forward semantics: x = solve(b), with the solve jaxpr's own constants
+            p = eqn.params
+            lengths = list(p["const_lengths"])
+            names = ("matvec", "vecmat", "solve", "transpose_solve")
+            start = sum(lengths[: names.index("solve")])
+            solve_consts = ins[start:start + lengths[names.index("solve")]]
+            b = ins[sum(lengths):]
+            outer, self.where = self.where, self._where(eqn)
+            try:
+                return self.lower_closed(p["jaxprs"].solve, [*solve_consts, *b], block)
+            finally:
+                self.where = outer
+        result_types = [self._aval_type(v.aval, eqn, "result") for v in eqn.outvars]
         if name == "cond":
             types = [v.type for v in ins[1:]]
             branches = [self.region(b, types) for b in eqn.params["branches"]]
@@ -215,13 +247,13 @@ class _Lowerer:
                              length=p["length"], reverse=bool(p["reverse"]), unroll=unroll)
         elif name in jlax.PRIMITIVE_OPS:
             for v in eqn.invars:
-                _aval_type(v.aval, eqn, "operand")
+                self._aval_type(v.aval, eqn, "operand")
             try:
                 op = jlax.PRIMITIVE_OPS[name].create_from_params(ins, result_types, eqn.params)
             except UnencodableParam as e:
-                raise UnsupportedPrimitiveError(name, _where(eqn), str(e)) from None
+                raise UnsupportedPrimitiveError(name, self._where(eqn), str(e)) from None
         else:
-            raise UnsupportedPrimitiveError(name, _where(eqn))
+            raise UnsupportedPrimitiveError(name, self._where(eqn))
         block.add_op(op)
         return list(op.results)
 

@@ -70,7 +70,8 @@ ELEMENTWISE_BINARY: dict[str, tuple[str, ...]] = {
     **{n: () for n in (
         "add", "sub", "div", "rem", "pow", "max", "min", "atan2", "nextafter", "and", "or",
         "xor", "shift_left", "shift_right_logical", "shift_right_arithmetic", "eq", "ne",
-        "lt", "le", "gt", "ge", "igamma", "igammac", "complex",
+        "lt", "le", "gt", "ge", "igamma", "igammac", "complex", "eq_to", "lt_to", "le_to",
+        "polygamma", "zeta", "random_gamma_grad",
     )},
     "mul": ("out_dtype",),
 }
@@ -89,6 +90,12 @@ STRUCTURAL: dict[str, tuple[str, ...]] = {
     "concatenate": (), "stack": (), "unstack": (), "tile": (), "pad": (), "iota": ("sharding",), "sort": (), "top_k": (),
     "split": (), "scatter": (), "scatter-add": (), "scatter-sub": (), "scatter-mul": (),
     "scatter-min": (), "scatter-max": (), "optimization_barrier": (),
+    "approx_top_k": (), "regularized_incomplete_beta": (),
+    # linear algebra (jnp.linalg / jax.scipy.linalg)
+    "cholesky": (), "lu": (), "qr": ("use_magma",), "eigh": ("subset_by_index", "algorithm"),
+    "svd": ("subset_by_index", "algorithm"), "triangular_solve": (), "lu_pivots_to_permutation": (),
+    # lax.platform_dependent: which branch to take is decided where the program runs
+    "platform_index": (),
 }
 SUPPORTED: dict[str, tuple[str, ...]] = {**ELEMENTWISE_UNARY, **ELEMENTWISE_BINARY, **STRUCTURAL}
 
@@ -175,7 +182,7 @@ class LaxOp(IRDLOperation):
         for k, v in params.items():
             if k in DROPPED_PARAMS.get(cls.PRIMITIVE, ()):
                 continue
-            if v is None and k in cls.OPTIONAL_PARAMS:
+            if (v is None or P.is_sharding(v)) and k in cls.OPTIONAL_PARAMS:
                 continue
             attrs[k] = P.encode(v)
         return cls(inputs, result_types, attrs)

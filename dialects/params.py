@@ -38,7 +38,8 @@ from xdsl.utils.exceptions import VerifyException
 from jaxlite.dialects.types import dtype_of, element_type
 
 ENUMS: dict[str, type[enum.Enum]] = {
-    e.__name__: e for e in (lax.Precision, lax.GatherScatterMode, lax.RoundingMethod)
+    e.__name__: e for e in (lax.Precision, lax.GatherScatterMode, lax.RoundingMethod,
+                            lax.linalg.SvdAlgorithm, lax.linalg.EighImplementation)
 }
 STRUCTS: dict[str, type] = {
     s.__name__: s
@@ -109,6 +110,10 @@ class StructAttr(ParametrizedAttribute):
         printer.print_string(">")
 
 
+def is_sharding(value) -> bool:
+    return any(c.__name__.endswith("Sharding") for c in type(value).__mro__)
+
+
 def _struct_fields(value) -> dict[str, Any]:
     if hasattr(value, "_fields"):  # NamedTuple
         return dict(zip(value._fields, value, strict=True))
@@ -119,7 +124,8 @@ def _struct_fields(value) -> dict[str, Any]:
 
 def encode(value: Any) -> Attribute:
     """A primitive parameter as an attribute (inverse: ``decode``)."""
-    if value is None:
+    if value is None or is_sharding(value):
+        # jaxlite programs run on one device: a sharding annotation means nothing there
         return UnitAttr()
     if isinstance(value, bool | np.bool_):
         return IntegerAttr(int(value), i1)
