@@ -15,6 +15,7 @@ jax about a shape or a dtype. Besides the primitive ops the dialect has:
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -306,16 +307,19 @@ class ConstantOp(IRDLOperation):
     result = result_def(T)
     traits = traits_def(Pure(), ConstantLike())
 
-    # Syntax: ``jlax.constant dense<...> : tensor<..>``; values xDSL cannot print and parse
-    # back faithfully (nan, inf) use ``jlax.constant hex "0x<little-endian bytes>" : tensor<..>``.
+    # Syntax: ``jlax.constant dense<...> : tensor<..>``. Where xDSL would write a float
+    # element in hex (nan, inf, some large values), which its own parser then misreads as an
+    # integer, we write ``jlax.constant hex "0x<little-endian bytes>" : tensor<..>``.
     def print(self, printer: Printer) -> None:
-        arr = self.to_array()
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            printer.print_string(f' hex "0x{np.ascontiguousarray(arr).tobytes().hex().upper()}" : ')
+        text = io.StringIO()
+        Printer(stream=text).print_attribute(self.value)
+        rendered = text.getvalue()
+        if "0x" in rendered and dtype_of(self.value.type.get_element_type()).kind == "f":
+            arr = np.ascontiguousarray(self.to_array())
+            printer.print_string(f' hex "0x{arr.tobytes().hex().upper()}" : ')
             printer.print_attribute(self.value.type)
         else:
-            printer.print_string(" ")
-            printer.print_attribute(self.value)
+            printer.print_string(" " + rendered)
 
     @classmethod
     def parse(cls, parser: Parser) -> ConstantOp:
