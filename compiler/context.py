@@ -12,12 +12,13 @@ from xdsl.printer import Printer
 from xdsl.utils.exceptions import ParseError, VerifyException
 
 from jaxlite.compiler.errors import ModelFormatError
+from jaxlite.dialects.fused import JFuse
 from jaxlite.dialects.jlax import JLax
 
 
 def make_context() -> Context:
     ctx = Context()
-    for dialect in (Builtin, Func, JLax):
+    for dialect in (Builtin, Func, JLax, JFuse):
         ctx.load_dialect(dialect)
     return ctx
 

@@ -1,22 +1,64 @@
-"""convert(): trace a JAX function into a Model (later: run the pass pipeline, quantize)."""
+"""convert(): trace a JAX function into a Model and run the optimization pipeline."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from jaxlite.compiler.context import print_module, verify_module
+from jaxlite.compiler.errors import ConversionError
 from jaxlite.compiler.frontend import trace
 from jaxlite.compiler.model import Model
 
 
-def convert(fn: Callable, *example_args) -> Model:
-    """Trace ``fn(*example_args)`` and return the Model holding its IR and weights.
+def _selector(outputs) -> Callable[[Any], Any] | None:
+    """``outputs``: a function of the output pytree, an index/key, or a sequence of them."""
+    if outputs is None or callable(outputs):
+        return outputs
+    if isinstance(outputs, int | str):
+        return lambda out: out[outputs]
+    if isinstance(outputs, Sequence):
+        keys = list(outputs)
+        return lambda out: tuple(out[k] for k in keys)
+    raise ConversionError(f"outputs must be a function, an index/key or a list of them, got {outputs!r}")
 
-    ``example_args`` may be any pytrees of arrays; only their shapes and dtypes matter.
-    Arrays the function closes over become the model's weights.
+
+def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = None,
+            outputs=None, print_ir_after_all: bool = False,
+            print_ir_after: str | Sequence[str] | None = None, print_stats: bool = False) -> Model:
+    """Trace ``fn(*example_args)`` and optimize it into a Model.
+
+    * ``example_args``: pytrees of arrays; only shapes and dtypes matter. Arrays ``fn``
+      closes over become the model's weights.
+    * ``passes``: pipeline string or list of pass names; None runs
+      ``jaxlite.passes.DEFAULT_PIPELINE``, ``""``/``[]`` runs none.
+    * ``outputs``: keep only part of ``fn``'s output: a function of it (``lambda o: o[0]``),
+      an index or key, or a list of them. What only the dropped outputs needed is pruned.
+    * ``print_ir_after_all`` / ``print_ir_after=NAME``: print the IR after passes (stderr
+      gets a one-line statistic per pass with ``print_stats``).
     """
-    traced = trace(fn, example_args)
+    from jaxlite.passes import pipeline
+
+    pass_list = pipeline.parse(pipeline.DEFAULT_PIPELINE if passes is None else passes)
+    select = _selector(outputs)
+    traced_fn = fn if select is None else (lambda *a: select(fn(*a)))
+    traced = trace(traced_fn, example_args, names_from=fn)
     verify_module(traced.module, "converted IR")
     model = Model(traced.module, traced.weights, traced.signature)
-    model.ir_history.append(("trace", print_module(traced.module)))
+    model.record("trace", print_module(traced.module))
+    wanted = {print_ir_after} if isinstance(print_ir_after, str) else set(print_ir_after or ())
+    if print_ir_after_all or "trace" in wanted:
+        print(f"// -----// IR after trace //----- //\n{model.ir()}", file=sys.stdout)
+
+    def after_each(name, module, stats):
+        text = print_module(module)
+        model.record(name, text)
+        model.pass_stats.append(stats)
+        if print_stats:
+            print(stats.line(), file=sys.stderr)
+        if print_ir_after_all or name in wanted:
+            print(f"// -----// IR after {name} //----- //\n{text}", file=sys.stdout)
+
+    pipeline.run(model.module, model.weights, pass_list, after_each)
     return model

@@ -284,8 +284,10 @@ def _leaf_specs(tree, avals, root_names: list[str] | None, prefix: str) -> list[
     return specs
 
 
-def trace(fn: Callable, args: tuple) -> Traced:
-    """Trace ``fn(*args)`` and build the IR, the weights and the signature."""
+def trace(fn: Callable, args: tuple, names_from: Callable | None = None) -> Traced:
+    """Trace ``fn(*args)`` and build the IR, the weights and the signature.
+
+    Weight names come from the closure of ``names_from`` (default: ``fn``)."""
     if not callable(fn):
         raise ConversionError(f"convert() needs a function as its first argument, got {type(fn).__name__}")
     leaves, in_treedef = jax.tree_util.tree_flatten(args)
@@ -303,7 +305,7 @@ def trace(fn: Callable, args: tuple) -> Traced:
 
     in_types = [_aval_type(v.aval, None, f"input {i}") for i, v in enumerate(closed.jaxpr.invars)]
     out_types = [_aval_type(v.aval, None, f"output {i}") for i, v in enumerate(closed.jaxpr.outvars)]
-    lowerer = _Lowerer(closure_names(fn))
+    lowerer = _Lowerer(closure_names(names_from or fn))
     block = Block(arg_types=in_types)
     outs = lowerer.lower(closed.jaxpr, closed.consts, list(block.args), block)
     block.add_op(func.ReturnOp(*outs))
@@ -311,7 +313,7 @@ def trace(fn: Callable, args: tuple) -> Traced:
     module = ModuleOp([main])
 
     signature = Signature(
-        inputs=_leaf_specs(args, [v.aval for v in closed.jaxpr.invars], _arg_names(fn, len(args)), "args"),
+        inputs=_leaf_specs(args, [v.aval for v in closed.jaxpr.invars], _arg_names(names_from or fn, len(args)), "args"),
         outputs=_leaf_specs(out_shape, out_leaves, None, "out"),
         in_tree=TreeSpec.of(args), out_tree=TreeSpec.of(out_shape),
         in_treedef=in_treedef, out_treedef=out_treedef,

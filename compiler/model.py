@@ -25,10 +25,21 @@ class Model:
     weights: WeightStore
     signature: Signature
     metadata: dict = field(default_factory=dict)
-    ir_history: list[tuple[str, str]] = field(default_factory=list)  # (pass name, IR text)
+    ir_history: list[tuple[str, str]] = field(default_factory=list)  # (step name, IR text)
+    pass_stats: list = field(default_factory=list)  # PassStats of the pipeline that made it
+
+    def record(self, step: str, text: str) -> None:
+        """Keep the IR text after a pipeline step; repeats are named NAME#2, NAME#3, ..."""
+        taken = {n for n, _ in self.ir_history}
+        name, i = step, 1
+        while name in taken:
+            i += 1
+            name = f"{step}#{i}"
+        self.ir_history.append((name, text))
 
     def ir(self, after: str | None = None) -> str:
-        """IR text of the model, or (``after=NAME``) as it was after that pipeline step."""
+        """IR text of the model, or (``after=NAME``) as it was after that pipeline step
+        ("trace" is the IR straight from tracing; a repeated pass is NAME#2, ...)."""
         if after is None:
             return print_module(self.module)
         for name, text in self.ir_history:

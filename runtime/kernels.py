@@ -13,7 +13,7 @@ from collections.abc import Callable
 from jax import lax
 from xdsl.ir import Operation
 
-from jaxlite.dialects import jlax
+from jaxlite.dialects import fused, jlax
 from jaxlite.dialects.params import decode
 from jaxlite.runtime.program import BlockProgram, Kernel, captures_of
 
@@ -47,6 +47,16 @@ def program_for(block) -> BlockProgram:
 def _primitive(op: jlax.LaxOp) -> Kernel:
     fn = jlax.evaluate(op.PRIMITIVE, jlax._params_key(op.attributes), op.OPTIONAL_PARAMS)
     return lambda weights, *xs: fn(*xs)
+
+
+@register(fused.FusedOp)
+def _fused(op: fused.FusedOp) -> Kernel:
+    fn = jlax.evaluate(op.PRIMITIVE, jlax._params_key(op.primitive_params()), op.OPTIONAL_PARAMS)
+    activation = op.activation
+
+    def run(weights, lhs, rhs, bias=None):
+        return (fused.fused_epilogue(fn(lhs, rhs)[0], bias, activation),)
+    return run
 
 
 @register(jlax.WeightOp)

@@ -80,6 +80,14 @@ def test_gpu_request_without_gpu_is_clear():
 
 def test_ir_after_unknown_pass():
     model = jaxlite.convert(lambda x: x + 1, np.ones(2, np.float32))
-    with pytest.raises(KeyError, match="no IR recorded after 'fuse'"):
-        model.ir(after="fuse")
-    assert model.ir(after="trace") == model.ir()
+    with pytest.raises(KeyError, match="no IR recorded after 'bogus'"):
+        model.ir(after="bogus")
+    unoptimized = jaxlite.convert(lambda x: x + 1, np.ones(2, np.float32), passes="")
+    assert unoptimized.ir(after="trace") == unoptimized.ir()
+
+
+def test_unknown_pass_lists_the_available_ones():
+    with pytest.raises(jaxlite.ConversionError, match="unknown pass 'bogus'; available passes: canonicalize, cse"):
+        jaxlite.convert(lambda x: x + 1, np.ones(2, np.float32), passes="canonicalize,bogus")
+    with pytest.raises(jaxlite.ConversionError, match="outputs must be"):
+        jaxlite.convert(lambda x: x + 1, np.ones(2, np.float32), outputs=3.5)

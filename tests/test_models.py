@@ -20,11 +20,14 @@ def test_examples_match_jax(example):
 
 def test_flax_parameter_paths_become_weight_names():
     fn, args = digits_cnn.factory()
-    model = jaxlite.convert(fn, *args)
+    model = jaxlite.convert(fn, *args, passes="")
     names = set(model.weights)
     assert {"params.Conv_0.kernel", "params.Conv_0.bias", "batch_stats.BatchNorm_0.mean",
             "params.Dense_0.kernel"} <= names
     assert "jlax.weight @params.Conv_0.kernel" in model.ir()
+    optimized = jaxlite.convert(fn, *args)  # BatchNorm folded into the kernels: names say so
+    assert {"params.Conv_0.kernel.folded", "params.Conv_0.bias_folded", "params.Dense_0.kernel",
+            "params.Dense_0.bias"} <= set(optimized.weights)
 
 
 def test_digits_cnn_accuracy_matches_jax_on_held_out_split():
@@ -79,8 +82,10 @@ def test_closure_over_numpy_and_python_scalars():
     def fn(x):
         return x @ w * 0.5 + 1
 
-    model = check_against_jax(fn, np.ones((2, 20), np.float32))
+    model = jaxlite.convert(fn, np.ones((2, 20), np.float32), passes="")
     assert list(model.weights) == ["w"]
+    model = check_against_jax(fn, np.ones((2, 20), np.float32))
+    assert sorted(model.weights) == ["w.bias_folded", "w.folded"]  # (x@w)*0.5+1 folded into w
 
 
 def test_identity_and_constant_outputs():

@@ -1,0 +1,124 @@
+"""``jfuse``: ops the runtime executes as one kernel — dot/conv + bias + activation.
+
+``jfuse.dot`` and ``jfuse.conv`` carry the attributes of the jlax op they replace
+(``dot_general`` / ``conv_general_dilated``), an optional bias operand (added with the
+same broadcasting a jaxpr ``add`` uses) and an ``activation``. Quantized kernels later
+reuse the same epilogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from xdsl.dialects.builtin import StringAttr, TensorType
+from xdsl.ir import Attribute, Dialect, SSAValue
+from xdsl.irdl import (
+    AttrSizedOperandSegments,
+    IRDLOperation,
+    irdl_op_definition,
+    operand_def,
+    opt_operand_def,
+    result_def,
+    traits_def,
+)
+from xdsl.traits import Pure
+from xdsl.utils.exceptions import VerifyException
+
+from jaxlite.dialects import jlax
+from jaxlite.dialects.types import shape_dtype
+
+# name -> function of the pre-activation value; each is exactly the op sequence jax.nn traces
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "none": lambda y: y,
+    "relu": lambda y: lax.max(y, jnp.zeros((), y.dtype)),
+    "relu6": lambda y: lax.min(lax.max(y, jnp.zeros((), y.dtype)), jnp.full((), 6, y.dtype)),
+    "sigmoid": lax.logistic,
+    "tanh": lax.tanh,
+    "silu": lambda y: y * lax.logistic(y),
+    "gelu_tanh": lambda y: jax.nn.gelu(y, approximate=True),
+    "gelu_erf": lambda y: jax.nn.gelu(y, approximate=False),
+}
+
+
+class FusedOp(IRDLOperation):
+    """Base: lhs, rhs, optional bias -> activation(primitive(lhs, rhs) + bias)."""
+
+    PRIMITIVE: ClassVar[str]
+    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]]
+
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    bias = opt_operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    irdl_options = (AttrSizedOperandSegments(as_property=True),)
+    assembly_format = ("$lhs `,` $rhs (`bias` $bias^)? attr-dict `:` type($lhs) `,` type($rhs) "
+                       "(`,` type($bias)^)? `->` type($result)")
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue, bias: SSAValue | None, result_type: Attribute,
+                 params: dict[str, Attribute], activation: str = "none"):
+        super().__init__(operands=[lhs, rhs, bias], result_types=[result_type],
+                         attributes={**params, "activation": StringAttr(activation)})
+
+    @property
+    def activation(self) -> str:
+        return self.attributes["activation"].data
+
+    def primitive_params(self) -> dict[str, Attribute]:
+        return {k: v for k, v in self.attributes.items() if k != "activation"}
+
+    def verify_(self) -> None:
+        act = self.attributes.get("activation")
+        if not isinstance(act, StringAttr) or act.data not in ACTIVATIONS:
+            raise VerifyException(f"{self.name}: activation must be one of {sorted(ACTIVATIONS)}")
+        key = jlax._params_key(self.primitive_params())
+        expected = jlax._infer_types(self.name, self.PRIMITIVE, self.OPTIONAL_PARAMS, key,
+                                     (self.lhs.type, self.rhs.type))
+        if isinstance(expected, str):
+            raise VerifyException(f"{self.name}: {expected}")
+        if expected != (self.result.type,):
+            raise VerifyException(f"{self.name}: result type {self.result.type} does not match "
+                                  f"{self.PRIMITIVE} of the operands ({expected[0]})")
+        if self.bias is not None:
+            out_shape, out_dtype = shape_dtype(self.result.type)
+            b_shape, b_dtype = shape_dtype(self.bias.type)
+            ok = b_dtype == out_dtype and (b_shape == () or (
+                len(b_shape) == len(out_shape) and all(b in (1, o) for b, o in zip(b_shape, out_shape, strict=True))))
+            if not ok:
+                raise VerifyException(f"{self.name}: bias {self.bias.type} does not broadcast to {self.result.type}")
+
+    def evaluate(self, lhs, rhs, bias=None):
+        fn = jlax.evaluate(self.PRIMITIVE, jlax._params_key(self.primitive_params()), self.OPTIONAL_PARAMS)
+        return fused_epilogue(fn(lhs, rhs)[0], bias, self.activation)
+
+
+def fused_epilogue(y, bias, activation: str):
+    if bias is not None:
+        y = y + bias
+    return ACTIVATIONS[activation](y)
+
+
+@irdl_op_definition
+class FusedDotOp(FusedOp):
+    """``activation(dot_general(lhs, rhs) + bias)``."""
+
+    name = "jfuse.dot"
+    PRIMITIVE: ClassVar[str] = "dot_general"
+    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["dot_general"]
+
+
+@irdl_op_definition
+class FusedConvOp(FusedOp):
+    """``activation(conv_general_dilated(lhs, rhs) + bias)``."""
+
+    name = "jfuse.conv"
+    PRIMITIVE: ClassVar[str] = "conv_general_dilated"
+    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["conv_general_dilated"]
+
+
+JFuse = Dialect("jfuse", [FusedDotOp, FusedConvOp], [])
+FUSED_FOR: dict[str, type[FusedOp]] = {"dot_general": FusedDotOp, "conv_general_dilated": FusedConvOp}

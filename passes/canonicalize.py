@@ -1,0 +1,372 @@
+"""canonicalize: fold constants and simplify algebra, keeping IEEE results within rounding.
+
+Rewrites, repeated until nothing changes:
+
+* **constant folding** — every op whose operands are all constants or weights is
+  evaluated at convert time (one jax.jit over the whole constant subgraph). A folded value
+  is materialized where non-constant code reads it, unless that would store more bytes
+  than its sources (a broadcast of a bias to the batch): then its operands are
+  materialized instead. Small results become ``jlax.constant``, larger ones new weights.
+* **identities** — x+0, x-0, x*1, x/1, -(-x), no-op converts/reshapes/broadcasts/
+  transposes/slices/pads/squeezes/revs, transpose∘transpose, reshape∘reshape,
+  broadcast∘broadcast.
+* **like terms** — ``c1*a + c2*a -> (c1+c2)*a`` (so ``3*a + 4*a + 5*a -> 12*a``), also with
+  ``a`` alone and with subtraction; chains ``(x*c1)*c2``, ``(x+c1)+c2``, ``(x/c1)/c2``,
+  ``(x*c1)/c2`` merge into one op; ``x - c`` becomes ``x + (-c)`` and constants move right.
+* with ``fast-math=true`` only: ``x - x -> 0`` and ``x * 0 -> 0`` (wrong for inf/nan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from jaxlite.dialects import jlax
+from jaxlite.dialects.params import decode
+from jaxlite.dialects.types import shape_dtype
+from jaxlite.passes.common import (
+    blocks_of,
+    constant_array,
+    current_store,
+    is_op,
+    producer,
+    splat_value,
+    users,
+)
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Block, Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.pattern_rewriter import (
+    GreedyRewritePatternApplier,
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
+from xdsl.rewriter import InsertPoint
+
+INLINE_LIMIT = 64  # folded results up to this many elements become jlax.constant
+_NOT_FOLDABLE = {"platform_index", "optimization_barrier"}
+
+
+def _nbytes(value: SSAValue) -> tuple[int, int]:
+    shape, dtype = shape_dtype(value.type)
+    size = int(np.prod(shape)) if shape else 1
+    return size, size * dtype.itemsize
+
+
+def _foldable(op: Operation) -> bool:
+    return isinstance(op, jlax.LaxOp) and op.PRIMITIVE not in _NOT_FOLDABLE
+
+
+def fold_constants(module: ModuleOp) -> int:
+    """Fold every constant subgraph of every block; returns how many values were folded."""
+    return sum(_fold_block(block) for block in blocks_of(module))
+
+
+def _fold_block(block: Block) -> int:
+    from jaxlite.runtime.kernels import kernel_for
+
+    leaf: dict[SSAValue, int] = {}
+    derived: dict[SSAValue, int] = {}  # value -> bytes of the constants it is computed from
+    for op in block.ops:
+        if isinstance(op, jlax.ConstantOp | jlax.WeightOp):
+            leaf[op.results[0]] = _nbytes(op.results[0])[1]
+        elif _foldable(op) and all(v in leaf or v in derived for v in op.operands):
+            src = sum(leaf.get(v, 0) + derived.get(v, 0) for v in op.operands)
+            for r in op.results:
+                derived[r] = src
+    if not derived:
+        return 0
+    const_ops = {v.owner for v in derived}
+    stack = [v for v in derived if any(u not in const_ops for u in users(v))]
+    materialize: list[SSAValue] = []
+    seen: set[SSAValue] = set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        size, nbytes = _nbytes(v)
+        if size <= INLINE_LIMIT or nbytes <= derived[v]:
+            materialize.append(v)
+        else:  # folding would store more than it saves: fold the operands instead
+            stack.extend(x for x in v.owner.operands if x in derived)
+    if not materialize:
+        return 0
+    # the ops that compute the materialized values, in block order
+    needed: set[Operation] = set()
+    todo = [v.owner for v in materialize]
+    while todo:
+        op = todo.pop()
+        if op in needed:
+            continue
+        needed.add(op)
+        todo.extend(v.owner for v in op.operands if v in derived)
+    order = [op for op in block.ops if op in needed]
+    leaves = list(dict.fromkeys(v for op in order for v in op.operands if v in leaf))
+    kernels = [(kernel_for(op), op) for op in order]
+
+    def run(leaf_values):
+        env = dict(zip(leaves, leaf_values, strict=True))
+        for kernel, op in kernels:
+            env.update(zip(op.results, kernel({}, *[env[v] for v in op.operands]), strict=True))
+        return [env[v] for v in materialize]
+
+    values = jax.device_get(jax.jit(run)([constant_array(v) for v in leaves]))
+    store = current_store()
+    for v, arr in zip(materialize, values, strict=True):
+        arr = np.asarray(arr)
+        if arr.size <= INLINE_LIMIT and _from_weight(v) is None:
+            new = jlax.ConstantOp.from_array(arr)
+        else:
+            new = jlax.WeightOp(store.add(arr, _hint(v)), v.type)
+        _insert_before(new, v.owner)
+        v.replace_all_uses_with(new.results[0])
+    for op in reversed(order):
+        if all(not r.uses for r in op.results):
+            op.detach()
+            op.erase()
+    return len(materialize)
+
+
+def _insert_before(new: Operation, anchor: Operation) -> None:
+    anchor.parent_block().insert_op_before(new, anchor)
+
+
+def _from_weight(v: SSAValue) -> str | None:
+    """Name of a weight ``v`` is computed from (parameters stay weights when folded)."""
+    todo, seen = [v], set()
+    while todo:
+        x = todo.pop()
+        op = producer(x)
+        if isinstance(op, jlax.WeightOp):
+            return op.weight_name
+        if op is None or op in seen or isinstance(op, jlax.ConstantOp):
+            continue
+        seen.add(op)
+        todo.extend(op.operands)
+    return None
+
+
+def _hint(v: SSAValue) -> str:
+    name = _from_weight(v)
+    # reshapes/broadcasts of a parameter keep its name; computed values say how
+    if name is not None and v.owner.PRIMITIVE in ("reshape", "broadcast_in_dim", "convert_element_type"):
+        return name
+    return f"{name or 'folded'}.{v.owner.PRIMITIVE}"
+
+
+# ---------------------------------------------------------------------------------------
+# algebraic patterns
+
+
+def _new(primitive: str, inputs, result_type, params=None) -> jlax.LaxOp:
+    return jlax.PRIMITIVE_OPS[primitive](inputs, [result_type], params or {})
+
+
+def _scalar_const(value, dtype) -> jlax.ConstantOp:
+    return jlax.ConstantOp.from_array(np.asarray(value, dtype=dtype))
+
+
+def _is_float(value: SSAValue) -> bool:
+    return shape_dtype(value.type)[1].kind == "f"
+
+
+def _dtype(value: SSAValue):
+    return shape_dtype(value.type)[1]
+
+
+def _binary(op: Operation, *names: str) -> bool:
+    return isinstance(op, jlax.LaxOp) and op.PRIMITIVE in names and len(op.operands) == 2
+
+
+def _forward(rewriter: PatternRewriter, op: Operation, value: SSAValue) -> bool:
+    if value.type != op.results[0].type:
+        return False
+    rewriter.replace(op, [], [value])
+    return True
+
+
+class ConstantsToTheRight(RewritePattern):
+    """add/mul(c, x) -> add/mul(x, c), so the other patterns see one shape."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if _binary(op, "add", "mul", "max", "min") and splat_value(op.operands[0]) is not None \
+                and splat_value(op.operands[1]) is None:
+            rewriter.replace(op, _new(op.PRIMITIVE, [op.operands[1], op.operands[0]],
+                                      op.results[0].type, dict(op.attributes)))
+
+
+class Identities(RewritePattern):
+    """x+0, x-0, x*1, x/1, -(-x) and structural ops that do nothing."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        p = op.PRIMITIVE
+        ops = op.operands
+        if p in ("add", "sub") and len(ops) == 2 and splat_value(ops[1]) == 0:
+            _forward(rewriter, op, ops[0])
+        elif p in ("mul", "div") and len(ops) == 2 and splat_value(ops[1]) == 1:
+            _forward(rewriter, op, ops[0])
+        elif p == "neg" and is_op(producer(ops[0]), "neg"):
+            _forward(rewriter, op, producer(ops[0]).operands[0])
+        elif p in ("convert_element_type", "reshape", "broadcast_in_dim", "squeeze") \
+                and len(ops) == 1 and ops[0].type == op.results[0].type:
+            if p == "broadcast_in_dim" and decode(op.attributes["broadcast_dimensions"]) != tuple(
+                    range(len(shape_dtype(ops[0].type)[0]))):
+                return
+            _forward(rewriter, op, ops[0])
+        elif p == "transpose":
+            perm = decode(op.attributes["permutation"])
+            if perm == tuple(range(len(perm))):
+                _forward(rewriter, op, ops[0])
+            elif is_op(producer(ops[0]), "transpose"):
+                inner = producer(ops[0])
+                first = decode(inner.attributes["permutation"])
+                composed = tuple(first[i] for i in perm)
+                if composed == tuple(range(len(composed))):
+                    _forward(rewriter, op, inner.operands[0])
+                else:
+                    rewriter.replace(op, _new("transpose", [inner.operands[0]], op.results[0].type,
+                                              {"permutation": _encode(composed)}))
+        elif p == "reshape" and is_op(producer(ops[0]), "reshape") and "dimensions" not in op.attributes \
+                and "dimensions" not in producer(ops[0]).attributes:
+            rewriter.replace(op, _new("reshape", [producer(ops[0]).operands[0]], op.results[0].type,
+                                      dict(op.attributes)))
+        elif p == "broadcast_in_dim" and is_op(producer(ops[0]), "broadcast_in_dim"):
+            inner = producer(ops[0])
+            d_inner = decode(inner.attributes["broadcast_dimensions"])
+            d_outer = decode(op.attributes["broadcast_dimensions"])
+            attrs = dict(op.attributes)
+            attrs["broadcast_dimensions"] = _encode(tuple(d_outer[i] for i in d_inner))
+            rewriter.replace(op, _new("broadcast_in_dim", [inner.operands[0]], op.results[0].type, attrs))
+        elif p in ("slice", "pad", "rev", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod") \
+                and ops[0].type == op.results[0].type:
+            if p == "slice" and any(s not in (None, 1) for s in (decode(op.attributes.get("strides")) or ())):
+                return
+            if p == "pad" and any(c != (0, 0, 0) for c in decode(op.attributes["padding_config"])):
+                return
+            if p == "rev" and decode(op.attributes["dimensions"]):
+                return
+            _forward(rewriter, op, ops[0])
+
+
+def _encode(value):
+    from jaxlite.dialects.params import encode
+    return encode(value)
+
+
+def _term(value: SSAValue) -> tuple[SSAValue, float] | None:
+    """value as (a, c) with value == c * a, for c a scalar constant (c = 1 for a alone)."""
+    op = producer(value)
+    if _binary(op, "mul"):
+        c = splat_value(op.operands[1])
+        if c is not None and op.operands[0].type == value.type:
+            return op.operands[0], c
+    return value, 1
+
+
+class LikeTerms(RewritePattern):
+    """c1*a + c2*a -> (c1+c2)*a and c1*a - c2*a -> (c1-c2)*a (floats)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if not _binary(op, "add", "sub") or not _is_float(op.results[0]):
+            return
+        lhs, rhs = op.operands
+        if lhs.type != op.results[0].type or rhs.type != op.results[0].type:
+            return
+        (a, ca), (b, cb) = _term(lhs), _term(rhs)
+        if a is not b or (ca == 1 and cb == 1 and op.PRIMITIVE == "sub"):
+            return
+        dtype = _dtype(op.results[0])
+        total = np.asarray(ca, dtype) + np.asarray(cb, dtype) if op.PRIMITIVE == "add" \
+            else np.asarray(ca, dtype) - np.asarray(cb, dtype)
+        c = _scalar_const(total, dtype)
+        rewriter.insert(c, InsertPoint.before(op))
+        rewriter.replace(op, _new("mul", [a, c.results[0]], op.results[0].type, {}))
+
+
+class ConstantChains(RewritePattern):
+    """(x*c1)*c2 -> x*(c1*c2), (x+c1)+c2 -> x+(c1+c2), (x/c1)/c2 -> x/(c1*c2),
+    (x*c1)/c2 -> x*(c1/c2), (x/c1)*c2 -> x*(c2/c1), x - c -> x + (-c)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if not _binary(op, "add", "sub", "mul", "div"):
+            return
+        c2 = splat_value(op.operands[1])
+        if c2 is None:
+            return
+        dtype = _dtype(op.results[0])
+        is_float = dtype.kind == "f"
+        x = op.operands[0]
+        if op.PRIMITIVE == "sub":
+            if is_float:
+                c = _scalar_const(-np.asarray(c2, dtype), dtype)
+                rewriter.insert(c, InsertPoint.before(op))
+                rewriter.replace(op, _new("add", [x, c.results[0]], op.results[0].type))
+            return
+        inner = producer(x)
+        if not _binary(inner, "add", "mul", "div") or x.type != op.results[0].type:
+            return
+        c1 = splat_value(inner.operands[1])
+        if c1 is None or inner.operands[0].type != op.results[0].type:
+            return
+        a, b = np.asarray(c1, dtype), np.asarray(c2, dtype)
+        pair = (inner.PRIMITIVE, op.PRIMITIVE)
+        if pair == ("mul", "mul"):
+            new_p, value = "mul", a * b
+        elif pair == ("add", "add"):
+            new_p, value = "add", a + b
+        elif pair == ("div", "div") and is_float:
+            new_p, value = "div", a * b
+        elif pair == ("mul", "div") and is_float:
+            new_p, value = "mul", a / b
+        elif pair == ("div", "mul") and is_float:
+            new_p, value = "mul", b / a
+        else:
+            return
+        c = _scalar_const(value, dtype)
+        rewriter.insert(c, InsertPoint.before(op))
+        rewriter.replace(op, _new(new_p, [inner.operands[0], c.results[0]], op.results[0].type))
+
+
+class FastMath(RewritePattern):
+    """x - x -> 0 and x * 0 -> 0: not IEEE-exact (inf, nan), only with fast-math."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if not ((_binary(op, "sub") and op.operands[0] is op.operands[1])
+                or (_binary(op, "mul") and splat_value(op.operands[1]) == 0)):
+            return
+        shape, dtype = shape_dtype(op.results[0].type)
+        zero = _scalar_const(0, dtype)
+        if not shape:
+            rewriter.replace(op, zero)
+            return
+        broadcast = _new("broadcast_in_dim", [zero.results[0]], op.results[0].type,
+                         {"shape": _encode(shape), "broadcast_dimensions": _encode(())})
+        rewriter.replace(op, [zero, broadcast])
+
+
+@dataclass(frozen=True)
+class CanonicalizePass(ModulePass):
+    name = "canonicalize"
+    fast_math: bool = False
+    max_iterations: int = 10
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        patterns: list[RewritePattern] = [ConstantsToTheRight(), Identities(), LikeTerms(), ConstantChains()]
+        if self.fast_math:
+            patterns.append(FastMath())
+        walker = PatternRewriteWalker(GreedyRewritePatternApplier(patterns), apply_recursively=True)
+        for _ in range(self.max_iterations):
+            folded = fold_constants(op)
+            rewritten = walker.rewrite_module(op)
+            if not folded and not rewritten:
+                break

@@ -1,0 +1,87 @@
+"""What every jaxlite pass shares: the WeightStore of the model being optimized, and small
+queries on values (is it a constant, what is its array, who uses it)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import numpy as np
+from jaxlite.compiler.weights import WeightStore
+from jaxlite.dialects import jlax
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Block, Operation, OpResult, SSAValue
+
+# Passes are xDSL ModulePasses (constructed from pipeline strings, so they hold no
+# store); the driver binds the model's WeightStore here while they run.
+_STORE: contextvars.ContextVar[WeightStore | None] = contextvars.ContextVar("jaxlite_store", default=None)
+
+
+@contextlib.contextmanager
+def using_store(store: WeightStore) -> Iterator[WeightStore]:
+    token = _STORE.set(store)
+    try:
+        yield store
+    finally:
+        _STORE.reset(token)
+
+
+def current_store() -> WeightStore:
+    store = _STORE.get()
+    if store is None:  # a pass run without weights (IR text): an empty store
+        store = WeightStore()
+        _STORE.set(store)
+    return store
+
+
+def producer(value: SSAValue) -> Operation | None:
+    return value.owner if isinstance(value, OpResult) else None
+
+
+def is_constant(value: SSAValue) -> bool:
+    return isinstance(producer(value), jlax.ConstantOp | jlax.WeightOp)
+
+
+def constant_array(value: SSAValue) -> np.ndarray | None:
+    """The array of a value produced by jlax.constant or jlax.weight, else None."""
+    op = producer(value)
+    if isinstance(op, jlax.ConstantOp):
+        return op.to_array()
+    if isinstance(op, jlax.WeightOp):
+        store = current_store()
+        return np.asarray(store[op.weight_name]) if op.weight_name in store else None
+    return None
+
+
+def splat_value(value: SSAValue) -> float | int | None:
+    """The single value of a small constant whose elements are all equal, else None."""
+    op = producer(value)
+    if not isinstance(op, jlax.ConstantOp):
+        return None
+    arr = op.to_array()
+    if arr.size == 0 or not (arr == arr.reshape(-1)[0]).all():
+        return None
+    return arr.reshape(-1)[0].item()
+
+
+def users(value: SSAValue) -> list[Operation]:
+    return [use.operation for use in value.uses]
+
+
+def sole_user(value: SSAValue) -> Operation | None:
+    ops = users(value)
+    return ops[0] if len(ops) == 1 else None
+
+
+def is_op(op: Operation | None, primitive: str) -> bool:
+    return isinstance(op, jlax.LaxOp) and op.PRIMITIVE == primitive
+
+
+def blocks_of(module: ModuleOp) -> list[Block]:
+    """Every block of the module (function bodies and control-flow regions)."""
+    out = []
+    for op in module.walk():
+        for region in op.regions:
+            out.extend(region.blocks)
+    return out

@@ -1,0 +1,152 @@
+"""fold-affine (alias fold-batchnorm): fold per-channel affine chains into dot/conv weights.
+
+After a ``dot_general`` or ``conv_general_dilated`` whose kernel is a weight, a chain of
+single-use ``add``/``sub``/``mul``/``div`` by constants that vary only along the output
+feature axis (what BatchNorm in inference mode leaves after tracing: sub mean, mul
+scale*rsqrt(var+eps), add beta; and the layer's own bias) is an affine map
+``y -> a*y + b`` per channel. It is rewritten as one op with kernel ``W*a`` (scaled along
+its output-feature axis) followed by one ``add`` of the bias ``b``.
+Run canonicalize first, so BatchNorm's statistics are folded into constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import Rewriter
+
+from jaxlite.dialects import fused, jlax
+from jaxlite.dialects.params import decode
+from jaxlite.dialects.types import shape_dtype, tensor_type
+from jaxlite.passes.common import constant_array, current_store, is_constant, producer, sole_user
+
+
+def feature_axes(op: Operation) -> tuple[int, int] | None:
+    """(output feature axis, kernel output-feature axis) of a dot/conv with a kernel rhs."""
+    prim = op.PRIMITIVE
+    attrs = op.primitive_params() if isinstance(op, fused.FusedOp) else op.attributes
+    if prim == "conv_general_dilated":
+        if decode(attrs["batch_group_count"]) != 1:
+            return None
+        dn = decode(attrs["dimension_numbers"])
+        return dn.out_spec[1], dn.rhs_spec[0]
+    if prim == "dot_general":
+        (lc, rc), (lb, rb) = decode(attrs["dimension_numbers"])
+        rhs_rank = len(shape_dtype(op.operands[1].type)[0])
+        free = [d for d in range(rhs_rank) if d not in rc and d not in rb]
+        if lb or rb or len(free) != 1:
+            return None
+        out_rank = len(shape_dtype(op.results[0].type)[0])
+        return out_rank - 1, free[0]
+    return None
+
+
+def per_channel(value: SSAValue, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """The constant as a length-C vector if it only varies along ``axis``, else None."""
+    arr = constant_array(value)
+    if arr is None or arr.dtype.kind != "f":
+        return None
+    channels = out_shape[axis]
+    if arr.ndim == 0:
+        return np.full(channels, arr, arr.dtype)
+    if arr.ndim != len(out_shape) or any(s != 1 for i, s in enumerate(arr.shape) if i != axis):
+        return None
+    vec = arr.reshape(-1)
+    if vec.size == 1:
+        return np.full(channels, vec[0], arr.dtype)
+    return vec if vec.size == channels else None
+
+
+def _fold_one(op: jlax.LaxOp) -> bool:
+    axes = feature_axes(op)
+    kernel_value = op.operands[1]
+    if axes is None or not is_constant(kernel_value):
+        return False
+    out_axis, k_axis = axes
+    y = op.results[0]
+    out_shape, dtype = shape_dtype(y.type)
+    if dtype.kind != "f":
+        return False
+    channels = out_shape[out_axis]
+    a = np.ones(channels, np.float64)
+    b = np.zeros(channels, np.float64)
+    chain: list[Operation] = []
+    value = y
+    while (user := sole_user(value)) is not None and isinstance(user, jlax.LaxOp) \
+            and user.PRIMITIVE in ("add", "sub", "mul", "div") and user.results[0].type == value.type:
+        x, c_value = user.operands
+        swapped = x is not value
+        if swapped:
+            x, c_value = c_value, x
+        c = per_channel(c_value, out_shape, out_axis)
+        if c is None:
+            break
+        c = c.astype(np.float64)
+        p = user.PRIMITIVE
+        if p == "add":
+            b = b + c
+        elif p == "sub" and not swapped:
+            b = b - c
+        elif p == "sub":
+            a, b = -a, c - b
+        elif p == "mul":
+            a, b = a * c, b * c
+        elif not swapped:  # y / c
+            a, b = a / c, b / c
+        else:
+            break
+        chain.append(user)
+        value = user.results[0]
+    if not chain or (len(chain) == 1 and chain[0].PRIMITIVE == "add" and np.all(a == 1)):
+        return False  # nothing to fold (a plain bias add stays for the fuse pass)
+    store = current_store()
+    kernel = constant_array(kernel_value)
+    scale_shape = [1] * kernel.ndim
+    scale_shape[k_axis] = channels
+    new_kernel = (kernel.astype(np.float64) * a.reshape(scale_shape)).astype(kernel.dtype)
+    hint = kernel_value.owner.weight_name if isinstance(kernel_value.owner, jlax.WeightOp) else "kernel"
+    w = jlax.WeightOp(store.add(new_kernel, hint + ".folded"), kernel_value.type)
+    new_op = type(op)([op.operands[0], w.results[0]], [y.type], dict(op.attributes))
+    bias_shape = [1] * len(out_shape)
+    bias_shape[out_axis] = channels
+    bias = b.astype(dtype).reshape(bias_shape)
+    bias_op = jlax.WeightOp(store.add(bias, hint.rsplit(".", 1)[0] + ".bias_folded"),
+                            tensor_type(bias_shape, dtype))
+    add = jlax.PRIMITIVE_OPS["add"]([new_op.results[0], bias_op.results[0]], [value.type], {})
+    last = chain[-1]
+    Rewriter.insert_op([w, bias_op, new_op, add], _before(last))
+    value.replace_all_uses_with(add.results[0])
+    for dead in reversed(chain):
+        dead.detach()
+        dead.erase()
+    op.detach()
+    op.erase()
+    return True
+
+
+def _before(op: Operation):
+    from xdsl.rewriter import InsertPoint
+    return InsertPoint.before(op)
+
+
+@dataclass(frozen=True)
+class FoldAffinePass(ModulePass):
+    name = "fold-affine"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        for candidate in [o for o in op.walk() if isinstance(o, jlax.LaxOp)
+                          and o.PRIMITIVE in ("dot_general", "conv_general_dilated")]:
+            _fold_one(candidate)
+
+
+@dataclass(frozen=True)
+class FoldBatchNormPass(FoldAffinePass):
+    name = "fold-batchnorm"
+
+
+__all__ = ["FoldAffinePass", "FoldBatchNormPass", "feature_axes", "per_channel", "producer"]

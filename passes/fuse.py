@@ -1,0 +1,193 @@
+"""fuse: dot_general / conv_general_dilated + bias add + activation -> one jfuse op.
+
+The bias must vary only along the output feature axis (a Dense or Conv bias, or what
+fold-affine produced), so residual adds are never mistaken for biases. Activations are
+recognised in the shapes jax.nn traces them into:
+
+relu ``max(y, 0)``; relu6 ``min(max(y, 0), 6)`` or ``clamp(0, y, 6)``; sigmoid
+``logistic(y)``; tanh; silu ``y * logistic(y)``; gelu (tanh form)
+``y * (0.5 * (1 + tanh(sqrt(2/pi) * (y + 0.044715 * y**3))))``; gelu (exact)
+``(0.5 * y) * erfc(-y * 1/sqrt(2))``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
+
+from jaxlite.dialects import fused, jlax
+from jaxlite.dialects.params import decode
+from jaxlite.dialects.types import shape_dtype
+from jaxlite.passes.common import is_op, producer, sole_user, splat_value, users
+from jaxlite.passes.fold_affine import feature_axes
+
+
+def _close(x, target, rel=1e-4) -> bool:
+    return x is not None and abs(x - target) <= rel * abs(target)
+
+
+def _other(op: Operation, value: SSAValue) -> SSAValue | None:
+    a, b = op.operands
+    if a is value:
+        return b
+    if b is value:
+        return a
+    return None
+
+
+def _binary_with_const(op, prim: str, value: SSAValue, target: float) -> bool:
+    return is_op(op, prim) and len(op.operands) == 2 and _close(splat_value(_other(op, value)), target) \
+        if op is not None and value in op.operands else False
+
+
+def match_activation(y: SSAValue) -> tuple[str, SSAValue, list[Operation]] | None:
+    """(activation, output value, ops it consists of) for the activation applied to y."""
+    uses = users(y)
+    if len(uses) == 1:
+        u = uses[0]
+        if _binary_with_const(u, "max", y, 0.0) or (is_op(u, "max") and splat_value(_other(u, y)) == 0):
+            out = u.results[0]
+            m = sole_user(out)
+            if is_op(m, "min") and _other(m, out) is not None and splat_value(_other(m, out)) == 6:
+                return "relu6", m.results[0], [u, m]
+            return "relu", out, [u]
+        if is_op(u, "clamp") and u.operands[1] is y and splat_value(u.operands[0]) == 0 \
+                and splat_value(u.operands[2]) == 6:
+            return "relu6", u.results[0], [u]
+        if is_op(u, "logistic"):
+            return "sigmoid", u.results[0], [u]
+        if is_op(u, "tanh"):
+            return "tanh", u.results[0], [u]
+    if len(uses) == 2:
+        logistic = next((u for u in uses if is_op(u, "logistic")), None)
+        mul = next((u for u in uses if is_op(u, "mul")), None)
+        if logistic is not None and mul is not None and sole_user(logistic.results[0]) is mul \
+                and set(mul.operands) == {y, logistic.results[0]}:
+            return "silu", mul.results[0], [logistic, mul]
+        return _match_gelu_erf(y, uses)
+    if len(uses) == 3:
+        return _match_gelu_tanh(y, uses)
+    return None
+
+
+def _match_gelu_erf(y, uses):
+    half = next((u for u in uses if _binary_with_const(u, "mul", y, 0.5)), None)
+    neg = next((u for u in uses if is_op(u, "neg")), None)
+    if half is None or neg is None:
+        return None
+    scaled = sole_user(neg.results[0])
+    if not _binary_with_const(scaled, "mul", neg.results[0], 1 / math.sqrt(2)):
+        return None
+    erfc = sole_user(scaled.results[0])
+    if not is_op(erfc, "erfc"):
+        return None
+    out = sole_user(erfc.results[0])
+    if not is_op(out, "mul") or set(out.operands) != {half.results[0], erfc.results[0]} \
+            or sole_user(half.results[0]) is not out:
+        return None
+    return "gelu_erf", out.results[0], [half, neg, scaled, erfc, out]
+
+
+def _match_gelu_tanh(y, uses):
+    cube = next((u for u in uses if is_op(u, "integer_pow") and decode(u.attributes["y"]) == 3), None)
+    if cube is None:
+        return None
+    c1 = sole_user(cube.results[0])
+    if not _binary_with_const(c1, "mul", cube.results[0], 0.044715):
+        return None
+    inner = sole_user(c1.results[0])
+    if not (is_op(inner, "add") and set(inner.operands) == {y, c1.results[0]}):
+        return None
+    c2 = sole_user(inner.results[0])
+    if not _binary_with_const(c2, "mul", inner.results[0], math.sqrt(2 / math.pi)):
+        return None
+    t = sole_user(c2.results[0])
+    if not is_op(t, "tanh"):
+        return None
+    one = sole_user(t.results[0])
+    if not _binary_with_const(one, "add", t.results[0], 1.0):
+        return None
+    half = sole_user(one.results[0])
+    if not _binary_with_const(half, "mul", one.results[0], 0.5):
+        return None
+    out = sole_user(half.results[0])
+    if not (is_op(out, "mul") and set(out.operands) == {y, half.results[0]}):
+        return None
+    ops = [cube, c1, inner, c2, t, one, half, out]
+    if set(uses) != {cube, inner, out}:
+        return None
+    return "gelu_tanh", out.results[0], ops
+
+
+def _bias_operand(add: Operation, y: SSAValue, out_axis: int) -> SSAValue | None:
+    """The other operand of ``add`` if it is a per-output-channel bias for y."""
+    if not is_op(add, "add") or add.results[0].type != y.type:
+        return None
+    b = _other(add, y)
+    if b is None or b is y:
+        return None
+    out_shape, dtype = shape_dtype(y.type)
+    b_shape, b_dtype = shape_dtype(b.type)
+    if b_dtype != dtype:
+        return None
+    if b_shape == ():
+        return b
+    if len(b_shape) != len(out_shape) or any(s != 1 for i, s in enumerate(b_shape) if i != out_axis):
+        return None
+    defining = producer(b)
+    if defining is not None and defining.parent_block() is add.parent_block():
+        # the bias must be available where the dot/conv is
+        return b if _defined_before(defining, add) else None
+    return b
+
+
+def _defined_before(a: Operation, b: Operation) -> bool:
+    return a.parent_block().get_operation_index(a) < b.parent_block().get_operation_index(b)
+
+
+def _fuse_one(op: jlax.LaxOp) -> bool:
+    axes = feature_axes(op)
+    y = op.results[0]
+    if shape_dtype(y.type)[1].kind != "f":
+        return False
+    bias = None
+    pre = y
+    consumed: list[Operation] = []
+    add = sole_user(y)
+    if axes is not None and add is not None and (b := _bias_operand(add, y, axes[0])) is not None:
+        bias, pre = b, add.results[0]
+        consumed.append(add)
+    act = match_activation(pre)
+    activation, out = "none", pre
+    if act is not None:
+        activation, out, ops = act
+        consumed += ops
+    if not consumed:
+        return False
+    fused_cls = fused.FUSED_FOR[op.PRIMITIVE]
+    new = fused_cls(op.operands[0], op.operands[1], bias, y.type, dict(op.attributes), activation)
+    last = consumed[-1]
+    Rewriter.insert_op(new, InsertPoint.before(last))
+    out.replace_all_uses_with(new.result)
+    for dead in reversed(consumed):
+        dead.detach()
+        dead.erase()
+    op.detach()
+    op.erase()
+    return True
+
+
+@dataclass(frozen=True)
+class FusePass(ModulePass):
+    name = "fuse"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        for candidate in [o for o in op.walk() if isinstance(o, jlax.LaxOp)
+                          and o.PRIMITIVE in fused.FUSED_FOR]:
+            _fuse_one(candidate)
