@@ -3,19 +3,18 @@
 Forwards identity ops that only matter to autodiff or scheduling (``stop_gradient``,
 ``copy``, ``optimization_barrier``) and then erases unused Pure ops with xDSL's dead-code
 elimination, so training-only work (BatchNorm statistics updates when
-``convert(..., outputs=...)`` drops them) and unused random numbers disappear.
+``convert(..., outputs=...)`` drops them) disappears.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jaxlite.dialects import jlax
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.transforms.dead_code_elimination import dce
-
-from jaxlite.dialects import jlax
 
 _IDENTITY = {"stop_gradient", "copy", "optimization_barrier"}
 

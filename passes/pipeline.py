@@ -12,10 +12,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from xdsl.dialects.builtin import ModuleOp
-from xdsl.passes import ModulePass
-from xdsl.utils.arg_spec import parse_pipeline as xdsl_parse_pipeline
-
 from jaxlite.compiler.context import make_context, print_module, verify_module
 from jaxlite.compiler.errors import ConversionError
 from jaxlite.compiler.weights import WeightStore
@@ -25,6 +21,9 @@ from jaxlite.passes.cse import CSEPass
 from jaxlite.passes.dce import DCEPass
 from jaxlite.passes.fold_affine import FoldAffinePass, FoldBatchNormPass
 from jaxlite.passes.fuse import FusePass
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+from xdsl.utils.arg_spec import parse_pipeline as xdsl_parse_pipeline
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p for p in (CanonicalizePass, CSEPass, DCEPass, FoldAffinePass, FoldBatchNormPass, FusePass)
@@ -112,9 +111,8 @@ def tidy_weight_names(module: ModuleOp, store: WeightStore) -> None:
     """``name_2`` -> ``name`` where a pass replaced ``name`` (a folded reshape of a bias)."""
     import re
 
-    from xdsl.dialects.builtin import SymbolRefAttr
-
     from jaxlite.dialects.jlax import WeightOp
+    from xdsl.dialects.builtin import SymbolRefAttr
 
     renames = {}
     for name in list(store):

@@ -1,0 +1,221 @@
+"""Each pass: the IR before and after, and outputs unchanged (compared with jax.jit)."""
+
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlite
+import jaxlite.passes
+from conftest import assert_tree_close
+from jaxlite.examples import digits, digits_cnn
+
+X = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+
+
+def ops(model) -> Counter:
+    return Counter(op.name for op in model.module.walk()
+                   if op.name not in ("builtin.module", "func.func", "func.return"))
+
+
+def convert_checked(fn, *args, passes, rtol=1e-5, atol=1e-6):
+    before = jaxlite.convert(fn, *args, passes="")
+    after = jaxlite.convert(fn, *args, passes=passes)
+    ref = jax.jit(fn)(*args)
+    assert_tree_close(before.compile()(*args), ref, rtol, atol)
+    assert_tree_close(after.compile()(*args), ref, rtol, atol)
+    return before, after
+
+
+def test_seed_example_collects_like_terms_into_one_multiply_by_12():
+    before, after = convert_checked(lambda a: 3 * a + 4 * a + 5 * a, X, passes="canonicalize")
+    assert ops(before)["jlax.mul"] == 3 and ops(before)["jlax.add"] == 2
+    assert ops(after) == Counter({"jlax.mul": 1, "jlax.constant": 1})
+    text = after.ir()
+    assert "jlax.constant dense<1.200000e+01> : tensor<f32>" in text
+    assert "jlax.mul %0, %1" in text
+
+
+@pytest.mark.parametrize("fn, gone", [
+    (lambda x: x + 0.0, "jlax.add"), (lambda x: x - 0.0, "jlax.sub"), (lambda x: x * 1.0, "jlax.mul"),
+    (lambda x: x / 1.0, "jlax.div"), (lambda x: -(-x), "jlax.neg"),
+    (lambda x: x.T.T, "jlax.transpose"), (lambda x: x.reshape(2, 16).reshape(32), None),
+    (lambda x: x.astype(jnp.float32), "jlax.convert_element_type"),
+    (lambda x: x[:, :], "jlax.slice"), (lambda x: jnp.pad(x, 0), "jlax.pad"),
+])
+def test_identities_disappear(fn, gone):
+    before, after = convert_checked(fn, X, passes="canonicalize")
+    if gone is not None:
+        assert ops(after)[gone] == 0
+    assert sum(ops(after).values()) <= max(1, sum(ops(before).values()) - 1)
+
+
+def test_reshape_and_broadcast_chains_merge():
+    _, after = convert_checked(lambda x: x.reshape(2, 16).reshape(32) + 1, X, passes="canonicalize")
+    assert ops(after)["jlax.reshape"] == 1
+    _, after = convert_checked(lambda x: jnp.broadcast_to(jnp.broadcast_to(x[0], (3, 8)), (2, 3, 8)),
+                               X, passes="canonicalize")
+    assert ops(after)["jlax.broadcast_in_dim"] == 1
+
+
+@pytest.mark.parametrize("fn, kind, count", [
+    (lambda x: (x * 2.0) * 3.0, "jlax.mul", 1),
+    (lambda x: (x + 1.0) + 2.0, "jlax.add", 1),
+    (lambda x: (x / 2.0) / 4.0, "jlax.div", 1),
+    (lambda x: (x * 6.0) / 3.0, "jlax.mul", 1),
+    (lambda x: x - x * 0.25, "jlax.mul", 1),
+    (lambda x: x + x, "jlax.mul", 1),
+])
+def test_constant_chains_merge(fn, kind, count):
+    _, after = convert_checked(fn, X, passes="canonicalize")
+    assert ops(after)[kind] == count
+    assert sum(ops(after).values()) == 2  # the op and its constant
+
+
+def test_ieee_unsafe_rewrites_only_with_fast_math():
+    inf_x = X.copy()
+    inf_x[0, 0] = np.inf
+    for fn in (lambda x: x - x, lambda x: x * 0.0):
+        _, safe = convert_checked(fn, inf_x, passes="canonicalize")
+        assert ops(safe)["jlax.sub"] + ops(safe)["jlax.mul"] == 1
+        fast = jaxlite.convert(fn, inf_x, passes="canonicalize{fast-math=true}")
+        assert ops(fast)["jlax.sub"] + ops(fast)["jlax.mul"] == 0
+        assert np.all(np.asarray(fast.compile()(X)) == 0)
+
+
+def test_constant_folding_of_weights_and_no_blowup_of_broadcasts():
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32))
+    b = jnp.arange(16, dtype=jnp.float32)
+
+    def fn(x):
+        scale = jnp.exp(b) / jnp.exp(b).sum()   # all-constant: folded at convert time
+        return (x @ (w * 2.0)) + scale           # scale is broadcast to (4, 16) at runtime
+
+    before, after = convert_checked(fn, X, passes="canonicalize,dce")
+    assert ops(after)["jlax.exp"] == 0 and ops(after)["jlax.reduce_sum"] == 0
+    assert after.weights.nbytes <= before.weights.nbytes  # nothing materialized bigger
+    shapes = sorted(a.shape for a in after.weights.arrays.values())
+    assert (4, 16) not in shapes
+
+
+def test_cse_merges_duplicates():
+    def fn(x):
+        return jnp.sin(x) * 2 + jnp.sin(x) * 2
+    before, after = convert_checked(fn, X, passes="cse")
+    assert ops(before)["jlax.sin"] == 2 and ops(after)["jlax.sin"] == 1
+
+
+def test_dce_removes_stop_gradient_copies_and_unused_work():
+    def fn(x):
+        unused = jnp.exp(x) @ x.T  # noqa: F841 - dead
+        return jax.lax.stop_gradient(jnp.copy(x)) + 1
+    before, after = convert_checked(fn, X, passes="dce")
+    assert ops(before)["jlax.exp"] == 1 and ops(before)["jlax.stop_gradient"] == 1
+    assert ops(after) == Counter({"jlax.add": 1, "jlax.constant": 1})
+
+
+def test_outputs_selection_prunes_training_only_work():
+    model_def, variables = digits_cnn.trained()
+    x = digits.load(images=True)[2][:8]
+
+    def train_mode(x):  # returns (logits, {"batch_stats": updated running statistics})
+        return model_def.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    full = jaxlite.convert(train_mode, x)
+    logits_only = jaxlite.convert(train_mode, x, outputs=0)
+    assert len(logits_only.signature.outputs) == 1 and len(full.signature.outputs) == 5
+    assert sum(ops(logits_only).values()) < sum(ops(full).values())
+    assert_tree_close(logits_only.compile()(x), jax.jit(train_mode)(x)[0], rtol=1e-5, atol=1e-5)
+    by_key = jaxlite.convert(lambda v: {"a": v * 2, "b": jnp.exp(v)}, X, outputs="a")
+    assert ops(by_key)["jlax.exp"] == 0
+
+
+def test_fold_batchnorm_and_fuse_leave_one_fused_op_per_layer():
+    fn, args = digits_cnn.factory()
+    before, after = convert_checked(fn, *args, passes="canonicalize,cse,dce,fold-batchnorm,fuse,canonicalize,dce",
+                                    atol=1e-5)
+    kinds = ops(after)
+    assert kinds["jfuse.conv"] == 2 and kinds["jfuse.dot"] == 1 and kinds["jlax.reduce_window_max"] == 1
+    assert set(kinds) == {"jfuse.conv", "jfuse.dot", "jlax.reduce_window_max", "jlax.reshape", "jlax.weight"}
+    assert 'activation = "relu"' in after.ir()
+    assert sum(ops(before).values()) > 40 and sum(kinds.values()) <= 12
+
+
+def test_fold_affine_handles_dense_then_batchnorm_and_reversed_operands():
+    import flax.linen as nn
+
+    class DenseBN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Dense(16)(x)
+            x = nn.BatchNorm(use_running_average=True)(x)
+            return nn.relu(x)
+
+    model = DenseBN()
+    variables = model.init(jax.random.PRNGKey(0), X)
+    rng = np.random.default_rng(3)
+    variables = jax.tree.map(lambda v: v + rng.uniform(0.1, 0.5, v.shape).astype(np.float32), variables)
+    _, after = convert_checked(lambda x: model.apply(variables, x), X, passes="canonicalize,dce,fold-affine,fuse",
+                               rtol=1e-5, atol=1e-5)
+    assert ops(after) == Counter({"jfuse.dot": 1, "jlax.weight": 2})
+    w = jnp.asarray(rng.standard_normal((8, 5)).astype(np.float32))
+    _, after = convert_checked(lambda x: 2.0 - (x @ w) / 4.0, X, passes="canonicalize,fold-affine,fuse")
+    assert ops(after)["jfuse.dot"] == 1 and sum(ops(after).values()) == 3
+
+
+ACTS = {
+    "relu": jax.nn.relu, "relu6": jax.nn.relu6, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
+    "silu": jax.nn.silu, "gelu_tanh": lambda y: jax.nn.gelu(y, approximate=True),
+    "gelu_erf": lambda y: jax.nn.gelu(y, approximate=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTS))
+def test_fuse_recognises_activations(name):
+    w = jnp.asarray(np.random.default_rng(2).standard_normal((8, 6)).astype(np.float32))
+    b = jnp.asarray(np.random.default_rng(3).standard_normal(6).astype(np.float32))
+    _, after = convert_checked(lambda x: ACTS[name](x @ w + b), X, passes="canonicalize,dce,fuse")
+    assert ops(after) == Counter({"jfuse.dot": 1, "jlax.weight": 2})
+    assert f'activation = "{name}"' in after.ir()
+
+
+def test_fuse_conv_without_bias_and_never_takes_a_residual_as_bias():
+    k = jnp.asarray(np.random.default_rng(4).standard_normal((3, 3, 2, 2)).astype(np.float32))
+    img = np.random.default_rng(5).standard_normal((1, 5, 5, 2)).astype(np.float32)
+
+    def fn(x):
+        y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.nn.relu(y + x)  # residual: not a bias
+
+    _, after = convert_checked(fn, img, passes="canonicalize,fuse")
+    assert ops(after)["jfuse.conv"] == 0 or "bias" not in after.ir().split("jfuse.conv")[1].split("\n")[0]
+    _, after = convert_checked(lambda x: jax.nn.relu(jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))), img, passes="fuse")
+    assert ops(after)["jfuse.conv"] == 1 and ops(after)["jlax.max"] == 0
+
+
+def test_pipeline_options_and_inspection(capsys):
+    fn = lambda x: jax.nn.relu(x @ jnp.ones((8, 3)) + 1.0)  # noqa: E731
+    none = jaxlite.convert(fn, X, passes="")
+    assert none.ir() == none.ir(after="trace") and len(none.ir_history) == 1
+    assert jaxlite.convert(fn, X, passes=[]).ir() == none.ir()
+    model = jaxlite.convert(fn, X, passes=["canonicalize", "fuse", "canonicalize"], print_ir_after_all=True)
+    assert [n for n, _ in model.ir_history] == ["trace", "canonicalize", "fuse", "canonicalize#2"]
+    assert "jfuse.dot" in model.ir(after="fuse") and "jfuse.dot" not in model.ir(after="canonicalize")
+    printed = capsys.readouterr().out
+    assert printed.count("// -----// IR after") == 4 and "IR after fuse" in printed
+    jaxlite.convert(fn, X, passes="canonicalize,fuse", print_ir_after="fuse", print_stats=True)
+    captured = capsys.readouterr()
+    assert captured.out.count("IR after") == 1
+    assert "fuse: " in captured.err and " ops (" in captured.err
+    assert [s.name for s in model.pass_stats] == ["canonicalize", "fuse", "canonicalize"]
+
+
+def test_default_pipeline_preserves_outputs_under_control_flow():
+    def fn(x):
+        def body(c, xi):
+            return c * 0.5 + jnp.tanh(xi @ jnp.ones((8, 8)) * 1.0 + 0.0), c.sum()
+        return jax.lax.scan(body, jnp.zeros(8), x)
+    convert_checked(fn, X, passes=jaxlite.passes.DEFAULT_PIPELINE)
