@@ -1,4 +1,4 @@
-"""Latency of jaxlite float32 (no optimization passes) over jax.jit, same run, per example.
+"""Latency of jaxlite float32 with no optimization passes over jax.jit, same run, per example.
 
     python benchmarks/fp32.py [--threads 1] [--reps 100]
 """
@@ -14,9 +14,9 @@ from common import configure_threads, interleaved_medians, machine  # noqa: E402
 THREADS = configure_threads(sys.argv)
 
 import jax  # noqa: E402
+from jaxlite.examples import digits_cnn, digits_mlp, transformer  # noqa: E402
 
 import jaxlite  # noqa: E402
-from jaxlite.examples import digits_cnn, digits_mlp, transformer  # noqa: E402
 
 CASES = {
     "digits MLP (batch 64)": lambda: digits_mlp.factory(64),
@@ -32,7 +32,7 @@ def main() -> None:
     print(f"{'model':42s} {'jax.jit':>10s} {'jaxlite':>10s} {'ratio':>7s}")
     for name, make in CASES.items():
         fn, args = make()
-        exe = jaxlite.compile(fn, *args)
+        exe = jaxlite.compile(fn, *args, passes="")
         t = interleaved_medians({"jit": jax.jit(fn), "jaxlite": exe}, args, reps=reps)
         print(f"{name:42s} {t['jit'] * 1e6:8.0f}us {t['jaxlite'] * 1e6:8.0f}us {t['jaxlite'] / t['jit']:7.3f}")
 

@@ -18,7 +18,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
 from jaxlite.compiler.errors import ModelFormatError
 from jaxlite.compiler.weights import WeightStore
 

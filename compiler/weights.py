@@ -7,9 +7,8 @@ import re
 from collections.abc import Iterator
 
 import numpy as np
-from xdsl.dialects.builtin import ModuleOp
-
 from jaxlite.dialects.jlax import WeightOp
+from xdsl.dialects.builtin import ModuleOp
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.]")
 

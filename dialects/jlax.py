@@ -23,30 +23,34 @@ import jax
 import numpy as np
 from jax import lax
 from jax._src import core as jax_core
-from xdsl.dialects.builtin import BytesAttr, DenseIntOrFPElementsAttr, StringAttr, SymbolRefAttr, TensorType
-from xdsl.parser import Parser
-from xdsl.printer import Printer
+from jaxlite.dialects import params as P
+from jaxlite.dialects.types import dtype_of, shape_dtype, tensor_type
+from xdsl.dialects.builtin import (
+    BytesAttr,
+    DenseIntOrFPElementsAttr,
+    StringAttr,
+    SymbolRefAttr,
+    TensorType,
+)
 from xdsl.ir import Attribute, Block, Dialect, Operation, Region, SSAValue
 from xdsl.irdl import (
     AnyAttr,
+    IRDLOperation,
     ParamAttrConstraint,
     VarConstraint,
-    IRDLOperation,
     irdl_op_definition,
-    operand_def,
     prop_def,
+    region_def,
     result_def,
     traits_def,
     var_operand_def,
     var_region_def,
     var_result_def,
-    region_def,
 )
+from xdsl.parser import Parser
+from xdsl.printer import Printer
 from xdsl.traits import ConstantLike, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
-
-from jaxlite.dialects import params as P
-from jaxlite.dialects.types import dtype_of, shape_dtype, tensor_type
 
 # ---------------------------------------------------------------------------------------
 # The supported primitives. Value: parameters that may be None and are then left out of the

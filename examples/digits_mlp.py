@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
-
 from jaxlite.examples import digits
 
 

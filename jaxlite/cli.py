@@ -16,6 +16,8 @@ import numpy as np
 
 EXAMPLES = """examples:
   jaxlite convert examples/digits_mlp.py:factory -o mlp.jlite
+  jaxlite convert examples/digits_cnn.py:factory -o cnn.jlite --passes "" --print-ir-after-all
+  jaxlite opt cnn.jlite -p canonicalize,cse,dce,fold-affine,fuse -o cnn_opt.jlite --stats
   jaxlite ir mlp.jlite
   jaxlite run mlp.jlite --input x.npy --output y.npy
   jaxlite demo
@@ -76,14 +78,69 @@ def _read_inputs(paths: list[str], model) -> list:
     return arrays
 
 
+def _outputs_option(text: str | None):
+    if text is None:
+        return None
+    parts = [int(p) if p.strip().lstrip("-").isdigit() else p.strip() for p in text.split(",")]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _print_after(args) -> list[str] | None:
+    return args.print_ir_after or None
+
+
 def cmd_convert(args) -> None:
     import jaxlite
 
     fn, example_args = load_factory(args.factory)
-    model = jaxlite.convert(fn, *example_args)
+    model = jaxlite.convert(fn, *example_args, passes=args.passes, outputs=_outputs_option(args.outputs),
+                            print_ir_after_all=args.print_ir_after_all,
+                            print_ir_after=_print_after(args), print_stats=args.stats)
     model.save(args.output)
     size = Path(args.output).stat().st_size
     print(f"wrote {args.output}: {model}; {size:,} bytes")
+
+
+def cmd_opt(args) -> None:
+    """Run a pass pipeline over a .jlite file (or IR text), like mlir-opt."""
+    import jaxlite
+    from jaxlite.compiler.context import parse_module, print_module
+    from jaxlite.compiler.model import Model
+    from jaxlite.compiler.weights import WeightStore
+    from jaxlite.passes import pipeline
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise UserError(f"no such file: {args.input}")
+    is_text = path.suffix in (".mlir", ".txt")
+    if is_text:
+        module = parse_module(path.read_text(), str(path))
+        model = Model(module, WeightStore(), signature=None)
+    else:
+        model = jaxlite.load(path)
+    passes = pipeline.parse(args.pipeline)
+    wanted = set(args.print_ir_after or ())
+
+    def after_each(name, module, stats):
+        if args.stats:
+            print(stats.line(), file=sys.stderr)
+        if args.print_ir_after_all or name in wanted:
+            print(f"// -----// IR after {name} //----- //\n{print_module(module)}")
+
+    from jaxlite.dialects.jlax import WeightOp
+    if is_text and any(isinstance(op, WeightOp) for op in model.module.walk()):
+        raise UserError("IR text refers to weights (jlax.weight); run opt on the .jlite file instead")
+    pipeline.run(model.module, model.weights, passes, after_each)
+    out = args.output
+    if out is None or out == "-":
+        print(print_module(model.module), end="")
+    elif out.endswith(".jlite"):
+        if is_text:
+            raise UserError("IR text has no signature: write the result as .mlir")
+        model.save(out)
+        print(f"wrote {out}: {model}", file=sys.stderr)
+    else:
+        Path(out).write_text(print_module(model.module))
 
 
 def cmd_ir(args) -> None:
@@ -174,7 +231,25 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: jaxlite convert examples/digits_mlp.py:factory -o mlp.jlite")
     p.add_argument("factory", help="FILE.py:FACTORY, where FACTORY() returns (fn, example_args)")
     p.add_argument("-o", "--output", required=True, help="the .jlite file to write")
+    p.add_argument("--passes", default=None,
+                   help='pass pipeline (default: the standard one; "" for none), e.g. "canonicalize,cse,dce"')
+    p.add_argument("--outputs", default=None,
+                   help="keep only these outputs: an index or key, or a comma-separated list of them")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after tracing and every pass")
+    p.add_argument("--print-ir-after", action="append", metavar="NAME",
+                   help="print the IR after this pass (or 'trace'); repeatable")
+    p.add_argument("--stats", action="store_true", help="one line per pass: ops before -> after, weight bytes")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("opt", help="run passes over a .jlite model or IR text (like mlir-opt)",
+                       epilog="example: jaxlite opt m.jlite -p canonicalize,cse,dce -o m_opt.jlite")
+    p.add_argument("input", help=".jlite model, or .mlir text without weights")
+    p.add_argument("-p", "--pipeline", required=True, help='e.g. "canonicalize,cse,dce,fold-affine,fuse"')
+    p.add_argument("-o", "--output", default=None, help=".jlite or .mlir to write (default: print the IR)")
+    p.add_argument("--print-ir-after-all", action="store_true")
+    p.add_argument("--print-ir-after", action="append", metavar="NAME")
+    p.add_argument("--stats", action="store_true")
+    p.set_defaults(run=cmd_opt)
 
     p = sub.add_parser("ir", help="print a model's IR", epilog="example: jaxlite ir mlp.jlite")
     p.add_argument("model")

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jax import lax
-from xdsl.ir import Operation
-
 from jaxlite.dialects import fused, jlax
 from jaxlite.dialects.params import decode
 from jaxlite.runtime.program import BlockProgram, Kernel, captures_of
+from xdsl.ir import Operation
 
 _FACTORIES: dict[type[Operation], Callable[[Operation], Kernel]] = {}
 
@@ -84,9 +83,11 @@ def _cond(op: jlax.CondOp) -> Kernel:
     def run(weights, *xs):
         operands, captured = _split(xs, n)
         env = dict(zip(outer, captured, strict=True))
-        fns = [(lambda p: lambda *a: tuple(p(weights, a, [env[v] for v in p.captures])))(p)
-               for p in programs]
-        return list(lax.switch(operands[0], fns, *operands[1:]))
+        def branch(program):
+            captured_values = [env[v] for v in program.captures]
+            return lambda *a: tuple(program(weights, a, captured_values))
+
+        return list(lax.switch(operands[0], [branch(p) for p in programs], *operands[1:]))
     return run
 
 

@@ -73,3 +73,42 @@ def test_example_factories_convert_from_the_cli(tmp_path):
     r = run("convert", str(ROOT / "examples" / "digits_mlp.py") + ":factory", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert jaxlite.load(out).num_parameters == 64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+
+
+def test_convert_with_pass_options_and_opt(tmp_path):
+    cnn = str(ROOT / "examples" / "digits_cnn.py") + ":factory"
+    raw = tmp_path / "raw.jlite"
+    r = run("convert", cnn, "-o", str(raw), "--passes", "", "--print-ir-after-all")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("// -----// IR after") == 1 and "IR after trace" in r.stdout
+    assert "jlax.rsqrt" in jaxlite.load(raw).ir()
+
+    opt = tmp_path / "opt.jlite"
+    r = run("opt", str(raw), "-p", "canonicalize,cse,dce,fold-affine,fuse", "-o", str(opt), "--stats",
+            "--print-ir-after", "fuse")
+    assert r.returncode == 0, r.stderr
+    assert "fold-affine: " in r.stderr and r.stdout.count("IR after fuse") == 1
+    text = jaxlite.load(opt).ir()
+    assert text.count("jfuse.conv") == 2 and "jlax.rsqrt" not in text
+    x = np.random.default_rng(0).standard_normal((64, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(jaxlite.load(opt).compile()(x)),
+                               np.asarray(jaxlite.load(raw).compile()(x)), rtol=1e-4, atol=1e-5)
+
+    r = run("opt", str(raw), "-p", "canonicalize,nonsense")
+    assert r.returncode == 1 and "available passes" in r.stderr
+
+    mlir = tmp_path / "f.mlir"
+    mlir.write_text(jaxlite.convert(lambda a: 3 * a + 4 * a + 5 * a, np.ones(3, np.float32), passes="").ir())
+    r = run("opt", str(mlir), "-p", "canonicalize")
+    assert r.returncode == 0 and r.stdout.count("jlax.mul") == 1 and "1.200000e+01" in r.stdout
+
+
+def test_convert_outputs_option(tmp_path):
+    factory = tmp_path / "two.py"
+    factory.write_text("import jax.numpy as jnp, numpy as np\n"
+                       "def factory():\n    return (lambda x: {'a': x * 2, 'b': jnp.exp(x)}), (np.ones(3, np.float32),)\n")
+    out = tmp_path / "a.jlite"
+    r = run("convert", f"{factory}:factory", "-o", str(out), "--outputs", "a")
+    assert r.returncode == 0, r.stderr
+    model = jaxlite.load(out)
+    assert len(model.signature.outputs) == 1 and "jlax.exp" not in model.ir()

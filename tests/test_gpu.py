@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
-
-import jaxlite
 from conftest import assert_tree_close
 from jaxlite.examples import digits_cnn, digits_mlp, transformer
+
+import jaxlite
 
 
 def _has_gpu() -> bool:

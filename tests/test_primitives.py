@@ -4,15 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
-
 from conftest import check_against_jax
+from jax import lax
 
 R = np.random.default_rng(0)
 X = R.standard_normal((3, 4)).astype(np.float32)
 POS = (np.abs(X) + 0.5).astype(np.float32)
 UNIT = np.clip(X / 4, -0.9, 0.9).astype(np.float32)
-I = R.integers(-5, 6, (3, 4)).astype(np.int32)
+I = R.integers(-5, 6, (3, 4)).astype(np.int32)  # noqa: E741
 U = R.integers(0, 200, (3, 4)).astype(np.uint8)
 B = X > 0
 IMG = R.standard_normal((2, 8, 8, 3)).astype(np.float32)
