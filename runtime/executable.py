@@ -53,26 +53,38 @@ def find_main(module: ModuleOp) -> func.FuncOp:
 
 
 def _describe(x) -> str:
-    shape = np.shape(x)
-    dtype = getattr(x, "dtype", None)
+    aval = getattr(x, "aval", None)
+    shape, dtype = (aval.shape, aval.dtype) if aval is not None else (np.shape(x), getattr(x, "dtype", None))
     if dtype is None:
         return type(x).__name__
     return f"{np.dtype(dtype).name}[{','.join(map(str, shape))}]"
 
 
-def _check_leaf(x, spec: TensorSpec, sig: Signature) -> None:
-    dtype = getattr(x, "dtype", None)
-    shape = getattr(x, "shape", None)
-    if dtype is None or shape is None:
-        if isinstance(x, bool | int | float | np.generic) and spec.shape == ():
-            kind = np.asarray(x).dtype.kind
-            if (kind == "b") == (spec.dtype.kind == "b") and (kind == "f") <= (spec.dtype.kind in "fc"):
-                return
-        raise SignatureError(f"argument {spec.name}: expected {spec.describe()}, got {_describe(x)}"
-                             f"\n  expected signature: ({sig.describe_inputs()})")
-    if tuple(shape) != spec.shape or jax.dtypes.canonicalize_dtype(dtype) != spec.dtype:
-        raise SignatureError(f"argument {spec.name}: expected {spec.describe()}, got {_describe(x)}"
-                             f"\n  expected signature: ({sig.describe_inputs()})")
+def _jax_type_error(e: TypeError) -> str:
+    """jax's message for a non-array argument, in one line with the argument's path."""
+    import re
+
+    text = str(e)
+    path = re.search(r"at path (\S+?)\.?$", text.splitlines()[0])
+    kind = re.search(r"of type <class '([^']+)'>", text)
+    if path and kind:
+        return f"{path.group(1)} is a {kind.group(1)}"
+    return text.splitlines()[0]
+
+
+def _checked_leaf(x, spec: TensorSpec, sig: Signature):
+    """``x`` (a tracer) as the input ``spec`` describes, or a SignatureError.
+
+    Runs while jax traces, i.e. once per new argument signature, never per call. Weakly
+    typed Python scalars are cast the way jax.jit casts them."""
+    aval = x.aval
+    if tuple(aval.shape) == spec.shape and aval.dtype == spec.dtype:
+        return x
+    if getattr(aval, "weak_type", False) and tuple(aval.shape) == spec.shape \
+            and (aval.dtype.kind == "b") == (spec.dtype.kind == "b") and not (aval.dtype.kind == "f" and spec.dtype.kind in "iu"):
+        return x.astype(spec.dtype)
+    raise SignatureError(f"argument {spec.name}: expected {spec.describe()}, got {_describe(x)}"
+                         f"\n  expected signature: ({sig.describe_inputs()})")
 
 
 class Executable:
@@ -95,61 +107,48 @@ class Executable:
             budget -= nbytes if target is embedded else 0
             target[name] = self._place(model.weights[name])
 
-        def run(weights, *args):
-            return tuple(program({**embedded, **weights}, args))
+        sig = self.signature
+        in_treedef = sig.in_treedef if sig.in_treedef is not None else _builtin_treedef(sig)
+
+        def run(weights, args):
+            # structure, shape and dtype checks happen here, at trace time only
+            leaves, treedef = jax.tree_util.tree_flatten(args)
+            if treedef != in_treedef:
+                try:
+                    leaves = sig.in_tree.flatten(args, "args")
+                except ValueError as e:
+                    raise SignatureError(f"arguments do not match the model's inputs: {e}\n"
+                                         f"  expected signature: ({sig.describe_inputs()})") from None
+            if len(leaves) != len(sig.inputs):
+                raise SignatureError(f"expected {len(sig.inputs)} input arrays, got {len(leaves)}\n"
+                                     f"  expected signature: ({sig.describe_inputs()})")
+            leaves = [_checked_leaf(x, spec, sig) for x, spec in zip(leaves, sig.inputs, strict=True)]
+            outs = program({**embedded, **weights}, leaves)
+            if sig.out_treedef is not None:
+                return jax.tree_util.tree_unflatten(sig.out_treedef, outs)
+            return sig.out_tree.unflatten(outs)
 
         self._jitted = jax.jit(run)
-        sig = self.signature
-        self._in_treedef = sig.in_treedef
-        if self._in_treedef is None:
-            self._in_treedef = _builtin_treedef(sig)
-        self._expected = [(s.shape, s.dtype) for s in sig.inputs]
-        self._out_treedef = sig.out_treedef
-        self._single_output = sig.out_tree.kind == "leaf"
 
     def _place(self, array):
         if self.device is None:
             return jax.device_put(array)
         return jax.device_put(array, self.device)
 
-    def _flatten_args(self, args: tuple) -> list:
-        leaves, treedef = jax.tree_util.tree_flatten(args)
-        if treedef == self._in_treedef:
-            return leaves
-        try:
-            return self.signature.in_tree.flatten(args, "args")
-        except ValueError as e:
-            raise SignatureError(f"arguments do not match the model's inputs: {e}\n"
-                                 f"  expected signature: ({self.signature.describe_inputs()})") from None
-
-    def _check(self, leaves: list) -> None:
-        sig = self.signature
-        if len(leaves) != len(sig.inputs):
-            raise SignatureError(f"expected {len(sig.inputs)} input arrays, got {len(leaves)}\n"
-                                 f"  expected signature: ({sig.describe_inputs()})")
-        for x, spec in zip(leaves, sig.inputs, strict=True):
-            _check_leaf(x, spec, sig)
-
     def __call__(self, *args) -> Any:
-        leaves, treedef = jax.tree_util.tree_flatten(args)
-        # fast path: exact structure, shapes and dtypes (one compare per leaf)
-        if treedef != self._in_treedef or any(
-            getattr(x, "shape", None) != shape or getattr(x, "dtype", None) != dtype
-            for x, (shape, dtype) in zip(leaves, self._expected, strict=False)
-        ):
-            leaves = self._flatten_args(args)
-            self._check(leaves)
-        outs = self._jitted(self._weights, *leaves)
-        if self._single_output:
-            return outs[0]
-        if self._out_treedef is not None:
-            return jax.tree_util.tree_unflatten(self._out_treedef, outs)
-        return self.signature.out_tree.unflatten(outs)
+        try:
+            return self._jitted(self._weights, args)
+        except TypeError as e:
+            if isinstance(e, SignatureError) or not any(
+                    m in str(e) for m in ("as an abstract array", "not a valid JAX type")):
+                raise
+            raise SignatureError(f"arguments must be arrays: {_jax_type_error(e)}\n"
+                                 f"  expected signature: ({self.signature.describe_inputs()})") from None
 
     def lower(self):
         """The jax Lowered object of the whole program (for inspecting the HLO)."""
         specs = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in self.signature.inputs]
-        return self._jitted.lower(self._weights, *specs)
+        return self._jitted.lower(self._weights, self.signature.in_tree.unflatten(specs))
 
 
 def _builtin_treedef(sig: Signature):
