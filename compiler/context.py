@@ -7,6 +7,7 @@ import io
 from jaxlite.compiler.errors import ModelFormatError
 from jaxlite.dialects.fused import JFuse
 from jaxlite.dialects.jlax import JLax
+from jaxlite.dialects.quant import JQuant
 from xdsl.context import Context
 from xdsl.dialects.builtin import Builtin, ModuleOp
 from xdsl.dialects.func import Func
@@ -17,7 +18,7 @@ from xdsl.utils.exceptions import ParseError, VerifyException
 
 def make_context() -> Context:
     ctx = Context()
-    for dialect in (Builtin, Func, JLax, JFuse):
+    for dialect in (Builtin, Func, JLax, JFuse, JQuant):
         ctx.load_dialect(dialect)
     return ctx
 

@@ -25,8 +25,10 @@ def _selector(outputs) -> Callable[[Any], Any] | None:
 
 
 def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = None,
-            outputs=None, print_ir_after_all: bool = False,
-            print_ir_after: str | Sequence[str] | None = None, print_stats: bool = False) -> Model:
+            outputs=None, quantize: str | None = None, calibration=None, per_channel: bool = True,
+            skip: Sequence[str] | None = None, calibration_method: str = "max",
+            print_ir_after_all: bool = False, print_ir_after: str | Sequence[str] | None = None,
+            print_stats: bool = False) -> Model:
     """Trace ``fn(*example_args)`` and optimize it into a Model.
 
     * ``example_args``: pytrees of arrays; only shapes and dtypes matter. Arrays ``fn``
@@ -35,6 +37,10 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
       ``jaxlite.passes.DEFAULT_PIPELINE``, ``""``/``[]`` runs none.
     * ``outputs``: keep only part of ``fn``'s output: a function of it (``lambda o: o[0]``),
       an index or key, or a list of them. What only the dropped outputs needed is pruned.
+    * ``quantize``: None, "float16", "int8-weights", "dynamic" or "int8" (the last needs
+      ``calibration``: an iterable of example-argument tuples). ``per_channel`` scales
+      along output channels; ``skip``: weight-name / op-name patterns kept in float;
+      ``calibration_method``: "max" or "percentile" (99.99th of |x|).
     * ``print_ir_after_all`` / ``print_ir_after=NAME``: print the IR after passes (stderr
       gets a one-line statistic per pass with ``print_stats``).
     """
@@ -61,4 +67,34 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
             print(f"// -----// IR after {name} //----- //\n{text}", file=sys.stdout)
 
     pipeline.run(model.module, model.weights, pass_list, after_each)
+    if quantize is not None:
+        _quantize(model, quantize, calibration, per_channel, tuple(skip or ()), calibration_method, after_each)
+    elif calibration is not None:
+        raise ConversionError("calibration data is only used with quantize='int8'")
     return model
+
+
+def _quantize(model: Model, mode: str, calibration, per_channel: bool, skip: tuple[str, ...],
+              method: str, after_each) -> None:
+    from jaxlite.compiler.calibration import activation_ranges
+    from jaxlite.passes import pipeline
+    from jaxlite.passes.common import using_ranges
+    from jaxlite.passes.quantize import MODES, QuantizePass, _candidates
+
+    if mode not in MODES:
+        raise ConversionError(f"unknown quantize mode {mode!r}; use one of {', '.join(MODES)}")
+    ranges: dict = {}
+    if mode == "int8":
+        if calibration is None:
+            raise ConversionError("quantize='int8' needs calibration data: calibration=[(x1,), (x2,), ...]")
+        values = []
+        for op, _w, _axis in _candidates(model.module, skip):
+            values += [op.operands[0], op.results[0]]
+        ranges = activation_ranges(model, list(dict.fromkeys(values)), calibration, method)
+    elif calibration is not None:
+        raise ConversionError(f"calibration data is only used with quantize='int8', not {mode!r}")
+    passes = [QuantizePass(mode=mode, per_channel=per_channel, skip=skip), *pipeline.parse("cse,dce")]
+    with using_ranges(ranges):
+        pipeline.run(model.module, model.weights, passes, after_each)
+    model.metadata["quantization"] = {"mode": mode, "per_channel": per_channel, "skip": list(skip),
+                                      "calibration_method": method if mode == "int8" else None}

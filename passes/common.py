@@ -85,3 +85,20 @@ def blocks_of(module: ModuleOp) -> list[Block]:
         for region in op.regions:
             out.extend(region.blocks)
     return out
+
+
+# Activation ranges (max |x| per SSA value) measured on calibration data, for int8 mode.
+_RANGES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("jaxlite_ranges", default=None)
+
+
+@contextlib.contextmanager
+def using_ranges(ranges: dict) -> Iterator[dict]:
+    token = _RANGES.set(ranges)
+    try:
+        yield ranges
+    finally:
+        _RANGES.reset(token)
+
+
+def current_ranges() -> dict | None:
+    return _RANGES.get()

@@ -21,12 +21,14 @@ from jaxlite.passes.cse import CSEPass
 from jaxlite.passes.dce import DCEPass
 from jaxlite.passes.fold_affine import FoldAffinePass, FoldBatchNormPass
 from jaxlite.passes.fuse import FusePass
+from jaxlite.passes.quantize import QuantizePass
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.utils.arg_spec import parse_pipeline as xdsl_parse_pipeline
 
 PASSES: dict[str, type[ModulePass]] = {
-    p.name: p for p in (CanonicalizePass, CSEPass, DCEPass, FoldAffinePass, FoldBatchNormPass, FusePass)
+    p.name: p for p in (CanonicalizePass, CSEPass, DCEPass, FoldAffinePass, FoldBatchNormPass, FusePass,
+                        QuantizePass)
 }
 DEFAULT_PIPELINE = "canonicalize,cse,dce,fold-affine,fuse,canonicalize,cse,dce"
 

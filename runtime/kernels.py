@@ -138,3 +138,6 @@ def _scan(op: jlax.ScanOp) -> Kernel:
 
 
 __all__ = ["kernel_for", "program_for", "register", "decode", "NoKernelError"]
+
+
+from jaxlite.runtime import quant_kernels  # noqa: E402,F401  (registers the jquant kernels)

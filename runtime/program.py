@@ -56,7 +56,9 @@ def captures_of(op: Operation) -> list[SSAValue]:
 class BlockProgram:
     """A compiled block: ``program(weights, args, captured)`` returns the terminator's values."""
 
-    def __init__(self, block: Block, kernel_for: Callable[[Operation], Kernel]):
+    def __init__(self, block: Block, kernel_for: Callable[[Operation], Kernel],
+                 taps: Sequence[SSAValue] = ()):
+        """``taps``: extra values of the block to return after the terminator's values."""
         self.captures = [v for op in block.ops for v in op.operands if not _defined_inside(v, block)]
         self.captures += [v for op in block.ops for v in captures_of(op) if not _defined_inside(v, block)]
         self.captures = list(dict.fromkeys(self.captures))
@@ -68,7 +70,7 @@ class BlockProgram:
         results: list[int] = []
         for op in block.ops:
             if isinstance(op, _TERMINATORS):
-                results = [slot[v] for v in op.operands]
+                results = [slot[v] for v in op.operands] + [slot[v] for v in taps]
                 break
             inputs = list(op.operands) + captures_of(op)
             for r in op.results:

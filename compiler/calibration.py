@@ -1,0 +1,66 @@
+"""Activation ranges for full-integer quantization: run the float model on representative
+inputs and record max |x| (or a high percentile of |x|) of every value a quantized op
+reads or writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from xdsl.ir import SSAValue
+
+from jaxlite.compiler.errors import ConversionError
+from jaxlite.compiler.model import Model
+
+
+def _progress(items: list, description: str):
+    try:
+        from rich.progress import track
+    except ImportError:  # rich is optional: no bar
+        return items
+    import sys
+    return track(items, description=description, transient=True, disable=not sys.stderr.isatty())
+
+
+def activation_ranges(model: Model, values: Sequence[SSAValue], calibration: Iterable,
+                      method: str = "max", percentile: float = 99.99) -> dict[SSAValue, float]:
+    """max |x| of each of ``values`` (SSA values of ``model.module``'s @main body) over the
+    calibration batches; ``method="percentile"`` uses the given percentile of |x| per batch
+    (the largest over batches), which ignores rare outliers."""
+    from jaxlite.runtime.executable import find_main
+    from jaxlite.runtime.kernels import kernel_for
+    from jaxlite.runtime.program import BlockProgram
+
+    if method not in ("max", "percentile"):
+        raise ConversionError(f"calibration method must be 'max' or 'percentile', got {method!r}")
+    batches = list(calibration)
+    if not batches:
+        raise ConversionError("calibration data is empty: give at least one example-argument tuple")
+    block = find_main(model.module).body.block
+    program = BlockProgram(block, kernel_for, taps=values)
+    n_out = len(program.results) - len(values)
+    weights = {k: jnp.asarray(v) for k, v in model.weights.arrays.items()}
+    sig = model.signature
+
+    @jax.jit
+    def stats(weights, leaves):
+        taps = program(weights, leaves)[n_out:]
+        if method == "max":
+            return [jnp.max(jnp.abs(t)) for t in taps]
+        return [jnp.percentile(jnp.abs(t).reshape(-1), percentile) for t in taps]
+
+    ranges = np.zeros(len(values))
+    for batch in _progress(batches, "calibrating"):
+        args = batch if isinstance(batch, tuple) else (batch,)
+        try:
+            leaves = sig.in_tree.flatten(args, "calibration batch")
+        except ValueError as e:
+            raise ConversionError(f"calibration batch does not match the model's inputs: {e}") from None
+        for x, spec in zip(leaves, sig.inputs, strict=True):
+            if tuple(np.shape(x)) != spec.shape:
+                raise ConversionError(f"calibration batch: {spec.name} has shape {np.shape(x)}, "
+                                      f"the model takes {spec.describe()}")
+        ranges = np.maximum(ranges, np.asarray(jax.device_get(stats(weights, [jnp.asarray(x, s.dtype) for x, s in zip(leaves, sig.inputs, strict=True)]))))
+    return {v: float(r) for v, r in zip(values, ranges, strict=True)}

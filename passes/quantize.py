@@ -1,0 +1,231 @@
+"""quantize: lower precision for weights and (in int8 mode) activations.
+
+Modes (symmetric int8: scale = max|w| / 127, q = clip(round(w / scale), -127, 127),
+zero point 0; per output channel by default):
+
+* ``float16``      every float32 weight stored as float16, read through ``jquant.upcast``.
+* ``int8-weights`` dot/conv kernels stored int8 + float32 scales, read through
+  ``jquant.dequantize`` (the runtime turns them back into floats once, at load).
+* ``dynamic``      dot/conv become ``jquant.dynamic_dot/conv``: int8 kernels, activations
+  quantized on the fly, int8 x int8 -> int32.
+* ``int8``         with activation ranges from calibration: dot/conv become
+  ``jquant.qdot/qconv`` between ``jquant.quantize`` / ``jquant.dequantize``; then
+  dequantize moves down through ops that commute with it (reshape, transpose, max-pool,
+  relu, concatenate, slice, ...) and cancels against the next quantize of the same scale,
+  so int8 values flow from layer to layer and float appears only where an op has no int8
+  kernel.
+
+``skip`` holds fnmatch patterns of kernel weight names or op names kept in float.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
+from xdsl.transforms.dead_code_elimination import dce
+
+from jaxlite.dialects import fused, jlax, quant
+from jaxlite.dialects.params import decode
+from jaxlite.dialects.types import shape_dtype, tensor_type
+from jaxlite.passes.common import current_ranges, current_store, producer, splat_value, users
+from jaxlite.runtime.int8 import QMAX, quantize_weight
+
+MODES = ("float16", "int8-weights", "dynamic", "int8")
+_MATMULS = ("dot_general", "conv_general_dilated")
+
+
+def kernel_axis(op: Operation) -> int | None:
+    """The kernel's output-feature axis (per-channel scales run along it), or None when
+    the op is not a plain weight matmul (batched dots between activations)."""
+    prim = op.PRIMITIVE
+    attrs = op.primitive_params() if isinstance(op, fused.FusedOp) else op.attributes
+    if prim == "conv_general_dilated":
+        if decode(attrs["batch_group_count"]) != 1:
+            return None
+        return decode(attrs["dimension_numbers"]).rhs_spec[0]
+    (lc, rc), (lb, rb) = decode(attrs["dimension_numbers"])
+    if lb or rb:
+        return None
+    rhs_rank = len(shape_dtype(op.operands[1].type)[0])
+    free = [d for d in range(rhs_rank) if d not in rc]
+    return free[-1] if free else None
+
+
+def _candidates(module: ModuleOp, skip: tuple[str, ...]):
+    for op in list(module.walk()):
+        is_matmul = (isinstance(op, fused.FusedOp) or (isinstance(op, jlax.LaxOp) and op.PRIMITIVE in _MATMULS))
+        if not is_matmul:
+            continue
+        w = producer(op.operands[1])
+        if not isinstance(w, jlax.WeightOp) or shape_dtype(w.result.type)[1] != np.float32:
+            continue
+        if shape_dtype(op.operands[0].type)[1] != np.float32:
+            continue
+        if any(fnmatch.fnmatchcase(w.weight_name, p) or fnmatch.fnmatchcase(op.name, p) for p in skip):
+            continue
+        axis = kernel_axis(op)
+        if axis is None:
+            continue
+        yield op, w, axis
+
+
+def _quantized_kernel(w: jlax.WeightOp, axis: int, per_channel: bool) -> tuple[SSAValue, SSAValue, int, list[Operation]]:
+    store = current_store()
+    q, scale = quantize_weight(store[w.weight_name], axis if per_channel else None)
+    name = w.weight_name
+    q_op = jlax.WeightOp(store.add(q, name + ".q"), tensor_type(q.shape, np.int8))
+    s_op = jlax.WeightOp(store.add(scale, name + ".scale"), tensor_type(scale.shape, np.float32))
+    return q_op.result, s_op.result, (axis if per_channel else -1), [q_op, s_op]
+
+
+def _parts(op: Operation) -> tuple[dict, SSAValue | None, str]:
+    """(primitive attributes, bias, activation) of a dot/conv, fused or not."""
+    if isinstance(op, fused.FusedOp):
+        return op.primitive_params(), op.bias, op.activation
+    return dict(op.attributes), None, "none"
+
+
+def _scalar(value: float) -> jlax.ConstantOp:
+    return jlax.ConstantOp.from_array(np.asarray(value, np.float32))
+
+
+@dataclass(frozen=True)
+class QuantizePass(ModulePass):
+    name = "quantize"
+    mode: str = "dynamic"
+    per_channel: bool = True
+    skip: tuple[str, ...] = ()
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown quantization mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.mode == "float16":
+            self._float16(op)
+        elif self.mode == "int8":
+            ranges = current_ranges()
+            if ranges is None:
+                raise ValueError("int8 quantization needs activation ranges: pass calibration data")
+            self._static(op, ranges)
+        else:
+            for matmul, w, axis in list(_candidates(op, self.skip)):
+                wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
+                Rewriter.insert_op(new_ops, InsertPoint.before(matmul))
+                if self.mode == "int8-weights":
+                    dq = quant.DequantizeOp(wq, ws, w_axis)
+                    Rewriter.insert_op(dq, InsertPoint.before(matmul))
+                    matmul.operands[1] = dq.result
+                else:
+                    params, bias, activation = _parts(matmul)
+                    cls = quant.DynamicDotOp if matmul.PRIMITIVE == "dot_general" else quant.DynamicConvOp
+                    new = cls(matmul.operands[0], wq, ws, bias, matmul.results[0].type, params, activation, w_axis)
+                    Rewriter.replace_op(matmul, new)
+        dce(op)
+
+    def _float16(self, module: ModuleOp) -> None:
+        store = current_store()
+        for w in [o for o in module.walk() if isinstance(o, jlax.WeightOp)]:
+            arr = store[w.weight_name]
+            if arr.dtype != np.float32 or any(fnmatch.fnmatchcase(w.weight_name, p) for p in self.skip):
+                continue
+            half = jlax.WeightOp(store.add(np.asarray(arr).astype(np.float16), w.weight_name + ".f16"),
+                                 tensor_type(arr.shape, np.float16))
+            up = quant.UpcastOp(half.result)
+            Rewriter.insert_op([half, up], InsertPoint.after(w))
+            w.result.replace_all_uses_with(up.result)
+
+    def _static(self, module: ModuleOp, ranges: dict) -> None:
+        for matmul, w, axis in list(_candidates(module, self.skip)):
+            x, y = matmul.operands[0], matmul.results[0]
+            if x not in ranges or y not in ranges:
+                continue
+            wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
+            sx, sy = _scalar(_scale(ranges[x])), _scalar(_scale(ranges[y]))
+            xq = quant.QuantizeOp(x, sx.result)
+            params, bias, activation = _parts(matmul)
+            cls = quant.QDotOp if matmul.PRIMITIVE == "dot_general" else quant.QConvOp
+            shape = shape_dtype(y.type)[0]
+            sy_out = _scalar(_scale(ranges[y]))
+            q = cls(xq.result, wq, sx.result, ws, bias, sy_out.result, shape, params, activation, w_axis)
+            dq = quant.DequantizeOp(q.result, sy.result)
+            Rewriter.insert_op([*new_ops, sx, sy, sy_out, xq, q, dq], InsertPoint.before(matmul))
+            y.replace_all_uses_with(dq.result)
+            ranges[dq.result] = ranges[y]  # consumers now read the dequantized value
+            matmul.detach()
+            matmul.erase()
+        changed = True
+        while changed:
+            changed = _sink_dequantize(module) | _cancel_pairs(module)
+
+
+def _scale(max_abs: float) -> float:
+    return float(max_abs) / QMAX if max_abs > 0 else 1.0
+
+
+def _scale_of(dq: quant.DequantizeOp) -> float | None:
+    return splat_value(dq.scale) if dq.attributes["axis"].data == -1 else None
+
+
+def _cancel_pairs(module: ModuleOp) -> bool:
+    """quantize(dequantize(a, s), s) -> a."""
+    changed = False
+    for q in [o for o in module.walk() if isinstance(o, quant.QuantizeOp)]:
+        dq = producer(q.input)
+        if isinstance(dq, quant.DequantizeOp) and shape_dtype(dq.input.type)[1] == np.int8 \
+                and _scale_of(dq) is not None and _scale_of(dq) == splat_value(q.scale):
+            q.result.replace_all_uses_with(dq.input)
+            q.detach()
+            q.erase()
+            changed = True
+    if changed:
+        dce(module)
+    return changed
+
+
+# ops through which a per-tensor dequantize commutes (positive scale, zero point 0)
+_COMMUTING = {"reshape", "transpose", "reduce_window_max", "squeeze", "broadcast_in_dim", "slice",
+              "rev", "concatenate", "max", "expand_dims", "copy"}
+
+
+def _sink_dequantize(module: ModuleOp) -> bool:
+    """T(dequantize(a, s)) -> dequantize(T(a), s) for T that commutes with it."""
+    changed = False
+    for op in [o for o in module.walk() if isinstance(o, jlax.LaxOp) and o.PRIMITIVE in _COMMUTING]:
+        if op.parent is None:
+            continue
+        dqs = [producer(v) for v in op.operands]
+        if op.PRIMITIVE == "max":  # relu: max(dq(a), 0)
+            if len(dqs) != 2 or not isinstance(dqs[0], quant.DequantizeOp) or splat_value(op.operands[1]) != 0:
+                continue
+            dqs = dqs[:1]
+            zero = jlax.ConstantOp.from_array(np.zeros((), np.int8))
+            Rewriter.insert_op(zero, InsertPoint.before(op))
+            inputs = [dqs[0].input, zero.result]
+        else:
+            if not all(isinstance(d, quant.DequantizeOp) for d in dqs):
+                continue
+            inputs = [d.input for d in dqs]
+        scales = {_scale_of(d) for d in dqs}
+        if len(scales) != 1 or None in scales or any(shape_dtype(d.input.type)[1] != np.int8 for d in dqs):
+            continue
+        shape = shape_dtype(op.results[0].type)[0]
+        int_op = type(op)(inputs, [tensor_type(shape, np.int8)], dict(op.attributes))
+        scale_value = dqs[0].scale
+        new_dq = quant.DequantizeOp(int_op.results[0], scale_value)
+        Rewriter.insert_op([int_op, new_dq], InsertPoint.before(op))
+        op.results[0].replace_all_uses_with(new_dq.result)
+        op.detach()
+        op.erase()
+        changed = True
+    if changed:
+        dce(module)
+    return changed
+
+
+__all__ = ["QuantizePass", "MODES", "kernel_axis", "users"]

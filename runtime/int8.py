@@ -1,0 +1,99 @@
+"""int8 kernels: symmetric (de)quantization, int8 GEMM and int8 convolution.
+
+XLA:CPU's int8 x int8 -> int32 dot_general is fast (~7x float32 here), but its own int8
+convolution is ~25x *slower* than float32. So convolutions are lowered to shifted,
+strided slices of the padded input (im2col) and one int8 dot_general — bit-exact with
+``lax.conv_general_dilated(..., preferred_element_type=int32)`` (tested), and ~3x faster
+than float32 conv on this CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+QMAX = 127
+
+
+def expand(scale, ndim: int, axis: int):
+    """A per-channel scale vector shaped to broadcast along ``axis`` of an ndim array."""
+    if axis < 0:
+        return jnp.reshape(scale, ())
+    shape = [1] * ndim
+    shape[axis] = -1
+    return jnp.reshape(scale, shape)
+
+
+def quantize(x, scale):
+    return jnp.clip(jnp.round(x / scale), -QMAX, QMAX).astype(jnp.int8)
+
+
+def safe_scale(max_abs):
+    """max|x| / 127, with 1 where the block is all zeros (q = 0 either way)."""
+    return jnp.where(max_abs > 0, max_abs / QMAX, 1.0).astype(jnp.float32)
+
+
+def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric max-abs int8 of a weight, per channel along ``axis`` (None: per tensor)."""
+    w = np.asarray(w, np.float32)
+    if axis is None:
+        m = np.max(np.abs(w)).reshape(())
+        scale = np.where(m > 0, m / QMAX, 1.0).astype(np.float32)
+        q = np.clip(np.round(w / scale), -QMAX, QMAX).astype(np.int8)
+        return q, scale.reshape(())
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    m = np.max(np.abs(w), axis=others) if others else np.abs(w)
+    scale = np.where(m > 0, m / QMAX, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    return q, scale
+
+
+def int8_dot(xq, wq, dimension_numbers):
+    return lax.dot_general(xq, wq, dimension_numbers, preferred_element_type=jnp.int32)
+
+
+def int8_conv(xq, wq, *, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+              feature_group_count, batch_group_count, **_):
+    """int8 conv_general_dilated -> int32 via im2col (falls back to XLA for dilated inputs)."""
+    dn = dimension_numbers
+    nsp = len(dn.lhs_spec) - 2
+    if any(d != 1 for d in lhs_dilation) or batch_group_count != 1:
+        return lax.conv_general_dilated(xq, wq, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dn, feature_group_count, batch_group_count,
+                                        preferred_element_type=jnp.int32)
+    x = jnp.transpose(xq, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))   # N, spatial..., C
+    w = jnp.transpose(wq, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))   # spatial..., I, O
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding], (0, 0, 0)])
+    n, c = x.shape[0], x.shape[-1]
+    ksize = w.shape[:nsp]
+    out_sp = [(x.shape[1 + i] - rhs_dilation[i] * (ksize[i] - 1) - 1) // window_strides[i] + 1 for i in range(nsp)]
+    patches = []
+    for offs in itertools.product(*[range(k) for k in ksize]):
+        start = (0, *[o * rhs_dilation[i] for i, o in enumerate(offs)], 0)
+        limit = (n, *[start[1 + i] + (out_sp[i] - 1) * window_strides[i] + 1 for i in range(nsp)], c)
+        patches.append(lax.slice(x, start, limit, (1, *window_strides, 1)))
+    k = len(patches)
+    cols = jnp.stack(patches, axis=-2)   # N, out..., K, C
+    rows = n * int(np.prod(out_sp))
+    o = w.shape[-1]
+    g = feature_group_count
+    if g == 1:
+        acc = int8_dot(cols.reshape(rows, k * c), w.reshape(k * c, o), (((1,), (0,)), ((), ())))
+    else:
+        cg, og = c // g, o // g
+        lhs = cols.reshape(rows, k, g, cg).transpose(2, 0, 1, 3).reshape(g, rows, k * cg)
+        rhs = w.reshape(k, cg, g, og).transpose(2, 0, 1, 3).reshape(g, k * cg, og)
+        acc = int8_dot(lhs, rhs, (((2,), (1,)), ((0,), (0,))))        # G, rows, Og
+        acc = acc.transpose(1, 0, 2)
+    acc = acc.reshape(n, *out_sp, o)
+    perm = [0] * (nsp + 2)
+    perm[dn.out_spec[0]] = 0
+    perm[dn.out_spec[1]] = nsp + 1
+    for i in range(nsp):
+        perm[dn.out_spec[2 + i]] = 1 + i
+    return jnp.transpose(acc, perm)

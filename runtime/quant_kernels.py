@@ -1,0 +1,112 @@
+"""Kernels of the ``jquant`` ops (registered into runtime.kernels)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxlite.dialects import fused, jlax, quant
+from jaxlite.dialects.params import decode_all
+from jaxlite.runtime import int8
+from jaxlite.runtime.kernels import Kernel, register
+
+
+def _params(op: quant.QuantizedMatmulOp) -> dict:
+    params = {k: None for k in op.OPTIONAL_PARAMS}
+    params.update(decode_all(op.primitive_params()))
+    return params
+
+
+def _accumulate(op: quant.QuantizedMatmulOp):
+    """(xq, wq) -> int32 accumulator, for the op's dot or conv parameters."""
+    params = _params(op)
+    if op.PRIMITIVE == "dot_general":
+        dims = params["dimension_numbers"]
+        return lambda xq, wq: int8.int8_dot(xq, wq, dims)
+    return lambda xq, wq: int8.int8_conv(xq, wq, **params)
+
+
+def _out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
+    """Axis of the result along which the kernel's per-channel scale runs."""
+    w_axis = op.w_axis
+    if w_axis < 0:
+        return -1
+    params = _params(op)
+    if op.PRIMITIVE == "conv_general_dilated":
+        return params["dimension_numbers"].out_spec[1]
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    rhs_ndim = len(op.rhs.type.get_shape())
+    lhs_ndim = len(op.lhs.type.get_shape())
+    lhs_free = [d for d in range(lhs_ndim) if d not in lc and d not in lb]
+    rhs_free = [d for d in range(rhs_ndim) if d not in rc and d not in rb]
+    return len(lb) + len(lhs_free) + rhs_free.index(w_axis)
+
+
+@register(quant.QuantizeOp)
+def _quantize(op: quant.QuantizeOp) -> Kernel:
+    axis = op.attributes["axis"].data
+    return lambda weights, x, scale: (int8.quantize(x, int8.expand(scale, x.ndim, axis)),)
+
+
+@register(quant.DequantizeOp)
+def _dequantize(op: quant.DequantizeOp) -> Kernel:
+    axis = op.attributes["axis"].data
+    return lambda weights, q, scale: (q.astype(jnp.float32) * int8.expand(scale, q.ndim, axis),)
+
+
+@register(quant.UpcastOp)
+def _upcast(op: quant.UpcastOp) -> Kernel:
+    return lambda weights, w: (w.astype(jnp.float32),)
+
+
+@register(quant.DynamicMatmulOp)
+def _dynamic(op: quant.DynamicMatmulOp) -> Kernel:
+    acc_fn = _accumulate(op)
+    params = _params(op)
+    activation = op.activation
+    out_ndim = len(op.result.type.get_shape())
+    w_out_axis = _out_axis_of_w(op, out_ndim)
+    if op.PRIMITIVE == "dot_general":
+        (lc, _), (lb, _) = params["dimension_numbers"]
+        lhs_ndim = len(op.lhs.type.get_shape())
+        lhs_free = [d for d in range(lhs_ndim) if d not in lc and d not in lb]
+        reduce_axes = tuple(lc)
+    else:
+        batch_axis = params["dimension_numbers"].lhs_spec[0]
+        lhs_ndim = len(op.lhs.type.get_shape())
+        reduce_axes = tuple(d for d in range(lhs_ndim) if d != batch_axis)
+
+    def run(weights, x, wq, w_scale, bias=None):
+        x_scale = int8.safe_scale(jnp.max(jnp.abs(x), axis=reduce_axes, keepdims=True))
+        acc = acc_fn(int8.quantize(x, x_scale), wq).astype(jnp.float32)
+        if op.PRIMITIVE == "dot_general":   # per row: lhs free dims lead the result
+            row = jnp.squeeze(x_scale, axis=reduce_axes)
+            row = row.reshape(row.shape + (1,) * (out_ndim - row.ndim))
+        else:                               # per sample: batch dim of the result
+            n_axis = params["dimension_numbers"].out_spec[0]
+            row = int8.expand(x_scale.reshape(-1), out_ndim, n_axis)
+        y = acc * row * int8.expand(w_scale, out_ndim, w_out_axis)
+        return (fused.fused_epilogue(y, bias, activation),)
+    return run
+
+
+@register(quant.StaticMatmulOp)
+def _static(op: quant.StaticMatmulOp) -> Kernel:
+    acc_fn = _accumulate(op)
+    activation = op.activation
+    out_ndim = len(op.result.type.get_shape())
+    w_out_axis = _out_axis_of_w(op, out_ndim)
+    has_bias = op.bias is not None
+    requantize = op.out_scale is not None
+
+    def run(weights, xq, wq, x_scale, w_scale, *rest):
+        bias = rest[0] if has_bias else None
+        acc = acc_fn(xq, wq).astype(jnp.float32)
+        y = acc * (jnp.reshape(x_scale, ()) * int8.expand(w_scale, out_ndim, w_out_axis))
+        y = fused.fused_epilogue(y, bias, activation)
+        if requantize:
+            return (int8.quantize(y, jnp.reshape(rest[-1], ())),)
+        return (y,)
+    return run
+
+
+__all__ = ["jlax"]
