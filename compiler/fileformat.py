@@ -2,6 +2,7 @@
 
 * ``manifest.json`` -- format name and version, jaxlite version, signature, weight table;
 * ``model.mlir``    -- the IR as text (parseable by xDSL with jaxlite's dialects);
+  both deflated;
 * ``weights/N.npy`` -- one ``.npy`` per weight (no pickle: object dtypes are refused).
 
 Weights are stored uncompressed, so loading maps them straight from the file (np.memmap)
@@ -41,8 +42,9 @@ def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightS
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
-            zf.writestr(IR_MEMBER, ir_text)
+            # text members are deflated (IR text compresses ~7x); weights stay stored for mmap
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+            zf.writestr(IR_MEMBER, ir_text, compress_type=zipfile.ZIP_DEFLATED)
             for member, array in members:
                 with zf.open(member, "w", force_zip64=True) as out:
                     np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)

@@ -95,17 +95,23 @@ class Executable:
         self.device = resolve_device(device)
         self.signature: Signature = model.signature
         main = find_main(model.module)
-        program = program_for(main.body.block)
-        used = sorted({op.weight_name for op in main.walk() if isinstance(op, WeightOp)},
-                      key=lambda n: (model.weights[n].nbytes, n))
+        # Weights stored in low precision but used as float (int8-weights, float16 on CPU)
+        # are expanded once here, the way TFLite does at load, not on every call.
+        expand_f16 = not (self.device is not None and self.device.platform == "gpu")
+        expanded = _load_time_values(main, model.weights, expand_f16)
+        program = program_for(main.body.block, lambda op: _expanded_kernel(op, expanded))
+        used = {op.weight_name for op in main.walk() if isinstance(op, WeightOp)
+                and any(u.operation not in expanded for u in op.result.uses)}
+        arrays = {name: model.weights[name] for name in used}
+        arrays.update({name: value for name, value in expanded.values()})
         embedded: dict[str, jax.Array] = {}
         budget = EMBED_WEIGHT_BYTES
         self._weights: dict[str, jax.Array] = {}
-        for name in used:
-            nbytes = model.weights[name].nbytes
+        for name in sorted(arrays, key=lambda n: (arrays[n].nbytes, n)):
+            nbytes = arrays[name].nbytes
             target = embedded if nbytes <= budget else self._weights
             budget -= nbytes if target is embedded else 0
-            target[name] = self._place(model.weights[name])
+            target[name] = self._place(arrays[name])
 
         sig = self.signature
         in_treedef = sig.in_treedef if sig.in_treedef is not None else _builtin_treedef(sig)
@@ -149,6 +155,43 @@ class Executable:
         """The jax Lowered object of the whole program (for inspecting the HLO)."""
         specs = [jax.ShapeDtypeStruct(s.shape, s.dtype) for s in self.signature.inputs]
         return self._jitted.lower(self._weights, self.signature.in_tree.unflatten(specs))
+
+
+def _load_time_values(main, weights, expand_f16: bool) -> dict:
+    """op -> (name, float32 array) for dequantize/upcast ops that read only weights."""
+    from jaxlite.dialects import quant
+
+    out = {}
+    for op in main.body.block.ops:  # top level only: regions keep their own kernels
+        if isinstance(op, quant.DequantizeOp | quant.UpcastOp):
+            if isinstance(op, quant.UpcastOp) and not expand_f16:
+                continue
+            sources = [v.owner for v in op.operands]
+            if not all(isinstance(w, WeightOp) for w in sources):
+                continue
+            arrays = [np.asarray(weights[w.weight_name]) for w in sources]
+            if isinstance(op, quant.UpcastOp):
+                value = arrays[0].astype(np.float32)
+            else:
+                q, scale = arrays
+                axis = op.attributes["axis"].data
+                shape = [1] * q.ndim
+                if axis >= 0:
+                    shape[axis] = -1
+                value = q.astype(np.float32) * scale.reshape(shape if axis >= 0 else ())
+            out[op] = (f"{sources[0].weight_name}@float32", value)
+    return out
+
+
+def _expanded_kernel(op, expanded):
+    from jaxlite.runtime.kernels import kernel_for
+
+    if op in expanded:
+        name = expanded[op][0]
+        return lambda weights, *_: (weights[name],)
+    if isinstance(op, WeightOp) and op.result.uses and all(u.operation in expanded for u in op.result.uses):
+        return lambda weights: (None,)  # only read by expanded ops: never placed on the device
+    return kernel_for(op)
 
 
 def _builtin_treedef(sig: Signature):

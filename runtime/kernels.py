@@ -38,8 +38,9 @@ def kernel_for(op: Operation) -> Kernel:
     raise NoKernelError(f"no kernel for {op.name}")
 
 
-def program_for(block) -> BlockProgram:
-    return BlockProgram(block, kernel_for)
+def program_for(block, kernels: Callable[[Operation], Kernel] | None = None) -> BlockProgram:
+    """The program of a block; ``kernels`` may override the kernel of some ops."""
+    return BlockProgram(block, kernels or kernel_for)
 
 
 @register(jlax.LaxOp)

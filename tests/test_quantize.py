@@ -1,0 +1,174 @@
+"""Quantization: the seed's numerics, every mode on the digits models, file sizes, kernels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxlite
+from conftest import assert_tree_close
+from jaxlite.examples import digits, digits_cnn, digits_mlp, transformer
+from jaxlite.runtime.int8 import int8_conv, quantize_weight
+
+
+def test_seed_worked_example_symmetric_int8():
+    w = np.array([-1.5, 0.0, 0.8], np.float32)
+    q, scale = quantize_weight(w, None)
+    assert q.tolist() == [-127, 0, 68]
+    assert scale == pytest.approx(1.5 / 127)
+    # codes 69..127 are never used by this tensor: symmetric max-abs wastes the positive side
+    dense = np.linspace(-1.5, 0.8, 10001, dtype=np.float32)
+    codes = set(quantize_weight(dense, None)[0].tolist())
+    assert max(codes) == 68 and min(codes) == -127 and not codes & set(range(69, 128))
+
+
+def test_per_channel_scales_run_along_the_output_channel():
+    w = np.array([[1.0, -0.1], [-2.0, 0.05]], np.float32)  # (in, out)
+    q, scale = quantize_weight(w, 1)
+    np.testing.assert_allclose(scale, [2.0 / 127, 0.1 / 127])
+    assert q[:, 0].tolist() == [64, -127] and q[:, 1].tolist() == [-127, 64]
+
+
+def _eval(exe, x, batch=64):
+    n = len(x) // batch * batch
+    return np.concatenate([np.asarray(exe(x[i:i + batch])) for i in range(0, n, batch)]), n
+
+
+@pytest.fixture(scope="module", params=["mlp", "cnn"])
+def digits_case(request):
+    images = request.param == "cnn"
+    example = digits_cnn if images else digits_mlp
+    fn, args = example.factory()
+    x_train, _, x_test, y_test = digits.load(images=images)
+    ref, n = _eval(jax.jit(fn), x_test)
+    return fn, args, x_train, x_test, y_test[:n], digits.accuracy(ref, y_test[:n])
+
+
+@pytest.mark.parametrize("mode, max_drop", [("float16", 0.001), ("int8-weights", 0.005),
+                                            ("dynamic", 0.005), ("int8", 0.01)])
+def test_accuracy_on_held_out_digits(digits_case, mode, max_drop):
+    fn, args, x_train, x_test, y_test, float_acc = digits_case
+    calibration = [(x_train[i:i + 64],) for i in range(0, 640, 64)] if mode == "int8" else None
+    model = jaxlite.convert(fn, *args, quantize=mode, calibration=calibration)
+    out, _ = _eval(model.compile(), x_test)
+    assert digits.accuracy(out, y_test) >= float_acc - max_drop - 1e-9
+    assert model.metadata["quantization"]["mode"] == mode
+
+
+def test_quantized_model_saved_and_loaded_computes_exactly_the_same(tmp_path, digits_case):
+    fn, args, x_train, *_ = digits_case
+    for mode in ("float16", "int8-weights", "dynamic", "int8"):
+        cal = [(x_train[:64],), (x_train[64:128],)] if mode == "int8" else None
+        model = jaxlite.convert(fn, *args, quantize=mode, calibration=cal)
+        model.save(tmp_path / f"{mode}.jlite")
+        loaded = jaxlite.load(tmp_path / f"{mode}.jlite")
+        assert loaded.metadata["quantization"]["mode"] == mode
+        assert_tree_close(loaded.compile()(*args), model.compile()(*args), rtol=0, atol=0)
+
+
+def test_full_integer_graph_keeps_int8_between_layers():
+    fn, args = digits_cnn.factory()
+    x_train = digits.load(images=True)[0]
+    model = jaxlite.convert(fn, *args, quantize="int8", calibration=[(x_train[:64],)])
+    kinds = [op.name for op in model.module.walk()]
+    assert kinds.count("jquant.quantize") == 1 and kinds.count("jquant.dequantize") == 1
+    assert kinds.count("jquant.qconv") == 2 and kinds.count("jquant.qdot") == 1
+    text = model.ir()
+    assert "jlax.reduce_window_max" in text and "tensor<64x4x4x16xi8>" in text  # int8 max-pool
+    assert "jfuse" not in text and "xf32> -> tensor<64x512xi8>" not in text
+    assert "(tensor<64x4x4x32xi8>) -> tensor<64x512xi8>" in text                # int8 reshape
+
+
+def test_dynamic_and_int8_weights_ir():
+    fn, args = digits_mlp.factory()
+    dyn = jaxlite.convert(fn, *args, quantize="dynamic")
+    assert dyn.ir().count("jquant.dynamic_dot") == 3
+    assert all(a.dtype == np.int8 for n, a in dyn.weights.arrays.items() if n.endswith(".q"))
+    wo = jaxlite.convert(fn, *args, quantize="int8-weights")
+    assert wo.ir().count("jquant.dequantize") == 3 and wo.ir().count("jfuse.dot") == 3
+    exe = wo.compile()  # expanded to float once at load: only float32 arrays reach the device
+    placed = list(exe._weights.values())
+    assert all(a.dtype == jnp.float32 for a in placed)
+
+
+def test_skip_and_per_tensor_options():
+    fn, args = digits_mlp.factory()
+    model = jaxlite.convert(fn, *args, quantize="dynamic", skip=["params.Dense_2*"])
+    assert model.ir().count("jquant.dynamic_dot") == 2 and model.ir().count("jfuse.dot") == 1
+    model = jaxlite.convert(fn, *args, quantize="dynamic", per_channel=False)
+    scales = [a for n, a in model.weights.arrays.items() if n.endswith(".scale")]
+    assert scales and all(a.shape == () for a in scales)
+
+
+def test_file_sizes_against_float32(tmp_path):
+    fn, args = transformer.factory(num_layers=2, d_model=256, heads=4, seq=16)
+    sizes = {}
+    for mode in (None, "float16", "int8-weights", "dynamic", "int8"):
+        cal = [args] if mode == "int8" else None
+        model = jaxlite.convert(fn, *args, quantize=mode, calibration=cal)
+        if mode is None:
+            assert model.num_parameters >= 1_000_000
+        path = tmp_path / f"{mode}.jlite"
+        model.save(path)
+        sizes[mode] = path.stat().st_size
+    for mode in ("int8-weights", "dynamic", "int8"):
+        assert sizes[mode] <= 0.26 * sizes[None], (mode, sizes)
+    assert sizes["float16"] <= 0.51 * sizes[None]
+
+
+def test_transformer_modes_stay_close_to_float():
+    fn, args = transformer.factory()
+    ref = np.asarray(jax.jit(fn)(*args))
+    for mode, tol in (("float16", 2e-3), ("int8-weights", 0.05), ("dynamic", 0.05), ("int8", 0.1)):
+        out = np.asarray(jaxlite.compile(fn, *args, quantize=mode, calibration=[args] if mode == "int8" else None)(*args))
+        rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+        assert rel < tol, (mode, rel)
+
+
+def test_quantize_errors():
+    fn, args = digits_mlp.factory()
+    with pytest.raises(jaxlite.ConversionError, match="unknown quantize mode 'int4'"):
+        jaxlite.convert(fn, *args, quantize="int4")
+    with pytest.raises(jaxlite.ConversionError, match="needs calibration data"):
+        jaxlite.convert(fn, *args, quantize="int8")
+    with pytest.raises(jaxlite.ConversionError, match="only used with quantize='int8'"):
+        jaxlite.convert(fn, *args, quantize="dynamic", calibration=[args])
+    with pytest.raises(jaxlite.ConversionError, match="calibration batch.*shape"):
+        jaxlite.convert(fn, *args, quantize="int8", calibration=[(np.ones((3, 64), np.float32),)])
+    with pytest.raises(jaxlite.ConversionError, match="empty"):
+        jaxlite.convert(fn, *args, quantize="int8", calibration=[])
+
+
+@pytest.mark.parametrize("case", [
+    ((2, 9, 9, 6), (3, 3, 6, 8), (1, 1), ((1, 1), (1, 1)), (1, 1), 1, ("NHWC", "HWIO", "NHWC")),
+    ((2, 9, 9, 6), (3, 3, 1, 12), (2, 2), ((1, 2), (0, 1)), (2, 1), 6, ("NHWC", "HWIO", "NHWC")),
+    ((2, 6, 9, 9), (8, 3, 3, 3), (2, 1), ((0, 0), (1, 1)), (1, 1), 2, ("NCHW", "OIHW", "NCHW")),
+    ((2, 10, 6), (3, 6, 4), (1,), ((1, 1),), (1,), 1, ("NWC", "WIO", "NWC")),
+])
+def test_im2col_int8_conv_is_bit_exact(case):
+    xs, ws, strides, pad, rhs_dil, groups, names = case
+    rng = np.random.default_rng(0)
+    x = rng.integers(-127, 128, xs).astype(np.int8)
+    w = rng.integers(-127, 128, ws).astype(np.int8)
+    dn = lax.conv_dimension_numbers(xs, ws, names)
+    ref = lax.conv_general_dilated(x, w, strides, pad, (1,) * len(strides), rhs_dil, dn, groups,
+                                   preferred_element_type=jnp.int32)
+    out = int8_conv(x, w, window_strides=strides, padding=pad, lhs_dilation=(1,) * len(strides),
+                    rhs_dilation=rhs_dil, dimension_numbers=dn, feature_group_count=groups, batch_group_count=1)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
+def test_dynamic_dot_matches_its_definition():
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(rng.standard_normal((16, 8)).astype(np.float32))
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    x[2] = 0.0  # an all-zero row must not divide by zero
+    out = np.asarray(jaxlite.compile(lambda v: v @ w, x, quantize="dynamic")(x))
+    wq, ws = quantize_weight(np.asarray(w), 1)
+    xs = np.abs(x).max(1, keepdims=True) / 127
+    xs[xs == 0] = 1
+    xq = np.clip(np.round(x / xs), -127, 127)
+    expected = (xq @ wq.astype(np.float64)) * xs * ws
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(out[2] == 0)
