@@ -14,9 +14,9 @@ from common import configure_threads, interleaved_medians, machine  # noqa: E402
 THREADS = configure_threads(sys.argv)
 
 import jax  # noqa: E402
-from jaxlite.examples import digits_cnn, digits_mlp, transformer  # noqa: E402
 
 import jaxlite  # noqa: E402
+from jaxlite.examples import digits_cnn, digits_mlp, transformer  # noqa: E402
 
 CASES = {
     "digits MLP (batch 64)": lambda: digits_mlp.factory(64),

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 
-from jaxlite.compiler.errors import ModelFormatError
-from jaxlite.dialects.fused import JFuse
-from jaxlite.dialects.jlax import JLax
-from jaxlite.dialects.quant import JQuant
 from xdsl.context import Context
 from xdsl.dialects.builtin import Builtin, ModuleOp
 from xdsl.dialects.func import Func
 from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import ParseError, VerifyException
+
+from jaxlite.compiler.errors import ModelFormatError
+from jaxlite.dialects.fused import JFuse
+from jaxlite.dialects.jlax import JLax
+from jaxlite.dialects.quant import JQuant
 
 
 def make_context() -> Context:

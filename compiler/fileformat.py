@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from jaxlite.compiler.errors import ModelFormatError
 from jaxlite.compiler.weights import WeightStore
 

@@ -18,15 +18,16 @@ import jax
 import numpy as np
 from jax._src import source_info_util
 from jax.extend import core as jex_core
+from xdsl.dialects import func
+from xdsl.dialects.builtin import FunctionType, ModuleOp
+from xdsl.ir import Block, Region, SSAValue
+
 from jaxlite.compiler.errors import ConversionError, UnsupportedPrimitiveError
 from jaxlite.compiler.signature import Signature, TensorSpec, TreeSpec, key_str
 from jaxlite.compiler.weights import WeightStore
 from jaxlite.dialects import jlax
 from jaxlite.dialects.params import UnencodableParam
 from jaxlite.dialects.types import is_supported_dtype, tensor_type
-from xdsl.dialects import func
-from xdsl.dialects.builtin import FunctionType, ModuleOp
-from xdsl.ir import Block, Region, SSAValue
 
 # Anonymous constants up to this many elements are inlined; larger ones become weights.
 INLINE_CONSTANT_LIMIT = 64

@@ -6,6 +6,8 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from xdsl.dialects.builtin import ModuleOp
+
 from jaxlite.compiler import fileformat
 from jaxlite.compiler.context import parse_module, print_module
 from jaxlite.compiler.errors import ModelFormatError
@@ -13,7 +15,6 @@ from jaxlite.compiler.signature import Signature
 from jaxlite.compiler.weights import WeightStore
 from jaxlite.dialects.jlax import WeightOp
 from jaxlite.dialects.types import shape_dtype
-from xdsl.dialects.builtin import ModuleOp
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+
 from jaxlite.compiler.errors import ModelFormatError
 from jaxlite.dialects.types import dtype_name, parse_dtype
 

@@ -7,8 +7,9 @@ import re
 from collections.abc import Iterator
 
 import numpy as np
-from jaxlite.dialects.jlax import WeightOp
 from xdsl.dialects.builtin import ModuleOp
+
+from jaxlite.dialects.jlax import WeightOp
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.]")
 

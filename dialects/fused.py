@@ -14,8 +14,6 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxlite.dialects import jlax
-from jaxlite.dialects.types import shape_dtype
 from xdsl.dialects.builtin import StringAttr, TensorType
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
@@ -29,6 +27,9 @@ from xdsl.irdl import (
 )
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
+
+from jaxlite.dialects import jlax
+from jaxlite.dialects.types import shape_dtype
 
 # name -> function of the pre-activation value; each is exactly the op sequence jax.nn traces
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

@@ -23,8 +23,6 @@ import jax
 import numpy as np
 from jax import lax
 from jax._src import core as jax_core
-from jaxlite.dialects import params as P
-from jaxlite.dialects.types import dtype_of, shape_dtype, tensor_type
 from xdsl.dialects.builtin import (
     BytesAttr,
     DenseIntOrFPElementsAttr,
@@ -51,6 +49,9 @@ from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.traits import ConstantLike, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
+
+from jaxlite.dialects import params as P
+from jaxlite.dialects.types import dtype_of, shape_dtype, tensor_type
 
 # ---------------------------------------------------------------------------------------
 # The supported primitives. Value: parameters that may be None and are then left out of the

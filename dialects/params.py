@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from jax import lax
-from jaxlite.dialects.types import dtype_of, element_type
 from xdsl.dialects.builtin import (
     ArrayAttr,
     DenseArrayBase,
@@ -35,6 +34,8 @@ from xdsl.irdl import irdl_attr_definition
 from xdsl.parser import AttrParser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
+
+from jaxlite.dialects.types import dtype_of, element_type
 
 ENUMS: dict[str, type[enum.Enum]] = {
     e.__name__: e for e in (lax.Precision, lax.GatherScatterMode, lax.RoundingMethod,

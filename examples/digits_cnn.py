@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+
 from jaxlite.examples import digits
 
 

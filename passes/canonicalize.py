@@ -22,18 +22,6 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from jaxlite.dialects import jlax
-from jaxlite.dialects.params import decode
-from jaxlite.dialects.types import shape_dtype
-from jaxlite.passes.common import (
-    blocks_of,
-    constant_array,
-    current_store,
-    is_op,
-    producer,
-    splat_value,
-    users,
-)
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Operation, SSAValue
@@ -46,6 +34,19 @@ from xdsl.pattern_rewriter import (
     op_type_rewrite_pattern,
 )
 from xdsl.rewriter import InsertPoint
+
+from jaxlite.dialects import jlax
+from jaxlite.dialects.params import decode
+from jaxlite.dialects.types import shape_dtype
+from jaxlite.passes.common import (
+    blocks_of,
+    constant_array,
+    current_store,
+    is_op,
+    producer,
+    splat_value,
+    users,
+)
 
 INLINE_LIMIT = 64  # folded results up to this many elements become jlax.constant
 _NOT_FOLDABLE = {"platform_index", "optimization_barrier"}

@@ -8,10 +8,11 @@ import contextvars
 from collections.abc import Iterator
 
 import numpy as np
-from jaxlite.compiler.weights import WeightStore
-from jaxlite.dialects import jlax
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Operation, OpResult, SSAValue
+
+from jaxlite.compiler.weights import WeightStore
+from jaxlite.dialects import jlax
 
 # Passes are xDSL ModulePasses (constructed from pipeline strings, so they hold no
 # store); the driver binds the model's WeightStore here while they run.

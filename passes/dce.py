@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jaxlite.dialects import jlax
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.transforms.dead_code_elimination import dce
+
+from jaxlite.dialects import jlax
 
 _IDENTITY = {"stop_gradient", "copy", "optimization_barrier"}
 

@@ -14,16 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from jaxlite.dialects import fused, jlax
-from jaxlite.dialects.params import decode
-from jaxlite.dialects.types import shape_dtype, tensor_type
-from jaxlite.passes.common import constant_array, current_store, is_constant, producer, sole_user
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 from xdsl.transforms.dead_code_elimination import dce
+
+from jaxlite.dialects import fused, jlax
+from jaxlite.dialects.params import decode
+from jaxlite.dialects.types import shape_dtype, tensor_type
+from jaxlite.passes.common import constant_array, current_store, is_constant, producer, sole_user
 
 
 def feature_axes(op: Operation) -> tuple[int, int] | None:

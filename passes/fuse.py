@@ -15,17 +15,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from jaxlite.dialects import fused, jlax
-from jaxlite.dialects.params import decode
-from jaxlite.dialects.types import shape_dtype
-from jaxlite.passes.common import is_op, producer, sole_user, splat_value, users
-from jaxlite.passes.fold_affine import feature_axes
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 from xdsl.transforms.dead_code_elimination import dce
+
+from jaxlite.dialects import fused, jlax
+from jaxlite.dialects.params import decode
+from jaxlite.dialects.types import shape_dtype
+from jaxlite.passes.common import is_op, producer, sole_user, splat_value, users
+from jaxlite.passes.fold_affine import feature_axes
 
 
 def _close(x, target, rel=1e-4) -> bool:

@@ -12,6 +12,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+from xdsl.utils.arg_spec import parse_pipeline as xdsl_parse_pipeline
+
 from jaxlite.compiler.context import make_context, print_module, verify_module
 from jaxlite.compiler.errors import ConversionError
 from jaxlite.compiler.weights import WeightStore
@@ -22,9 +26,6 @@ from jaxlite.passes.dce import DCEPass
 from jaxlite.passes.fold_affine import FoldAffinePass, FoldBatchNormPass
 from jaxlite.passes.fuse import FusePass
 from jaxlite.passes.quantize import QuantizePass
-from xdsl.dialects.builtin import ModuleOp
-from xdsl.passes import ModulePass
-from xdsl.utils.arg_spec import parse_pipeline as xdsl_parse_pipeline
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p for p in (CanonicalizePass, CSEPass, DCEPass, FoldAffinePass, FoldBatchNormPass, FusePass,
@@ -113,8 +114,9 @@ def tidy_weight_names(module: ModuleOp, store: WeightStore) -> None:
     """``name_2`` -> ``name`` where a pass replaced ``name`` (a folded reshape of a bias)."""
     import re
 
-    from jaxlite.dialects.jlax import WeightOp
     from xdsl.dialects.builtin import SymbolRefAttr
+
+    from jaxlite.dialects.jlax import WeightOp
 
     renames = {}
     for name in list(store):

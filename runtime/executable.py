@@ -14,12 +14,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp
+
 from jaxlite.compiler.errors import DeviceError, SignatureError
 from jaxlite.compiler.signature import Signature, TensorSpec
 from jaxlite.dialects.jlax import WeightOp
 from jaxlite.runtime.kernels import program_for
-from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp
 
 # Weights are embedded as constants, smallest first, up to this many bytes in all.
 EMBED_WEIGHT_BYTES = 16 * 1024 * 1024

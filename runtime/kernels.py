@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jax import lax
+from xdsl.ir import Operation
+
 from jaxlite.dialects import fused, jlax
 from jaxlite.dialects.params import decode
 from jaxlite.runtime.program import BlockProgram, Kernel, captures_of
-from xdsl.ir import Operation
 
 _FACTORIES: dict[type[Operation], Callable[[Operation], Kernel]] = {}
 

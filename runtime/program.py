@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jaxlite.dialects import jlax
 from xdsl.dialects import func
 from xdsl.ir import Block, Operation, SSAValue
+
+from jaxlite.dialects import jlax
 
 Kernel = Callable[..., Sequence[Any]]  # (weights, *inputs) -> outputs
 KernelFactory = Callable[[Operation, "BlockProgram | None"], tuple[Kernel, list[SSAValue]]]

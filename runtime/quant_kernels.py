@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxlite.dialects import fused, jlax, quant
+from jaxlite.dialects import fused, quant
 from jaxlite.dialects.params import decode_all
 from jaxlite.runtime import int8
 from jaxlite.runtime.kernels import Kernel, register
@@ -66,10 +66,8 @@ def _dynamic(op: quant.DynamicMatmulOp) -> Kernel:
     out_ndim = len(op.result.type.get_shape())
     w_out_axis = _out_axis_of_w(op, out_ndim)
     if op.PRIMITIVE == "dot_general":
-        (lc, _), (lb, _) = params["dimension_numbers"]
-        lhs_ndim = len(op.lhs.type.get_shape())
-        lhs_free = [d for d in range(lhs_ndim) if d not in lc and d not in lb]
-        reduce_axes = tuple(lc)
+        (lc, _), _batch = params["dimension_numbers"]
+        reduce_axes = tuple(lc)  # one scale per row: max |x| over the contracting dims
     else:
         batch_axis = params["dimension_numbers"].lhs_spec[0]
         lhs_ndim = len(op.lhs.type.get_shape())
@@ -108,5 +106,3 @@ def _static(op: quant.StaticMatmulOp) -> Kernel:
         return (y,)
     return run
 
-
-__all__ = ["jlax"]

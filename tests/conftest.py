@@ -1,9 +1,9 @@
 import jax
 import numpy as np
 import pytest
-from jaxlite.compiler.context import parse_module, print_module
 
 import jaxlite
+from jaxlite.compiler.context import parse_module, print_module
 
 
 def assert_tree_close(out, ref, rtol=1e-5, atol=1e-6):

@@ -7,10 +7,10 @@ import zipfile
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_tree_close
-from jaxlite.compiler import fileformat
 
 import jaxlite
+from conftest import assert_tree_close
+from jaxlite.compiler import fileformat
 
 
 def _model():

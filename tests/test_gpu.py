@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
-from conftest import assert_tree_close
-from jaxlite.examples import digits_cnn, digits_mlp, transformer
 
 import jaxlite
+from conftest import assert_tree_close
+from jaxlite.examples import digits_cnn, digits_mlp, transformer
 
 
 def _has_gpu() -> bool:

@@ -5,16 +5,16 @@ import io
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxlite.compiler.context import parse_module, print_module
-from jaxlite.dialects import jlax
-from jaxlite.dialects.params import EnumAttr
-from jaxlite.examples import digits_cnn, transformer
 from xdsl.dialects.builtin import TensorType, f32
 from xdsl.ir import Block
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
 
 import jaxlite
+from jaxlite.compiler.context import parse_module, print_module
+from jaxlite.dialects import jlax
+from jaxlite.dialects.params import EnumAttr
+from jaxlite.examples import digits_cnn, transformer
 
 
 @pytest.mark.parametrize("example", [digits_cnn, transformer])

@@ -5,9 +5,9 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import check_against_jax
 
 import jaxlite
+from conftest import check_against_jax
 
 R = np.random.default_rng(0)
 A = R.standard_normal((4, 4)).astype(np.float32)

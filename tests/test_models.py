@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_tree_close, check_against_jax
-from jaxlite.examples import digits, digits_cnn, digits_mlp, transformer
 
 import jaxlite
+from conftest import assert_tree_close, check_against_jax
+from jaxlite.examples import digits, digits_cnn, digits_mlp, transformer
 
 
 @pytest.mark.parametrize("example", [digits_mlp, digits_cnn, transformer])

@@ -4,13 +4,13 @@ from collections import Counter
 
 import jax
 import jax.numpy as jnp
-import jaxlite.passes
 import numpy as np
 import pytest
-from conftest import assert_tree_close
-from jaxlite.examples import digits, digits_cnn
 
 import jaxlite
+import jaxlite.passes
+from conftest import assert_tree_close
+from jaxlite.examples import digits, digits_cnn
 
 X = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
 

@@ -4,11 +4,11 @@ broadcast, reshape and dot ops mixing inputs, constants and weights."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import assert_tree_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxlite
+from conftest import assert_tree_close
 
 SHAPE = (4, 6)
 CONSTS = st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0, 3.0, -0.25])

@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import check_against_jax
 from jax import lax
+
+from conftest import check_against_jax
 
 R = np.random.default_rng(0)
 X = R.standard_normal((3, 4)).astype(np.float32)
