@@ -49,6 +49,9 @@ def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightS
             for member, array in members:
                 with zf.open(member, "w", force_zip64=True) as out:
                     np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -19,6 +19,7 @@ from jaxlite.compiler.errors import (
     UnsupportedPrimitiveError,
 )
 from jaxlite.compiler.model import Model, load
+from jaxlite.compiler.report import QuantizationReport, quantization_report
 
 
 def compile(fn, *example_args, device=None, **convert_options):
@@ -27,6 +28,6 @@ def compile(fn, *example_args, device=None, **convert_options):
 
 
 __all__ = [
-    "convert", "compile", "load", "Model", "JaxliteError", "UnsupportedPrimitiveError",
+    "convert", "compile", "load", "Model", "quantization_report", "QuantizationReport", "JaxliteError", "UnsupportedPrimitiveError",
     "ModelFormatError", "SignatureError", "DeviceError", "ConversionError", "__version__",
 ]

@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   jaxlite convert examples/digits_mlp.py:factory -o mlp.jlite
   jaxlite convert examples/digits_cnn.py:factory -o cnn.jlite --passes "" --print-ir-after-all
   jaxlite opt cnn.jlite -p canonicalize,cse,dce,fold-affine,fuse -o cnn_opt.jlite --stats
+  jaxlite convert examples/digits_cnn.py:factory -o cnn_int8.jlite --quantize int8 --calibration x.npy
+  jaxlite report cnn.jlite cnn_int8.jlite --data x_test.npy
   jaxlite ir mlp.jlite
   jaxlite run mlp.jlite --input x.npy --output y.npy
   jaxlite demo
@@ -89,11 +91,46 @@ def _print_after(args) -> list[str] | None:
     return args.print_ir_after or None
 
 
+def read_batches(path: str, signature) -> list[tuple]:
+    """Batches of example arguments from a .npy (single input) or .npz (one array per input,
+    by input name or in order): samples along axis 0, cut into the model's batch size."""
+    if not Path(path).is_file():
+        raise UserError(f"no such data file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise UserError(f"cannot read {path} as .npy/.npz: {e}") from None
+    specs = signature.inputs
+    if isinstance(data, np.lib.npyio.NpzFile):
+        names = [s.name for s in specs]
+        keys = names if all(n in data.files for n in names) else data.files
+        arrays = [data[k] for k in keys]
+    else:
+        arrays = [data]
+    if len(arrays) != len(specs):
+        raise UserError(f"{path} holds {len(arrays)} arrays, the model takes {len(specs)} inputs")
+    batch = specs[0].shape[0] if specs[0].shape else 1
+    n = min(len(a) for a in arrays) // batch * batch
+    if n == 0:
+        raise UserError(f"{path} holds fewer samples than one batch of {batch}")
+    out = []
+    for i in range(0, n, batch):
+        leaves = [a[i:i + batch].astype(s.dtype).reshape(s.shape) for a, s in zip(arrays, specs, strict=True)]
+        out.append(tuple(signature.in_tree.unflatten(leaves)))
+    return out
+
+
 def cmd_convert(args) -> None:
     import jaxlite
 
     fn, example_args = load_factory(args.factory)
+    calibration = None
+    if args.calibration:
+        probe = jaxlite.convert(fn, *example_args, passes="")
+        calibration = read_batches(args.calibration, probe.signature)
     model = jaxlite.convert(fn, *example_args, passes=args.passes, outputs=_outputs_option(args.outputs),
+                            quantize=args.quantize, calibration=calibration,
+                            per_channel=not args.per_tensor, skip=args.skip,
                             print_ir_after_all=args.print_ir_after_all,
                             print_ir_after=_print_after(args), print_stats=args.stats)
     model.save(args.output)
@@ -141,6 +178,17 @@ def cmd_opt(args) -> None:
         print(f"wrote {out}: {model}", file=sys.stderr)
     else:
         Path(out).write_text(print_module(model.module))
+
+
+def cmd_report(args) -> None:
+    import json
+
+    import jaxlite
+
+    float_model, quant_model = jaxlite.load(args.float_model), jaxlite.load(args.quant_model)
+    batches = read_batches(args.data, float_model.signature)
+    report = jaxlite.quantization_report(float_model, quant_model, batches[: args.batches])
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report)
 
 
 def cmd_ir(args) -> None:
@@ -239,7 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-ir-after", action="append", metavar="NAME",
                    help="print the IR after this pass (or 'trace'); repeatable")
     p.add_argument("--stats", action="store_true", help="one line per pass: ops before -> after, weight bytes")
+    p.add_argument("--quantize", choices=["float16", "int8-weights", "dynamic", "int8"], default=None)
+    p.add_argument("--calibration", help="representative inputs for --quantize int8 (.npy/.npz, samples on axis 0)")
+    p.add_argument("--per-tensor", action="store_true", help="one scale per weight instead of per output channel")
+    p.add_argument("--skip", action="append", metavar="PATTERN", help="weight/op name pattern kept in float")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("report", help="per-layer error of a quantized model against its float model",
+                       epilog="example: jaxlite report cnn.jlite cnn_int8.jlite --data x_test.npy")
+    p.add_argument("float_model")
+    p.add_argument("quant_model")
+    p.add_argument("--data", required=True, help="inputs (.npy/.npz, samples on axis 0)")
+    p.add_argument("--batches", type=int, default=8, help="at most this many batches (default 8)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("opt", help="run passes over a .jlite model or IR text (like mlir-opt)",
                        epilog="example: jaxlite opt m.jlite -p canonicalize,cse,dce -o m_opt.jlite")

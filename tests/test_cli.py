@@ -112,3 +112,23 @@ def test_convert_outputs_option(tmp_path):
     assert r.returncode == 0, r.stderr
     model = jaxlite.load(out)
     assert len(model.signature.outputs) == 1 and "jlax.exp" not in model.ir()
+
+
+def test_quantize_and_report_from_the_cli(tmp_path):
+    from jaxlite.examples import digits
+
+    x_train, _, x_test, _ = digits.load(images=True)
+    np.save(tmp_path / "cal.npy", x_train[:256])
+    np.save(tmp_path / "test.npy", x_test[:128])
+    cnn = str(ROOT / "examples" / "digits_cnn.py") + ":factory"
+    f, q = tmp_path / "f.jlite", tmp_path / "q.jlite"
+    assert run("convert", cnn, "-o", str(f)).returncode == 0
+    r = run("convert", cnn, "-o", str(q), "--quantize", "int8", "--calibration", str(tmp_path / "cal.npy"))
+    assert r.returncode == 0, r.stderr
+    assert "jquant.qconv" in jaxlite.load(q).ir()
+    r = run("report", str(f), str(q), "--data", str(tmp_path / "test.npy"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "worst first" in lines[0] and len(lines) == 5 and "params.Conv_1" in r.stdout
+    r = run("convert", cnn, "-o", str(q), "--quantize", "int8")
+    assert r.returncode == 1 and "needs calibration data" in r.stderr

@@ -172,3 +172,32 @@ def test_dynamic_dot_matches_its_definition():
     expected = (xq @ wq.astype(np.float64)) * xs * ws
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     assert np.all(out[2] == 0)
+
+
+def test_per_layer_report_names_layers_worst_first():
+    fn, args = digits_cnn.factory()
+    x_train, _, x_test, _ = digits.load(images=True)
+    float_model = jaxlite.convert(fn, *args)
+    for mode in ("float16", "dynamic", "int8"):
+        q = jaxlite.convert(fn, *args, quantize=mode, calibration=[(x_train[:64],)] if mode == "int8" else None)
+        report = jaxlite.quantization_report(float_model, q, [(x_test[:64],), (x_test[64:128],)])
+        assert {e.weight for e in report.layers} == {"params.Conv_0.kernel.folded", "params.Conv_1.kernel.folded",
+                                                      "params.Dense_0.kernel"}
+        sqnr = [e.sqnr_db for e in report.layers]
+        assert sqnr == sorted(sqnr)
+        assert all(s > (55 if mode == "float16" else 25) for s in sqnr), (mode, sqnr)
+        assert "worst first" in str(report) and "params.Conv_1.kernel.folded" in str(report)
+        assert report.to_dict()["layers"][0]["module"].startswith("params.")
+    # a deliberately damaged layer comes out worst
+    broken = jaxlite.convert(fn, *args, quantize="dynamic")
+    name = next(n for n in broken.weights.arrays if n.startswith("params.Conv_0") and n.endswith(".scale"))
+    broken.weights.arrays[name] = broken.weights.arrays[name] * 1.5
+    report = jaxlite.quantization_report(float_model, broken, [(x_test[:64],)])
+    assert report.layers[0].weight == "params.Conv_0.kernel.folded" and report.layers[0].sqnr_db < 10
+
+
+def test_report_needs_matching_models():
+    fn, args = digits_mlp.factory()
+    f = jaxlite.convert(fn, *args)
+    with pytest.raises(jaxlite.ConversionError, match="no quantized layer"):
+        jaxlite.quantization_report(f, f, [args])
