@@ -203,9 +203,9 @@ class StaticMatmulOp(QuantizedMatmulOp):
     result = result_def(TensorType[I8] | TensorType[Float32Type])
     traits = traits_def(Pure())
     irdl_options = (AttrSizedOperandSegments(as_property=True),)
-    assembly_format = ("$lhs `,` $rhs `,` $x_scale `,` $w_scale (`bias` $bias^)? (`out_scale` $out_scale^)? "
-                       "attr-dict `:` type($lhs) `,` type($rhs) `,` type($x_scale) `,` type($w_scale) "
-                       "(`,` type($bias)^)? (`,` type($out_scale)^)? `->` type($result)")
+    assembly_format = ("$lhs `,` $rhs `,` $x_scale `,` $w_scale (`bias` `(` $bias^ `:` type($bias) `)`)? "
+                       "(`out_scale` `(` $out_scale^ `:` type($out_scale) `)`)? attr-dict `:` "
+                       "type($lhs) `,` type($rhs) `,` type($x_scale) `,` type($w_scale) `->` type($result)")
 
     def __init__(self, lhs, rhs, x_scale, w_scale, bias, out_scale, result_shape, params, activation, w_axis):
         dtype = "int8" if out_scale is not None else "float32"

@@ -7,6 +7,7 @@ import pytest
 from jax import lax
 
 import jaxlite
+from jaxlite.compiler.context import parse_module, print_module
 from conftest import assert_tree_close
 from jaxlite.examples import digits, digits_cnn, digits_mlp, transformer
 from jaxlite.runtime.int8 import int8_conv, quantize_weight
@@ -121,9 +122,12 @@ def test_transformer_modes_stay_close_to_float():
     fn, args = transformer.factory()
     ref = np.asarray(jax.jit(fn)(*args))
     for mode, tol in (("float16", 2e-3), ("int8-weights", 0.05), ("dynamic", 0.05), ("int8", 0.1)):
-        out = np.asarray(jaxlite.compile(fn, *args, quantize=mode, calibration=[args] if mode == "int8" else None)(*args))
+        model = jaxlite.convert(fn, *args, quantize=mode, calibration=[args] if mode == "int8" else None)
+        out = np.asarray(model.compile()(*args))
         rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
         assert rel < tol, (mode, rel)
+        text = model.ir()
+        assert print_module(parse_module(text)) == text
 
 
 def test_quantize_errors():

@@ -1,0 +1,74 @@
+"""Quantized models vs jax.jit float32, same run: latency ratio and file size per mode.
+
+    python benchmarks/quantize.py [--threads 1] [--reps 30] [--only resnet]
+
+Targets (issue 4, LiteRT/XNNPACK one thread in brackets): transformer dynamic <= 0.26x
+[0.26]; ResNet-18 int8 <= 0.2x [0.08]; digits CNN dynamic/int8 <= 0.3x [0.15]; MLP at
+batch 64 >= 2.5x faster; int8-weights and float16 on CPU within 5% of float32.
+LiteRT/ONNX Runtime columns appear only where those packages are installed (none here).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import configure_threads, interleaved_medians, machine  # noqa: E402
+
+THREADS = configure_threads(sys.argv)
+
+import jax  # noqa: E402
+
+import jaxlite  # noqa: E402
+from jaxlite.examples import digits, digits_cnn, digits_mlp, resnet, transformer  # noqa: E402
+
+CASES = {
+    "digits MLP (batch 64)": (lambda: digits_mlp.factory(64), "mlp"),
+    "digits CNN (batch 64)": (lambda: digits_cnn.factory(64), "cnn"),
+    "transformer 4L (d256, seq 128)": (lambda: transformer.factory(4, 256, 4, 128), "transformer"),
+    "ResNet-18 (224x224, batch 1)": (lambda: resnet.factory(), "resnet"),
+}
+MODES = ("float16", "int8-weights", "dynamic", "int8")
+
+
+def calibration_for(key: str, args: tuple) -> list[tuple]:
+    if key in ("mlp", "cnn"):
+        x = digits.load(images=key == "cnn")[0]
+        return [(x[i:i + 64],) for i in range(0, 512, 64)]
+    return [args]  # random-weight models: the example input is as representative as any
+
+
+def main() -> None:
+    reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 30
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
+    print(f"machine: {machine(THREADS)}; medians of {reps} interleaved calls; ratio = time / jax.jit float32")
+    print(f"{'model':32s} {'mode':13s} {'jax.jit':>9s} {'jaxlite':>9s} {'ratio':>6s} {'file':>10s} {'size':>6s}")
+    tmp = tempfile.mkdtemp()
+    for name, (make, key) in CASES.items():
+        if only and only not in key:
+            continue
+        fn, args = make()
+        float_model = jaxlite.convert(fn, *args)
+        float_path = os.path.join(tmp, f"{key}.jlite")
+        float_model.save(float_path)
+        float_size = os.path.getsize(float_path)
+        exes = {"float32": float_model.compile()}
+        sizes = {"float32": float_size}
+        for mode in MODES:
+            model = jaxlite.convert(fn, *args, quantize=mode,
+                                    calibration=calibration_for(key, args) if mode == "int8" else None)
+            path = os.path.join(tmp, f"{key}.{mode}.jlite")
+            model.save(path)
+            sizes[mode] = os.path.getsize(path)
+            exes[mode] = jaxlite.load(path).compile()
+        t = interleaved_medians({"jit": jax.jit(fn), **exes}, args, reps=reps)
+        for mode in ("float32", *MODES):
+            print(f"{name:32s} {mode:13s} {t['jit'] * 1e3:7.2f}ms {t[mode] * 1e3:7.2f}ms "
+                  f"{t[mode] / t['jit']:6.3f} {sizes[mode] / 1024:8.0f}KB {sizes[mode] / float_size:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
