@@ -232,6 +232,7 @@ def _median_latency(fn, x, reps: int = 50) -> float:
 
 
 def cmd_demo(args) -> None:
+    """Convert the digits CNN, quantize it every way, save, load, run: sizes, accuracy, speed."""
     import tempfile
 
     import jax
@@ -239,34 +240,38 @@ def cmd_demo(args) -> None:
     import jaxlite
     from jaxlite.examples import digits, digits_cnn
 
-    print("training the digits CNN (Conv-BatchNorm-ReLU-Pool x2, Dense) ...")
+    print("training the digits CNN (Conv-BatchNorm-ReLU-MaxPool, Conv-BatchNorm-ReLU, Dense) ...")
     model_def, variables = digits_cnn.trained()
-    _, _, x_test, y_test = digits.load(images=True)
+    x_train, _, x_test, y_test = digits.load(images=True)
 
     def predict(x):
         return model_def.apply(variables, x, train=False)
 
     batch = x_test[:64]
-    model = jaxlite.convert(predict, batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "digits_cnn.jlite"
-        model.save(path)
-        size = path.stat().st_size
-        loaded = jaxlite.load(path)
-        exe = loaded.compile()
-        n = len(x_test) // 64 * 64
-        ours = np.concatenate([np.asarray(exe(x_test[i:i + 64])) for i in range(0, n, 64)])
+    n = len(x_test) // 64 * 64
     ref_fn = jax.jit(predict)
     ref = np.concatenate([np.asarray(ref_fn(x_test[i:i + 64])) for i in range(0, n, 64)])
     t_ref = _median_latency(ref_fn, batch)
-    t_ours = _median_latency(exe, batch)
-    print(f"model: {model}")
-    print(f"float32 .jlite file: {size:,} bytes ({model.weights.nbytes:,} bytes of weights)")
-    print(f"test accuracy: jaxlite {digits.accuracy(ours, y_test[:n]):.4f}, "
-          f"jax.jit {digits.accuracy(ref, y_test[:n]):.4f}; max |diff| {np.abs(ours - ref).max():.2e}")
-    print(f"latency (batch 64, median of 50): jaxlite {t_ours * 1e6:.0f} us, jax.jit {t_ref * 1e6:.0f} us, "
-          f"ratio {t_ours / t_ref:.2f}x")
-    print("quantization (float16/int8) is not built yet: see the project's issues")
+    print(f"jax.jit float32: test accuracy {digits.accuracy(ref, y_test[:n]):.4f}, "
+          f"{t_ref * 1e6:.0f} us per batch of 64 (median of 50)\n")
+    print(f"{'jaxlite model':14s} {'file bytes':>10s} {'size':>6s} {'accuracy':>9s} {'latency':>9s} {'vs jax.jit':>10s}")
+    calibration = [(x_train[i:i + 64],) for i in range(0, 512, 64)]
+    float_size = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in (None, "float16", "int8-weights", "dynamic", "int8"):
+            model = jaxlite.convert(predict, batch, quantize=mode,
+                                    calibration=calibration if mode == "int8" else None)
+            path = Path(tmp) / f"digits_cnn.{mode or 'float32'}.jlite"
+            model.save(path)
+            size = path.stat().st_size
+            float_size = float_size or size
+            exe = jaxlite.load(path).compile()
+            ours = np.concatenate([np.asarray(exe(x_test[i:i + 64])) for i in range(0, n, 64)])
+            t = _median_latency(exe, batch)
+            print(f"{mode or 'float32':14s} {size:10,d} {size / float_size:5.2f}x "
+                  f"{digits.accuracy(ours, y_test[:n]):9.4f} {t * 1e6:7.0f}us {t / t_ref:9.2f}x")
+    print("\n(one machine, noisy: see benchmarks/ for interleaved medians; the IR: jaxlite convert ... "
+          "--print-ir-after-all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or gpu (default: jax's default)")
     p.set_defaults(run=cmd_run)
 
-    p = sub.add_parser("demo", help="convert, save, load and run the digits CNN; print size and speed")
+    p = sub.add_parser("demo", help="convert, quantize, save, load and run the digits CNN; print sizes, accuracy, speed")
     p.set_defaults(run=cmd_demo)
     return parser
 
