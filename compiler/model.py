@@ -68,6 +68,28 @@ class Model:
                     "metadata": self.metadata}
         fileformat.save(path, manifest, self.ir(), self.weights)
 
+    def graph(self):
+        """Nodes of the model graph (see jaxlite.compiler.graph)."""
+        from jaxlite.compiler.graph import model_graph
+
+        return model_graph(self.module)
+
+    def _repr_svg_(self) -> str:
+        """Notebook display: the graph (Graphviz when installed, else the built-in layout)."""
+        from jaxlite.compiler.graph import to_svg
+
+        return to_svg(self.graph(), "jaxlite model")
+
+    def _repr_html_(self) -> str:
+        """Notebook display: traced IR beside the optimized IR when the history is known."""
+        from jaxlite.compiler.context import parse_module
+        from jaxlite.compiler.graph import model_graph, to_html
+
+        panels = [("optimized" if self.ir_history else "model", self.graph())]
+        if len(self.ir_history) > 1:
+            panels.insert(0, ("traced", model_graph(parse_module(self.ir(after="trace")))))
+        return to_html(panels, repr(self))
+
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.signature.inputs)
         outs = ", ".join(s.describe() for s in self.signature.outputs)

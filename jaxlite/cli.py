@@ -30,6 +30,31 @@ class UserError(Exception):
     """An error caused by the command line's input; printed as one line."""
 
 
+def print_table(title: str, headers: list[str], rows: list[tuple], *, stream=None) -> None:
+    """A table: rich (colour, borders) in a terminal, aligned plain text when piped."""
+    stream = stream or sys.stdout
+    if stream.isatty():
+        try:
+            from rich.console import Console
+            from rich.table import Table
+        except ImportError:
+            pass
+        else:
+            table = Table(title=title, header_style="bold cyan")
+            for i, h in enumerate(headers):
+                table.add_column(h, justify="left" if i == 0 else "right")
+            for r in rows:
+                table.add_row(*[str(c) for c in r])
+            Console(file=stream).print(table)
+            return
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    print(title, file=stream)
+    print("  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))), file=stream)
+    for r in rows:
+        print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))), file=stream)
+
+
 def load_factory(spec: str):
     """Import FILE.py and call FACTORY() -> (fn, example_args)."""
     path, sep, name = spec.rpartition(":")
@@ -44,11 +69,17 @@ def load_factory(spec: str):
         raise UserError(f"cannot import {path} as Python")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise UserError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     factory = getattr(module, name, None)
     if not callable(factory):
         raise UserError(f"{path} has no function {name!r}")
-    result = factory()
+    try:
+        result = factory()
+    except Exception as e:
+        raise UserError(f"{name}() in {path} failed: {type(e).__name__}: {e}") from e
     if not (isinstance(result, tuple | list) and len(result) == 2 and callable(result[0])):
         raise UserError(f"{name}() must return (fn, example_args), got {type(result).__name__}")
     fn, args = result
@@ -189,6 +220,173 @@ def cmd_report(args) -> None:
     batches = read_batches(args.data, float_model.signature)
     report = jaxlite.quantization_report(float_model, quant_model, batches[: args.batches])
     print(json.dumps(report.to_dict(), indent=1) if args.json else report)
+    if args.node_data:
+        from jaxlite.compiler.graph import model_graph
+        from jaxlite.compiler.model_explorer import node_data
+
+        values = {e.weight: round(e.sqnr_db, 2) for e in report.layers}
+        nodes = model_graph(quant_model.module)
+        # quantized kernels are named <float kernel>.q / .f16: match on the float name
+        Path(args.node_data).write_text(node_data(values, nodes, "local SQNR dB"))
+        print(f"wrote {args.node_data}: overlay with model-explorer {args.quant_model} "
+              f"--extensions=jaxlite.model_explorer --node_data_paths={args.node_data}", file=sys.stderr)
+
+
+def random_inputs(signature, seed: int = 0) -> list:
+    """Inputs of the right shapes and dtypes: normal floats, small non-negative ints."""
+    rng = np.random.default_rng(seed)
+    leaves = []
+    for spec in signature.inputs:
+        if spec.dtype.kind == "f":
+            leaves.append(rng.standard_normal(spec.shape).astype(spec.dtype))
+        elif spec.dtype.kind == "b":
+            leaves.append(rng.random(spec.shape) > 0.5)
+        else:
+            leaves.append(rng.integers(0, 8, spec.shape).astype(spec.dtype))
+    return leaves
+
+
+def _batches_for(args, model) -> list[tuple]:
+    """Argument tuples: random, from one data file (cut into batches), or one .npy per input."""
+    if not args.input:
+        return [tuple(model.signature.in_tree.unflatten(random_inputs(model.signature, args.seed)))]
+    if len(args.input) == 1 and len(model.signature.inputs) >= 1:
+        return read_batches(args.input[0], model.signature)
+    return [tuple(model.signature.in_tree.unflatten(_read_inputs(args.input, model)))]
+
+
+def cmd_summary(args) -> None:
+    import jaxlite
+    from jaxlite.compiler import summary
+
+    first = summary.summarize(jaxlite.load(args.model), args.model)
+    if args.other is None:
+        print_table(f"{args.model}", ["", "value"], summary.rows(first))
+        return
+    second = summary.summarize(jaxlite.load(args.other), args.other)
+    print_table(f"{args.model} vs {args.other}", ["", Path(args.model).name, Path(args.other).name, "ratio"],
+                summary.side_by_side(first, second))
+
+
+def cmd_graph(args) -> None:
+    import jaxlite
+    from jaxlite.compiler import graph, summary
+    from jaxlite.compiler.context import parse_module
+
+    model = jaxlite.load(args.model)
+    nodes = graph.model_graph(model.module)
+    out = args.output
+    if out.endswith(".dot"):
+        Path(out).write_text(graph.to_dot(nodes, Path(args.model).name))
+    elif out.endswith(".svg"):
+        Path(out).write_text(graph.to_svg(nodes, Path(args.model).name, use_graphviz=True))
+    elif out.endswith(".html"):
+        panels = [(Path(args.model).name, nodes)]
+        if args.before:
+            before = jaxlite.load(args.before) if args.before.endswith(".jlite") else None
+            module = before.module if before else parse_module(Path(args.before).read_text(), args.before)
+            panels.insert(0, (f"before: {Path(args.before).name}", graph.model_graph(module)))
+        text = "\n".join(f"{k}: {v}" for k, v in summary.rows(summary.summarize(model, args.model))[:3])
+        Path(out).write_text(graph.to_html(panels, f"jaxlite: {Path(args.model).name}", text))
+    elif out.endswith(".json"):
+        import json
+
+        from jaxlite.compiler.model_explorer import me_graph_dict
+        Path(out).write_text(json.dumps({"graphs": [me_graph_dict(nodes)]}, indent=1))
+    else:
+        raise UserError("the graph output must end in .svg, .html, .dot or .json")
+    print(f"wrote {out} ({sum(1 for n in nodes if n.kind not in ('input', 'output'))} ops)")
+
+
+def _time(fns: dict, args_tuple: tuple, reps: int) -> dict[str, list[float]]:
+    import jax
+
+    for fn in fns.values():
+        for _ in range(3):
+            jax.block_until_ready(fn(*args_tuple))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns.items())
+    steps = range(reps)
+    if sys.stderr.isatty():
+        try:
+            from rich.progress import track
+            steps = track(steps, description="benchmarking", transient=True)
+        except ImportError:
+            pass
+    for _ in steps:
+        order.reverse()
+        for name, fn in order:
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*args_tuple))
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def cmd_bench(args) -> None:
+    import os
+
+    if args.threads is not None:  # read by XLA when its CPU client starts: before any computation
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + (
+            " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" if args.threads == 1
+            else f" intra_op_parallelism_threads={args.threads}")).strip()
+    import jax
+
+    import jaxlite
+
+    model = jaxlite.load(args.model)
+    inputs = _batches_for(args, model)[0]
+    fns = {"jaxlite": model.compile(device=args.device)}
+    if args.against:
+        fn, _ = load_factory(args.against)
+        fns["jax.jit"] = jax.jit(fn)
+    times = _time(fns, inputs, args.reps)
+    first = model.signature.inputs[0].shape if model.signature.inputs else ()
+    batch = first[0] if first else 1
+    rows = []
+    for name, ts in times.items():
+        med, p90 = float(np.median(ts)), float(np.percentile(ts, 90))
+        row = [name, f"{med * 1e3:.3f} ms", f"{p90 * 1e3:.3f} ms", f"{1 / med:,.0f}/s", f"{batch / med:,.0f}/s"]
+        if "jax.jit" in times:
+            row.append(f"{med / float(np.median(times['jax.jit'])):.3f}")
+        rows.append(tuple(row))
+    headers = ["", "median", "p90", "calls", "samples"] + (["ratio vs jax.jit"] if "jax.jit" in times else [])
+    threads = args.threads if args.threads is not None else "default"
+    print_table(f"{args.model}: {args.reps} interleaved calls, threads={threads}, {jax.devices()[0].platform}",
+                headers, rows)
+
+
+def cmd_compare(args) -> None:
+    import jax
+
+    import jaxlite
+
+    first = jaxlite.load(args.model)
+    if args.other.endswith(".jlite"):
+        other = jaxlite.load(args.other).compile()
+        batches = _batches_for(args, first)
+    else:
+        fn, example = load_factory(args.other)
+        other = jax.jit(fn)
+        batches = _batches_for(args, first) if (args.input or args.random) else [tuple(example)]
+    exe = first.compile()
+    runs_a = [[np.asarray(x) for x in jax.tree_util.tree_leaves(exe(*b))] for b in batches]
+    runs_b = [[np.asarray(x) for x in jax.tree_util.tree_leaves(other(*b))] for b in batches]
+    a = [np.concatenate([r[i][None] for r in runs_a]) for i in range(len(runs_a[0]))]
+    b = [np.concatenate([r[i][None] for r in runs_b]) for i in range(len(runs_b[0]))]
+    if len(a) != len(b):
+        raise UserError(f"the models have {len(a)} and {len(b)} outputs")
+    rows = []
+    for spec, x, y in zip(first.signature.outputs, a, b, strict=True):
+        if x.shape != y.shape:
+            raise UserError(f"output {spec.name}: shapes {x.shape} and {y.shape} differ")
+        d = np.abs(x.astype(np.float64) - y.astype(np.float64))
+        ref = np.max(np.abs(y.astype(np.float64))) if y.size else 0.0
+        agree = "-"
+        if x.ndim >= 1 and x.shape[-1] > 1 and x.dtype.kind == "f":
+            agree = f"{float(np.mean(x.argmax(-1) == y.argmax(-1))) * 100:.1f}%"
+        rows.append((spec.name, f"{d.max() if d.size else 0:.3g}", f"{(d.max() / ref) if ref else 0:.3g}", agree))
+    print_table(f"{args.model} vs {args.other} ({len(batches)} batch{'es' if len(batches) > 1 else ''})",
+                ["output", "max abs err", "max rel err", "argmax agreement"], rows)
 
 
 def cmd_ir(args) -> None:
@@ -305,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="inputs (.npy/.npz, samples on axis 0)")
     p.add_argument("--batches", type=int, default=8, help="at most this many batches (default 8)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--node-data", metavar="FILE.json", help="also write the SQNR per node for Model Explorer")
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("opt", help="run passes over a .jlite model or IR text (like mlir-opt)",
@@ -317,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", action="store_true")
     p.set_defaults(run=cmd_opt)
 
-    p = sub.add_parser("ir", help="print a model's IR", epilog="example: jaxlite ir mlp.jlite")
+    p = sub.add_parser("ir", help="print a model's IR", epilog="example: jaxlite ir mlp.jlite | less")
     p.add_argument("model")
     p.set_defaults(run=cmd_ir)
 
@@ -328,6 +527,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write outputs to .npy (one output) or .npz")
     p.add_argument("--device", default=None, help="cpu or gpu (default: jax's default)")
     p.set_defaults(run=cmd_run)
+
+    p = sub.add_parser("summary", help="inputs, outputs, ops, parameters, bytes by dtype, file composition",
+                       epilog="examples:\n  jaxlite summary cnn.jlite\n  jaxlite summary cnn.jlite cnn_int8.jlite   # side by side",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("other", nargs="?", help="a second model to compare with")
+    p.set_defaults(run=cmd_summary)
+
+    p = sub.add_parser("graph", help="draw the model (.svg needs Graphviz; .html, .dot, .json do not)",
+                       epilog="examples:\n  jaxlite graph cnn.jlite -o cnn.svg\n"
+                              "  jaxlite graph cnn_opt.jlite -o cnn.html --before cnn_raw.jlite   # before/after\n"
+                              "  model-explorer cnn.jlite --extensions=jaxlite.model_explorer",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help=".svg, .html, .dot or .json (Model Explorer graph)")
+    p.add_argument("--before", help="(html) another model or IR text drawn beside it, e.g. the unoptimized one")
+    p.set_defaults(run=cmd_graph)
+
+    p = sub.add_parser("bench", help="median/p90 latency and throughput, optionally against jax.jit",
+                       epilog="example: jaxlite bench cnn.jlite --against examples/digits_cnn.py:factory --threads 1",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--against", metavar="FILE.py:FACTORY", help="also time jax.jit of the source function")
+    p.add_argument("--threads", type=int, default=None, help="XLA:CPU threads (1 = single-threaded)")
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--input", action="append", default=[], help=".npy/.npz inputs (default: random)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("compare", help="outputs of two models, or of a model and its source function",
+                       epilog="examples:\n  jaxlite compare cnn.jlite cnn_int8.jlite --input x.npy\n"
+                              "  jaxlite compare cnn.jlite examples/digits_cnn.py:factory",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("other", help="a .jlite model or FILE.py:FACTORY")
+    p.add_argument("--input", action="append", default=[], help=".npy/.npz inputs (default: random, or the factory's)")
+    p.add_argument("--random", action="store_true", help="random inputs even against a factory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("demo", help="convert, quantize, save, load and run the digits CNN; print sizes, accuracy, speed")
     p.set_defaults(run=cmd_demo)

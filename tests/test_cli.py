@@ -1,10 +1,12 @@
 """The command line, run as a user runs it (subprocess)."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import jaxlite
 
@@ -132,3 +134,116 @@ def test_quantize_and_report_from_the_cli(tmp_path):
     assert "worst first" in lines[0] and len(lines) == 5 and "params.Conv_1" in r.stdout
     r = run("convert", cnn, "-o", str(q), "--quantize", "int8")
     assert r.returncode == 1 and "needs calibration data" in r.stderr
+
+
+def _models(tmp_path):
+    cnn = str(ROOT / "examples" / "digits_cnn.py") + ":factory"
+    f, raw = tmp_path / "cnn.jlite", tmp_path / "raw.jlite"
+    assert run("convert", cnn, "-o", str(f)).returncode == 0
+    assert run("convert", cnn, "-o", str(raw), "--passes", "").returncode == 0
+    return cnn, f, raw
+
+
+def test_summary_graph_bench_compare(tmp_path):
+    cnn, f, raw = _models(tmp_path)
+    q = tmp_path / "dyn.jlite"
+    assert run("convert", cnn, "-o", str(q), "--quantize", "dynamic").returncode == 0
+
+    r = run("summary", str(f))
+    assert r.returncode == 0 and "x: float32[64,8,8,1]" in r.stdout and "jfuse.conv" in r.stdout
+    assert "9,930 in 6 weights" in r.stdout and "IR text" in r.stdout and "\x1b[" not in r.stdout  # plain when piped
+    r = run("summary", str(f), str(q))
+    assert r.returncode == 0 and "jquant.dynamic_conv" in r.stdout and "ratio" in r.stdout
+    weight_row = next(line for line in r.stdout.splitlines() if line.startswith("weight bytes"))
+    assert float(weight_row.split()[-1].rstrip("x")) < 0.3
+
+    dot = tmp_path / "g.dot"
+    r = run("graph", str(f), "-o", str(dot))
+    assert r.returncode == 0, r.stderr
+    text = dot.read_text()
+    model = jaxlite.load(f)
+    compute = [op for op in model.module.walk() if op.name.startswith(("jfuse", "jlax.reduce", "jlax.reshape"))]
+    assert text.count("->") == len(compute) + 1  # a chain: input -> 5 ops -> output
+    for name in ("conv + relu", "reduce_window_max", "reshape", "dot", "params.Conv_0.kernel.folded"):
+        assert name in text
+
+    html = tmp_path / "g.html"
+    r = run("graph", str(f), "-o", str(html), "--before", str(raw))
+    assert r.returncode == 0 and "<svg" in html.read_text() and "before: raw.jlite" in html.read_text()
+    svg = tmp_path / "g.svg"
+    r = run("graph", str(f), "-o", str(svg))
+    if shutil.which("dot"):
+        assert r.returncode == 0 and "<svg" in svg.read_text() and "conv + relu" in svg.read_text()
+    else:
+        assert r.returncode == 1 and "apt-get install graphviz" in r.stderr
+
+    r = run("bench", str(f), "--against", cnn, "--reps", "5", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "jax.jit" in r.stdout and "ratio vs jax.jit" in r.stdout and "threads=1" in r.stdout
+
+    r = run("compare", str(f), cnn)
+    assert r.returncode == 0 and "100.0%" in r.stdout
+    r = run("compare", str(f), str(q), "--random")
+    assert r.returncode == 0 and "argmax agreement" in r.stdout
+
+
+def test_graph_content_matches_ir_edges():
+    from jaxlite.compiler.graph import model_graph, to_dot
+    from jaxlite.examples import transformer
+
+    fn, args = transformer.factory()
+    model = jaxlite.convert(fn, *args)
+    nodes = model_graph(model.module)
+    from xdsl.dialects import func
+    main = next(op for op in model.module.ops if isinstance(op, func.FuncOp))
+    shown = [op for op in main.body.block.ops if op.name not in ("jlax.weight", "jlax.constant", "func.return")]
+    assert [n.kind for n in nodes if n.kind not in ("input", "output")] == [op.name for op in shown]
+    # every SSA use between shown ops is an edge
+    ids = {op: n.id for op, n in zip(shown, [n for n in nodes if n.kind not in ("input", "output")], strict=True)}
+    expected = {(ids[v.owner], ids[op]) for op in shown for v in op.operands if v.owner in ids}
+    got = {(s, n.id) for n in nodes for s, _ in n.inputs if s.startswith("n") and n.id.startswith("n")}
+    assert got == expected
+    assert to_dot(nodes).count(" -> ") == sum(len(n.inputs) for n in nodes)
+    assert "<svg" in model._repr_svg_() and "traced" in model._repr_html_()
+
+
+def test_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def factory():\n    raise RuntimeError('boom')\n")
+    r = run("convert", f"{bad}:factory", "-o", str(tmp_path / "m.jlite"))
+    assert r.returncode == 1 and "factory() in" in r.stderr and "boom" in r.stderr and "Traceback" not in r.stderr
+    r = run("graph", str(tmp_path / "none.jlite"), "-o", "x.svg")
+    assert r.returncode == 1 and "no such file" in r.stderr
+    for sub in ("convert", "opt", "run", "summary", "graph", "bench", "report", "compare", "ir"):
+        r = run(sub, "--help")
+        assert r.returncode == 0 and "example" in r.stdout, sub
+
+
+def test_model_explorer_adapter_and_node_data(tmp_path):
+    import json
+
+    from jaxlite.compiler.graph import model_graph
+    from jaxlite.compiler.model_explorer import me_graph_dict, node_data
+
+    cnn, f, _ = _models(tmp_path)
+    x = np.random.default_rng(0).standard_normal((128, 8, 8, 1)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    q = tmp_path / "q.jlite"
+    assert run("convert", cnn, "-o", str(q), "--quantize", "dynamic").returncode == 0
+    nd = tmp_path / "nd.json"
+    r = run("report", str(f), str(q), "--data", str(tmp_path / "x.npy"), "--node-data", str(nd))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(nd.read_text())["main"]
+    assert len(data["results"]) == 3 and all(isinstance(v["value"], float) for v in data["results"].values())
+    nodes = model_graph(jaxlite.load(q).module)
+    assert set(data["results"]) <= {n.id for n in nodes}
+    graph = me_graph_dict(nodes)
+    assert {n["id"] for n in graph["nodes"]} == {n.id for n in nodes}
+    assert json.loads(node_data({}, nodes))["main"]["results"] == {}
+    me = pytest.importorskip("model_explorer")
+    from jaxlite.model_explorer.main import JaxliteAdapter
+
+    graphs = JaxliteAdapter().convert(str(q), {})["graphs"]
+    assert isinstance(graphs[0], me.graph_builder.Graph)
+    assert [n.id for n in graphs[0].nodes] == [n.id for n in nodes]
+    assert any(kv.key == "operand 1" and "params.Conv_0" in kv.value for kv in graphs[0].nodes[1].attrs)

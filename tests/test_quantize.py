@@ -7,8 +7,8 @@ import pytest
 from jax import lax
 
 import jaxlite
-from jaxlite.compiler.context import parse_module, print_module
 from conftest import assert_tree_close
+from jaxlite.compiler.context import parse_module, print_module
 from jaxlite.examples import digits, digits_cnn, digits_mlp, transformer
 from jaxlite.runtime.int8 import int8_conv, quantize_weight
 
