@@ -218,7 +218,7 @@ def to_html(panels: list[tuple[str, list[Node]]], title: str, summary_text: str 
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:Helvetica,Arial,sans-serif;margin:20px}} main{{display:flex;gap:40px;align-items:flex-start}}
-section{{flex:none}} pre{{background:#f6f6f6;padding:8px}} .legend span{{padding:2px 8px;border-radius:6px;margin-right:4px}}
+section{{flex:1 1 0;min-width:0}} section svg{{width:100%;height:auto}} pre{{background:#f6f6f6;padding:8px}} .legend span{{padding:2px 8px;border-radius:6px;margin-right:4px}}
 h2 small{{color:#666;font-weight:normal}}</style></head>
 <body><h1>{html.escape(title)}</h1><p class="legend">{legend}</p>
 {f"<pre>{html.escape(summary_text)}</pre>" if summary_text else ""}
