@@ -10,6 +10,7 @@ against 0.18 s as arguments. The call path checks the arguments against the sign
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import jax
@@ -103,16 +104,18 @@ class Executable:
         program = program_for(main.body.block, lambda op: _expanded_kernel(op, expanded))
         used = {op.weight_name for op in main.walk() if isinstance(op, WeightOp)
                 and any(u.operation not in expanded for u in op.result.uses)}
-        arrays = {name: model.weights[name] for name in used}
-        arrays.update({name: value for name, value in expanded.values()})
+        # name -> (bytes, producer of the host array); expanded arrays are made one at a
+        # time and dropped once on the device, so load never holds them all twice
+        arrays = {name: (model.weights[name].nbytes, lambda n=name: model.weights[n]) for name in used}
+        arrays.update({name: (nbytes, make) for name, nbytes, make in expanded.values()})
         embedded: dict[str, jax.Array] = {}
         budget = EMBED_WEIGHT_BYTES
         self._weights: dict[str, jax.Array] = {}
-        for name in sorted(arrays, key=lambda n: (arrays[n].nbytes, n)):
-            nbytes = arrays[name].nbytes
+        for name in sorted(arrays, key=lambda n: (arrays[n][0], n)):
+            nbytes, make = arrays[name]
             target = embedded if nbytes <= budget else self._weights
             budget -= nbytes if target is embedded else 0
-            target[name] = self._place(arrays[name])
+            target[name] = self._place(make())
 
         sig = self.signature
         in_treedef = sig.in_treedef if sig.in_treedef is not None else _builtin_treedef(sig)
@@ -138,9 +141,11 @@ class Executable:
         self._jitted = jax.jit(run)
 
     def _place(self, array):
-        if self.device is None:
-            return jax.device_put(array)
-        return jax.device_put(array, self.device)
+        placed = jax.device_put(array) if self.device is None else jax.device_put(array, self.device)
+        if isinstance(array, np.memmap):
+            placed.block_until_ready()
+            drop_pages(array)
+        return placed
 
     def __call__(self, *args) -> Any:
         try:
@@ -158,8 +163,17 @@ class Executable:
         return self._jitted.lower(self._weights, self.signature.in_tree.unflatten(specs))
 
 
+def drop_pages(array) -> None:
+    """Let the kernel drop the file pages of a memory-mapped weight we have copied, so the
+    weights are resident once (they are re-read from the file if ever needed)."""
+    mm = getattr(array, "_mmap", None)
+    if isinstance(array, np.memmap) and mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
 def _load_time_values(main, weights, expand_f16: bool) -> dict:
-    """op -> (name, float32 array) for dequantize/upcast ops that read only weights."""
+    """op -> (name, bytes, function making the float32 array) for dequantize/upcast ops
+    that read only weights."""
     from jaxlite.dialects import quant
 
     out = {}
@@ -170,17 +184,26 @@ def _load_time_values(main, weights, expand_f16: bool) -> dict:
             sources = [v.owner for v in op.operands]
             if not all(isinstance(w, WeightOp) for w in sources):
                 continue
-            arrays = [np.asarray(weights[w.weight_name]) for w in sources]
-            if isinstance(op, quant.UpcastOp):
-                value = arrays[0].astype(np.float32)
-            else:
-                q, scale = arrays
-                axis = op.attributes["axis"].data
-                shape = [1] * q.ndim
-                if axis >= 0:
-                    shape[axis] = -1
-                value = q.astype(np.float32) * scale.reshape(shape if axis >= 0 else ())
-            out[op] = (f"{sources[0].weight_name}@float32", value)
+            names = [w.weight_name for w in sources]
+            axis = op.attributes["axis"].data if isinstance(op, quant.DequantizeOp) else None
+
+            def make(names=names, axis=axis):
+                sources = [weights[n] for n in names]
+                arrays = [np.asarray(a) for a in sources]
+                if axis is None:
+                    value = arrays[0].astype(np.float32)
+                else:
+                    q, scale = arrays
+                    shape = [1] * q.ndim
+                    if axis >= 0:
+                        shape[axis] = -1
+                    value = q.astype(np.float32) * scale.reshape(shape if axis >= 0 else ())
+                for a in sources:
+                    drop_pages(a)
+                return value
+
+            nbytes = int(np.prod(weights[names[0]].shape)) * 4
+            out[op] = (f"{names[0]}@float32", nbytes, make)
     return out
 
 
