@@ -92,16 +92,21 @@ def _checked_leaf(x, spec: TensorSpec, sig: Signature):
 class Executable:
     """``exe(*args)`` runs the model; ``exe.model`` is the Model it came from."""
 
-    def __init__(self, model, device=None):
+    def __init__(self, model, device=None, float16_compute: bool | None = None):
+        """``float16_compute``: run dot/conv on float16-stored weights in float16 with
+        float32 accumulation (default: on GPU; XLA:CPU float16 is no faster, so on CPU the
+        weights are upcast once at load)."""
         self.model = model
         self.device = resolve_device(device)
+        on_gpu = self.device is not None and self.device.platform == "gpu"
+        self.float16_compute = on_gpu if float16_compute is None else bool(float16_compute)
         self.signature: Signature = model.signature
         main = find_main(model.module)
         # Weights stored in low precision but used as float (int8-weights, float16 on CPU)
         # are expanded once here, the way TFLite does at load, not on every call.
-        expand_f16 = not (self.device is not None and self.device.platform == "gpu")
-        expanded = _load_time_values(main, model.weights, expand_f16)
-        program = program_for(main.body.block, lambda op: _expanded_kernel(op, expanded))
+        expanded = _load_time_values(main, model.weights, expand_f16=not self.float16_compute)
+        program = program_for(main.body.block,
+                              lambda op: _expanded_kernel(op, expanded, self.float16_compute))
         used = {op.weight_name for op in main.walk() if isinstance(op, WeightOp)
                 and any(u.operation not in expanded for u in op.result.uses)}
         # name -> (bytes, producer of the host array); expanded arrays are made one at a
@@ -207,9 +212,11 @@ def _load_time_values(main, weights, expand_f16: bool) -> dict:
     return out
 
 
-def _expanded_kernel(op, expanded):
-    from jaxlite.runtime.kernels import kernel_for
+def _expanded_kernel(op, expanded, float16_compute: bool = False):
+    from jaxlite.runtime.kernels import float16_matmul_kernel, kernel_for
 
+    if float16_compute and (kernel := float16_matmul_kernel(op)) is not None:
+        return kernel
     if op in expanded:
         name = expanded[op][0]
         return lambda weights, *_: (weights[name],)

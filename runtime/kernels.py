@@ -60,6 +60,34 @@ def _fused(op: fused.FusedOp) -> Kernel:
     return run
 
 
+def float16_matmul_kernel(op: Operation) -> Kernel | None:
+    """For a dot/conv whose kernel is a float16 weight read through jquant.upcast: compute
+    in float16 with float32 accumulation (the GPU path of quantize="float16")."""
+    import jax.numpy as jnp
+
+    from jaxlite.dialects import quant
+    from jaxlite.dialects.params import encode
+
+    is_fused = isinstance(op, fused.FusedOp)
+    if not (is_fused or (isinstance(op, jlax.LaxOp) and op.PRIMITIVE in ("dot_general", "conv_general_dilated"))):
+        return None
+    up = op.operands[1].owner
+    if not isinstance(up, quant.UpcastOp) or not isinstance(up.input.owner, jlax.WeightOp):
+        return None
+    name = up.input.owner.weight_name
+    params = dict(op.primitive_params() if is_fused else op.attributes)
+    params["preferred_element_type"] = encode(jnp.dtype(jnp.float32))
+    fn = jlax.evaluate(op.PRIMITIVE, jlax._params_key(params), op.OPTIONAL_PARAMS)
+    activation = op.activation if is_fused else "none"
+    half = jnp.dtype(jnp.float16)
+
+    def run(weights, lhs, _rhs_f32, bias=None):
+        w = weights[name]
+        y = fn(lhs.astype(half), w.astype(half))[0]
+        return (fused.fused_epilogue(y, bias, activation),)
+    return run
+
+
 @register(jlax.WeightOp)
 def _weight(op: jlax.WeightOp) -> Kernel:
     name = op.weight_name

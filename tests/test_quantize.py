@@ -205,3 +205,17 @@ def test_report_needs_matching_models():
     f = jaxlite.convert(fn, *args)
     with pytest.raises(jaxlite.ConversionError, match="no quantized layer"):
         jaxlite.quantization_report(f, f, [args])
+
+
+def test_float16_compute_path_used_on_gpu_is_close_and_runs_in_float16():
+    fn, args = transformer.factory()
+    model = jaxlite.convert(fn, *args, quantize="float16")
+    exe = model.compile(float16_compute=True)   # what device="gpu" does by default
+    ref = np.asarray(jax.jit(fn)(*args))
+    out = np.asarray(exe(*args))
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 5e-3
+    dots = [line for line in exe.lower().as_text().splitlines() if "stablehlo.dot_general" in line]
+    assert dots and all("xf16>, tensor<" in d and d.rstrip().endswith("xf32>") for d in dots)
+    assert all(a.dtype == jnp.float16 for n, a in exe._weights.items() if n.endswith(".f16"))
+    cpu = model.compile()                       # CPU default: upcast at load, float32 math
+    assert not cpu.float16_compute and "xf16>" not in cpu.lower().as_text()
