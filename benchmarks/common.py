@@ -45,3 +45,13 @@ def interleaved_medians(fns: dict, args: tuple, reps: int = 50, warmup: int = 3)
             jax.block_until_ready(fn(*args))
             times[name].append(time.perf_counter() - t)
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: the peak RSS of this process image (ru_maxrss would include the parent's,
+    which a forked child inherits across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

@@ -2,7 +2,7 @@
 
     python benchmarks/memory.py [--params 100e6]
 
-Each phase runs in a fresh process; peak RSS is read from the kernel (ru_maxrss). The
+Each phase runs in a fresh process; peak RSS is read from the kernel (VmHWM). The
 baseline is the same process after importing jax and jaxlite, before any weight exists.
 """
 
@@ -13,21 +13,12 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
 import time
 
-
-def peak_rss_mb() -> float:
-    """VmHWM: the peak RSS of this process image (ru_maxrss would include the parent's,
-    which a forked child inherits across exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def rss_mb() -> float:
-    return peak_rss_mb()
+from common import peak_rss_mb  # noqa: E402
 
 
 def current_rss_mb() -> float:
@@ -65,7 +56,7 @@ def phase(name: str, path: str, n_params: float) -> dict:
         y = model.compile()(x)
         jax.block_until_ready(y)
     return {"phase": name, "layers": layers, "weight_mb": weight_mb, "baseline_mb": base,
-            "peak_mb": rss_mb(), "seconds": time.perf_counter() - t0}
+            "peak_mb": peak_rss_mb(), "seconds": time.perf_counter() - t0}
 
 
 def main() -> None:

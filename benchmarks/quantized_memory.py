@@ -16,16 +16,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
-
-def peak_rss_mb() -> float:
-    """VmHWM: the peak RSS of this process image (ru_maxrss would include the parent's,
-    which a forked child inherits across exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+sys.path.insert(0, str(Path(__file__).parent))
+from common import peak_rss_mb  # noqa: E402
 
 
 def child(path: str) -> None:

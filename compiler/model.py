@@ -48,14 +48,17 @@ class Model:
         known = ", ".join(n for n, _ in self.ir_history) or "none recorded"
         raise KeyError(f"no IR recorded after {after!r} (recorded: {known})")
 
-    def compile(self, device=None, float16_compute: bool | None = None):
+    def compile(self, device=None, float16_compute: bool | None = None,
+                embed_weights_bytes: int | None = None):
         """An Executable running this model on ``device`` (None, "cpu" or "gpu").
 
         ``float16_compute`` (float16 models): dot/conv in float16 with float32
-        accumulation; default on GPU, while on CPU weights are upcast once at load."""
+        accumulation; default on GPU, while on CPU weights are upcast once at load.
+        ``embed_weights_bytes``: weights up to this total (smallest first, default 16 MiB)
+        are compiled into the executable as constants — faster calls, more memory."""
         from jaxlite.runtime.executable import Executable
 
-        return Executable(self, device, float16_compute)
+        return Executable(self, device, float16_compute, embed_weights_bytes)
 
     def op_counts(self) -> Counter:
         return Counter(op.name for op in self.module.walk() if op is not self.module)

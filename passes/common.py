@@ -79,6 +79,20 @@ def is_op(op: Operation | None, primitive: str) -> bool:
     return isinstance(op, jlax.LaxOp) and op.PRIMITIVE == primitive
 
 
+def replace_pattern(root: Operation, matched: list[Operation], new_ops: list[Operation],
+                    old_value: SSAValue, new_value: SSAValue) -> None:
+    """Replace a matched subgraph: ``root`` (a dot/conv) and the ops after it that
+    consumed its result (in order; the last one produces ``old_value``). The new ops go
+    where the last matched op was, so every operand they read is already defined."""
+    from xdsl.rewriter import InsertPoint, Rewriter
+
+    Rewriter.insert_op(new_ops, InsertPoint.before(matched[-1] if matched else root))
+    old_value.replace_all_uses_with(new_value)
+    for dead in [*reversed(matched), root]:
+        dead.detach()
+        dead.erase()
+
+
 def blocks_of(module: ModuleOp) -> list[Block]:
     """Every block of the module (function bodies and control-flow regions)."""
     out = []

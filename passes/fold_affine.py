@@ -18,13 +18,19 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
-from xdsl.rewriter import Rewriter
 from xdsl.transforms.dead_code_elimination import dce
 
 from jaxlite.dialects import fused, jlax
 from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import shape_dtype, tensor_type
-from jaxlite.passes.common import constant_array, current_store, is_constant, producer, sole_user
+from jaxlite.passes.common import (
+    constant_array,
+    current_store,
+    is_constant,
+    producer,
+    replace_pattern,
+    sole_user,
+)
 
 
 def feature_axes(op: Operation) -> tuple[int, int] | None:
@@ -119,20 +125,8 @@ def _fold_one(op: jlax.LaxOp) -> bool:
     bias_op = jlax.WeightOp(store.add(bias, hint.rsplit(".", 1)[0] + ".bias_folded"),
                             tensor_type(bias_shape, dtype))
     add = jlax.PRIMITIVE_OPS["add"]([new_op.results[0], bias_op.results[0]], [value.type], {})
-    last = chain[-1]
-    Rewriter.insert_op([w, bias_op, new_op, add], _before(last))
-    value.replace_all_uses_with(add.results[0])
-    for dead in reversed(chain):
-        dead.detach()
-        dead.erase()
-    op.detach()
-    op.erase()
+    replace_pattern(op, chain, [w, bias_op, new_op, add], value, add.results[0])
     return True
-
-
-def _before(op: Operation):
-    from xdsl.rewriter import InsertPoint
-    return InsertPoint.before(op)
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,12 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
-from xdsl.rewriter import InsertPoint, Rewriter
 from xdsl.transforms.dead_code_elimination import dce
 
 from jaxlite.dialects import fused, jlax
 from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import shape_dtype
-from jaxlite.passes.common import is_op, producer, sole_user, splat_value, users
+from jaxlite.passes.common import is_op, producer, replace_pattern, sole_user, splat_value, users
 from jaxlite.passes.fold_affine import feature_axes
 
 
@@ -173,14 +172,7 @@ def _fuse_one(op: jlax.LaxOp) -> bool:
         return False
     fused_cls = fused.FUSED_FOR[op.PRIMITIVE]
     new = fused_cls(op.operands[0], op.operands[1], bias, y.type, dict(op.attributes), activation)
-    last = consumed[-1]
-    Rewriter.insert_op(new, InsertPoint.before(last))
-    out.replace_all_uses_with(new.result)
-    for dead in reversed(consumed):
-        dead.detach()
-        dead.erase()
-    op.detach()
-    op.erase()
+    replace_pattern(op, consumed, [new], out, new.result)
     return True
 
 

@@ -105,3 +105,12 @@ def test_python_scalar_arguments_accepted_where_jax_accepts_them():
     assert_tree_close(exe(np.ones(3, np.float32), 3.0), np.full(3, 3.0, np.float32))
     # float64 numpy inputs are canonicalised to float32, as jax.jit does
     assert_tree_close(exe(np.ones(3), np.float32(1)), np.ones(3, np.float32))
+
+
+def test_embedding_budget_does_not_change_results():
+    fn, args = digits_cnn.factory()
+    model = jaxlite.convert(fn, *args)
+    as_args = model.compile(embed_weights_bytes=0)
+    embedded = model.compile(embed_weights_bytes=1 << 30)
+    assert len(as_args._weights) == len(model.weights) and not embedded._weights
+    assert_tree_close(as_args(*args), embedded(*args), rtol=1e-6, atol=1e-6)
