@@ -27,7 +27,7 @@ from jaxlite.compiler.signature import Signature, TensorSpec, TreeSpec, key_str
 from jaxlite.compiler.weights import WeightStore
 from jaxlite.dialects import jlax
 from jaxlite.dialects.params import UnencodableParam
-from jaxlite.dialects.types import is_supported_dtype, tensor_type
+from jaxlite.dialects.types import is_key_dtype, is_supported_dtype, tensor_type
 
 # Anonymous constants up to this many elements are inlined; larger ones become weights.
 INLINE_CONSTANT_LIMIT = 64
@@ -149,6 +149,13 @@ class _Lowerer:
 
     # -- values -----------------------------------------------------------------------
     def constant(self, value, block: Block, hint: str) -> SSAValue:
+        if is_key_dtype(getattr(value, "dtype", None)):
+            # a closed-over PRNG key: store its raw data, wrap it back in the IR
+            data = self.constant(jax.random.key_data(value), block, hint + ".key_data")
+            op = jlax.PRIMITIVE_OPS["random_wrap"].create_from_params(
+                [data], [tensor_type(value.shape, value.dtype)], {"impl": value.dtype._impl})
+            block.add_op(op)
+            return op.results[0]
         key = array_key(value)
         arr = np.asarray(value).view(np.ndarray)  # zero-copy for numpy and CPU jax arrays
         named = self.names.get(key)
@@ -303,6 +310,13 @@ def trace(fn: Callable, args: tuple, names_from: Callable | None = None) -> Trac
         raise ConversionError(f"tracing the function failed: {type(e).__name__}: {e}") from e
     out_leaves, out_treedef = jax.tree_util.tree_flatten(out_shape)
 
+    for what, avals in (("input", [v.aval for v in closed.jaxpr.invars]),
+                        ("output", [v.aval for v in closed.jaxpr.outvars])):
+        for i, aval in enumerate(avals):
+            if is_key_dtype(getattr(aval, "dtype", None)):
+                raise ConversionError(
+                    f"{what} {i} is a PRNG key array ({aval}); models take and return plain arrays: "
+                    "pass jax.random.key_data(key) and call jax.random.wrap_key_data inside the function")
     in_types = [_aval_type(v.aval, None, f"input {i}") for i, v in enumerate(closed.jaxpr.invars)]
     out_types = [_aval_type(v.aval, None, f"output {i}") for i, v in enumerate(closed.jaxpr.outvars)]
     lowerer = _Lowerer(closure_names(names_from or fn))

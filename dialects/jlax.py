@@ -51,7 +51,7 @@ from xdsl.traits import ConstantLike, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from jaxlite.dialects import params as P
-from jaxlite.dialects.types import dtype_of, shape_dtype, tensor_type
+from jaxlite.dialects.types import KeyType, dtype_of, shape_dtype, tensor_type
 
 # ---------------------------------------------------------------------------------------
 # The supported primitives. Value: parameters that may be None and are then left out of the
@@ -102,6 +102,9 @@ STRUCTURAL: dict[str, tuple[str, ...]] = {
     "svd": ("subset_by_index", "algorithm"), "triangular_solve": (), "lu_pivots_to_permutation": (),
     # lax.platform_dependent: which branch to take is decided where the program runs
     "platform_index": (),
+    # typed PRNG keys (jax.random.key / PRNGKey): tensors of !jlax.key<impl>
+    "random_seed": (), "random_bits": (), "random_split": (), "random_fold_in": (),
+    "random_wrap": (), "random_unwrap": (), "threefry2x32": (),
 }
 SUPPORTED: dict[str, tuple[str, ...]] = {**ELEMENTWISE_UNARY, **ELEMENTWISE_BINARY, **STRUCTURAL}
 
@@ -129,10 +132,12 @@ def _find_primitives() -> dict[str, jax_core.Primitive]:
             if isinstance(v, jax_core.Primitive):
                 found.setdefault(v.name, v)
     from jax._src import ad_util
+    from jax._src.random import prng, threefry2x32
 
-    for v in vars(ad_util).values():
-        if isinstance(v, jax_core.Primitive):
-            found.setdefault(v.name, v)
+    for mod in (ad_util, prng, threefry2x32):
+        for v in vars(mod).values():
+            if isinstance(v, jax_core.Primitive):
+                found.setdefault(v.name, v)
     return found
 
 
@@ -533,7 +538,7 @@ class ScanOp(RegionOp):
 JLax = Dialect(
     "jlax",
     [WeightOp, ConstantOp, YieldOp, CondOp, WhileOp, ScanOp, *PRIMITIVE_OPS.values()],
-    [P.EnumAttr, P.StructAttr],
+    [P.EnumAttr, P.StructAttr, KeyType],
 )
 
 __all__ = [

@@ -47,6 +47,17 @@ STRUCTS: dict[str, type] = {
 }
 
 
+def _members(enum_name: str) -> dict:
+    """Members of a registered enum; PRNGImpl (the implementation of a typed PRNG key) is
+    treated as an enum of jax's registered implementations."""
+    if enum_name == "PRNGImpl":
+        from jax._src.random import prng
+
+        return prng.prngs
+    e = ENUMS.get(enum_name)
+    return dict(e.__members__) if e is not None else {}
+
+
 class UnencodableParam(TypeError):
     """A primitive parameter of a type the IR has no attribute for."""
 
@@ -63,8 +74,7 @@ class EnumAttr(ParametrizedAttribute):
         super().__init__(StringAttr(enum_name), StringAttr(member))
 
     def verify(self) -> None:
-        e = ENUMS.get(self.enum_name.data)
-        if e is None or self.member.data not in e.__members__:
+        if self.member.data not in _members(self.enum_name.data):
             raise VerifyException(f"unknown enum value {self.enum_name.data}.{self.member.data}")
 
     @classmethod
@@ -129,6 +139,8 @@ def encode(value: Any) -> Attribute:
         return UnitAttr()
     if isinstance(value, bool | np.bool_):
         return IntegerAttr(int(value), i1)
+    if type(value).__name__ == "PRNGImpl":
+        return EnumAttr("PRNGImpl", value.name)
     if isinstance(value, enum.Enum):
         if type(value).__name__ not in ENUMS:
             raise UnencodableParam(f"enum {type(value).__name__} is not supported")
@@ -166,7 +178,7 @@ def decode(attr: Attribute) -> Any:
     if isinstance(attr, StringAttr):
         return attr.data
     if isinstance(attr, EnumAttr):
-        return ENUMS[attr.enum_name.data][attr.member.data]
+        return _members(attr.enum_name.data)[attr.member.data]
     if isinstance(attr, StructAttr):
         cls = STRUCTS[attr.struct_name.data]
         return cls(**{k: decode(v) for k, v in attr.fields.data.items()})

@@ -15,13 +15,36 @@ from xdsl.dialects.builtin import (
     Float64Type,
     IntegerType,
     Signedness,
+    StringAttr,
     TensorType,
     bf16,
     f16,
     f32,
     f64,
 )
-from xdsl.ir import Attribute
+from xdsl.ir import Attribute, ParametrizedAttribute, TypeAttribute
+from xdsl.irdl import irdl_attr_definition
+
+
+@irdl_attr_definition
+class KeyType(ParametrizedAttribute, TypeAttribute):
+    """``!jlax.key<"threefry2x32">``: element type of jax's typed PRNG key arrays."""
+
+    name = "jlax.key"
+    impl: StringAttr
+
+    def __init__(self, impl: str):
+        super().__init__(StringAttr(impl))
+
+
+def _prng():
+    from jax._src.random import prng  # jax's typed-key machinery (KeyTy, implementations)
+
+    return prng
+
+
+def is_key_dtype(dtype) -> bool:
+    return type(dtype).__name__ == "KeyTy"
 
 _DTYPE_TO_TYPE: dict[np.dtype, Attribute] = {
     np.dtype(np.float32): f32,
@@ -44,6 +67,8 @@ FLOAT_TYPES = (Float16Type, BFloat16Type, Float32Type, Float64Type)
 
 
 def is_supported_dtype(dtype) -> bool:
+    if is_key_dtype(dtype):
+        return dtype._impl.name in _prng().prngs
     try:
         return np.dtype(dtype) in _DTYPE_TO_TYPE
     except TypeError:
@@ -52,6 +77,8 @@ def is_supported_dtype(dtype) -> bool:
 
 def element_type(dtype) -> Attribute:
     """xDSL element type of a numpy/jax dtype; TypeError for dtypes the IR cannot hold."""
+    if is_key_dtype(dtype):
+        return KeyType(dtype._impl.name)
     try:
         return _DTYPE_TO_TYPE[np.dtype(dtype)]
     except (KeyError, TypeError):
@@ -59,6 +86,11 @@ def element_type(dtype) -> Attribute:
 
 
 def dtype_of(element: Attribute) -> np.dtype:
+    if isinstance(element, KeyType):
+        prng = _prng()
+        if element.impl.data not in prng.prngs:
+            raise TypeError(f"unknown PRNG implementation {element.impl.data!r}")
+        return prng.KeyTy(prng.prngs[element.impl.data])
     try:
         return _TYPE_TO_DTYPE[element]
     except KeyError:

@@ -37,7 +37,7 @@ from xdsl.rewriter import InsertPoint
 
 from jaxlite.dialects import jlax
 from jaxlite.dialects.params import decode
-from jaxlite.dialects.types import shape_dtype
+from jaxlite.dialects.types import KeyType, shape_dtype
 from jaxlite.passes.common import (
     blocks_of,
     constant_array,
@@ -59,7 +59,9 @@ def _nbytes(value: SSAValue) -> tuple[int, int]:
 
 
 def _foldable(op: Operation) -> bool:
-    return isinstance(op, jlax.LaxOp) and op.PRIMITIVE not in _NOT_FOLDABLE
+    """LaxOps whose results can be stored: not platform-dependent, not PRNG keys."""
+    return (isinstance(op, jlax.LaxOp) and op.PRIMITIVE not in _NOT_FOLDABLE
+            and not any(isinstance(r.type.get_element_type(), KeyType) for r in op.results))
 
 
 def fold_constants(module: ModuleOp) -> int:

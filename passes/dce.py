@@ -3,7 +3,7 @@
 Forwards identity ops that only matter to autodiff or scheduling (``stop_gradient``,
 ``copy``, ``optimization_barrier``) and then erases unused Pure ops with xDSL's dead-code
 elimination, so training-only work (BatchNorm statistics updates when
-``convert(..., outputs=...)`` drops them) disappears.
+``convert(..., outputs=...)`` drops them) and random numbers nothing reads disappear.
 """
 
 from __future__ import annotations

@@ -60,3 +60,27 @@ def test_unsupported_inside_library_code_points_at_the_users_line():
     with pytest.raises(jaxlite.UnsupportedPrimitiveError) as info:
         jaxlite.convert(fn, V)
     assert "fft" in str(info.value) and "test_jnp_coverage.py:" in str(info.value)
+
+
+def test_random_numbers_typed_and_raw_keys_match_jax_and_unused_ones_are_pruned():
+    key = jax.random.key(42)          # closed over: stored as key data, wrapped in the IR
+    raw = jax.random.PRNGKey(1)
+
+    def fn(x, seed):
+        k = jax.random.fold_in(jax.random.split(jax.random.key(3), 4)[1], seed)
+        unused = jax.random.normal(jax.random.key(9), (100,))  # noqa: F841
+        noise = jax.random.normal(k, x.shape) + jax.random.uniform(key, x.shape) + jax.random.uniform(raw, x.shape)
+        keep = jax.random.bernoulli(jax.random.PRNGKey(0), 0.5, x.shape)  # dropout-style mask
+        return jnp.where(keep, x + noise, 0.0)
+
+    x = np.ones((3, 4), np.float32)
+    seed = np.uint32(7)
+    traced = jaxlite.convert(fn, x, seed, passes="")
+    model = check_against_jax(fn, x, seed, rtol=0, atol=0)
+    assert "!jlax.key<\"threefry2x32\">" in model.ir()
+    assert traced.ir().count("jlax.random_seed") == 3 and model.ir().count("jlax.random_seed") == 2
+
+
+def test_key_arrays_as_inputs_get_a_clear_error():
+    with pytest.raises(jaxlite.ConversionError, match="PRNG key array.*key_data"):
+        jaxlite.convert(lambda k: jax.random.normal(k, (2,)), jax.random.key(0))
