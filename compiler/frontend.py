@@ -79,6 +79,14 @@ def array_key(x) -> tuple:
     return ("id", id(x))
 
 
+def _path_part(k):
+    """One pytree key path entry as a name part: dict key, attribute name or index."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return k
+
+
 def closure_names(fn: Callable) -> dict[tuple, str]:
     """array_key(array) -> readable path, for arrays reachable from ``fn``'s closure and globals."""
     roots: list[tuple[str, Any]] = []
@@ -122,13 +130,9 @@ def closure_names(fn: Callable) -> dict[tuple, str]:
             continue
         for path, leaf in leaves:
             if _is_array(leaf) and array_key(leaf) not in names:
-                parts = [str(jlax_key(k)) for k in path]
+                parts = [str(_path_part(k)) for k in path]
                 names[array_key(leaf)] = ".".join(parts) if parts else root
     return names
-
-
-def jlax_key(k):
-    return getattr(k, "key", None) if hasattr(k, "key") else getattr(k, "name", getattr(k, "idx", k))
 
 
 class _Lowerer:

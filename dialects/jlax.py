@@ -26,11 +26,10 @@ from jax._src import core as jax_core
 from xdsl.dialects.builtin import (
     BytesAttr,
     DenseIntOrFPElementsAttr,
-    StringAttr,
     SymbolRefAttr,
     TensorType,
 )
-from xdsl.ir import Attribute, Block, Dialect, Operation, Region, SSAValue
+from xdsl.ir import Attribute, Dialect, Operation, Region, SSAValue
 from xdsl.irdl import (
     AnyAttr,
     IRDLOperation,
@@ -543,6 +542,5 @@ JLax = Dialect(
 
 __all__ = [
     "JLax", "LaxOp", "WeightOp", "ConstantOp", "YieldOp", "CondOp", "WhileOp", "ScanOp",
-    "PRIMITIVE_OPS", "OPS_BY_NAME", "SUPPORTED", "constant_to_array", "op_name", "dtype_of",
-    "Block", "StringAttr",
+    "PRIMITIVE_OPS", "OPS_BY_NAME", "SUPPORTED", "constant_to_array", "op_name",
 ]

@@ -42,8 +42,10 @@ def _other(op: Operation, value: SSAValue) -> SSAValue | None:
 
 
 def _binary_with_const(op, prim: str, value: SSAValue, target: float) -> bool:
-    return is_op(op, prim) and len(op.operands) == 2 and _close(splat_value(_other(op, value)), target) \
-        if op is not None and value in op.operands else False
+    """op is ``prim(value, c)`` or ``prim(c, value)`` with c a constant close to target."""
+    if not is_op(op, prim) or len(op.operands) != 2 or value not in op.operands:
+        return False
+    return _close(splat_value(_other(op, value)), target)
 
 
 def match_activation(y: SSAValue) -> tuple[str, SSAValue, list[Operation]] | None:
@@ -51,7 +53,7 @@ def match_activation(y: SSAValue) -> tuple[str, SSAValue, list[Operation]] | Non
     uses = users(y)
     if len(uses) == 1:
         u = uses[0]
-        if _binary_with_const(u, "max", y, 0.0) or (is_op(u, "max") and splat_value(_other(u, y)) == 0):
+        if _binary_with_const(u, "max", y, 0.0):
             out = u.results[0]
             m = sole_user(out)
             if is_op(m, "min") and _other(m, out) is not None and splat_value(_other(m, out)) == 6:
