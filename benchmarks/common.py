@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
+
+from jaxlite.timing import interleaved_medians  # noqa: F401  (re-exported for the scripts)
 
 
 def configure_threads(argv: list[str]) -> str:
@@ -26,25 +27,6 @@ def machine(threads: str) -> str:
     cpu = platform.processor() or platform.machine()
     return (f"{cpu}, {os.cpu_count()} cores, threads={threads}, jax {jax.__version__}, "
             f"backend {jax.default_backend()}, python {sys.version.split()[0]}")
-
-
-def interleaved_medians(fns: dict, args: tuple, reps: int = 50, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each fn, alternating between them so noise hits all alike."""
-    import jax
-    import numpy as np
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            jax.block_until_ready(fn(*args))
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns.items())
-    for _ in range(reps):
-        order.reverse()  # alternate who goes first: the second call of a pair runs warmer
-        for name, fn in order:
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def peak_rss_mb() -> float:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from jaxlite.timing import interleaved_medians, interleaved_times
 
 EXAMPLES = """examples:
   jaxlite convert examples/digits_mlp.py:factory -o mlp.jlite
@@ -298,30 +299,6 @@ def cmd_graph(args) -> None:
     print(f"wrote {out} ({sum(1 for n in nodes if n.kind not in ('input', 'output'))} ops)")
 
 
-def _time(fns: dict, args_tuple: tuple, reps: int) -> dict[str, list[float]]:
-    import jax
-
-    for fn in fns.values():
-        for _ in range(3):
-            jax.block_until_ready(fn(*args_tuple))
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns.items())
-    steps = range(reps)
-    if sys.stderr.isatty():
-        try:
-            from rich.progress import track
-            steps = track(steps, description="benchmarking", transient=True)
-        except ImportError:
-            pass
-    for _ in steps:
-        order.reverse()
-        for name, fn in order:
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*args_tuple))
-            times[name].append(time.perf_counter() - t)
-    return times
-
-
 def cmd_bench(args) -> None:
     import os
 
@@ -339,7 +316,7 @@ def cmd_bench(args) -> None:
     if args.against:
         fn, _ = load_factory(args.against)
         fns["jax.jit"] = jax.jit(fn)
-    times = _time(fns, inputs, args.reps)
+    times = interleaved_times(fns, inputs, args.reps, progress=True)
     first = model.signature.inputs[0].shape if model.signature.inputs else ()
     batch = first[0] if first else 1
     rows = []
@@ -417,18 +394,6 @@ def cmd_run(args) -> None:
         print(f"wrote {args.output}")
 
 
-def _median_latency(fn, x, reps: int = 50) -> float:
-    import jax
-
-    jax.block_until_ready(fn(x))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def cmd_demo(args) -> None:
     """Convert the digits CNN, quantize it every way, save, load, run: sizes, accuracy, speed."""
     import tempfile
@@ -449,9 +414,7 @@ def cmd_demo(args) -> None:
     n = len(x_test) // 64 * 64
     ref_fn = jax.jit(predict)
     ref = np.concatenate([np.asarray(ref_fn(x_test[i:i + 64])) for i in range(0, n, 64)])
-    t_ref = _median_latency(ref_fn, batch)
-    print(f"jax.jit float32: test accuracy {digits.accuracy(ref, y_test[:n]):.4f}, "
-          f"{t_ref * 1e6:.0f} us per batch of 64 (median of 50)\n")
+    print(f"jax.jit float32: test accuracy {digits.accuracy(ref, y_test[:n]):.4f}")
     print(f"{'jaxlite model':14s} {'file bytes':>10s} {'size':>6s} {'accuracy':>9s} {'latency':>9s} {'vs jax.jit':>10s}")
     calibration = [(x_train[i:i + 64],) for i in range(0, 512, 64)]
     float_size = None
@@ -465,11 +428,11 @@ def cmd_demo(args) -> None:
             float_size = float_size or size
             exe = jaxlite.load(path).compile()
             ours = np.concatenate([np.asarray(exe(x_test[i:i + 64])) for i in range(0, n, 64)])
-            t = _median_latency(exe, batch)
+            t = interleaved_medians({"jit": ref_fn, "ours": exe}, (batch,), reps=50)
             print(f"{mode or 'float32':14s} {size:10,d} {size / float_size:5.2f}x "
-                  f"{digits.accuracy(ours, y_test[:n]):9.4f} {t * 1e6:7.0f}us {t / t_ref:9.2f}x")
-    print("\n(one machine, noisy: see benchmarks/ for interleaved medians; the IR: jaxlite convert ... "
-          "--print-ir-after-all)")
+                  f"{digits.accuracy(ours, y_test[:n]):9.4f} {t['ours'] * 1e6:7.0f}us {t['ours'] / t['jit']:9.2f}x")
+    print("\n(latency: batch of 64, median of 50 calls interleaved with jax.jit's; "
+          "more in benchmarks/. The IR: jaxlite convert ... --print-ir-after-all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
