@@ -49,16 +49,18 @@ class Model:
         raise KeyError(f"no IR recorded after {after!r} (recorded: {known})")
 
     def compile(self, device=None, float16_compute: bool | None = None,
-                embed_weights_bytes: int | None = None):
+                embed_weights_bytes: int | None = None, native_gemm: bool = True):
         """An Executable running this model on ``device`` (None, "cpu" or "gpu").
 
         ``float16_compute`` (float16 models): dot/conv in float16 with float32
         accumulation; default on GPU, while on CPU weights are upcast once at load.
         ``embed_weights_bytes``: weights up to this total (smallest first, default 16 MiB)
-        are compiled into the executable as constants — faster calls, more memory."""
+        are compiled into the executable as constants — faster calls, more memory.
+        ``native_gemm``: int8 GEMMs through jaxlite's AVX-512 VNNI kernel on CPUs that
+        have it (identical results; False: XLA's int8 dot_general)."""
         from jaxlite.runtime.executable import Executable
 
-        return Executable(self, device, float16_compute, embed_weights_bytes)
+        return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm)
 
     def op_counts(self) -> Counter:
         return Counter(op.name for op in self.module.walk() if op is not self.module)

@@ -96,7 +96,7 @@ class Executable:
     """``exe(*args)`` runs the model; ``exe.model`` is the Model it came from."""
 
     def __init__(self, model, device=None, float16_compute: bool | None = None,
-                 embed_weights_bytes: int | None = None):
+                 embed_weights_bytes: int | None = None, native_gemm: bool = True):
         """``float16_compute``: run dot/conv on float16-stored weights in float16 with
         float32 accumulation (default: on GPU; XLA:CPU float16 is no faster, so on CPU the
         weights are upcast once at load)."""
@@ -109,14 +109,18 @@ class Executable:
         # Weights stored in low precision but used as float (int8-weights, float16 on CPU)
         # are expanded once here, the way TFLite does at load, not on every call.
         expanded = _load_time_values(main, model.weights, expand_f16=not self.float16_compute)
+        on_cpu = (self.device.platform if self.device is not None else jax.default_backend()) == "cpu"
+        packed = _packed_weights(main, model.weights) if on_cpu and native_gemm else {}
         program = program_for(main.body.block,
-                              lambda op: _expanded_kernel(op, expanded, self.float16_compute))
+                              lambda op: _expanded_kernel(op, expanded, self.float16_compute, packed))
         used = {op.weight_name for op in main.walk() if isinstance(op, WeightOp)
-                and any(u.operation not in expanded for u in op.result.uses)}
+                and not _only_replaced_uses(op, expanded, packed)}
         # name -> (bytes, producer of the host array); expanded arrays are made one at a
         # time and dropped once on the device, so load never holds them all twice
         arrays = {name: (model.weights[name].nbytes, lambda n=name: model.weights[n]) for name in used}
         arrays.update({name: (nbytes, make) for name, nbytes, make in expanded.values()})
+        for names, _n, made in packed.values():
+            arrays.update({nm: (a.nbytes, lambda a=a: a) for nm, a in zip(names, made, strict=True)})
         embedded: dict[str, jax.Array] = {}
         budget = EMBED_WEIGHT_BYTES if embed_weights_bytes is None else int(embed_weights_bytes)
         self._weights: dict[str, jax.Array] = {}
@@ -216,15 +220,50 @@ def _load_time_values(main, weights, expand_f16: bool) -> dict:
     return out
 
 
-def _expanded_kernel(op, expanded, float16_compute: bool = False):
-    from jaxlite.runtime.kernels import float16_matmul_kernel, kernel_for
+def _only_replaced_uses(weight: WeightOp, expanded, packed) -> bool:
+    """Whether every reader of a weight gets it another way: from an array expanded at load,
+    or (the int8 kernel, operand 1, of a native GEMM) from its packed copy."""
+    uses = weight.result.uses
+    return bool(uses) and all(u.operation in expanded or (u.operation in packed and u.index == 1)
+                              for u in uses)
 
+
+def _packed_weights(main, weights) -> dict:
+    """op -> ((packed name, colsum name), N, (packed, colsum)) for int8 matmuls on a weight
+    that the native VNNI GEMM can run (packed once, here)."""
+    from jaxlite.dialects import quant
+    from jaxlite.runtime import native
+    from jaxlite.runtime.quant_kernels import weight_2d
+
+    if not native.available():
+        return {}
+    out = {}
+    for op in main.body.block.ops:
+        if not isinstance(op, quant.QuantizedMatmulOp) or not isinstance(op.rhs.owner, WeightOp):
+            continue
+        name = op.rhs.owner.weight_name
+        w2d = weight_2d(op, np.asarray(weights[name]))
+        if w2d is None:
+            continue
+        made = native.pack(w2d)
+        out[op] = ((f"{name}@vnni", f"{name}@colsum"), w2d.shape[1], made)
+    return out
+
+
+def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None):
+    from jaxlite.runtime.kernels import float16_matmul_kernel, kernel_for
+    from jaxlite.runtime.quant_kernels import native_kernel
+
+    packed = packed or {}
     if float16_compute and (kernel := float16_matmul_kernel(op)) is not None:
         return kernel
+    if op in packed:
+        (p_name, c_name), n, _ = packed[op]
+        return native_kernel(op, p_name, c_name, n)
     if op in expanded:
         name = expanded[op][0]
         return lambda weights, *_: (weights[name],)
-    if isinstance(op, WeightOp) and op.result.uses and all(u.operation in expanded for u in op.result.uses):
+    if isinstance(op, WeightOp) and _only_replaced_uses(op, expanded, packed):
         return lambda weights: (None,)  # only read by expanded ops: never placed on the device
     return kernel_for(op)
 

@@ -57,9 +57,21 @@ def int8_dot(xq, wq, dimension_numbers):
     return lax.dot_general(xq, wq, dimension_numbers, preferred_element_type=jnp.int32)
 
 
+def im2col_weight(wq, dimension_numbers):
+    """The [kernel window * in-channels, out-channels] matrix im2col multiplies by."""
+    dn = dimension_numbers
+    nsp = len(dn.rhs_spec) - 2
+    w = np.transpose(wq, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0])) if isinstance(wq, np.ndarray) \
+        else jnp.transpose(wq, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+    return w.reshape(int(np.prod(w.shape[:nsp + 1])), w.shape[-1])
+
+
 def int8_conv(xq, wq, *, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-              feature_group_count, batch_group_count, **_):
-    """int8 conv_general_dilated -> int32 via im2col (falls back to XLA for dilated inputs)."""
+              feature_group_count, batch_group_count, matmul=None, rhs_shape=None, **_):
+    """int8 conv_general_dilated -> int32 via im2col (falls back to XLA for dilated inputs).
+
+    ``matmul`` (int8 [rows, K*C] -> int32 [rows, O]) replaces the GEMM, for groups == 1;
+    then ``wq`` may be None and ``rhs_shape`` gives the kernel's shape."""
     dn = dimension_numbers
     nsp = len(dn.lhs_spec) - 2
     if any(d != 1 for d in lhs_dilation) or batch_group_count != 1:
@@ -67,10 +79,11 @@ def int8_conv(xq, wq, *, window_strides, padding, lhs_dilation, rhs_dilation, di
                                         dn, feature_group_count, batch_group_count,
                                         preferred_element_type=jnp.int32)
     x = jnp.transpose(xq, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))   # N, spatial..., C
-    w = jnp.transpose(wq, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))   # spatial..., I, O
+    w_perm = (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0])                   # spatial..., I, O
+    w_shape = tuple((rhs_shape or wq.shape)[i] for i in w_perm)
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding], (0, 0, 0)])
     n, c = x.shape[0], x.shape[-1]
-    ksize = w.shape[:nsp]
+    ksize = w_shape[:nsp]
     out_sp = [(x.shape[1 + i] - rhs_dilation[i] * (ksize[i] - 1) - 1) // window_strides[i] + 1 for i in range(nsp)]
     patches = []
     for offs in itertools.product(*[range(k) for k in ksize]):
@@ -80,11 +93,15 @@ def int8_conv(xq, wq, *, window_strides, padding, lhs_dilation, rhs_dilation, di
     k = len(patches)
     cols = jnp.stack(patches, axis=-2)   # N, out..., K, C
     rows = n * int(np.prod(out_sp))
-    o = w.shape[-1]
+    o = w_shape[-1]
     g = feature_group_count
-    if g == 1:
+    if g == 1 and matmul is not None:
+        acc = matmul(cols.reshape(rows, k * c))
+    elif g == 1:
+        w = jnp.transpose(wq, w_perm)
         acc = int8_dot(cols.reshape(rows, k * c), w.reshape(k * c, o), (((1,), (0,)), ((), ())))
     else:
+        w = jnp.transpose(wq, w_perm)
         cg, og = c // g, o // g
         lhs = cols.reshape(rows, k, g, cg).transpose(2, 0, 1, 3).reshape(g, rows, k * cg)
         rhs = w.reshape(k, cg, g, og).transpose(2, 0, 1, 3).reshape(g, k * cg, og)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlite.dialects import fused, quant
 from jaxlite.dialects.params import decode_all
@@ -17,12 +18,55 @@ def _params(op: quant.QuantizedMatmulOp) -> dict:
 
 
 def _accumulate(op: quant.QuantizedMatmulOp):
-    """(xq, wq) -> int32 accumulator, for the op's dot or conv parameters."""
+    """(weights, xq, wq) -> int32 accumulator, with XLA's int8 dot_general."""
     params = _params(op)
     if op.PRIMITIVE == "dot_general":
         dims = params["dimension_numbers"]
-        return lambda xq, wq: int8.int8_dot(xq, wq, dims)
-    return lambda xq, wq: int8.int8_conv(xq, wq, **params)
+        return lambda weights, xq, wq: int8.int8_dot(xq, wq, dims)
+    return lambda weights, xq, wq: int8.int8_conv(xq, wq, **params)
+
+
+def weight_2d(op: quant.QuantizedMatmulOp, wq: np.ndarray) -> np.ndarray | None:
+    """The op's int8 product as one GEMM by a [K, N] weight matrix, or None when it is not
+    one (batched dots, grouped or input-dilated convs)."""
+    params = _params(op)
+    if op.PRIMITIVE == "conv_general_dilated":
+        if params["feature_group_count"] != 1 or params["batch_group_count"] != 1 \
+                or any(d != 1 for d in params["lhs_dilation"]):
+            return None
+        return int8.im2col_weight(wq, params["dimension_numbers"])
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    lhs_rank = len(op.lhs.type.get_shape())
+    if lb or rb or tuple(lc) != tuple(range(lhs_rank - len(lc), lhs_rank)) or tuple(rc) != tuple(range(len(rc))):
+        return None
+    k = int(np.prod(wq.shape[:len(rc)]))
+    return wq.reshape(k, -1)
+
+
+def native_accumulate(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int):
+    """(weights, xq, wq) -> int32 accumulator through the packed VNNI GEMM (runtime.native)."""
+    from jaxlite.runtime import native
+
+    params = _params(op)
+    rhs_shape = tuple(op.rhs.type.get_shape())  # the int8 weight itself is not placed
+    if op.PRIMITIVE == "conv_general_dilated":
+        def conv(weights, xq, _wq):
+            gemm = lambda a: native.gemm(a, weights[packed], weights[colsum], n)  # noqa: E731
+            return int8.int8_conv(xq, None, matmul=gemm, rhs_shape=rhs_shape, **params)
+        return conv
+    (lc, _), _batch = params["dimension_numbers"]
+
+    def dot(weights, xq, _wq):
+        free = xq.shape[:xq.ndim - len(lc)]
+        a = xq.reshape(int(np.prod(free)) if free else 1, -1)
+        out = native.gemm(a, weights[packed], weights[colsum], n)
+        return out.reshape(*free, *rhs_shape[len(lc):])
+    return dot
+
+
+def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int) -> Kernel:
+    acc = native_accumulate(op, packed, colsum, n)
+    return (_dynamic_kernel if isinstance(op, quant.DynamicMatmulOp) else _static_kernel)(op, acc)
 
 
 def _out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
@@ -60,7 +104,10 @@ def _upcast(op: quant.UpcastOp) -> Kernel:
 
 @register(quant.DynamicMatmulOp)
 def _dynamic(op: quant.DynamicMatmulOp) -> Kernel:
-    acc_fn = _accumulate(op)
+    return _dynamic_kernel(op, _accumulate(op))
+
+
+def _dynamic_kernel(op: quant.DynamicMatmulOp, acc_fn) -> Kernel:
     params = _params(op)
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
@@ -75,7 +122,7 @@ def _dynamic(op: quant.DynamicMatmulOp) -> Kernel:
 
     def run(weights, x, wq, w_scale, bias=None):
         x_scale = int8.safe_scale(jnp.max(jnp.abs(x), axis=reduce_axes, keepdims=True))
-        acc = acc_fn(int8.quantize(x, x_scale), wq).astype(jnp.float32)
+        acc = acc_fn(weights, int8.quantize(x, x_scale), wq).astype(jnp.float32)
         if op.PRIMITIVE == "dot_general":   # per row: lhs free dims lead the result
             row = jnp.squeeze(x_scale, axis=reduce_axes)
             row = row.reshape(row.shape + (1,) * (out_ndim - row.ndim))
@@ -89,7 +136,10 @@ def _dynamic(op: quant.DynamicMatmulOp) -> Kernel:
 
 @register(quant.StaticMatmulOp)
 def _static(op: quant.StaticMatmulOp) -> Kernel:
-    acc_fn = _accumulate(op)
+    return _static_kernel(op, _accumulate(op))
+
+
+def _static_kernel(op: quant.StaticMatmulOp, acc_fn) -> Kernel:
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
     w_out_axis = _out_axis_of_w(op, out_ndim)
@@ -98,7 +148,7 @@ def _static(op: quant.StaticMatmulOp) -> Kernel:
 
     def run(weights, xq, wq, x_scale, w_scale, *rest):
         bias = rest[0] if has_bias else None
-        acc = acc_fn(xq, wq).astype(jnp.float32)
+        acc = acc_fn(weights, xq, wq).astype(jnp.float32)
         y = acc * (jnp.reshape(x_scale, ()) * int8.expand(w_scale, out_ndim, w_out_axis))
         y = fused.fused_epilogue(y, bias, activation)
         if requantize:

@@ -221,3 +221,27 @@ def test_float16_compute_path_used_on_gpu_is_close_and_runs_in_float16():
     assert all(a.dtype == jnp.float16 for n, a in exe._weights.items() if n.endswith(".f16"))
     cpu = model.compile()                       # CPU default: upcast at load, float32 math
     assert not cpu.float16_compute and "xf16>" not in cpu.lower().as_text()
+
+
+def test_native_vnni_gemm_is_bit_exact_with_xla():
+    from jaxlite.runtime import native
+
+    if not native.available():
+        pytest.skip("no AVX-512 VNNI or no C++ compiler here: XLA's int8 dot is used")
+    rng = np.random.default_rng(0)
+    for m, k, n in [(1, 3, 1), (7, 5, 33), (64, 64, 128), (13, 257, 70), (300, 96, 40)]:
+        a = rng.integers(-127, 128, (m, k)).astype(np.int8)
+        w = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        packed, colsum = native.pack(w)
+        got = np.asarray(jax.jit(native.gemm, static_argnums=3)(a, packed, colsum, n))
+        np.testing.assert_array_equal(got, a.astype(np.int32) @ w.astype(np.int32))
+
+
+@pytest.mark.parametrize("example", [digits_cnn, transformer])
+def test_native_and_xla_int8_paths_give_identical_models(example):
+    fn, args = example.factory()
+    for mode in ("dynamic", "int8"):
+        model = jaxlite.convert(fn, *args, quantize=mode, calibration=[args] if mode == "int8" else None)
+        native_exe, xla_exe = model.compile(), model.compile(native_gemm=False)
+        assert_tree_close(native_exe(*args), xla_exe(*args), rtol=0, atol=0)
+        assert not any(n.endswith(".q") for n in native_exe._weights)  # packed copies replace them
