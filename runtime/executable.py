@@ -13,6 +13,7 @@ steady RSS). ``embed_weights_bytes`` moves the line. The call path checks the ar
 
 from __future__ import annotations
 
+import functools
 import mmap
 from typing import Any
 
@@ -119,8 +120,9 @@ class Executable:
         # time and dropped once on the device, so load never holds them all twice
         arrays = {name: (model.weights[name].nbytes, lambda n=name: model.weights[n]) for name in used}
         arrays.update({name: (nbytes, make) for name, nbytes, make in expanded.values()})
-        for names, _n, made in packed.values():
-            arrays.update({nm: (a.nbytes, lambda a=a: a) for nm, a in zip(names, made, strict=True)})
+        for (p_name, c_name), (k, n), make in packed.values():
+            arrays[p_name] = (-(-k // 4) * 4 * -(-n // 32) * 32, functools.partial(make, 0))
+            arrays[c_name] = (4 * n, functools.partial(make, 1))
         embedded: dict[str, jax.Array] = {}
         budget = EMBED_WEIGHT_BYTES if embed_weights_bytes is None else int(embed_weights_bytes)
         self._weights: dict[str, jax.Array] = {}
@@ -129,6 +131,9 @@ class Executable:
             target = embedded if nbytes <= budget else self._weights
             budget -= nbytes if target is embedded else 0
             target[name] = self._place(make())
+        arrays.clear()
+        for op, (names, shape, _make) in list(packed.items()):  # drop the weights' references
+            packed[op] = (names, shape, None)
 
         sig = self.signature
         in_treedef = sig.in_treedef if sig.in_treedef is not None else _builtin_treedef(sig)
@@ -229,11 +234,11 @@ def _only_replaced_uses(weight: WeightOp, expanded, packed) -> bool:
 
 
 def _packed_weights(main, weights) -> dict:
-    """op -> ((packed name, colsum name), N, (packed, colsum)) for int8 matmuls on a weight
-    that the native VNNI GEMM can run (packed once, here)."""
+    """op -> ((packed name, colsum name), (K, N), make) for int8 matmuls on a weight that the
+    native VNNI GEMM can run; ``make()`` packs it (at placement, one weight at a time)."""
     from jaxlite.dialects import quant
     from jaxlite.runtime import native
-    from jaxlite.runtime.quant_kernels import weight_2d
+    from jaxlite.runtime.quant_kernels import gemm_shape, weight_2d
 
     if not native.available():
         return {}
@@ -241,12 +246,17 @@ def _packed_weights(main, weights) -> dict:
     for op in main.body.block.ops:
         if not isinstance(op, quant.QuantizedMatmulOp) or not isinstance(op.rhs.owner, WeightOp):
             continue
-        name = op.rhs.owner.weight_name
-        w2d = weight_2d(op, np.asarray(weights[name]))
-        if w2d is None:
+        shape = gemm_shape(op)
+        if shape is None:
             continue
-        made = native.pack(w2d)
-        out[op] = ((f"{name}@vnni", f"{name}@colsum"), w2d.shape[1], made)
+        name = op.rhs.owner.weight_name
+
+        def make(part: int, op=op, name=name):  # 0: packed weight, 1: column sums
+            made = native.pack(weight_2d(op, np.asarray(weights[name])))[part]
+            drop_pages(weights[name])
+            return made
+
+        out[op] = ((f"{name}@vnni", f"{name}@colsum"), shape, make)
     return out
 
 
@@ -258,7 +268,7 @@ def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None):
     if float16_compute and (kernel := float16_matmul_kernel(op)) is not None:
         return kernel
     if op in packed:
-        (p_name, c_name), n, _ = packed[op]
+        (p_name, c_name), (_k, n), _ = packed[op]
         return native_kernel(op, p_name, c_name, n)
     if op in expanded:
         name = expanded[op][0]

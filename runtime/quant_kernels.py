@@ -26,21 +26,30 @@ def _accumulate(op: quant.QuantizedMatmulOp):
     return lambda weights, xq, wq: int8.int8_conv(xq, wq, **params)
 
 
-def weight_2d(op: quant.QuantizedMatmulOp, wq: np.ndarray) -> np.ndarray | None:
-    """The op's int8 product as one GEMM by a [K, N] weight matrix, or None when it is not
-    one (batched dots, grouped or input-dilated convs)."""
+def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
+    """(K, N) when the op's int8 product is one GEMM by a [K, N] weight matrix, else None
+    (batched dots, grouped or input-dilated convs)."""
     params = _params(op)
+    w_shape = tuple(op.rhs.type.get_shape())
     if op.PRIMITIVE == "conv_general_dilated":
         if params["feature_group_count"] != 1 or params["batch_group_count"] != 1 \
                 or any(d != 1 for d in params["lhs_dilation"]):
             return None
-        return int8.im2col_weight(wq, params["dimension_numbers"])
+        n = w_shape[params["dimension_numbers"].rhs_spec[0]]
+        return int(np.prod(w_shape)) // n, n
     (lc, rc), (lb, rb) = params["dimension_numbers"]
     lhs_rank = len(op.lhs.type.get_shape())
     if lb or rb or tuple(lc) != tuple(range(lhs_rank - len(lc), lhs_rank)) or tuple(rc) != tuple(range(len(rc))):
         return None
-    k = int(np.prod(wq.shape[:len(rc)]))
-    return wq.reshape(k, -1)
+    k = int(np.prod(w_shape[:len(rc)]))
+    return k, int(np.prod(w_shape)) // k
+
+
+def weight_2d(op: quant.QuantizedMatmulOp, wq: np.ndarray) -> np.ndarray:
+    """The [K, N] matrix of ``gemm_shape`` (which must not be None)."""
+    if op.PRIMITIVE == "conv_general_dilated":
+        return int8.im2col_weight(wq, _params(op)["dimension_numbers"])
+    return wq.reshape(gemm_shape(op))
 
 
 def native_accumulate(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int):
