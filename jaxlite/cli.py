@@ -435,6 +435,13 @@ def cmd_demo(args) -> None:
           "more in benchmarks/. The IR: jaxlite convert ... --print-ir-after-all)")
 
 
+def _add_inspection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after tracing and every pass")
+    p.add_argument("--print-ir-after", action="append", metavar="NAME",
+                   help="print the IR after this pass (or 'trace'); repeatable")
+    p.add_argument("--stats", action="store_true", help="one line per pass: ops before -> after, weight bytes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxlite", description="The TFLite converter for JAX.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -449,10 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='pass pipeline (default: the standard one; "" for none), e.g. "canonicalize,cse,dce"')
     p.add_argument("--outputs", default=None,
                    help="keep only these outputs: an index or key, or a comma-separated list of them")
-    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after tracing and every pass")
-    p.add_argument("--print-ir-after", action="append", metavar="NAME",
-                   help="print the IR after this pass (or 'trace'); repeatable")
-    p.add_argument("--stats", action="store_true", help="one line per pass: ops before -> after, weight bytes")
+    _add_inspection_flags(p)
     p.add_argument("--quantize", choices=["float16", "int8-weights", "dynamic", "int8"], default=None)
     p.add_argument("--calibration", help="representative inputs for --quantize int8 (.npy/.npz, samples on axis 0)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight instead of per output channel")
@@ -474,9 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help=".jlite model, or .mlir text without weights")
     p.add_argument("-p", "--pipeline", required=True, help='e.g. "canonicalize,cse,dce,fold-affine,fuse"')
     p.add_argument("-o", "--output", default=None, help=".jlite or .mlir to write (default: print the IR)")
-    p.add_argument("--print-ir-after-all", action="store_true")
-    p.add_argument("--print-ir-after", action="append", metavar="NAME")
-    p.add_argument("--stats", action="store_true")
+    _add_inspection_flags(p)
     p.set_defaults(run=cmd_opt)
 
     p = sub.add_parser("ir", help="print a model's IR", epilog="example: jaxlite ir mlp.jlite | less")

@@ -15,17 +15,31 @@ from jaxlite.compiler.weights import WeightStore
 from jaxlite.dialects import jlax
 
 # Passes are xDSL ModulePasses (constructed from pipeline strings, so they hold no
-# store); the driver binds the model's WeightStore here while they run.
+# state); the driver binds what they read here while they run: the model's WeightStore,
+# and for int8 mode the activation ranges (max |x| per SSA value) from calibration.
 _STORE: contextvars.ContextVar[WeightStore | None] = contextvars.ContextVar("jaxlite_store", default=None)
+_RANGES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("jaxlite_ranges", default=None)
 
 
 @contextlib.contextmanager
-def using_store(store: WeightStore) -> Iterator[WeightStore]:
-    token = _STORE.set(store)
+def _bound(var: contextvars.ContextVar, value) -> Iterator:
+    token = var.set(value)
     try:
-        yield store
+        yield value
     finally:
-        _STORE.reset(token)
+        var.reset(token)
+
+
+def using_store(store: WeightStore):
+    return _bound(_STORE, store)
+
+
+def using_ranges(ranges: dict):
+    return _bound(_RANGES, ranges)
+
+
+def current_ranges() -> dict | None:
+    return _RANGES.get()
 
 
 def current_store() -> WeightStore:
@@ -100,20 +114,3 @@ def blocks_of(module: ModuleOp) -> list[Block]:
         for region in op.regions:
             out.extend(region.blocks)
     return out
-
-
-# Activation ranges (max |x| per SSA value) measured on calibration data, for int8 mode.
-_RANGES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("jaxlite_ranges", default=None)
-
-
-@contextlib.contextmanager
-def using_ranges(ranges: dict) -> Iterator[dict]:
-    token = _RANGES.set(ranges)
-    try:
-        yield ranges
-    finally:
-        _RANGES.reset(token)
-
-
-def current_ranges() -> dict | None:
-    return _RANGES.get()
