@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 TARGET = "jaxlite_int8_gemm"
+DYNAMIC_TARGET = "jaxlite_dynamic_gemm"
 _SOURCE = Path(__file__).parent / "native" / "int8_gemm.cc"
 
 
@@ -53,6 +54,8 @@ def available() -> bool:
             os.replace(tmp, lib)
         handle = ctypes.cdll.LoadLibrary(str(lib))
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handle.JaxliteInt8Gemm), platform="cpu")
+        jax.ffi.register_ffi_target(DYNAMIC_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicGemm),
+                                    platform="cpu")
         return True
     except Exception as e:  # no compiler, old headers, ...: XLA's int8 dot is the fallback
         print(f"jaxlite: native int8 GEMM unavailable ({type(e).__name__}: {str(e)[:200]}); "
@@ -76,3 +79,13 @@ def gemm(a, packed, colsum, n: int):
     import jax.numpy as jnp
 
     return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((a.shape[0], n), jnp.int32))(a, packed, colsum)
+
+
+def dynamic_gemm(x, packed, colsum, w_scale, n: int):
+    """float32 [M, n]: x [M, K] quantized per row on the fly, times the packed int8 weight,
+    rescaled by the row and weight scales (one custom call for the whole dynamic dot)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.ffi.ffi_call(DYNAMIC_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32))(
+        x, packed, colsum, w_scale)

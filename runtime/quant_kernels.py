@@ -74,6 +74,10 @@ def native_accumulate(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: 
 
 
 def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int) -> Kernel:
+    if isinstance(op, quant.DynamicMatmulOp) and op.PRIMITIVE == "dot_general" and op.w_axis >= 0 \
+            and _out_axis_of_w(op, len(op.result.type.get_shape())) == len(op.result.type.get_shape()) - 1 \
+            and len(op.rhs.type.get_shape()) - len(_params(op)["dimension_numbers"][0][1]) == 1:
+        return _native_dynamic_dot(op, packed, colsum, n)
     acc = native_accumulate(op, packed, colsum, n)
     return (_dynamic_kernel if isinstance(op, quant.DynamicMatmulOp) else _static_kernel)(op, acc)
 
@@ -92,6 +96,22 @@ def _out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
     lhs_free = [d for d in range(lhs_ndim) if d not in lc and d not in lb]
     rhs_free = [d for d in range(rhs_ndim) if d not in rc and d not in rb]
     return len(lb) + len(lhs_free) + rhs_free.index(w_axis)
+
+
+def _native_dynamic_dot(op: quant.DynamicMatmulOp, packed: str, colsum: str, n: int) -> Kernel:
+    """The whole dynamic dot (quantize rows, int8 GEMM, rescale) in one native call; the
+    weight has one output axis, the last of the result, along which its scales run."""
+    from jaxlite.runtime import native
+
+    (lc, _), _batch = _params(op)["dimension_numbers"]
+    activation = op.activation
+
+    def run(weights, x, _wq, w_scale, bias=None):
+        free = x.shape[:x.ndim - len(lc)]
+        a = x.reshape(int(np.prod(free)) if free else 1, -1)
+        y = native.dynamic_gemm(a, weights[packed], weights[colsum], w_scale, n).reshape(*free, n)
+        return (fused.fused_epilogue(y, bias, activation),)
+    return run
 
 
 @register(quant.QuantizeOp)

@@ -237,11 +237,16 @@ def test_native_vnni_gemm_is_bit_exact_with_xla():
         np.testing.assert_array_equal(got, a.astype(np.int32) @ w.astype(np.int32))
 
 
-@pytest.mark.parametrize("example", [digits_cnn, transformer])
-def test_native_and_xla_int8_paths_give_identical_models(example):
+@pytest.mark.parametrize("example", [digits_cnn, digits_mlp, transformer])
+def test_native_and_xla_int8_paths_agree(example):
     fn, args = example.factory()
     for mode in ("dynamic", "int8"):
         model = jaxlite.convert(fn, *args, quantize=mode, calibration=[args] if mode == "int8" else None)
         native_exe, xla_exe = model.compile(), model.compile(native_gemm=False)
-        assert_tree_close(native_exe(*args), xla_exe(*args), rtol=0, atol=0)
-        assert not any(n.endswith(".q") for n in native_exe._weights)  # packed copies replace them
+        # int8 GEMMs are exact either way; the fused dynamic dot rounds its float rescale
+        # without XLA's fused multiply-add, so its outputs may differ in the last bits
+        tol = 0 if mode == "int8" else 2e-5
+        assert_tree_close(native_exe(*args), xla_exe(*args), rtol=tol, atol=tol)
+        from jaxlite.runtime import native
+        if native.available():  # packed copies replace the int8 weights
+            assert not any(n.endswith(".q") for n in native_exe._weights)
