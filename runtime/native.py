@@ -4,7 +4,8 @@ The C++ source ships with the package (``native/int8_gemm.cc``); it is built wit
 system's g++ against jaxlib's FFI headers into a cache folder (``$JAXLITE_CACHE`` or
 ``~/.cache/jaxlite``) and registered with ``jax.ffi``. Where there is no compiler, no
 AVX-512 VNNI, or ``JAXLITE_NATIVE=0``, ``available()`` is False and the int8 kernels use
-XLA's own int8 dot_general instead. Results are bit-identical either way (tested).
+XLA's own int8 dot_general instead. The int8 GEMM is bit-identical either way; the fused
+dynamic dot agrees to float rounding (XLA may fuse its rescale into multiply-adds) — tested.
 """
 
 from __future__ import annotations
