@@ -98,9 +98,9 @@ class Executable:
 
     def __init__(self, model, device=None, float16_compute: bool | None = None,
                  embed_weights_bytes: int | None = None, native_gemm: bool = True):
-        """``float16_compute``: run dot/conv on float16-stored weights in float16 with
-        float32 accumulation (default: on GPU; XLA:CPU float16 is no faster, so on CPU the
-        weights are upcast once at load)."""
+        """Options as in ``Model.compile``: ``float16_compute`` (f16 math on f16 weights;
+        default on GPU), ``embed_weights_bytes`` (constants budget), ``native_gemm`` (the
+        VNNI int8 kernel on CPU)."""
         self.model = model
         self.device = resolve_device(device)
         on_gpu = self.device is not None and self.device.platform == "gpu"
@@ -116,22 +116,15 @@ class Executable:
                               lambda op: _expanded_kernel(op, expanded, self.float16_compute, packed))
         used = {op.weight_name for op in main.walk() if isinstance(op, WeightOp)
                 and not _only_replaced_uses(op, expanded, packed)}
-        # name -> (bytes, producer of the host array); expanded arrays are made one at a
-        # time and dropped once on the device, so load never holds them all twice
+        # name -> (bytes, producer of the host array): arrays derived at load (expanded,
+        # packed) are made one at a time and dropped once on the device
         arrays = {name: (model.weights[name].nbytes, lambda n=name: model.weights[n]) for name in used}
         arrays.update({name: (nbytes, make) for name, nbytes, make in expanded.values()})
         for (p_name, c_name), (k, n), make in packed.values():
             arrays[p_name] = (-(-k // 4) * 4 * -(-n // 32) * 32, functools.partial(make, 0))
             arrays[c_name] = (4 * n, functools.partial(make, 1))
-        embedded: dict[str, jax.Array] = {}
         budget = EMBED_WEIGHT_BYTES if embed_weights_bytes is None else int(embed_weights_bytes)
-        self._weights: dict[str, jax.Array] = {}
-        for name in sorted(arrays, key=lambda n: (arrays[n][0], n)):
-            nbytes, make = arrays[name]
-            target = embedded if nbytes <= budget else self._weights
-            budget -= nbytes if target is embedded else 0
-            target[name] = self._place(make())
-        arrays.clear()
+        embedded, self._weights = self._place_all(arrays, budget)
         for op, (names, shape, _make) in list(packed.items()):  # drop the weights' references
             packed[op] = (names, shape, None)
 
@@ -157,6 +150,18 @@ class Executable:
             return sig.out_tree.unflatten(outs)
 
         self._jitted = jax.jit(run)
+
+    def _place_all(self, arrays: dict, budget: int) -> tuple[dict, dict]:
+        """(embedded, passed): weights on the device, the smallest first compiled in as
+        constants until ``budget`` bytes are used, the rest passed as jit arguments."""
+        embedded: dict[str, jax.Array] = {}
+        passed: dict[str, jax.Array] = {}
+        for name in sorted(arrays, key=lambda n: (arrays[n][0], n)):
+            nbytes, make = arrays[name]
+            target = embedded if nbytes <= budget else passed
+            budget -= nbytes if target is embedded else 0
+            target[name] = self._place(make())
+        return embedded, passed
 
     def _place(self, array):
         placed = jax.device_put(array) if self.device is None else jax.device_put(array, self.device)
