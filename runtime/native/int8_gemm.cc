@@ -57,83 +57,73 @@ static void run_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* pane
   }
 }
 
-static ffi::Error Int8GemmImpl(ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed,
-                               ffi::Buffer<ffi::S32> colsum, ffi::ResultBuffer<ffi::S32> out) {
-  auto adims = a.dimensions();
-  int64_t M = adims[0], K = adims[1];
-  int64_t N = out->dimensions()[1];
-  int64_t K4 = (K + 3) / 4, Kp = K4 * 4;
-  const int8_t* A = a.typed_data();
-  // A -> unsigned (x + 128), K padded to a multiple of 4 with 128 (i.e. zero)
-  std::vector<uint8_t> au(M * Kp);
-  for (int64_t i = 0; i < M; ++i) {
-    for (int64_t k = 0; k < K; ++k) au[i * Kp + k] = static_cast<uint8_t>(A[i * K + k] + 128);
-    for (int64_t k = K; k < Kp; ++k) au[i * Kp + k] = 128;
-  }
-  const int8_t* P = packed.typed_data();
-  const int32_t* cs = colsum.typed_data();
-  int32_t* C = out->typed_data();
-  int64_t panels = (N + 31) / 32;
+// The shared GEMM loop: 8-row tiles of A (already unsigned, K padded to Kp) against each
+// 32-column panel; ``store(row, col, acc)`` receives the exact int32 product.
+template <typename Store>
+static void gemm_tiles(const std::vector<uint8_t>& au, int64_t M, int64_t Kp, const int8_t* P,
+                       const int32_t* colsum, int64_t N, Store store) {
+  const int64_t K4 = Kp / 4;
+  const int64_t panels = (N + 31) / 32;
+  alignas(64) int32_t tile[8 * 32];
   for (int64_t p = 0; p < panels; ++p) {
-    int cols = static_cast<int>(std::min<int64_t>(32, N - p * 32));
+    const int cols = static_cast<int>(std::min<int64_t>(32, N - p * 32));
     const int8_t* panel = P + p * K4 * 128;
-    alignas(64) int32_t tile[8 * 32];
     for (int64_t i = 0; i < M; i += 8) {
-      int rows = static_cast<int>(std::min<int64_t>(8, M - i));
+      const int rows = static_cast<int>(std::min<int64_t>(8, M - i));
       run_rows(rows, au.data() + i * Kp, Kp, panel, K4, tile);
       for (int r = 0; r < rows; ++r)
-        for (int j = 0; j < cols; ++j) C[(i + r) * N + p * 32 + j] = tile[r * 32 + j] - 128 * cs[p * 32 + j];
+        for (int j = 0; j < cols; ++j) {
+          const int64_t n = p * 32 + j;
+          store(i + r, n, tile[r * 32 + j] - 128 * colsum[n]);
+        }
     }
   }
+}
+
+static ffi::Error Int8GemmImpl(ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed,
+                               ffi::Buffer<ffi::S32> colsum, ffi::ResultBuffer<ffi::S32> out) {
+  const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
+  const int64_t Kp = (K + 3) / 4 * 4;
+  const int8_t* A = a.typed_data();
+  // A -> unsigned (x + 128), K padded to a multiple of 4 with 128 (i.e. zero)
+  std::vector<uint8_t> au(M * Kp, 128);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t k = 0; k < K; ++k) au[i * Kp + k] = static_cast<uint8_t>(A[i * K + k] + 128);
+  int32_t* C = out->typed_data();
+  gemm_tiles(au, M, Kp, packed.typed_data(), colsum.typed_data(), N,
+             [&](int64_t m, int64_t n, int32_t acc) { C[m * N + n] = acc; });
   return ffi::Error::Success();
 }
 
 // Dynamic-range variant: float A is quantized per row (scale = max|row| / 127, q =
 // round-half-even(a / scale)), multiplied by the packed int8 W, and rescaled:
-// out = float(acc) * row_scale * w_scale[n] -- the same float operations, in the same
-// order, as the XLA path in runtime/quant_kernels.py, so results are identical.
+// out = float(acc) * row_scale * w_scale[n] -- the float operations of the XLA path in
+// runtime/quant_kernels.py, in the same order (XLA may still fuse its rescale into a
+// multiply-add, so the two agree to float rounding).
 static ffi::Error DynamicGemmImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed,
                                   ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> wscale,
                                   ffi::ResultBuffer<ffi::F32> out) {
-  auto adims = a.dimensions();
-  int64_t M = adims[0], K = adims[1];
-  int64_t N = out->dimensions()[1];
-  int64_t K4 = (K + 3) / 4, Kp = K4 * 4;
+  const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
+  const int64_t Kp = (K + 3) / 4 * 4;
   const float* A = a.typed_data();
-  std::vector<uint8_t> au(M * Kp);
+  std::vector<uint8_t> au(M * Kp, 128);
   std::vector<float> row_scale(M);
   for (int64_t i = 0; i < M; ++i) {
     float m = 0.0f;
     for (int64_t k = 0; k < K; ++k) m = std::max(m, std::fabs(A[i * K + k]));
-    float s = m > 0.0f ? m / 127.0f : 1.0f;
+    const float s = m > 0.0f ? m / 127.0f : 1.0f;
     row_scale[i] = s;
     for (int64_t k = 0; k < K; ++k) {
-      float q = std::nearbyint(A[i * K + k] / s);
-      q = std::min(127.0f, std::max(-127.0f, q));
+      const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(A[i * K + k] / s)));
       au[i * Kp + k] = static_cast<uint8_t>(static_cast<int32_t>(q) + 128);
     }
-    for (int64_t k = K; k < Kp; ++k) au[i * Kp + k] = 128;
   }
-  const int8_t* P = packed.typed_data();
-  const int32_t* cs = colsum.typed_data();
   const float* ws = wscale.typed_data();
   float* C = out->typed_data();
-  int64_t panels = (N + 31) / 32;
-  alignas(64) int32_t tile[8 * 32];
-  for (int64_t p = 0; p < panels; ++p) {
-    int cols = static_cast<int>(std::min<int64_t>(32, N - p * 32));
-    const int8_t* panel = P + p * K4 * 128;
-    for (int64_t i = 0; i < M; i += 8) {
-      int rows = static_cast<int>(std::min<int64_t>(8, M - i));
-      run_rows(rows, au.data() + i * Kp, Kp, panel, K4, tile);
-      for (int r = 0; r < rows; ++r)
-        for (int j = 0; j < cols; ++j) {
-          int64_t n = p * 32 + j;
-          float acc = static_cast<float>(tile[r * 32 + j] - 128 * cs[n]);
-          C[(i + r) * N + n] = (acc * row_scale[i + r]) * ws[n];
-        }
-    }
-  }
+  gemm_tiles(au, M, Kp, packed.typed_data(), colsum.typed_data(), N,
+             [&](int64_t m, int64_t n, int32_t acc) {
+               C[m * N + n] = (static_cast<float>(acc) * row_scale[m]) * ws[n];
+             });
   return ffi::Error::Success();
 }
 
