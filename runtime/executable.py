@@ -267,7 +267,7 @@ def _packed_weights(main, weights) -> dict:
 
 def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None):
     from jaxlite.runtime.kernels import float16_matmul_kernel, kernel_for
-    from jaxlite.runtime.quant_kernels import native_kernel
+    from jaxlite.runtime.native_kernels import native_kernel
 
     packed = packed or {}
     if float16_compute and (kernel := float16_matmul_kernel(op)) is not None:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-TARGET = "jaxlite_int8_gemm"
+QUANTIZED_TARGET = "jaxlite_quantized_gemm"
 DYNAMIC_TARGET = "jaxlite_dynamic_gemm"
+# activations the kernel's epilogue applies itself (others run in XLA after it)
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
 _SOURCE = Path(__file__).parent / "native" / "int8_gemm.cc"
 
 
@@ -30,7 +32,7 @@ def _cpu_has_vnni() -> bool:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "avx512_vnni" in flags and "avx512bw" in flags
+    return all(f in flags for f in ("avx512_vnni", "avx512bw", "avx512vl"))
 
 
 @functools.cache
@@ -49,12 +51,13 @@ def available() -> bool:
         if not lib.exists():
             cache.mkdir(parents=True, exist_ok=True)
             tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-            cmd = ["g++", "-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma", "-shared", "-fPIC",
+            cmd = ["g++", "-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-shared", "-fPIC",
                    "-std=c++17", "-w", f"-I{include}", str(_SOURCE), "-o", str(tmp)]
             subprocess.run(cmd, check=True, capture_output=True, timeout=300)
             os.replace(tmp, lib)
         handle = ctypes.cdll.LoadLibrary(str(lib))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handle.JaxliteInt8Gemm), platform="cpu")
+        jax.ffi.register_ffi_target(QUANTIZED_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedGemm),
+                                    platform="cpu")
         jax.ffi.register_ffi_target(DYNAMIC_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicGemm),
                                     platform="cpu")
         return True
@@ -74,19 +77,35 @@ def pack(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(packed), w.astype(np.int32).sum(0).astype(np.int32)
 
 
-def gemm(a, packed, colsum, n: int):
-    """int32 [M, n] = int8 a [M, K] x the packed weight (inside jax.jit or eagerly)."""
+def _optional(x):
+    import jax.numpy as jnp
+
+    return jnp.zeros((0,), jnp.float32) if x is None else jnp.reshape(x, (-1,)).astype(jnp.float32)
+
+
+def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, bias=None,
+                   out_scale=None, activation: str = "none"):
+    """int8 a [M, K] x the packed weight with the epilogue in the kernel:
+    ``activation((acc * row_scale[m]) * col_scale[n] + bias[n])`` as float32 [M, n], or
+    requantized to int8 by ``out_scale`` (round half to even, clamped to +-127)."""
     import jax
     import jax.numpy as jnp
 
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((a.shape[0], n), jnp.int32))(a, packed, colsum)
+    out = jnp.int8 if out_scale is not None else jnp.float32
+    return jax.ffi.ffi_call(QUANTIZED_TARGET, jax.ShapeDtypeStruct((a.shape[0], n), out))(
+        a, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias),
+        _optional(out_scale), activation=np.int32(ACTIVATIONS[activation]))
 
 
-def dynamic_gemm(x, packed, colsum, w_scale, n: int):
-    """float32 [M, n]: x [M, K] quantized per row on the fly, times the packed int8 weight,
-    rescaled by the row and weight scales (one custom call for the whole dynamic dot)."""
+def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None,
+                 activation: str = "none"):
+    """float32 x [M, K] quantized per row on the fly, times the packed int8 weight, with the
+    epilogue ``activation((acc * row_scale[m]) * w_scale[n] + bias[n])`` (one custom call for
+    the whole dynamic dot)."""
     import jax
     import jax.numpy as jnp
 
-    return jax.ffi.ffi_call(DYNAMIC_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32))(
-        x, packed, colsum, w_scale)
+    out = jnp.int8 if out_scale is not None else jnp.float32
+    return jax.ffi.ffi_call(DYNAMIC_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), out))(
+        x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale),
+        activation=np.int32(ACTIVATIONS[activation]))

@@ -11,7 +11,7 @@ from jaxlite.runtime import int8
 from jaxlite.runtime.kernels import Kernel, register
 
 
-def _params(op: quant.QuantizedMatmulOp) -> dict:
+def params_of(op: quant.QuantizedMatmulOp) -> dict:
     params = {k: None for k in op.OPTIONAL_PARAMS}
     params.update(decode_all(op.primitive_params()))
     return params
@@ -19,7 +19,7 @@ def _params(op: quant.QuantizedMatmulOp) -> dict:
 
 def _accumulate(op: quant.QuantizedMatmulOp):
     """(weights, xq, wq) -> int32 accumulator, with XLA's int8 dot_general."""
-    params = _params(op)
+    params = params_of(op)
     if op.PRIMITIVE == "dot_general":
         dims = params["dimension_numbers"]
         return lambda weights, xq, wq: int8.int8_dot(xq, wq, dims)
@@ -29,7 +29,7 @@ def _accumulate(op: quant.QuantizedMatmulOp):
 def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
     """(K, N) when the op's int8 product is one GEMM by a [K, N] weight matrix, else None
     (batched dots, grouped or input-dilated convs)."""
-    params = _params(op)
+    params = params_of(op)
     w_shape = tuple(op.rhs.type.get_shape())
     if op.PRIMITIVE == "conv_general_dilated":
         if params["feature_group_count"] != 1 or params["batch_group_count"] != 1 \
@@ -48,46 +48,16 @@ def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
 def weight_2d(op: quant.QuantizedMatmulOp, wq: np.ndarray) -> np.ndarray:
     """The [K, N] matrix of ``gemm_shape`` (which must not be None)."""
     if op.PRIMITIVE == "conv_general_dilated":
-        return int8.im2col_weight(wq, _params(op)["dimension_numbers"])
+        return int8.im2col_weight(wq, params_of(op)["dimension_numbers"])
     return wq.reshape(gemm_shape(op))
 
 
-def native_accumulate(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int):
-    """(weights, xq, wq) -> int32 accumulator through the packed VNNI GEMM (runtime.native)."""
-    from jaxlite.runtime import native
-
-    params = _params(op)
-    rhs_shape = tuple(op.rhs.type.get_shape())  # the int8 weight itself is not placed
-    if op.PRIMITIVE == "conv_general_dilated":
-        def conv(weights, xq, _wq):
-            gemm = lambda a: native.gemm(a, weights[packed], weights[colsum], n)  # noqa: E731
-            return int8.int8_conv(xq, None, matmul=gemm, rhs_shape=rhs_shape, **params)
-        return conv
-    (lc, _), _batch = params["dimension_numbers"]
-
-    def dot(weights, xq, _wq):
-        free = xq.shape[:xq.ndim - len(lc)]
-        a = xq.reshape(int(np.prod(free)) if free else 1, -1)
-        out = native.gemm(a, weights[packed], weights[colsum], n)
-        return out.reshape(*free, *rhs_shape[len(lc):])
-    return dot
-
-
-def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int) -> Kernel:
-    if isinstance(op, quant.DynamicMatmulOp) and op.PRIMITIVE == "dot_general" and op.w_axis >= 0 \
-            and _out_axis_of_w(op, len(op.result.type.get_shape())) == len(op.result.type.get_shape()) - 1 \
-            and len(op.rhs.type.get_shape()) - len(_params(op)["dimension_numbers"][0][1]) == 1:
-        return _native_dynamic_dot(op, packed, colsum, n)
-    acc = native_accumulate(op, packed, colsum, n)
-    return (_dynamic_kernel if isinstance(op, quant.DynamicMatmulOp) else _static_kernel)(op, acc)
-
-
-def _out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
+def out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
     """Axis of the result along which the kernel's per-channel scale runs."""
     w_axis = op.w_axis
     if w_axis < 0:
         return -1
-    params = _params(op)
+    params = params_of(op)
     if op.PRIMITIVE == "conv_general_dilated":
         return params["dimension_numbers"].out_spec[1]
     (lc, rc), (lb, rb) = params["dimension_numbers"]
@@ -96,22 +66,6 @@ def _out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
     lhs_free = [d for d in range(lhs_ndim) if d not in lc and d not in lb]
     rhs_free = [d for d in range(rhs_ndim) if d not in rc and d not in rb]
     return len(lb) + len(lhs_free) + rhs_free.index(w_axis)
-
-
-def _native_dynamic_dot(op: quant.DynamicMatmulOp, packed: str, colsum: str, n: int) -> Kernel:
-    """The whole dynamic dot (quantize rows, int8 GEMM, rescale) in one native call; the
-    weight has one output axis, the last of the result, along which its scales run."""
-    from jaxlite.runtime import native
-
-    (lc, _), _batch = _params(op)["dimension_numbers"]
-    activation = op.activation
-
-    def run(weights, x, _wq, w_scale, bias=None):
-        free = x.shape[:x.ndim - len(lc)]
-        a = x.reshape(int(np.prod(free)) if free else 1, -1)
-        y = native.dynamic_gemm(a, weights[packed], weights[colsum], w_scale, n).reshape(*free, n)
-        return (fused.fused_epilogue(y, bias, activation),)
-    return run
 
 
 @register(quant.QuantizeOp)
@@ -137,10 +91,10 @@ def _dynamic(op: quant.DynamicMatmulOp) -> Kernel:
 
 
 def _dynamic_kernel(op: quant.DynamicMatmulOp, acc_fn) -> Kernel:
-    params = _params(op)
+    params = params_of(op)
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
-    w_out_axis = _out_axis_of_w(op, out_ndim)
+    w_out_axis = out_axis_of_w(op, out_ndim)
     if op.PRIMITIVE == "dot_general":
         (lc, _), _batch = params["dimension_numbers"]
         reduce_axes = tuple(lc)  # one scale per row: max |x| over the contracting dims
@@ -171,7 +125,7 @@ def _static(op: quant.StaticMatmulOp) -> Kernel:
 def _static_kernel(op: quant.StaticMatmulOp, acc_fn) -> Kernel:
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
-    w_out_axis = _out_axis_of_w(op, out_ndim)
+    w_out_axis = out_axis_of_w(op, out_ndim)
     has_bias = op.bias is not None
     requantize = op.out_scale is not None
 

@@ -1,143 +1,299 @@
 // jaxlite's int8 GEMM for CPUs with AVX-512 VNNI, called from XLA through the jax FFI.
 //
-// C[M,N] (int32) = A[M,K] (int8) x W[K,N] (int8), exactly as
-// lax.dot_general(..., preferred_element_type=int32). W is packed once at load (see
+// acc[M,N] (int32) = A[M,K] (int8) x W[K,N] (int8), exactly as
+// lax.dot_general(..., preferred_element_type=int32), followed by an epilogue applied while
+// the accumulators are still in registers:
+//
+//   float out:  activation((float(acc) * row_scale[m]) * col_scale[n] + bias[n])
+//   int8 out:   that value requantized: clamp(round_half_even(v / out_scale), -127, 127)
+//
+// (row_scale, bias, out_scale optional). The dynamic-range variant takes float A and
+// quantizes it per row first (scale = max|row| / 127). W is packed once at load (see
 // runtime/native.py): panels of 32 columns, k in groups of 4, the layout vpdpbusd reads.
-// vpdpbusd multiplies unsigned by signed bytes, so A is shifted to A+128 on the fly and
-// 128 * colsum(W) is subtracted from the result. XLA's own int8 dot_general reaches about
-// 40% of VNNI peak on the machine this was measured on; this kernel ~2x that on
-// transformer-sized GEMMs.
+// vpdpbusd multiplies unsigned by signed bytes, so A is shifted to A+128 (a bit flip) and
+// 128 * colsum(W) is subtracted from the accumulator. Work is split over column panels
+// on XLA's intra-op thread pool when it has more than one thread.
 #include <immintrin.h>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
-// Packed W layout: [N/32 panels][K4 = ceil(K/4)][32 cols][4 k] int8, plus colsum[N] (int32)
-// so that (a+128)*w - 128*colsum(w) = a*w (A is converted to unsigned on the fly).
-template <int ROWS>
-static inline void kernel(const uint8_t* __restrict a, int64_t lda, const int8_t* __restrict panel,
-                          int64_t k4, int32_t* __restrict c) {
-  __m512i acc0[ROWS], acc1[ROWS];
+namespace {
+
+enum Activation : int32_t { kNone = 0, kRelu = 1, kRelu6 = 2 };
+
+struct Epilogue {
+  const int32_t* colsum;
+  const float* row_scale;  // nullptr: none
+  const float* col_scale;
+  const float* bias;       // nullptr: none
+  int32_t activation;
+  float out_scale;         // > 0: requantize to int8
+  void* out;
+  int64_t ldo;
+
+  inline void operator()(int64_t m, int64_t n, __m512i acc, __mmask16 mask) const {
+    acc = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, colsum + n), 7));
+    __m512 v = _mm512_cvtepi32_ps(acc);
+    if (row_scale != nullptr) v = _mm512_mul_ps(v, _mm512_set1_ps(row_scale[m]));
+    v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, col_scale + n));
+    if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + n));
+    if (activation != kNone) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    if (activation == kRelu6) v = _mm512_min_ps(v, _mm512_set1_ps(6.0f));
+    if (out_scale > 0.0f) {
+      __m512 q = _mm512_div_ps(v, _mm512_set1_ps(out_scale));
+      q = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+      _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + m * ldo + n, mask,
+                           _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+    } else {
+      _mm512_mask_storeu_ps(static_cast<float*>(out) + m * ldo + n, mask, v);
+    }
+  }
+};
+
+// ROWS rows of A (unsigned, row stride lda) against PANELS consecutive 32-column panels;
+// every accumulator stays in a register (ROWS * 2 * PANELS <= 24).
+template <int ROWS, int PANELS>
+inline void tile(const uint8_t* __restrict a, int64_t lda, const int8_t* __restrict panel,
+                 int64_t k4, int64_t m0, int64_t n0, int64_t n_end, const Epilogue& epi) {
+  constexpr int V = 2 * PANELS;
+  const int64_t panel_bytes = k4 * 128;
+  __m512i acc[ROWS][V];
 #pragma GCC unroll 8
-  for (int r = 0; r < ROWS; ++r) { acc0[r] = _mm512_setzero_si512(); acc1[r] = _mm512_setzero_si512(); }
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) acc[r][j] = _mm512_setzero_si512();
   for (int64_t kk = 0; kk < k4; ++kk) {
-    const __m512i b0 = _mm512_loadu_si512(panel + kk * 128);
-    const __m512i b1 = _mm512_loadu_si512(panel + kk * 128 + 64);
+    __m512i b[V];
+#pragma GCC unroll 4
+    for (int p = 0; p < PANELS; ++p) {
+      b[2 * p] = _mm512_loadu_si512(panel + p * panel_bytes + kk * 128);
+      b[2 * p + 1] = _mm512_loadu_si512(panel + p * panel_bytes + kk * 128 + 64);
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r) {
       int32_t av;
       std::memcpy(&av, a + r * lda + kk * 4, 4);
       const __m512i va = _mm512_set1_epi32(av);
-      acc0[r] = _mm512_dpbusd_epi32(acc0[r], va, b0);
-      acc1[r] = _mm512_dpbusd_epi32(acc1[r], va, b1);
+#pragma GCC unroll 4
+      for (int j = 0; j < V; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], va, b[j]);
     }
   }
+#pragma GCC unroll 4
+  for (int j = 0; j < V; ++j) {
+    const int64_t n = n0 + 16 * j;
+    const int64_t left = n_end - n;
+    if (left <= 0) break;
+    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
 #pragma GCC unroll 8
-  for (int r = 0; r < ROWS; ++r) {
-    _mm512_storeu_si512(c + r * 32, acc0[r]);
-    _mm512_storeu_si512(c + r * 32 + 16, acc1[r]);
+    for (int r = 0; r < ROWS; ++r) epi(m0 + r, n, acc[r][j], mask);
   }
 }
 
-static void run_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4, int32_t* c) {
+template <int PANELS>
+inline void tile_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4,
+                      int64_t m0, int64_t n0, int64_t n_end, const Epilogue& epi) {
+  constexpr int FULL = PANELS == 2 ? 6 : 12;
   switch (rows) {
-    case 8: kernel<8>(a, lda, panel, k4, c); break;
-    case 7: kernel<7>(a, lda, panel, k4, c); break;
-    case 6: kernel<6>(a, lda, panel, k4, c); break;
-    case 5: kernel<5>(a, lda, panel, k4, c); break;
-    case 4: kernel<4>(a, lda, panel, k4, c); break;
-    case 3: kernel<3>(a, lda, panel, k4, c); break;
-    case 2: kernel<2>(a, lda, panel, k4, c); break;
-    default: kernel<1>(a, lda, panel, k4, c); break;
+    case FULL: tile<FULL, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 11: tile<11, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 10: tile<10, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 9: tile<9, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 8: tile<8, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 7: tile<7, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 5: tile<5, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 4: tile<4, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 3: tile<3, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    case 2: tile<2, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+    default: tile<1, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
   }
 }
 
-// The shared GEMM loop: 8-row tiles of A (already unsigned, K padded to Kp) against each
-// 32-column panel; ``store(row, col, acc)`` receives the exact int32 product.
-template <typename Store>
-static void gemm_tiles(const std::vector<uint8_t>& au, int64_t M, int64_t Kp, const int8_t* P,
-                       const int32_t* colsum, int64_t N, Store store) {
-  const int64_t K4 = Kp / 4;
+// Column panels [p_begin, p_end) for every row: pairs of panels in 6-row tiles, a last
+// odd panel in 12-row tiles (the register budget of both is 24 accumulators).
+void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
+                 int64_t p_begin, int64_t p_end, const Epilogue& epi) {
+  const int64_t k4 = Kp / 4;
+  int64_t p = p_begin;
+  for (; p + 2 <= p_end; p += 2) {
+    const int8_t* panel = packed + p * k4 * 128;
+    const int64_t n_end = std::min<int64_t>(N, (p + 2) * 32);
+    for (int64_t i = 0; i < M; i += 6)
+      tile_rows<2>(static_cast<int>(std::min<int64_t>(6, M - i)), au + i * Kp, Kp, panel, k4, i,
+                   p * 32, n_end, epi);
+  }
+  if (p < p_end) {
+    const int8_t* panel = packed + p * k4 * 128;
+    const int64_t n_end = std::min<int64_t>(N, (p + 1) * 32);
+    for (int64_t i = 0; i < M; i += 12)
+      tile_rows<1>(static_cast<int>(std::min<int64_t>(12, M - i)), au + i * Kp, Kp, panel, k4, i,
+                   p * 32, n_end, epi);
+  }
+}
+
+// Splits the panel pairs over the intra-op thread pool when the GEMM is big enough to pay
+// for it. Chunks are claimed from a shared counter, and the caller works too, so the call
+// finishes even when every pool thread is busy elsewhere; tasks that start late find no
+// chunk left and touch nothing but the shared counters (kept alive by the shared_ptr).
+void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
+          const Epilogue& epi, ffi::ThreadPool& pool) {
   const int64_t panels = (N + 31) / 32;
-  alignas(64) int32_t tile[8 * 32];
-  for (int64_t p = 0; p < panels; ++p) {
-    const int cols = static_cast<int>(std::min<int64_t>(32, N - p * 32));
-    const int8_t* panel = P + p * K4 * 128;
-    for (int64_t i = 0; i < M; i += 8) {
-      const int rows = static_cast<int>(std::min<int64_t>(8, M - i));
-      run_rows(rows, au.data() + i * Kp, Kp, panel, K4, tile);
-      for (int r = 0; r < rows; ++r)
-        for (int j = 0; j < cols; ++j) {
-          const int64_t n = p * 32 + j;
-          store(i + r, n, tile[r * 32 + j] - 128 * colsum[n]);
-        }
+  const int64_t pairs = (panels + 1) / 2;
+  const int64_t threads = std::min<int64_t>({std::max<int64_t>(1, pool.num_threads()), pairs,
+                                             M * Kp * N / (1 << 20)});
+  if (threads <= 1) {
+    gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
+    return;
+  }
+  struct Progress { std::atomic<int64_t> next{0}, done{0}; };
+  auto progress = std::make_shared<Progress>();
+  const int64_t chunks = std::min<int64_t>(pairs, 4 * threads);
+  auto work = [=] {
+    for (int64_t c; (c = progress->next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+      const int64_t b = std::min(panels, pairs * c / chunks * 2);
+      const int64_t e = std::min(panels, pairs * (c + 1) / chunks * 2);
+      gemm_panels(au, M, Kp, packed, N, b, e, epi);
+      progress->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  while (progress->done.load(std::memory_order_acquire) < chunks) _mm_pause();
+}
+
+// A scratch buffer per thread, reused across calls (no page faults on every call).
+uint8_t* scratch(size_t bytes) {
+  thread_local std::vector<uint8_t> buffer;
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
+}
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+}
+
+// int8 A -> A + 128 as unsigned bytes, K padded to Kp with 128 (i.e. zero).
+uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp) {
+  uint8_t* au = scratch(M * Kp);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t i = 0; i < M; ++i) {
+    std::memset(au + i * Kp + K, 128, Kp - K);
+    for (int64_t k = 0; k < K; k += 64) {
+      const int64_t left = K - k;
+      const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+      const __m512i v = _mm512_maskz_loadu_epi8(mask, A + i * K + k);
+      _mm512_mask_storeu_epi8(au + i * Kp + k, mask, _mm512_xor_si512(v, flip));
     }
   }
+  return au;
 }
 
-static ffi::Error Int8GemmImpl(ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed,
-                               ffi::Buffer<ffi::S32> colsum, ffi::ResultBuffer<ffi::S32> out) {
-  const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
-  const int64_t Kp = (K + 3) / 4 * 4;
-  const int8_t* A = a.typed_data();
-  // A -> unsigned (x + 128), K padded to a multiple of 4 with 128 (i.e. zero)
-  std::vector<uint8_t> au(M * Kp, 128);
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t k = 0; k < K; ++k) au[i * Kp + k] = static_cast<uint8_t>(A[i * K + k] + 128);
-  int32_t* C = out->typed_data();
-  gemm_tiles(au, M, Kp, packed.typed_data(), colsum.typed_data(), N,
-             [&](int64_t m, int64_t n, int32_t acc) { C[m * N + n] = acc; });
-  return ffi::Error::Success();
-}
-
-// Dynamic-range variant: float A is quantized per row (scale = max|row| / 127, q =
-// round-half-even(a / scale)), multiplied by the packed int8 W, and rescaled:
-// out = float(acc) * row_scale * w_scale[n] -- the float operations of the XLA path in
-// runtime/quant_kernels.py, in the same order (XLA may still fuse its rescale into a
-// multiply-add, so the two agree to float rounding).
-static ffi::Error DynamicGemmImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed,
-                                  ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> wscale,
-                                  ffi::ResultBuffer<ffi::F32> out) {
-  const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
-  const int64_t Kp = (K + 3) / 4 * 4;
-  const float* A = a.typed_data();
-  std::vector<uint8_t> au(M * Kp, 128);
-  std::vector<float> row_scale(M);
+// float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row; q =
+// round_half_even(a / scale) clamped to +-127, the float operations of the XLA path),
+// stored as q + 128 with K padded to Kp.
+uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale) {
+  uint8_t* au = scratch(M * Kp);
   for (int64_t i = 0; i < M; ++i) {
-    float m = 0.0f;
-    for (int64_t k = 0; k < K; ++k) m = std::max(m, std::fabs(A[i * K + k]));
+    const float* row = A + i * K;
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16)
+      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - k), row + k)));
+    const float m = _mm512_reduce_max_ps(vmax);
     const float s = m > 0.0f ? m / 127.0f : 1.0f;
     row_scale[i] = s;
-    for (int64_t k = 0; k < K; ++k) {
-      const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(A[i * K + k] / s)));
-      au[i * Kp + k] = static_cast<uint8_t>(static_cast<int32_t>(q) + 128);
+    const __m512 vs = _mm512_set1_ps(s);
+    std::memset(au + i * Kp + K, 128, Kp - K);
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mask = tail_mask(K - k);
+      __m512 q = _mm512_div_ps(_mm512_maskz_loadu_ps(mask, row + k), vs);
+      q = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+      const __m512i u = _mm512_add_epi32(_mm512_cvtps_epi32(q), _mm512_set1_epi32(128));
+      _mm_mask_storeu_epi8(au + i * Kp + k, mask, _mm512_cvtepi32_epi8(u));
     }
   }
-  const float* ws = wscale.typed_data();
-  float* C = out->typed_data();
-  gemm_tiles(au, M, Kp, packed.typed_data(), colsum.typed_data(), N,
-             [&](int64_t m, int64_t n, int32_t acc) {
-               C[m * N + n] = (static_cast<float>(acc) * row_scale[m]) * ws[n];
-             });
+  return au;
+}
+
+const float* optional(ffi::Buffer<ffi::F32>& b) {
+  return b.element_count() == 0 ? nullptr : b.typed_data();
+}
+
+}  // namespace
+
+// The float epilogue: float [M,N], or int8 when out_scale is given. row_scale (size M or
+// 0), bias (N or 0) and out_scale (1 or 0) are optional.
+static ffi::Error EpilogueGemm(ffi::ThreadPool& pool, const uint8_t* au, int64_t M, int64_t Kp, int64_t N,
+                               ffi::Buffer<ffi::S8>& packed, ffi::Buffer<ffi::S32>& colsum,
+                               const float* row_scale, ffi::Buffer<ffi::F32>& col_scale,
+                               ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& out_scale,
+                               ffi::Result<ffi::AnyBuffer>& out, int32_t activation) {
+  if (activation < kNone || activation > kRelu6) return ffi::Error::InvalidArgument("unknown activation");
+  const bool requantize = out_scale.element_count() != 0;
+  if (requantize != (out->element_type() == ffi::DataType::S8))
+    return ffi::Error::InvalidArgument("an int8 result needs out_scale, a float one must not have it");
+  const float os = requantize ? out_scale.typed_data()[0] : 0.0f;
+  const Epilogue epi{colsum.typed_data(), row_scale, col_scale.typed_data(), optional(bias), activation, os,
+                     out->untyped_data(), N};
+  gemm(au, M, Kp, packed.typed_data(), N, epi, pool);
   return ffi::Error::Success();
 }
+
+static ffi::Error QuantizedGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed,
+                                    ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> row_scale,
+                                    ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
+                                    ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out,
+                                    int32_t activation) {
+  const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
+  const int64_t Kp = (K + 3) / 4 * 4;
+  const uint8_t* au = unsigned_rows(a.typed_data(), M, K, Kp);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, optional(row_scale), col_scale, bias, out_scale, out,
+                      activation);
+}
+
+// Dynamic range: float A quantized per row on the fly, then the float epilogue with the
+// row scales (out = ((acc * row_scale) * w_scale + bias) -> activation).
+static ffi::Error DynamicGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed,
+                                  ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> w_scale,
+                                  ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
+                                  ffi::Result<ffi::AnyBuffer> out, int32_t activation) {
+  const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
+  const int64_t Kp = (K + 3) / 4 * 4;
+  std::vector<float> row_scale(M);
+  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, row_scale.data());
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale.data(), w_scale, bias, out_scale, out,
+                      activation);
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("activation"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteInt8Gemm, Int8GemmImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("activation"));

@@ -1,0 +1,119 @@
+"""``jquant`` matmuls through the native VNNI GEMM (runtime.native), epilogue included.
+
+An int8 dot whose weight is one [K, N] matrix (``quant_kernels.gemm_shape``), or a
+convolution as im2col rows times that matrix, becomes one custom call that also applies
+the rescale, the bias and a relu/relu6 while the accumulators are in registers, and, for
+full-integer models, requantizes to int8 -- so no int32 tensor ever reaches memory. What the
+kernel cannot express (a bias that varies along rows, other activations) runs in XLA
+after it. The float operations are those of the XLA kernels in ``quant_kernels``, in the
+same order.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlite.dialects import fused, quant
+from jaxlite.runtime import int8, native
+from jaxlite.runtime.kernels import Kernel
+from jaxlite.runtime.quant_kernels import out_axis_of_w, params_of
+
+
+def _column_axes(op: quant.QuantizedMatmulOp) -> tuple[int, ...]:
+    """Axes of the result that the GEMM's N columns span (the weight's output dims)."""
+    out_ndim = len(op.result.type.get_shape())
+    params = params_of(op)
+    if op.PRIMITIVE == "conv_general_dilated":
+        return (params["dimension_numbers"].out_spec[1],)
+    (_, rc), _ = params["dimension_numbers"]
+    free = len(op.rhs.type.get_shape()) - len(rc)
+    return tuple(range(out_ndim - free, out_ndim))
+
+
+def _aligned(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    return (1,) * (ndim - len(shape)) + tuple(shape)
+
+
+def _varies_only_by_column(shape, out_shape, cols) -> bool:
+    return all(s == 1 for d, s in enumerate(_aligned(shape, len(out_shape))) if d not in cols)
+
+
+def _per_column(x, out_shape: tuple[int, ...], cols: tuple[int, ...]):
+    """[N] vector of a value that broadcasts against the result and varies only by column."""
+    x = jnp.reshape(x, _aligned(jnp.shape(x), len(out_shape)))
+    x = x[tuple(slice(None) if d in cols else 0 for d in range(len(out_shape)))]
+    return jnp.broadcast_to(x, [out_shape[d] for d in cols]).reshape(-1)
+
+
+def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int) -> Kernel:
+    """Kernel of ``op`` whose [K, n] weight lives packed under ``packed``/``colsum``."""
+    params = params_of(op)
+    out_shape = tuple(op.result.type.get_shape())
+    out_ndim = len(out_shape)
+    cols = _column_axes(op)
+    w_out_axis = out_axis_of_w(op, out_ndim)
+    activation = op.activation
+    is_conv = op.PRIMITIVE == "conv_general_dilated"
+    is_dynamic = isinstance(op, quant.DynamicMatmulOp)
+    has_bias = op.bias is not None
+    native_bias = not has_bias or _varies_only_by_column(tuple(op.bias.type.get_shape()), out_shape, cols)
+    native_act = native_bias and activation in native.ACTIVATIONS
+    requantize = not is_dynamic and op.out_scale is not None
+    rhs_shape = tuple(op.rhs.type.get_shape())  # the int8 weight itself is not placed
+
+    def w_columns(w_scale):
+        return _per_column(int8.expand(w_scale, out_ndim, w_out_axis), out_shape, cols)
+
+    def finish(y, bias, out_scale):
+        """What the kernel left undone: bias / activation / requantize in XLA."""
+        if not native_act:
+            y = fused.fused_epilogue(y, None if native_bias else bias, activation)
+            if requantize:
+                y = int8.quantize(y, jnp.reshape(out_scale, ()))
+        return y
+
+    def gemm(weights, a, col_scale, row_scale, bias, out_scale):
+        """One native call on the [M, K] rows ``a`` (int8, or float for a dynamic dot)."""
+        kw = dict(bias=_per_column(bias, out_shape, cols) if has_bias and native_bias else None,
+                  out_scale=out_scale if requantize and native_act else None,
+                  activation=activation if native_act else "none")
+        if a.dtype == jnp.float32:
+            return native.dynamic_gemm(a, weights[packed], weights[colsum], col_scale, n, **kw)
+        return native.quantized_gemm(a, weights[packed], weights[colsum], n, col_scale,
+                                     row_scale=row_scale, **kw)
+
+    def run_matmul(weights, x, col_scale, sample_scale, bias, out_scale):
+        if is_conv:
+            def matmul(a):  # im2col rows, sample-major: each sample's scale repeats per position
+                rows = None if sample_scale is None else jnp.repeat(sample_scale, a.shape[0] // sample_scale.shape[0])
+                return gemm(weights, a, col_scale, rows, bias, out_scale)
+            return int8.int8_conv(x, None, matmul=matmul, rhs_shape=rhs_shape, **params)
+        (lc, _), _batch = params["dimension_numbers"]
+        free = x.shape[:x.ndim - len(lc)]
+        a = x.reshape(int(np.prod(free)) if free else 1, -1)
+        return gemm(weights, a, col_scale, None, bias, out_scale).reshape(out_shape)
+
+    if is_dynamic:
+        if not is_conv:  # rows are quantized inside the kernel
+            def run_dynamic_dot(weights, x, _wq, w_scale, bias=None):
+                y = run_matmul(weights, x, w_columns(w_scale), None, bias, None)
+                return (finish(y, bias, None),)
+            return run_dynamic_dot
+
+        batch_axis = params["dimension_numbers"].lhs_spec[0]
+        reduce_axes = tuple(d for d in range(len(op.lhs.type.get_shape())) if d != batch_axis)
+
+        def run_dynamic_conv(weights, x, _wq, w_scale, bias=None):  # one scale per sample
+            x_scale = int8.safe_scale(jnp.max(jnp.abs(x), axis=reduce_axes, keepdims=True))
+            y = run_matmul(weights, int8.quantize(x, x_scale), w_columns(w_scale), x_scale.reshape(-1), bias, None)
+            return (finish(y, bias, None),)
+        return run_dynamic_conv
+
+    def run_static(weights, xq, _wq, x_scale, w_scale, *rest):
+        bias = rest[0] if has_bias else None
+        out_scale = rest[-1] if requantize else None
+        col_scale = jnp.reshape(x_scale, ()) * w_columns(w_scale)
+        y = run_matmul(weights, xq, col_scale, None, bias, out_scale)
+        return (finish(y, bias, out_scale),)
+    return run_static
