@@ -265,12 +265,12 @@ def test_native_gemm_epilogue_matches_the_xla_formula(activation):
         bias = rng.normal(0, 2, n).astype(np.float32)
         out_scale = np.float32(0.05)
 
-        def reference(a, row, col, bias, out_scale):
+        def reference(a, w, row, col, bias, out_scale):
             acc = int8.int8_dot(a, w, (((1,), (0,)), ((), ()))).astype(jnp.float32)
             y = ACTIVATIONS[activation](acc * row[:, None] * col + bias)
             return y, int8.quantize(y, out_scale)
 
-        want_y, want_q = jax.jit(reference)(a, row, col, bias, out_scale)
+        want_y, want_q = jax.jit(reference)(a, w, row, col, bias, out_scale)
         run = jax.jit(lambda *xs, **kw: native.quantized_gemm(*xs, **kw), static_argnums=3,
                       static_argnames=("activation",))
         y = run(a, packed, colsum, n, col, row_scale=row, bias=bias, activation=activation)
@@ -293,13 +293,13 @@ def test_native_dynamic_gemm_quantizes_rows_like_xla():
         wq, w_scale = int8.quantize_weight(rng.normal(0, 1, (k, n)), axis=1)
         packed, colsum = native.pack(wq)
 
-        def reference(x, w_scale):
+        def reference(x, wq, w_scale):
             s = int8.safe_scale(jnp.max(jnp.abs(x), axis=1, keepdims=True))
             acc = int8.int8_dot(int8.quantize(x, s), wq, (((1,), (0,)), ((), ()))).astype(jnp.float32)
             return acc * s * w_scale
 
         got = jax.jit(native.dynamic_gemm, static_argnums=4)(x, packed, colsum, w_scale, n)
-        np.testing.assert_allclose(got, jax.jit(reference)(x, w_scale), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got, jax.jit(reference)(x, wq, w_scale), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("example", [digits_cnn, digits_mlp, transformer])
