@@ -22,6 +22,7 @@ import numpy as np
 
 QUANTIZED_TARGET = "jaxlite_quantized_gemm"
 DYNAMIC_TARGET = "jaxlite_dynamic_gemm"
+CONV_TARGET = "jaxlite_quantized_conv"
 # activations the kernel's epilogue applies itself (others run in XLA after it)
 ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
 _SOURCE = Path(__file__).parent / "native" / "int8_gemm.cc"
@@ -57,6 +58,8 @@ def available() -> bool:
             os.replace(tmp, lib)
         handle = ctypes.cdll.LoadLibrary(str(lib))
         jax.ffi.register_ffi_target(QUANTIZED_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedGemm),
+                                    platform="cpu")
+        jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedConv),
                                     platform="cpu")
         jax.ffi.register_ffi_target(DYNAMIC_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicGemm),
                                     platform="cpu")
@@ -95,6 +98,25 @@ def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, bias
     return jax.ffi.ffi_call(QUANTIZED_TARGET, jax.ShapeDtypeStruct((a.shape[0], n), out))(
         a, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias),
         _optional(out_scale), activation=np.int32(ACTIVATIONS[activation]))
+
+
+def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dilation, padding_low,
+                   out_size, row_scale=None, bias=None, out_scale=None, activation: str = "none"):
+    """2-D convolution of int8 x [N, H, W, C] by the packed im2col weight (``runtime.int8.
+    im2col_weight``), the patches gathered in the kernel: [N * OH * OW, n] with the epilogue
+    of ``quantized_gemm``. ``padding_low``: zeros before each spatial dim (the high side
+    follows from ``out_size``)."""
+    import jax
+    import jax.numpy as jnp
+
+    rows = x.shape[0] * out_size[0] * out_size[1]
+    out = jnp.int8 if out_scale is not None else jnp.float32
+    ints = lambda v: np.asarray(v, np.int64)  # noqa: E731
+    return jax.ffi.ffi_call(CONV_TARGET, jax.ShapeDtypeStruct((rows, n), out))(
+        x, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias),
+        _optional(out_scale), activation=np.int32(ACTIVATIONS[activation]), window=ints(window),
+        strides=ints(strides), dilation=ints(dilation), padding_low=ints(padding_low),
+        out_size=ints(out_size))
 
 
 def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None,

@@ -73,17 +73,23 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
                 y = int8.quantize(y, jnp.reshape(out_scale, ()))
         return y
 
+    def epilogue(bias, out_scale) -> dict:
+        """The kernel's share of the epilogue (``finish`` does the rest)."""
+        return dict(bias=_per_column(bias, out_shape, cols) if has_bias and native_bias else None,
+                    out_scale=out_scale if requantize and native_act else None,
+                    activation=activation if native_act else "none")
+
     def gemm(weights, a, col_scale, row_scale, bias, out_scale):
         """One native call on the [M, K] rows ``a`` (int8, or float for a dynamic dot)."""
-        kw = dict(bias=_per_column(bias, out_shape, cols) if has_bias and native_bias else None,
-                  out_scale=out_scale if requantize and native_act else None,
-                  activation=activation if native_act else "none")
+        kw = epilogue(bias, out_scale)
         if a.dtype == jnp.float32:
             return native.dynamic_gemm(a, weights[packed], weights[colsum], col_scale, n, **kw)
         return native.quantized_gemm(a, weights[packed], weights[colsum], n, col_scale,
                                      row_scale=row_scale, **kw)
 
     def run_matmul(weights, x, col_scale, sample_scale, bias, out_scale):
+        if is_conv and in_kernel_im2col:
+            return conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale)
         if is_conv:
             def matmul(a):  # im2col rows, sample-major: each sample's scale repeats per position
                 rows = None if sample_scale is None else jnp.repeat(sample_scale, a.shape[0] // sample_scale.shape[0])
@@ -93,6 +99,34 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         free = x.shape[:x.ndim - len(lc)]
         a = x.reshape(int(np.prod(free)) if free else 1, -1)
         return gemm(weights, a, col_scale, None, bias, out_scale).reshape(out_shape)
+
+    if is_conv:
+        dn = params["dimension_numbers"]
+        nsp = len(dn.lhs_spec) - 2
+        in_kernel_im2col = nsp in (1, 2) and all(lo >= 0 for lo, _ in params["padding"])
+        def as_2d(values, fill=1):  # a 1-D convolution runs as height 1
+            return [fill] * (2 - nsp) + [int(v) for v in values]
+        window = as_2d(rhs_shape[d] for d in dn.rhs_spec[2:])
+        strides, dilation = as_2d(params["window_strides"]), as_2d(params["rhs_dilation"])
+        padding_low = as_2d((lo for lo, _ in params["padding"]), fill=0)
+        out_size = as_2d(out_shape[d] for d in dn.out_spec[2:])
+
+        def conv_in_kernel(weights, xq, col_scale, sample_scale, bias, out_scale):
+            """Channels-last input (1-D as height 1), patches gathered by the kernel."""
+            x = jnp.transpose(xq, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+            x = x.reshape(x.shape[0], *([1] * (2 - nsp)), *x.shape[1:])
+            rows = None if sample_scale is None else jnp.repeat(sample_scale, out_size[0] * out_size[1])
+            y = native.quantized_conv(
+                x, weights[packed], weights[colsum], n, col_scale, window=window, strides=strides,
+                dilation=dilation, padding_low=padding_low, out_size=out_size, row_scale=rows,
+                **epilogue(bias, out_scale))
+            y = y.reshape(x.shape[0], *[out_shape[d] for d in dn.out_spec[2:]], n)
+            perm = [0] * (nsp + 2)   # N, spatial..., O -> the result's layout
+            perm[dn.out_spec[0]] = 0
+            perm[dn.out_spec[1]] = nsp + 1
+            for i, d in enumerate(dn.out_spec[2:]):
+                perm[d] = 1 + i
+            return jnp.transpose(y, perm)
 
     if is_dynamic:
         if not is_conv:  # rows are quantized inside the kernel

@@ -231,8 +231,10 @@ def _native_or_skip():
     return native
 
 
-# shapes that hit every register tile: row tails (1..11), odd panel counts, K not % 4
-GEMM_SHAPES = [(1, 3, 1), (7, 5, 33), (64, 64, 128), (13, 257, 70), (300, 96, 40), (11, 20, 97), (6, 8, 64)]
+# shapes that hit every register tile: 6-row tiles over panel pairs, 12-row tiles over a
+# last odd panel, every row tail, K not a multiple of 4, columns not a multiple of 16
+GEMM_SHAPES = [(1, 3, 1), (7, 5, 33), (64, 64, 128), (13, 257, 70), (300, 96, 40), (11, 20, 97), (6, 8, 64),
+               (18, 16, 20), (23, 9, 96), *[(12 + r, 12, 80) for r in range(1, 12)]]
 
 
 def test_native_vnni_gemm_is_bit_exact_with_xla():
@@ -316,3 +318,35 @@ def test_native_and_xla_int8_paths_agree(example):
         from jaxlite.runtime import native
         if native.available():  # packed copies replace the int8 weights
             assert not any(n.endswith(".q") for n in native_exe._weights)
+
+
+CONV_GEOMETRIES = [  # (input shape, kernel shape, strides, padding, rhs dilation, dimension numbers)
+    ((2, 9, 11, 5), (3, 3, 5, 7), (1, 1), "SAME", (1, 1), ("NHWC", "HWIO", "NHWC")),
+    ((1, 10, 10, 3), (7, 7, 3, 16), (2, 2), ((3, 3), (3, 3)), (1, 1), ("NHWC", "HWIO", "NHWC")),
+    ((2, 8, 9, 4), (3, 2, 4, 40), (2, 1), ((0, 2), (1, 0)), (2, 3), ("NHWC", "HWIO", "NHWC")),
+    ((2, 6, 12, 12), (33, 6, 1, 3), (1, 2), "VALID", (1, 1), ("NCHW", "OIHW", "NCHW")),
+    ((3, 17, 6), (5, 6, 9), (2,), "SAME", (2,), ("NWC", "WIO", "NWC")),
+]
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
+def test_native_convolution_gathers_patches_like_im2col(geometry):
+    """Padding, strides, dilation, layouts and 1-D convolutions through the kernel's own
+    im2col (runtime/native), against the XLA path, for both int8 modes."""
+    _native_or_skip()
+    x_shape, w_shape, strides, padding, dilation, dn = geometry
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 1, w_shape).astype(np.float32)
+    b_shape = [1] * len(x_shape)
+    b_shape[dn[2].index("C")] = w_shape[dn[1].index("O")]
+    b = rng.normal(0, 1, b_shape).astype(np.float32)
+
+    def fn(x):
+        y = lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
+        return jax.nn.relu(y + b)
+
+    x = rng.normal(0, 1, x_shape).astype(np.float32)
+    for mode in ("dynamic", "int8"):
+        model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
+        assert_tree_close(model.compile()(x), model.compile(native_gemm=False)(x), rtol=2e-5, atol=2e-5)
+        assert "jaxlite_quantized_conv" in model.compile().lower().as_text()

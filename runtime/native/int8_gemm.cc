@@ -101,20 +101,17 @@ inline void tile(const uint8_t* __restrict a, int64_t lda, const int8_t* __restr
 template <int PANELS>
 inline void tile_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4,
                       int64_t m0, int64_t n0, int64_t n_end, const Epilogue& epi) {
-  constexpr int FULL = PANELS == 2 ? 6 : 12;
-  switch (rows) {
-    case FULL: tile<FULL, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 11: tile<11, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 10: tile<10, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 9: tile<9, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 8: tile<8, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 7: tile<7, 1>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 5: tile<5, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 4: tile<4, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 3: tile<3, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    case 2: tile<2, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
-    default: tile<1, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+#define JAXLITE_TILE(R) \
+  case R: tile<R, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+  if constexpr (PANELS == 2) {
+    switch (rows) { JAXLITE_TILE(6) JAXLITE_TILE(5) JAXLITE_TILE(4) JAXLITE_TILE(3) JAXLITE_TILE(2) JAXLITE_TILE(1) }
+  } else {
+    switch (rows) {
+      JAXLITE_TILE(12) JAXLITE_TILE(11) JAXLITE_TILE(10) JAXLITE_TILE(9) JAXLITE_TILE(8) JAXLITE_TILE(7)
+      JAXLITE_TILE(6) JAXLITE_TILE(5) JAXLITE_TILE(4) JAXLITE_TILE(3) JAXLITE_TILE(2) JAXLITE_TILE(1)
+    }
   }
+#undef JAXLITE_TILE
 }
 
 // Column panels [p_begin, p_end) for every row: pairs of panels in 6-row tiles, a last
@@ -223,6 +220,60 @@ uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float*
   return au;
 }
 
+// dst[0:n] = src[0:n] + 128 (int8 -> unsigned), by 64-byte masked chunks.
+inline void flip_copy(uint8_t* dst, const int8_t* src, int64_t n) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t k = 0; k < n; k += 64) {
+    const int64_t left = n - k;
+    const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+    _mm512_mask_storeu_epi8(dst + k, mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, src + k), flip));
+  }
+}
+
+struct ConvGeometry {
+  int64_t n, h, w, c;          // input, channels last
+  int64_t kh, kw, sh, sw, dh, dw, pad_top, pad_left;
+  int64_t oh, ow;              // output positions
+};
+
+// im2col without the XLA slices: one row of K = kh*kw*c unsigned bytes per output
+// position (window-major, then channel: the order of runtime.int8.im2col_weight), zero
+// (128) where the window hangs over the padding, K padded to Kp. With dw == 1 a window
+// row is one contiguous run of the input.
+uint8_t* im2col_rows(const int8_t* x, const ConvGeometry& g, int64_t Kp) {
+  const int64_t K = g.kh * g.kw * g.c;
+  uint8_t* au = scratch(g.n * g.oh * g.ow * Kp);
+  for (int64_t b = 0; b < g.n; ++b)
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox) {
+        uint8_t* row = au + ((b * g.oh + oy) * g.ow + ox) * Kp;
+        std::memset(row + K, 128, Kp - K);
+        for (int64_t i = 0; i < g.kh; ++i) {
+          uint8_t* dst = row + i * g.kw * g.c;
+          const int64_t iy = oy * g.sh + i * g.dh - g.pad_top;
+          if (iy < 0 || iy >= g.h) {
+            std::memset(dst, 128, g.kw * g.c);
+            continue;
+          }
+          const int8_t* src = x + (b * g.h + iy) * g.w * g.c;
+          const int64_t x0 = ox * g.sw - g.pad_left;
+          if (g.dw == 1) {
+            const int64_t lo = std::clamp<int64_t>(-x0, 0, g.kw), hi = std::clamp<int64_t>(g.w - x0, lo, g.kw);
+            std::memset(dst, 128, lo * g.c);
+            flip_copy(dst + lo * g.c, src + (x0 + lo) * g.c, (hi - lo) * g.c);
+            std::memset(dst + hi * g.c, 128, (g.kw - hi) * g.c);
+            continue;
+          }
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t ix = x0 + j * g.dw;
+            if (ix < 0 || ix >= g.w) std::memset(dst + j * g.c, 128, g.c);
+            else flip_copy(dst + j * g.c, src + ix * g.c, g.c);
+          }
+        }
+      }
+  return au;
+}
+
 const float* optional(ffi::Buffer<ffi::F32>& b) {
   return b.element_count() == 0 ? nullptr : b.typed_data();
 }
@@ -259,6 +310,29 @@ static ffi::Error QuantizedGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a
                       activation);
 }
 
+// A 2-D convolution of int8 x [N, H, W, C] as im2col rows times the packed weight, with the
+// float epilogue; out is [N * OH * OW, O].
+static ffi::Error QuantizedConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> packed,
+                                    ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> row_scale,
+                                    ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
+                                    ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out,
+                                    int32_t activation, ffi::Span<const int64_t> window,
+                                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                                    ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> out_size) {
+  const auto d = x.dimensions();
+  if (d.size() != 4 || window.size() != 2 || strides.size() != 2 || dilation.size() != 2 ||
+      padding_low.size() != 2 || out_size.size() != 2)
+    return ffi::Error::InvalidArgument("jaxlite_quantized_conv takes NHWC input and 2-D window attributes");
+  const ConvGeometry g{d[0], d[1], d[2], d[3], window[0], window[1], strides[0], strides[1],
+                       dilation[0], dilation[1], padding_low[0], padding_low[1], out_size[0], out_size[1]};
+  const int64_t M = g.n * g.oh * g.ow, N = out->dimensions()[1];
+  if (out->dimensions()[0] != M) return ffi::Error::InvalidArgument("output rows != N * OH * OW");
+  const int64_t Kp = (g.kh * g.kw * g.c + 3) / 4 * 4;
+  const uint8_t* au = im2col_rows(x.typed_data(), g, Kp);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, optional(row_scale), col_scale, bias, out_scale, out,
+                      activation);
+}
+
 // Dynamic range: float A quantized per row on the fly, then the float epilogue with the
 // row scales (out = ((acc * row_scale) * w_scale + bias) -> activation).
 static ffi::Error DynamicGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed,
@@ -285,6 +359,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("activation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedConv, QuantizedConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int32_t>("activation")
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<ffi::Span<const int64_t>>("padding_low")
+                                  .Attr<ffi::Span<const int64_t>>("out_size"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl,
                               ffi::Ffi::Bind()
