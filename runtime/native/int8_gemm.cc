@@ -166,11 +166,12 @@ void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_
   while (progress->done.load(std::memory_order_acquire) < chunks) _mm_pause();
 }
 
-// A scratch buffer per thread, reused across calls (no page faults on every call).
-uint8_t* scratch(size_t bytes) {
-  thread_local std::vector<uint8_t> buffer;
-  if (buffer.size() < bytes) buffer.resize(bytes);
-  return buffer.data();
+// Scratch buffers per thread (slot 0: the GEMM's A rows, slot 1: a padded conv input),
+// reused across calls: no page faults on every call.
+uint8_t* scratch(size_t bytes, int slot = 0) {
+  thread_local std::vector<uint8_t> buffers[2];
+  if (buffers[slot].size() < bytes) buffers[slot].resize(bytes);
+  return buffers[slot].data();
 }
 
 inline __mmask16 tail_mask(int64_t left) {
@@ -236,41 +237,51 @@ struct ConvGeometry {
   int64_t oh, ow;              // output positions
 };
 
-// im2col without the XLA slices: one row of K = kh*kw*c unsigned bytes per output
-// position (window-major, then channel: the order of runtime.int8.im2col_weight), zero
-// (128) where the window hangs over the padding, K padded to Kp. With dw == 1 a window
-// row is one contiguous run of the input.
-uint8_t* im2col_rows(const int8_t* x, const ConvGeometry& g, int64_t Kp) {
+// Copies n bytes in CHUNK-byte moves, so it may write up to CHUNK - 1 bytes past dst + n
+// (and read past src + n): callers write rows in ascending order, fix the tail last, and
+// give both buffers 64 bytes of slack.
+template <int CHUNK>
+inline void copy_over(uint8_t* dst, const uint8_t* src, int64_t n) {
+  for (int64_t k = 0; k < n; k += CHUNK) std::memcpy(dst + k, src + k, CHUNK);
+}
+
+// im2col without the XLA slices: the input is copied once, unsigned, into a buffer with
+// its zero (128) border, then each output position's row of K = kh*kw*c bytes
+// (window-major, then channel: the order of runtime.int8.im2col_weight) is a few short
+// copies -- one per window row where dw == 1. K is padded to Kp with 128.
+template <int CHUNK>
+void gather_rows(const uint8_t* padded, int64_t hp, int64_t wp, const ConvGeometry& g, int64_t Kp, uint8_t* au) {
   const int64_t K = g.kh * g.kw * g.c;
-  uint8_t* au = scratch(g.n * g.oh * g.ow * Kp);
+  const int64_t run = g.dw == 1 ? g.kw * g.c : g.c;  // contiguous bytes per copy
+  const int64_t runs = g.dw == 1 ? 1 : g.kw;
   for (int64_t b = 0; b < g.n; ++b)
     for (int64_t oy = 0; oy < g.oh; ++oy)
       for (int64_t ox = 0; ox < g.ow; ++ox) {
         uint8_t* row = au + ((b * g.oh + oy) * g.ow + ox) * Kp;
-        std::memset(row + K, 128, Kp - K);
         for (int64_t i = 0; i < g.kh; ++i) {
-          uint8_t* dst = row + i * g.kw * g.c;
-          const int64_t iy = oy * g.sh + i * g.dh - g.pad_top;
-          if (iy < 0 || iy >= g.h) {
-            std::memset(dst, 128, g.kw * g.c);
-            continue;
-          }
-          const int8_t* src = x + (b * g.h + iy) * g.w * g.c;
-          const int64_t x0 = ox * g.sw - g.pad_left;
-          if (g.dw == 1) {
-            const int64_t lo = std::clamp<int64_t>(-x0, 0, g.kw), hi = std::clamp<int64_t>(g.w - x0, lo, g.kw);
-            std::memset(dst, 128, lo * g.c);
-            flip_copy(dst + lo * g.c, src + (x0 + lo) * g.c, (hi - lo) * g.c);
-            std::memset(dst + hi * g.c, 128, (g.kw - hi) * g.c);
-            continue;
-          }
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t ix = x0 + j * g.dw;
-            if (ix < 0 || ix >= g.w) std::memset(dst + j * g.c, 128, g.c);
-            else flip_copy(dst + j * g.c, src + ix * g.c, g.c);
-          }
+          const uint8_t* src = padded + ((b * hp + oy * g.sh + i * g.dh) * wp + ox * g.sw) * g.c;
+          for (int64_t j = 0; j < runs; ++j) copy_over<CHUNK>(row + (i * g.kw + j) * g.c, src + j * g.dw * g.c, run);
         }
+        for (int64_t k = K; k < Kp; ++k) row[k] = 128;
       }
+}
+
+uint8_t* im2col_rows(const int8_t* x, const ConvGeometry& g, int64_t Kp) {
+  const int64_t hp = std::max(g.pad_top + g.h, (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1);
+  const int64_t wp = std::max(g.pad_left + g.w, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
+  const int64_t padded_bytes = g.n * hp * wp * g.c;
+  uint8_t* padded = scratch(padded_bytes + 64, 1);
+  std::memset(padded, 128, padded_bytes);
+  for (int64_t b = 0; b < g.n; ++b)
+    for (int64_t y = 0; y < g.h; ++y)
+      flip_copy(padded + ((b * hp + y + g.pad_top) * wp + g.pad_left) * g.c, x + (b * g.h + y) * g.w * g.c,
+                g.w * g.c);
+  uint8_t* au = scratch(g.n * g.oh * g.ow * Kp + 64);
+  const int64_t run = g.dw == 1 ? g.kw * g.c : g.c;
+  if (run <= 8) gather_rows<8>(padded, hp, wp, g, Kp, au);
+  else if (run <= 16) gather_rows<16>(padded, hp, wp, g, Kp, au);
+  else if (run <= 32) gather_rows<32>(padded, hp, wp, g, Kp, au);
+  else gather_rows<64>(padded, hp, wp, g, Kp, au);
   return au;
 }
 
