@@ -10,6 +10,10 @@ dumps. ``axis`` is the axis a per-channel scale runs along (-1: one scale per te
 * ``jquant.dynamic_dot`` / ``jquant.dynamic_conv``: float activations quantized per row
   (dot) or per sample (conv) on the fly, int8 x int8 -> int32, rescaled, + bias,
   activation -> f32. No calibration needed.
+* ``jquant.dynamic_act_dot``: a dot_general between two float activations (attention's
+  scores and weighted sum), both quantized on the fly -- lhs with one scale per index of
+  its batch and free dims (max over the contracting dims), rhs likewise -- int8 x int8 ->
+  int32, rescaled -> f32.
 * ``jquant.qdot`` / ``jquant.qconv``: int8 activations with a calibrated scale, int8
   weights, int32 accumulation, + bias, activation; the result is requantized to int8 when
   an output scale is given (``out_scale``), else f32.
@@ -239,4 +243,34 @@ class QConvOp(StaticMatmulOp):
     OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["conv_general_dilated"]
 
 
-JQuant = Dialect("jquant", [QuantizeOp, DequantizeOp, UpcastOp, DynamicDotOp, DynamicConvOp, QDotOp, QConvOp], [])
+@irdl_op_definition
+class DynamicActDotOp(IRDLOperation):
+    """dot_general between two float activations, both quantized on the fly (see above)."""
+
+    name = "jquant.dynamic_act_dot"
+    PRIMITIVE: ClassVar[str] = "dot_general"
+    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["dot_general"]
+    lhs = operand_def(TensorType[Float32Type])
+    rhs = operand_def(TensorType[Float32Type])
+    result = result_def(TensorType[Float32Type])
+    traits = traits_def(Pure())
+    assembly_format = "$lhs `,` $rhs attr-dict `:` type($lhs) `,` type($rhs) `->` type($result)"
+
+    def __init__(self, lhs: SSAValue, rhs: SSAValue, result_type: Attribute, params: dict[str, Attribute]):
+        super().__init__(operands=[lhs, rhs], result_types=[result_type], attributes=dict(params))
+
+    def primitive_params(self) -> dict[str, Attribute]:
+        return dict(self.attributes)
+
+    def verify_(self) -> None:
+        key = jlax._params_key(self.primitive_params())
+        expected = jlax._infer_types(self.name, self.PRIMITIVE, self.OPTIONAL_PARAMS, key,
+                                     (self.lhs.type, self.rhs.type))
+        if isinstance(expected, str):
+            raise VerifyException(f"{self.name}: {expected}")
+        if shape_dtype(expected[0])[0] != shape_dtype(self.result.type)[0]:
+            raise VerifyException(f"{self.name}: result shape does not match dot_general of the operands")
+
+
+JQuant = Dialect("jquant", [QuantizeOp, DequantizeOp, UpcastOp, DynamicDotOp, DynamicConvOp, DynamicActDotOp,
+                            QDotOp, QConvOp], [])

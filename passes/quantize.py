@@ -7,7 +7,8 @@ zero point 0; per output channel by default):
 * ``int8-weights`` dot/conv kernels stored int8 + float32 scales, read through
   ``jquant.dequantize`` (the runtime turns them back into floats once, at load).
 * ``dynamic``      dot/conv become ``jquant.dynamic_dot/conv``: int8 kernels, activations
-  quantized on the fly, int8 x int8 -> int32.
+  quantized on the fly, int8 x int8 -> int32; dots between two activations (attention)
+  become ``jquant.dynamic_act_dot``, both sides quantized on the fly.
 * ``int8``         with activation ranges from calibration: dot/conv become
   ``jquant.qdot/qconv`` between ``jquant.quantize`` / ``jquant.dequantize``; then
   dequantize moves down through ops that commute with it (reshape, transpose, max-pool,
@@ -15,7 +16,8 @@ zero point 0; per output channel by default):
   so int8 values flow from layer to layer and float appears only where an op has no int8
   kernel.
 
-``skip`` holds fnmatch patterns of kernel weight names or op names kept in float.
+``skip`` holds fnmatch patterns of kernel weight names or op names kept in float
+(``jquant.dynamic_act_dot`` keeps every dot between two activations in float).
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ def _candidates(module: ModuleOp, skip: tuple[str, ...]):
         yield op, w, axis
 
 
+def activation_dots(module: ModuleOp):
+    """dot_generals between two float32 values that are not weights (attention's QK^T and
+    PV), in program order: the report matches them across models by this order."""
+    for op in module.walk():
+        if isinstance(op, jlax.LaxOp) and op.PRIMITIVE == "dot_general" \
+                and all(shape_dtype(v.type)[1] == np.float32 for v in op.operands) \
+                and not any(isinstance(producer(v), jlax.WeightOp) for v in op.operands):
+            yield op
+
+
 def _quantized_kernel(w: jlax.WeightOp, axis: int, per_channel: bool) -> tuple[SSAValue, SSAValue, int, list[Operation]]:
     store = current_store()
     q, scale = quantize_weight(store[w.weight_name], axis if per_channel else None)
@@ -126,6 +138,12 @@ class QuantizePass(ModulePass):
                     cls = quant.DynamicDotOp if matmul.PRIMITIVE == "dot_general" else quant.DynamicConvOp
                     new = cls(matmul.operands[0], wq, ws, bias, matmul.results[0].type, params, activation, w_axis)
                     Rewriter.replace_op(matmul, new)
+            if self.mode == "dynamic":
+                for dot in list(activation_dots(op)):
+                    if not any(fnmatch.fnmatchcase(name, p) for p in self.skip
+                               for name in (dot.name, quant.DynamicActDotOp.name)):
+                        Rewriter.replace_op(dot, quant.DynamicActDotOp(*dot.operands, dot.results[0].type,
+                                                                       dict(dot.attributes)))
         dce(op)
 
     def _float16(self, module: ModuleOp) -> None:
@@ -228,4 +246,4 @@ def _sink_dequantize(module: ModuleOp) -> bool:
     return changed
 
 
-__all__ = ["QuantizePass", "MODES", "kernel_axis", "users"]
+__all__ = ["QuantizePass", "MODES", "activation_dots", "kernel_axis", "users"]

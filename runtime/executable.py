@@ -25,6 +25,7 @@ from xdsl.dialects.builtin import ModuleOp
 from jaxlite.compiler.errors import DeviceError, SignatureError
 from jaxlite.compiler.signature import Signature, TensorSpec
 from jaxlite.dialects.jlax import WeightOp
+from jaxlite.runtime import native
 from jaxlite.runtime.kernels import program_for
 
 # Weights are embedded as constants, smallest first, up to this many bytes in all.
@@ -112,8 +113,9 @@ class Executable:
         expanded = _load_time_values(main, model.weights, expand_f16=not self.float16_compute)
         on_cpu = (self.device.platform if self.device is not None else jax.default_backend()) == "cpu"
         packed = _packed_weights(main, model.weights) if on_cpu and native_gemm else {}
+        native_cpu = on_cpu and native_gemm and native.available()
         program = program_for(main.body.block,
-                              lambda op: _expanded_kernel(op, expanded, self.float16_compute, packed))
+                              lambda op: _expanded_kernel(op, expanded, self.float16_compute, packed, native_cpu))
         used = {op.weight_name for op in main.walk() if isinstance(op, WeightOp)
                 and not _only_replaced_uses(op, expanded, packed)}
         # name -> (bytes, producer of the host array): arrays derived at load (expanded,
@@ -242,7 +244,6 @@ def _packed_weights(main, weights) -> dict:
     """op -> ((packed name, colsum name), (K, N), make) for int8 matmuls on a weight that the
     native VNNI GEMM can run; ``make()`` packs it (at placement, one weight at a time)."""
     from jaxlite.dialects import quant
-    from jaxlite.runtime import native
     from jaxlite.runtime.quant_kernels import gemm_shape, weight_2d
 
     if not native.available():
@@ -265,9 +266,10 @@ def _packed_weights(main, weights) -> dict:
     return out
 
 
-def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None):
+def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None, native_cpu: bool = False):
+    from jaxlite.dialects import quant
     from jaxlite.runtime.kernels import float16_matmul_kernel, kernel_for
-    from jaxlite.runtime.native_kernels import native_kernel
+    from jaxlite.runtime.native_kernels import native_act_dot_kernel, native_kernel
 
     packed = packed or {}
     if float16_compute and (kernel := float16_matmul_kernel(op)) is not None:
@@ -275,6 +277,8 @@ def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None):
     if op in packed:
         (p_name, c_name), (_k, n), _ = packed[op]
         return native_kernel(op, p_name, c_name, n)
+    if native_cpu and isinstance(op, quant.DynamicActDotOp):
+        return native_act_dot_kernel(op)
     if op in expanded:
         name = expanded[op][0]
         return lambda weights, *_: (weights[name],)

@@ -23,6 +23,7 @@ import numpy as np
 QUANTIZED_TARGET = "jaxlite_quantized_gemm"
 DYNAMIC_TARGET = "jaxlite_dynamic_gemm"
 CONV_TARGET = "jaxlite_quantized_conv"
+ACT_TARGET = "jaxlite_dynamic_act_gemm"
 # activations the kernel's epilogue applies itself (others run in XLA after it)
 ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
 _SOURCE = Path(__file__).parent / "native" / "int8_gemm.cc"
@@ -60,6 +61,8 @@ def available() -> bool:
         jax.ffi.register_ffi_target(QUANTIZED_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedGemm),
                                     platform="cpu")
         jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedConv),
+                                    platform="cpu")
+        jax.ffi.register_ffi_target(ACT_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicActGemm),
                                     platform="cpu")
         jax.ffi.register_ffi_target(DYNAMIC_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicGemm),
                                     platform="cpu")
@@ -131,3 +134,12 @@ def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=Non
     return jax.ffi.ffi_call(DYNAMIC_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), out))(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale),
         activation=np.int32(ACTIVATIONS[activation]))
+
+
+def dynamic_act_gemm(a, b):
+    """float32 [B, M, N] = a [B, M, K] x b [B, N, K]^T with both sides' rows quantized on the
+    fly (one scale per row of each), int8 products, rescaled (``jquant.dynamic_act_dot``)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.ffi.ffi_call(ACT_TARGET, jax.ShapeDtypeStruct((a.shape[0], a.shape[1], b.shape[1]), jnp.float32))(a, b)

@@ -151,3 +151,16 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         y = run_matmul(weights, xq, col_scale, None, bias, out_scale)
         return (finish(y, bias, out_scale),)
     return run_static
+
+
+def native_act_dot_kernel(op: quant.DynamicActDotOp) -> Kernel:
+    """``jquant.dynamic_act_dot`` as one native call on the [B, M, K] / [B, N, K] layout."""
+    from jaxlite.runtime.quant_kernels import act_dot_layout
+
+    lhs_perm, rhs_perm, (b, m, n, k), out_shape = act_dot_layout(op)
+
+    def run(weights, x, y):
+        x = jnp.transpose(x, lhs_perm).reshape(b, m, k)
+        y = jnp.transpose(y, rhs_perm).reshape(b, n, k)
+        return (native.dynamic_act_gemm(x, y).reshape(out_shape),)
+    return run

@@ -117,6 +117,40 @@ def _dynamic_kernel(op: quant.DynamicMatmulOp, acc_fn) -> Kernel:
     return run
 
 
+def act_dot_layout(op: quant.DynamicActDotOp):
+    """(lhs perm, rhs perm, (B, M, N, K) sizes, result shape): the transposes that make a
+    dot between activations a batch of [M, K] x [N, K]^T products (dot_general's result
+    order is batch, lhs free, rhs free)."""
+    (lc, rc), (lb, rb) = params_of(op)["dimension_numbers"]
+    ls, rs = tuple(op.lhs.type.get_shape()), tuple(op.rhs.type.get_shape())
+    lf = [d for d in range(len(ls)) if d not in lc and d not in lb]
+    rf = [d for d in range(len(rs)) if d not in rc and d not in rb]
+    size = lambda shape, dims: int(np.prod([shape[d] for d in dims]))  # noqa: E731
+    sizes = (size(ls, lb), size(ls, lf), size(rs, rf), size(ls, lc))
+    return (*lb, *lf, *lc), (*rb, *rf, *rc), sizes, tuple(op.result.type.get_shape())
+
+
+def act_dot_scales(x, y, op: quant.DynamicActDotOp):
+    """Per-row scales of both operands in the [B, M, K] / [B, N, K] layout."""
+    lhs_perm, rhs_perm, (b, m, n, k), _ = act_dot_layout(op)
+    x = jnp.transpose(x, lhs_perm).reshape(b, m, k)
+    y = jnp.transpose(y, rhs_perm).reshape(b, n, k)
+    xs = int8.safe_scale(jnp.max(jnp.abs(x), axis=2, keepdims=True))
+    ys = int8.safe_scale(jnp.max(jnp.abs(y), axis=2, keepdims=True))
+    return x, y, xs, ys
+
+
+@register(quant.DynamicActDotOp)
+def _dynamic_act_dot(op: quant.DynamicActDotOp) -> Kernel:
+    *_, out_shape = act_dot_layout(op)
+
+    def run(weights, x, y):
+        x, y, xs, ys = act_dot_scales(x, y, op)
+        acc = int8.int8_dot(int8.quantize(x, xs), int8.quantize(y, ys), (((2,), (2,)), ((0,), (0,))))
+        return ((acc.astype(jnp.float32) * xs * jnp.swapaxes(ys, 1, 2)).reshape(out_shape),)
+    return run
+
+
 @register(quant.StaticMatmulOp)
 def _static(op: quant.StaticMatmulOp) -> Kernel:
     return _static_kernel(op, _accumulate(op))

@@ -285,6 +285,37 @@ uint8_t* im2col_rows(const int8_t* x, const ConvGeometry& g, int64_t Kp) {
   return au;
 }
 
+// Quantizes each of the N rows of float B [N, K] (scale = max|row| / 127, as for A) and
+// packs them as the weight layout's columns: panels of 32, k in groups of 4, zero padded.
+void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t Kp, int8_t* packed, int32_t* colsum,
+                       float* scale) {
+  const int64_t k4 = Kp / 4, panels = (N + 31) / 32;
+  std::memset(packed, 0, panels * k4 * 128);
+  alignas(64) int8_t q[16];
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = B + n * K;
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16)
+      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - k), row + k)));
+    const float m = _mm512_reduce_max_ps(vmax);
+    const float s = m > 0.0f ? m / 127.0f : 1.0f;
+    scale[n] = s;
+    int8_t* col = packed + (n / 32) * k4 * 128 + (n % 32) * 4;
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mask = tail_mask(K - k);
+      __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(mask, row + k), _mm512_set1_ps(s));
+      v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+      const __m512i qi = _mm512_maskz_mov_epi32(mask, _mm512_cvtps_epi32(v));
+      sum = _mm512_add_epi32(sum, qi);
+      _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
+      for (int64_t g = 0; g < 4 && k + 4 * g < K; ++g) std::memcpy(col + ((k / 4) + g) * 128, q + 4 * g, 4);
+    }
+    colsum[n] = _mm512_reduce_add_epi32(sum);
+  }
+}
+
 const float* optional(ffi::Buffer<ffi::F32>& b) {
   return b.element_count() == 0 ? nullptr : b.typed_data();
 }
@@ -344,6 +375,48 @@ static ffi::Error QuantizedConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x
                       activation);
 }
 
+// A batch of products of two float activations, A [B, M, K] x B [B, N, K]^T -> [B, M, N]:
+// A's rows and B's rows both quantized on the fly (one scale each), B packed per batch,
+// out = (acc * a_scale[m]) * b_scale[n]. Batches are spread over the thread pool.
+static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                                     ffi::ResultBuffer<ffi::F32> out) {
+  const auto da = a.dimensions(), db = b.dimensions();
+  if (da.size() != 3 || db.size() != 3 || da[0] != db[0] || da[2] != db[2])
+    return ffi::Error::InvalidArgument("jaxlite_dynamic_act_gemm takes [B, M, K] and [B, N, K]");
+  const int64_t batches = da[0], M = da[1], K = da[2], N = db[1];
+  const int64_t Kp = (K + 3) / 4 * 4, panels = (N + 31) / 32;
+  const float* A = a.typed_data();
+  const float* Bm = b.typed_data();
+  float* C = out->typed_data();
+  auto one = [=](int64_t i) {
+    std::vector<float> row_scale(M), col_scale(N);
+    std::vector<int32_t> colsum(N);
+    const uint8_t* au = quantized_rows(A + i * M * K, M, K, Kp, row_scale.data());
+    int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32, 1));
+    quantize_and_pack(Bm + i * N * K, N, K, Kp, packed, colsum.data(), col_scale.data());
+    const Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N};
+    gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
+  };
+  const int64_t threads = std::min<int64_t>({std::max<int64_t>(1, pool.num_threads()), batches,
+                                             batches * M * Kp * N / (1 << 19)});
+  if (threads <= 1) {
+    for (int64_t i = 0; i < batches; ++i) one(i);
+    return ffi::Error::Success();
+  }
+  struct Progress { std::atomic<int64_t> next{0}, done{0}; };
+  auto progress = std::make_shared<Progress>();
+  auto work = [=] {
+    for (int64_t i; (i = progress->next.fetch_add(1, std::memory_order_relaxed)) < batches;) {
+      one(i);
+      progress->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  while (progress->done.load(std::memory_order_acquire) < batches) _mm_pause();
+  return ffi::Error::Success();
+}
+
 // Dynamic range: float A quantized per row on the fly, then the float epilogue with the
 // row scales (out = ((acc * row_scale) * w_scale + bias) -> activation).
 static ffi::Error DynamicGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed,
@@ -357,6 +430,13 @@ static ffi::Error DynamicGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
   return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale.data(), w_scale, bias, out_scale, out,
                       activation);
 }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicActGemm, DynamicActGemmImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl,
                               ffi::Ffi::Bind()
