@@ -28,6 +28,7 @@ from jaxlite.compiler.model import Model
 from jaxlite.dialects import fused, jlax, quant
 
 _SUFFIXES = (".q", ".f16")
+ACT_DOT = "dot_general#"  # report name prefix of the dots between two activations
 
 
 @dataclass
@@ -54,10 +55,11 @@ class QuantizationReport:
     def __str__(self) -> str:
         head = f"per-layer quantization error ({self.mode}), worst first"
         width = max([len("layer (kernel weight)")] + [len(e.weight) for e in self.layers])
-        rows = [f"{'layer (kernel weight)':{width}s} {'op':20s} {'SQNR dB':>8s} {'max rel err':>12s}"
+        op_width = max([2] + [len(e.op) for e in self.layers])
+        rows = [f"{'layer (kernel weight)':{width}s} {'op':{op_width}s} {'SQNR dB':>8s} {'max rel err':>12s}"
                 f" {'accum. SQNR':>12s} {'accum. rel':>11s}"]
         for e in self.layers:
-            rows.append(f"{e.weight:{width}s} {e.op:20s} {e.sqnr_db:8.1f} {e.max_rel_error:12.4f}"
+            rows.append(f"{e.weight:{width}s} {e.op:{op_width}s} {e.sqnr_db:8.1f} {e.max_rel_error:12.4f}"
                         f" {e.accumulated_sqnr_db:12.1f} {e.accumulated_max_rel_error:11.4f}")
         return "\n".join([head, *rows])
 
@@ -88,11 +90,19 @@ def _is_matmul(op: Operation) -> bool:
 
 
 def _taps(model: Model) -> dict[str, tuple[Operation, SSAValue]]:
+    """name -> (op, output) of every dot/conv: layers by kernel weight name, dots between
+    two activations by their order (``dot_general#i``: the same in both models, since
+    quantization replaces them in place)."""
+    from jaxlite.passes.quantize import activation_dots
     from jaxlite.runtime.executable import find_main
 
     out = {}
-    for op in find_main(model.module).body.block.ops:
-        if _is_matmul(op) and (name := _kernel_name(op)) is not None:
+    main = find_main(model.module)
+    act = set(activation_dots(main))
+    for op in main.body.block.ops:
+        if op in act or isinstance(op, quant.DynamicActDotOp):
+            out[f"{ACT_DOT}{sum(1 for n in out if n.startswith(ACT_DOT))}"] = (op, op.results[0])
+        elif _is_matmul(op) and (name := _kernel_name(op)) is not None:
             out.setdefault(name, (op, op.results[0]))
     return out
 
@@ -120,22 +130,25 @@ def quantization_report(float_model: Model, quant_model: Model, data: Iterable) 
         raise ConversionError("quantization_report needs at least one batch of data")
     f_taps, q_taps = _taps(float_model), _taps(quant_model)
     names = [n for n, (op, _) in q_taps.items() if n in f_taps
-             and (isinstance(op, quant.QuantizedMatmulOp) or _is_low_precision(op))]
+             and (isinstance(op, quant.QuantizedMatmulOp | quant.DynamicActDotOp) or _is_low_precision(op))]
     if not names:
         raise ConversionError("no quantized layer of the second model matches a layer of the first")
-    f_vals = [f_taps[n][1] for n in names] + [f_taps[n][0].operands[0] for n in names]
+    # per layer: the float output, then the float model's inputs to it
+    inputs = {n: [v for v in f_taps[n][0].operands[:2 if n.startswith(ACT_DOT) else 1]] for n in names}
+    f_vals = [v for n in names for v in (f_taps[n][1], *inputs[n])]
     q_vals = [q_taps[n][1] for n in names]
     local = {n: _local_runner(q_taps[n][0], quant_model) for n in names}
     acc = {n: _ErrorSums() for n in names}
     loc = {n: _ErrorSums() for n in names}
-    k = len(names)
     for f_out, q_out in zip(_run_with_taps(float_model, f_vals, batches),
                             _run_with_taps(quant_model, q_vals, batches), strict=True):
+        at = 0
         for i, n in enumerate(names):
-            ref = f_out[i]
+            ref, xs = f_out[at], f_out[at + 1: at + 1 + len(inputs[n])]
+            at += 1 + len(inputs[n])
             acc[n].add(ref, _as_float(q_taps[n][0], q_out[i]))
             if local[n] is not None:
-                loc[n].add(ref, _as_float(q_taps[n][0], local[n](f_out[k + i])))
+                loc[n].add(ref, _as_float(q_taps[n][0], local[n](*xs)))
     layers = []
     for n in names:
         a = acc[n]
@@ -184,10 +197,13 @@ def _static_value(value: SSAValue, model: Model):
 
 
 def _local_runner(op: Operation, model: Model):
-    """x (the float model's input of this layer) -> this quantized op's output, or None."""
+    """x (the float model's input(s) of this layer) -> this quantized op's output, or None."""
     from jaxlite.runtime import int8
     from jaxlite.runtime.kernels import kernel_for
 
+    if isinstance(op, quant.DynamicActDotOp):
+        both = jax.jit(lambda x, y: kernel_for(op)({}, x, y)[0])
+        return lambda x, y: np.asarray(both(jnp.asarray(x), jnp.asarray(y)))
     rest = [_static_value(v, model) for v in op.operands[1:]]
     if any(x is None for x in rest):
         return None

@@ -350,3 +350,62 @@ def test_native_convolution_gathers_patches_like_im2col(geometry):
         model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
         assert_tree_close(model.compile()(x), model.compile(native_gemm=False)(x), rtol=2e-5, atol=2e-5)
         assert "jaxlite_quantized_conv" in model.compile().lower().as_text()
+
+
+ATTENTION_EINSUMS = ["bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd", "qd,kd->qk", "bij,bjk->bik"]
+
+
+def _einsum_operands(spec, rng):
+    sizes = dict(b=2, q=9, k=11, h=3, d=20, i=5, j=17)
+    return [rng.normal(0, 1, [sizes[c] for c in part]).astype(np.float32) for part in spec.split("->")[0].split(",")]
+
+
+@pytest.mark.parametrize("spec", ATTENTION_EINSUMS)
+def test_dynamic_act_dot_matches_its_definition(spec):
+    """Both operands quantized per row (one scale per index of batch + free dims, max over
+    the contracting dims); native and XLA kernels agree; print -> parse round-trips."""
+    rng = np.random.default_rng(4)
+    a, b = _einsum_operands(spec, rng)
+    fn = lambda a, b: jnp.einsum(spec, a, b)  # noqa: E731
+    model = jaxlite.convert(fn, a, b, quantize="dynamic")
+    assert model.ir().count("jquant.dynamic_act_dot") == 1
+    assert print_module(parse_module(model.ir())) == model.ir()
+    # the definition, in numpy, on the [batch, free, contracting] layout einsum gives us
+    ins, out = spec.split("->")
+    la, lb = ins.split(",")
+    contract = [c for c in la if c in lb and c not in out]
+    qa, sa = _rowwise_int8(a, [la.index(c) for c in contract])
+    qb, sb = _rowwise_int8(b, [lb.index(c) for c in contract])
+    acc = np.einsum(spec, qa.astype(np.int64), qb.astype(np.int64)).astype(np.float32)
+    want = acc * _broadcast_scale(sa, la, contract, out) * _broadcast_scale(sb, lb, contract, out)
+    xla = np.asarray(model.compile(native_gemm=False)(a, b))
+    np.testing.assert_allclose(xla, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model.compile()(a, b)), xla, rtol=2e-5, atol=2e-5)
+    ref = np.einsum(spec, a, b)
+    assert np.linalg.norm(xla - ref) / np.linalg.norm(ref) < 0.02  # int8 noise, not garbage
+
+
+def _rowwise_int8(x, contract_axes):
+    m = np.max(np.abs(x), axis=tuple(contract_axes), keepdims=True)
+    s = np.where(m > 0, m / 127, 1).astype(np.float32)
+    return np.clip(np.round(x / s), -127, 127).astype(np.int8), s
+
+
+def _broadcast_scale(s, labels, contract, out):
+    """A keepdims scale of operand ``labels`` laid out along the result's labels."""
+    kept = "".join(c for c in labels if c not in contract)
+    s = s.reshape([s.shape[labels.index(c)] for c in kept])
+    return np.einsum(f"{kept}->{''.join(c for c in out if c in kept)}", s).reshape(
+        [s.shape[kept.index(c)] if c in kept else 1 for c in out])
+
+
+def test_act_dots_can_be_skipped_and_are_in_the_report():
+    fn, args = transformer.factory()
+    dyn = jaxlite.convert(fn, *args, quantize="dynamic")
+    assert dyn.ir().count("jquant.dynamic_act_dot") == 2  # scores and weighted sum
+    kept = jaxlite.convert(fn, *args, quantize="dynamic", skip=["jquant.dynamic_act_dot"])
+    assert "jquant.dynamic_act_dot" not in kept.ir() and kept.ir().count("jquant.dynamic_dot") == 6
+    report = jaxlite.quantization_report(jaxlite.convert(fn, *args), dyn, [args])
+    act = [e for e in report.layers if e.op == "jquant.dynamic_act_dot"]
+    assert [e.weight for e in sorted(act, key=lambda e: e.weight)] == ["dot_general#0", "dot_general#1"]
+    assert all(20 < e.sqnr_db < 80 and e.accumulated_sqnr_db < 80 for e in act)
