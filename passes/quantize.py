@@ -14,7 +14,7 @@ zero point 0; per output channel by default):
   dequantize moves down through ops that commute with it (reshape, transpose, max-pool,
   relu, concatenate, slice, ...) and cancels against the next quantize of the same scale,
   so int8 values flow from layer to layer and float appears only where an op has no int8
-  kernel.
+  kernel. Dots between two activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
 
 ``skip`` holds fnmatch patterns of kernel weight names or op names kept in float
 (``jquant.dynamic_act_dot`` keeps every dot between two activations in float).
@@ -138,13 +138,18 @@ class QuantizePass(ModulePass):
                     cls = quant.DynamicDotOp if matmul.PRIMITIVE == "dot_general" else quant.DynamicConvOp
                     new = cls(matmul.operands[0], wq, ws, bias, matmul.results[0].type, params, activation, w_axis)
                     Rewriter.replace_op(matmul, new)
-            if self.mode == "dynamic":
-                for dot in list(activation_dots(op)):
-                    if not any(fnmatch.fnmatchcase(name, p) for p in self.skip
-                               for name in (dot.name, quant.DynamicActDotOp.name)):
-                        Rewriter.replace_op(dot, quant.DynamicActDotOp(*dot.operands, dot.results[0].type,
-                                                                       dict(dot.attributes)))
+        if self.mode in ("dynamic", "int8"):
+            self._activation_dots(op)
         dce(op)
+
+    def _activation_dots(self, module: ModuleOp) -> None:
+        """Dots between two activations have no weight to calibrate or pack: both sides
+        are quantized on the fly, in ``int8`` mode too."""
+        for dot in list(activation_dots(module)):
+            if not any(fnmatch.fnmatchcase(name, p) for p in self.skip
+                       for name in (dot.name, quant.DynamicActDotOp.name)):
+                Rewriter.replace_op(dot, quant.DynamicActDotOp(*dot.operands, dot.results[0].type,
+                                                               dict(dot.attributes)))
 
     def _float16(self, module: ModuleOp) -> None:
         store = current_store()

@@ -310,11 +310,14 @@ def test_native_and_xla_int8_paths_agree(example):
     for mode in ("dynamic", "int8"):
         model = jaxlite.convert(fn, *args, quantize=mode, calibration=[args] if mode == "int8" else None)
         native_exe, xla_exe = model.compile(), model.compile(native_gemm=False)
-        # the int8 GEMMs are exact either way; the rescale epilogue runs inside the native
-        # kernel without XLA's fused multiply-adds, so floats may differ in the last bits
-        # (and a requantized activation by one step: none does in these models)
-        tol = 2e-5
-        assert_tree_close(native_exe(*args), xla_exe(*args), rtol=tol, atol=tol)
+        # the int8 GEMMs are exact either way, but the rescale epilogues run inside the
+        # native kernels without XLA's fused multiply-adds: floats differ in the last bits,
+        # and where such a float is requantized (int8 mode) it may land one step apart
+        native_out, xla_out = np.asarray(native_exe(*args)), np.asarray(xla_exe(*args))
+        if mode == "dynamic":
+            np.testing.assert_allclose(native_out, xla_out, rtol=2e-5, atol=2e-5)
+        else:
+            assert np.linalg.norm(native_out - xla_out) <= 0.01 * np.linalg.norm(xla_out)
         from jaxlite.runtime import native
         if native.available():  # packed copies replace the int8 weights
             assert not any(n.endswith(".q") for n in native_exe._weights)

@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <sched.h>
+#include <thread>
 #include <vector>
 #include "xla/ffi/api/ffi.h"
 
@@ -136,6 +138,24 @@ void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed,
   }
 }
 
+// Threads worth using: the pool's, but no more than the CPUs this process may run on (a
+// process pinned to one core must not split work it can only time-slice).
+int64_t usable_threads(ffi::ThreadPool& pool) {
+  static const int64_t cpus = [] {
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set)) : 1;
+  }();
+  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), cpus));
+}
+
+// Waits for the other threads' chunks: spins briefly, then yields the core.
+void wait_until(const std::atomic<int64_t>& done, int64_t target) {
+  for (int spins = 0; done.load(std::memory_order_acquire) < target; ++spins) {
+    if (spins < 4096) _mm_pause();
+    else std::this_thread::yield();
+  }
+}
+
 // Splits the panel pairs over the intra-op thread pool when the GEMM is big enough to pay
 // for it. Chunks are claimed from a shared counter, and the caller works too, so the call
 // finishes even when every pool thread is busy elsewhere; tasks that start late find no
@@ -144,8 +164,7 @@ void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_
           const Epilogue& epi, ffi::ThreadPool& pool) {
   const int64_t panels = (N + 31) / 32;
   const int64_t pairs = (panels + 1) / 2;
-  const int64_t threads = std::min<int64_t>({std::max<int64_t>(1, pool.num_threads()), pairs,
-                                             M * Kp * N / (1 << 20)});
+  const int64_t threads = std::min<int64_t>({usable_threads(pool), pairs, M * Kp * N / (1 << 20)});
   if (threads <= 1) {
     gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
     return;
@@ -163,7 +182,7 @@ void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_
   };
   for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
   work();
-  while (progress->done.load(std::memory_order_acquire) < chunks) _mm_pause();
+  wait_until(progress->done, chunks);
 }
 
 // Scratch buffers per thread (slot 0: the GEMM's A rows, slot 1: a padded conv input),
@@ -397,8 +416,7 @@ static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32>
     const Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N};
     gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
   };
-  const int64_t threads = std::min<int64_t>({std::max<int64_t>(1, pool.num_threads()), batches,
-                                             batches * M * Kp * N / (1 << 19)});
+  const int64_t threads = std::min<int64_t>({usable_threads(pool), batches, batches * M * Kp * N / (1 << 19)});
   if (threads <= 1) {
     for (int64_t i = 0; i < batches; ++i) one(i);
     return ffi::Error::Success();
@@ -413,7 +431,7 @@ static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32>
   };
   for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
   work();
-  while (progress->done.load(std::memory_order_acquire) < batches) _mm_pause();
+  wait_until(progress->done, batches);
   return ffi::Error::Success();
 }
 
