@@ -1,6 +1,8 @@
 """Quantized models vs jax.jit float32, same run: latency ratio and file size per mode.
 
-    python benchmarks/quantize.py [--threads 1] [--reps 30] [--only resnet]
+    python benchmarks/quantize.py [--threads 1|all] [--reps 30] [--only resnet]
+
+Without ``--threads`` it runs twice, one process each: pinned to one core, then all cores.
 
 Targets (issue 4, LiteRT/XNNPACK one thread in brackets): transformer dynamic <= 0.26x
 [0.26]; ResNet-18 int8 <= 0.2x [0.08]; digits CNN dynamic/int8 <= 0.3x [0.15]; MLP at
@@ -11,9 +13,15 @@ LiteRT/ONNX Runtime columns appear only where those packages are installed (none
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+if __name__ == "__main__" and "--threads" not in sys.argv:  # both configurations, fresh processes
+    for threads in ("1", "all"):
+        subprocess.run([sys.executable, __file__, *sys.argv[1:], "--threads", threads], check=True)
+    sys.exit(0)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import configure_threads, interleaved_medians, machine  # noqa: E402

@@ -24,8 +24,10 @@ QUANTIZED_TARGET = "jaxlite_quantized_gemm"
 DYNAMIC_TARGET = "jaxlite_dynamic_gemm"
 CONV_TARGET = "jaxlite_quantized_conv"
 ACT_TARGET = "jaxlite_dynamic_act_gemm"
-# activations the kernel's epilogue applies itself (others run in XLA after it)
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}
+# activations the kernel's epilogue applies itself: those of dialects/fused.py (relu and
+# relu6 exactly, the others to float32 rounding)
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "sigmoid": 3, "tanh": 4, "silu": 5, "gelu_tanh": 6,
+               "gelu_erf": 7}
 _SOURCE = Path(__file__).parent / "native" / "int8_gemm.cc"
 
 

@@ -29,7 +29,82 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum Activation : int32_t { kNone = 0, kRelu = 1, kRelu6 = 2 };
+enum Activation : int32_t {
+  kNone = 0, kRelu = 1, kRelu6 = 2, kSigmoid = 3, kTanh = 4, kSilu = 5, kGeluTanh = 6, kGeluErf = 7, kLast = kGeluErf
+};
+
+// exp(x) to ~1 ulp (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n).
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 sigmoid_ps(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// tanh(x) = 1 - 2 / (exp(2x) + 1): saturates to +-1 through exp's range, absolute error
+// ~1e-7 near 0 (all GELU needs: it adds 1 to it).
+inline __m512 tanh_ps(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp_ps(_mm512_add_ps(x, x));
+  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+}
+
+// erf(x): the rational approximation XLA and Eigen use for float32 (x clamped to +-4).
+inline __m512 erf_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.10102402082508e-06f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-5.69250639462346e-05f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-7.34990630326855e-04f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.95459980854025e-03f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.60960333262415e-02f));
+  p = _mm512_mul_ps(p, x);
+  __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-2.13374055278905e-04f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.68282697438203e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-7.37332916720468e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.42647390514189e-02f));
+  return _mm512_div_ps(p, q);
+}
+
+// The activations of dialects/fused.py, in jax.nn's operation order.
+inline __m512 activate(__m512 v, int32_t activation) {
+  const __m512 zero = _mm512_setzero_ps(), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+  switch (activation) {
+    case kRelu: return _mm512_max_ps(v, zero);
+    case kRelu6: return _mm512_min_ps(_mm512_max_ps(v, zero), _mm512_set1_ps(6.0f));
+    case kSigmoid: return sigmoid_ps(v);
+    case kTanh: return tanh_ps(v);
+    case kSilu: return _mm512_mul_ps(v, sigmoid_ps(v));
+    case kGeluTanh: {  // x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+      const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+      const __m512 inner = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                                         _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(0.044715f), cube)));
+      return _mm512_mul_ps(v, _mm512_mul_ps(half, _mm512_add_ps(one, tanh_ps(inner))));
+    }
+    case kGeluErf:  // x * (erf(x / sqrt(2)) + 1) / 2
+      return _mm512_div_ps(
+          _mm512_mul_ps(v, _mm512_add_ps(erf_ps(_mm512_div_ps(v, _mm512_set1_ps(1.4142135623730951f))), one)),
+          _mm512_set1_ps(2.0f));
+    default: return v;
+  }
+}
 
 struct Epilogue {
   const int32_t* colsum;
@@ -47,8 +122,7 @@ struct Epilogue {
     if (row_scale != nullptr) v = _mm512_mul_ps(v, _mm512_set1_ps(row_scale[m]));
     v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, col_scale + n));
     if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + n));
-    if (activation != kNone) v = _mm512_max_ps(v, _mm512_setzero_ps());
-    if (activation == kRelu6) v = _mm512_min_ps(v, _mm512_set1_ps(6.0f));
+    if (activation != kNone) v = activate(v, activation);
     if (out_scale > 0.0f) {
       __m512 q = _mm512_div_ps(v, _mm512_set1_ps(out_scale));
       q = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -348,7 +422,7 @@ static ffi::Error EpilogueGemm(ffi::ThreadPool& pool, const uint8_t* au, int64_t
                                const float* row_scale, ffi::Buffer<ffi::F32>& col_scale,
                                ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& out_scale,
                                ffi::Result<ffi::AnyBuffer>& out, int32_t activation) {
-  if (activation < kNone || activation > kRelu6) return ffi::Error::InvalidArgument("unknown activation");
+  if (activation < kNone || activation > kLast) return ffi::Error::InvalidArgument("unknown activation");
   const bool requantize = out_scale.element_count() != 0;
   if (requantize != (out->element_type() == ffi::DataType::S8))
     return ffi::Error::InvalidArgument("an int8 result needs out_scale, a float one must not have it");
