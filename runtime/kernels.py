@@ -8,6 +8,7 @@ lax.switch / lax.while_loop / lax.scan.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from jax import lax
@@ -171,3 +172,37 @@ __all__ = ["kernel_for", "program_for", "register", "decode", "NoKernelError"]
 
 
 from jaxlite.runtime import quant_kernels  # noqa: E402,F401  (registers the jquant kernels)
+
+
+@register(jlax.PRIMITIVE_OPS["reduce_window_max"], jlax.PRIMITIVE_OPS["reduce_window_min"])
+def _window_extremum(op: jlax.LaxOp) -> Kernel:
+    """Max/min pooling as the elementwise extremum of one strided slice per window offset:
+    XLA:CPU fuses those into one loop, several times faster than its reduce-window (ResNet's
+    3x3/2 int8 max-pool: 0.72 ms of 10 ms). Exact: max and min do not round. Dilated
+    windows keep lax's own reduce_window."""
+    params = {k: decode(v) for k, v in op.attributes.items()}
+    window, strides = params["window_dimensions"], params["window_strides"]
+    if any(d != 1 for d in (*params["base_dilation"], *params["window_dilation"])):
+        return _primitive(op)
+    padding = params["padding"]
+    is_max = op.PRIMITIVE == "reduce_window_max"
+    out_shape = tuple(op.results[0].type.get_shape())
+    combine = lax.max if is_max else lax.min
+
+    def run(weights, x):
+        import jax.numpy as jnp
+
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            fill = -jnp.inf if is_max else jnp.inf
+        else:
+            info = jnp.iinfo(x.dtype)
+            fill = info.min if is_max else info.max
+        if any(lo or hi for lo, hi in padding):
+            x = lax.pad(x, jnp.array(fill, x.dtype), [(lo, hi, 0) for lo, hi in padding])
+        out = None
+        for offsets in itertools.product(*[range(w) for w in window]):
+            limit = [o + (n - 1) * s + 1 for o, n, s in zip(offsets, out_shape, strides, strict=True)]
+            part = lax.slice(x, offsets, limit, strides)
+            out = part if out is None else combine(out, part)
+        return (out,)
+    return run

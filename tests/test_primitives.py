@@ -121,6 +121,13 @@ STRUCTURAL = {
     "max_pool": (lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"), (IMG,)),
     "min_pool": (lambda x: lax.reduce_window(x, jnp.inf, lax.min, (1, 3, 3, 1), (1, 1, 1, 1), "SAME"), (IMG,)),
     "avg_pool": (lambda x: lax.reduce_window(x, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4, (IMG,)),
+    "max_pool_3x3_stride2_padded": (lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                                                ((0, 0), (1, 1), (0, 2), (0, 0))), (IMG,)),
+    "max_pool_int8": (lambda x: lax.reduce_window_max_p.bind(
+        (x * 40).astype(jnp.int8), window_dimensions=(1, 2, 3, 1), window_strides=(1, 1, 2, 1),
+        padding=((0, 0), (0, 1), (1, 1), (0, 0)), base_dilation=(1,) * 4, window_dilation=(1,) * 4), (IMG,)),
+    "max_pool_dilated": (lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 1, 1, 1), "VALID",
+                                                     window_dilation=(1, 2, 1, 1)), (IMG,)),
     "cumulative": (lambda x: (jnp.cumsum(x, 0), jnp.cumprod(x, 1), lax.cummax(x, 1),
                               lax.cummin(x, 0, reverse=True), lax.cumlogsumexp(x, 1)), (X,)),
     "broadcast_in_dim": (lambda x: lax.broadcast_in_dim(x, (2, 3, 4), (1, 2)), (X,)),
