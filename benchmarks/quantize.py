@@ -7,7 +7,9 @@ Without ``--threads`` it runs twice, one process each: pinned to one core, then 
 Targets (issue 4, LiteRT/XNNPACK one thread in brackets): transformer dynamic <= 0.26x
 [0.26]; ResNet-18 int8 <= 0.2x [0.08]; digits CNN dynamic/int8 <= 0.3x [0.15]; MLP at
 batch 64 >= 2.5x faster; int8-weights and float16 on CPU within 5% of float32.
-LiteRT/ONNX Runtime columns appear only where those packages are installed (none here).
+LiteRT rows (float32, dynamic-range int8, full-integer int8; see reference_runtimes.py)
+appear where ``pip install -e ".[bench]"`` installed TensorFlow and ai-edge-litert.
+``err`` is the relative L2 error of the output against jax.jit float32's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from common import configure_threads, interleaved_medians, machine  # noqa: E402
 THREADS = configure_threads(sys.argv)
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from reference_runtimes import litert_runners  # noqa: E402
 
 import jaxlite  # noqa: E402
 from jaxlite.examples import digits, digits_cnn, digits_mlp, resnet, transformer  # noqa: E402
@@ -53,7 +57,8 @@ def main() -> None:
     reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 30
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     print(f"machine: {machine(THREADS)}; medians of {reps} interleaved calls; ratio = time / jax.jit float32")
-    print(f"{'model':32s} {'mode':13s} {'jax.jit':>9s} {'jaxlite':>9s} {'ratio':>6s} {'file':>10s} {'size':>6s}")
+    print(f"{'model':32s} {'mode':15s} {'jax.jit':>9s} {'time':>9s} {'ratio':>6s} {'file':>10s} {'size':>6s} "
+          f"{'err':>8s}")
     tmp = tempfile.mkdtemp()
     for name, (make, key) in CASES.items():
         if only and only not in key:
@@ -63,7 +68,7 @@ def main() -> None:
         float_path = os.path.join(tmp, f"{key}.jlite")
         float_model.save(float_path)
         float_size = os.path.getsize(float_path)
-        exes = {"float32": float_model.compile()}
+        runs = {"float32": float_model.compile()}
         sizes = {"float32": float_size}
         for mode in MODES:
             model = jaxlite.convert(fn, *args, quantize=mode,
@@ -71,11 +76,17 @@ def main() -> None:
             path = os.path.join(tmp, f"{key}.{mode}.jlite")
             model.save(path)
             sizes[mode] = os.path.getsize(path)
-            exes[mode] = jaxlite.load(path).compile()
-        t = interleaved_medians({"jit": jax.jit(fn), **exes}, args, reps=reps)
-        for mode in ("float32", *MODES):
-            print(f"{name:32s} {mode:13s} {t['jit'] * 1e3:7.2f}ms {t[mode] * 1e3:7.2f}ms "
-                  f"{t[mode] / t['jit']:6.3f} {sizes[mode] / 1024:8.0f}KB {sizes[mode] / float_size:6.3f}")
+            runs[mode] = jaxlite.load(path).compile()
+        for label, (run, nbytes) in litert_runners(fn, args, calibration_for(key, args), THREADS).items():
+            runs[label], sizes[label] = run, nbytes
+        jitted = jax.jit(fn)
+        ref = np.asarray(jitted(*args))
+        t = interleaved_medians({"jit": jitted, **runs}, args, reps=reps)
+        for mode, run in runs.items():
+            out = np.asarray(run(*args))
+            err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+            print(f"{name:32s} {mode:15s} {t['jit'] * 1e3:7.2f}ms {t[mode] * 1e3:7.2f}ms "
+                  f"{t[mode] / t['jit']:6.3f} {sizes[mode] / 1024:8.0f}KB {sizes[mode] / float_size:6.3f} {err:8.1e}")
 
 
 if __name__ == "__main__":
