@@ -55,12 +55,24 @@ inline __m512 sigmoid_ps(__m512 x) {
   return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
-// tanh(x) = 1 - 2 / (exp(2x) + 1): saturates to +-1 through exp's range, absolute error
-// ~1e-7 near 0 (all GELU needs: it adds 1 to it).
-inline __m512 tanh_ps(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 e = exp_ps(_mm512_add_ps(x, x));
-  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+// tanh(x): the rational approximation XLA and Eigen use for float32 (x clamped to
+// +-7.9053; tanh(x) = x where |x| < 0.0004). One division, no exp.
+inline __m512 tanh_ps(__m512 x_in) {
+  const __m512 x = _mm512_min_ps(_mm512_max_ps(x_in, _mm512_set1_ps(-7.90531110763549805f)),
+                                 _mm512_set1_ps(7.90531110763549805f));
+  const __mmask16 tiny = _mm512_cmp_ps_mask(_mm512_abs_ps(x_in), _mm512_set1_ps(0.0004f), _CMP_LT_OQ);
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(-2.76076847742355e-16f), _mm512_set1_ps(2.00018790482477e-13f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-8.60467152213735e-11f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(5.12229709037114e-08f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(1.48572235717979e-05f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(6.37261928875436e-04f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(4.89352455891786e-03f));
+  p = _mm512_mul_ps(x, p);
+  __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(1.19825839466702e-06f), _mm512_set1_ps(1.18534705686654e-04f));
+  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(2.26843463243900e-03f));
+  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(4.89352518554385e-03f));
+  return _mm512_mask_mov_ps(_mm512_div_ps(p, q), tiny, x_in);
 }
 
 // erf(x): the rational approximation XLA and Eigen use for float32 (x clamped to +-4).
