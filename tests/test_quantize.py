@@ -1,5 +1,7 @@
 """Quantization: the seed's numerics, every mode on the digits models, file sizes, kernels."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,6 +231,18 @@ def _native_or_skip():
     if not native.available():
         pytest.skip("no AVX-512 VNNI or no C++ compiler here: XLA's int8 dot is used")
     return native
+
+
+def test_native_kernels_build_wherever_they_can_run():
+    """A compile error in runtime/native/int8_gemm.cc would silently fall back to XLA (and
+    skip the native tests): where the CPU has AVX-512 VNNI and g++ exists, it must build."""
+    import shutil
+
+    from jaxlite.runtime import native
+
+    if not native._cpu_has_vnni() or shutil.which("g++") is None or os.environ.get("JAXLITE_NATIVE") == "0":
+        pytest.skip("no AVX-512 VNNI CPU or no g++ here")
+    assert native.available()
 
 
 # shapes that hit every register tile: 6-row tiles over panel pairs, 12-row tiles over a

@@ -55,8 +55,8 @@ inline __m512 sigmoid_ps(__m512 x) {
   return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
-// tanh(x): the rational approximation XLA and Eigen use for float32 (x clamped to
-// +-7.9053; tanh(x) = x where |x| < 0.0004). One division, no exp.
+// tanh(x): the rational approximation XLA and Eigen use for float32 (tanh(x) = x where
+// |x| < 0.0004, +-1 from |x| >= 7.9053). One division, no exp.
 inline __m512 tanh_ps(__m512 x_in) {
   const __m512 x = _mm512_min_ps(_mm512_max_ps(x_in, _mm512_set1_ps(-7.90531110763549805f)),
                                  _mm512_set1_ps(7.90531110763549805f));
@@ -72,7 +72,13 @@ inline __m512 tanh_ps(__m512 x_in) {
   __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(1.19825839466702e-06f), _mm512_set1_ps(1.18534705686654e-04f));
   q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(2.26843463243900e-03f));
   q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(4.89352518554385e-03f));
-  return _mm512_mask_mov_ps(_mm512_div_ps(p, q), tiny, x_in);
+  const __m512 t = _mm512_mask_mov_ps(_mm512_div_ps(p, q), tiny, x_in);
+  // beyond the clamp tanh is +-1 in float32: exactly, so that 1 + tanh(x) is exactly 0
+  const __mmask16 saturated = _mm512_cmp_ps_mask(_mm512_abs_ps(x_in), _mm512_set1_ps(7.90531110763549805f),
+                                                 _CMP_GE_OQ);
+  const __m512 sign_one = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+      _mm512_castps_si512(x_in), _mm512_set1_epi32(0x80000000), _mm512_set1_epi32(0x3f800000), 0xEA));
+  return _mm512_mask_mov_ps(t, saturated, sign_one);
 }
 
 // erf(x): the rational approximation XLA and Eigen use for float32 (x clamped to +-4).
