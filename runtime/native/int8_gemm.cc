@@ -124,6 +124,13 @@ inline __m512 activate(__m512 v, int32_t activation) {
   }
 }
 
+// round_half_even(x / s) clamped to +-127 as int32: the XLA path's quantize. Clamping
+// before rounding is the same (+-127 are integers), and cvtps_epi32 rounds half to even.
+inline __m512i quantize_epi32(__m512 x, __m512 s) {
+  const __m512 q = _mm512_div_ps(x, s);
+  return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f)));
+}
+
 struct Epilogue {
   const int32_t* colsum;
   const float* row_scale;  // nullptr: none
@@ -142,11 +149,8 @@ struct Epilogue {
     if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + n));
     if (activation != kNone) v = activate(v, activation);
     if (out_scale > 0.0f) {
-      __m512 q = _mm512_div_ps(v, _mm512_set1_ps(out_scale));
-      q = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
       _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + m * ldo + n, mask,
-                           _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+                           _mm512_cvtepi32_epi8(quantize_epi32(v, _mm512_set1_ps(out_scale))));
     } else {
       _mm512_mask_storeu_ps(static_cast<float*>(out) + m * ldo + n, mask, v);
     }
@@ -208,26 +212,32 @@ inline void tile_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* pan
 #undef JAXLITE_TILE
 }
 
-// Column panels [p_begin, p_end) for every row: pairs of panels in 6-row tiles, a last
-// odd panel in 12-row tiles (the register budget of both is 24 accumulators).
+// Column panels [p_begin, p_end) for every row: pairs of panels in tiles of up to 6 rows,
+// a last odd panel in tiles of up to 12 (the register budget of both is 24 accumulators).
+// Rows are spread evenly over the tiles (128 rows: 18 x 6 + 4 x 5, not 21 x 6 + 2), so no
+// tile runs nearly empty.
+template <int PANELS>
+void row_tiles(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* panel, int64_t n0, int64_t n_end,
+               const Epilogue& epi) {
+  constexpr int64_t MAX_ROWS = PANELS == 2 ? 6 : 12;
+  const int64_t tiles = (M + MAX_ROWS - 1) / MAX_ROWS;
+  if (tiles == 0) return;
+  const int64_t base = M / tiles, extra = M % tiles;
+  for (int64_t t = 0, i = 0; t < tiles; ++t) {
+    const int64_t rows = base + (t < extra ? 1 : 0);
+    tile_rows<PANELS>(static_cast<int>(rows), au + i * Kp, Kp, panel, Kp / 4, i, n0, n_end, epi);
+    i += rows;
+  }
+}
+
 void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
                  int64_t p_begin, int64_t p_end, const Epilogue& epi) {
   const int64_t k4 = Kp / 4;
   int64_t p = p_begin;
-  for (; p + 2 <= p_end; p += 2) {
-    const int8_t* panel = packed + p * k4 * 128;
-    const int64_t n_end = std::min<int64_t>(N, (p + 2) * 32);
-    for (int64_t i = 0; i < M; i += 6)
-      tile_rows<2>(static_cast<int>(std::min<int64_t>(6, M - i)), au + i * Kp, Kp, panel, k4, i,
-                   p * 32, n_end, epi);
-  }
-  if (p < p_end) {
-    const int8_t* panel = packed + p * k4 * 128;
-    const int64_t n_end = std::min<int64_t>(N, (p + 1) * 32);
-    for (int64_t i = 0; i < M; i += 12)
-      tile_rows<1>(static_cast<int>(std::min<int64_t>(12, M - i)), au + i * Kp, Kp, panel, k4, i,
-                   p * 32, n_end, epi);
-  }
+  for (; p + 2 <= p_end; p += 2)
+    row_tiles<2>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 2) * 32), epi);
+  if (p < p_end)
+    row_tiles<1>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
 }
 
 // Threads worth using: the pool's, but no more than the CPUs this process may run on (a
@@ -310,23 +320,27 @@ uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp) {
 // stored as q + 128 with K padded to Kp.
 uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale) {
   uint8_t* au = scratch(M * Kp);
+  const int64_t full = K / 16 * 16;  // whole vectors: plain loads and stores (masked ones are slow)
   for (int64_t i = 0; i < M; ++i) {
     const float* row = A + i * K;
     __m512 vmax = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16)
-      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - k), row + k)));
+    for (int64_t k = 0; k < full; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
+    if (full < K) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - full), row + full)));
     const float m = _mm512_reduce_max_ps(vmax);
     const float s = m > 0.0f ? m / 127.0f : 1.0f;
     row_scale[i] = s;
     const __m512 vs = _mm512_set1_ps(s);
-    std::memset(au + i * Kp + K, 128, Kp - K);
-    for (int64_t k = 0; k < K; k += 16) {
-      const __mmask16 mask = tail_mask(K - k);
-      __m512 q = _mm512_div_ps(_mm512_maskz_loadu_ps(mask, row + k), vs);
-      q = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
-      const __m512i u = _mm512_add_epi32(_mm512_cvtps_epi32(q), _mm512_set1_epi32(128));
-      _mm_mask_storeu_epi8(au + i * Kp + k, mask, _mm512_cvtepi32_epi8(u));
+    uint8_t* out = au + i * Kp;
+    std::memset(out + K, 128, Kp - K);
+    const __m512i offset = _mm512_set1_epi32(128);
+    for (int64_t k = 0; k < full; k += 16) {
+      const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_loadu_ps(row + k), vs), offset);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(u));
+    }
+    if (full < K) {
+      const __mmask16 mask = tail_mask(K - full);
+      const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_maskz_loadu_ps(mask, row + full), vs), offset);
+      _mm_mask_storeu_epi8(out + full, mask, _mm512_cvtepi32_epi8(u));
     }
   }
   return au;
@@ -415,10 +429,8 @@ void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t Kp, int8_t*
     __m512i sum = _mm512_setzero_si512();
     for (int64_t k = 0; k < K; k += 16) {
       const __mmask16 mask = tail_mask(K - k);
-      __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(mask, row + k), _mm512_set1_ps(s));
-      v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
-      const __m512i qi = _mm512_maskz_mov_epi32(mask, _mm512_cvtps_epi32(v));
+      const __m512i qi = _mm512_maskz_mov_epi32(mask, quantize_epi32(_mm512_maskz_loadu_ps(mask, row + k),
+                                                                     _mm512_set1_ps(s)));
       sum = _mm512_add_epi32(sum, qi);
       _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
       for (int64_t g = 0; g < 4 && k + 4 * g < K; ++g) std::memcpy(col + ((k / 4) + g) * 128, q + 4 * g, 4);
