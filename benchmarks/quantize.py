@@ -77,8 +77,12 @@ def main() -> None:
             model.save(path)
             sizes[mode] = os.path.getsize(path)
             runs[mode] = jaxlite.load(path).compile()
+        failed = {}
         for label, (run, nbytes) in litert_runners(fn, args, calibration_for(key, args), THREADS).items():
-            runs[label], sizes[label] = run, nbytes
+            if run is None:
+                failed[label] = nbytes
+            else:
+                runs[label], sizes[label] = run, nbytes
         jitted = jax.jit(fn)
         ref = np.asarray(jitted(*args))
         t = interleaved_medians({"jit": jitted, **runs}, args, reps=reps)
@@ -87,6 +91,8 @@ def main() -> None:
             err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
             print(f"{name:32s} {mode:15s} {t['jit'] * 1e3:7.2f}ms {t[mode] * 1e3:7.2f}ms "
                   f"{t[mode] / t['jit']:6.3f} {sizes[mode] / 1024:8.0f}KB {sizes[mode] / float_size:6.3f} {err:8.1e}")
+        for label, reason in failed.items():
+            print(f"{name:32s} {label:15s} failed: {reason}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import os
 
 
 def litert_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> dict[str, tuple]:
-    """{"LiteRT float32" | "LiteRT dynamic" | "LiteRT int8": (run, file bytes)}; {} when
-    tensorflow or ai-edge-litert is missing."""
+    """{"LiteRT float32" | "LiteRT dynamic" | "LiteRT int8": (run, file bytes)}, where a
+    conversion or LiteRT's own setup fails: (None, the error); {} when tensorflow or
+    ai-edge-litert is missing."""
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import numpy as np
@@ -52,6 +53,9 @@ def litert_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> d
 
     out = {}
     for mode in ("float32", "dynamic", "int8"):
-        blob = convert(mode)
-        out[f"LiteRT {mode}"] = (runner(blob), len(blob))
+        try:
+            blob = convert(mode)
+            out[f"LiteRT {mode}"] = (runner(blob), len(blob))
+        except Exception as e:  # e.g. "failed to create XNNPACK runtime" (ResNet-18 full-integer)
+            out[f"LiteRT {mode}"] = (None, f"{type(e).__name__}: {str(e).splitlines()[0][:100]}")
     return out
