@@ -1,11 +1,15 @@
-"""Native int8 GEMM (AVX-512 VNNI) as an XLA custom call, compiled on first use.
+"""Native int8 kernels (AVX-512 VNNI) as XLA custom calls, compiled on first use.
 
 The C++ source ships with the package (``native/int8_gemm.cc``); it is built with the
 system's g++ against jaxlib's FFI headers into a cache folder (``$JAXLITE_CACHE`` or
-``~/.cache/jaxlite``) and registered with ``jax.ffi``. Where there is no compiler, no
-AVX-512 VNNI, or ``JAXLITE_NATIVE=0``, ``available()`` is False and the int8 kernels use
-XLA's own int8 dot_general instead. The int8 GEMM is bit-identical either way; the fused
-dynamic dot agrees to float rounding (XLA may fuse its rescale into multiply-adds) — tested.
+``~/.cache/jaxlite``) and registered with ``jax.ffi``. Four calls: the quantized GEMM
+(int8 rows x packed weight, epilogue in registers), the dynamic GEMM (float rows
+quantized in the kernel), the 2-D convolution (patches gathered in the kernel) and the
+product of two activations (both quantized, the right side packed per call). Where there
+is no compiler, no AVX-512 VNNI, or ``JAXLITE_NATIVE=0``, ``available()`` is False and the
+same ops run through XLA's int8 dot_general. The int8 products are identical either way;
+floats agree to rounding (the epilogue's order of operations is XLA's, but XLA may fuse
+multiply-adds, and exp/tanh/erf are the kernel's own polynomials) -- tested.
 """
 
 from __future__ import annotations
