@@ -1,12 +1,12 @@
-"""``jquant`` matmuls through the native VNNI GEMM (runtime.native), epilogue included.
+"""``jquant`` matmuls through the native VNNI kernels (runtime.native), epilogue included.
 
 An int8 dot whose weight is one [K, N] matrix (``quant_kernels.gemm_shape``), or a
-convolution as im2col rows times that matrix, becomes one custom call that also applies
-the rescale, the bias and a relu/relu6 while the accumulators are in registers, and, for
-full-integer models, requantizes to int8 -- so no int32 tensor ever reaches memory. What the
-kernel cannot express (a bias that varies along rows, other activations) runs in XLA
-after it. The float operations are those of the XLA kernels in ``quant_kernels``, in the
-same order.
+convolution (patches gathered by the kernel), becomes one custom call that also applies the
+rescale, the bias and the activation while the accumulators are in registers, and, for
+full-integer models, requantizes to int8 -- so no int32 tensor ever reaches memory. A bias
+that varies along rows is left to XLA (with the activation after it). The float operations
+are those of the XLA kernels in ``quant_kernels``, in the same order. ``jquant.dynamic_act_dot``
+(two activations) is one call on a [B, M, K] x [B, N, K] layout.
 """
 
 from __future__ import annotations
