@@ -78,7 +78,7 @@ def int8_conv(xq, wq, *, window_strides, padding, lhs_dilation, rhs_dilation, di
         return lax.conv_general_dilated(xq, wq, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dn, feature_group_count, batch_group_count,
                                         preferred_element_type=jnp.int32)
-    x = jnp.transpose(xq, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))   # N, spatial..., C
+    x = to_channels_last(xq, dn)                                                  # N, spatial..., C
     w_perm = (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0])                   # spatial..., I, O
     w_shape = tuple((rhs_shape or wq.shape)[i] for i in w_perm)
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding], (0, 0, 0)])
@@ -107,10 +107,20 @@ def int8_conv(xq, wq, *, window_strides, padding, lhs_dilation, rhs_dilation, di
         rhs = w.reshape(k, cg, g, og).transpose(2, 0, 1, 3).reshape(g, k * cg, og)
         acc = int8_dot(lhs, rhs, (((2,), (1,)), ((0,), (0,))))        # G, rows, Og
         acc = acc.transpose(1, 0, 2)
-    acc = acc.reshape(n, *out_sp, o)
-    perm = [0] * (nsp + 2)
-    perm[dn.out_spec[0]] = 0
-    perm[dn.out_spec[1]] = nsp + 1
-    for i in range(nsp):
-        perm[dn.out_spec[2 + i]] = 1 + i
-    return jnp.transpose(acc, perm)
+    return from_channels_last(acc.reshape(n, *out_sp, o), dn)
+
+
+def to_channels_last(x, dimension_numbers):
+    """A convolution's input as [N, spatial..., C]."""
+    dn = dimension_numbers
+    return jnp.transpose(x, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+
+
+def from_channels_last(y, dimension_numbers):
+    """[N, spatial..., O] -> the convolution's result layout."""
+    out_spec = dimension_numbers.out_spec
+    perm = [0] * len(out_spec)
+    perm[out_spec[1]] = len(out_spec) - 1
+    for i, d in enumerate(out_spec[2:]):
+        perm[d] = 1 + i
+    return jnp.transpose(y, perm)

@@ -113,20 +113,14 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
 
         def conv_in_kernel(weights, xq, col_scale, sample_scale, bias, out_scale):
             """Channels-last input (1-D as height 1), patches gathered by the kernel."""
-            x = jnp.transpose(xq, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+            x = int8.to_channels_last(xq, dn)
             x = x.reshape(x.shape[0], *([1] * (2 - nsp)), *x.shape[1:])
             rows = None if sample_scale is None else jnp.repeat(sample_scale, out_size[0] * out_size[1])
             y = native.quantized_conv(
                 x, weights[packed], weights[colsum], n, col_scale, window=window, strides=strides,
                 dilation=dilation, padding_low=padding_low, out_size=out_size, row_scale=rows,
                 **epilogue(bias, out_scale))
-            y = y.reshape(x.shape[0], *[out_shape[d] for d in dn.out_spec[2:]], n)
-            perm = [0] * (nsp + 2)   # N, spatial..., O -> the result's layout
-            perm[dn.out_spec[0]] = 0
-            perm[dn.out_spec[1]] = nsp + 1
-            for i, d in enumerate(dn.out_spec[2:]):
-                perm[d] = 1 + i
-            return jnp.transpose(y, perm)
+            return int8.from_channels_last(y.reshape(x.shape[0], *[out_shape[d] for d in dn.out_spec[2:]], n), dn)
 
     if is_dynamic:
         if not is_conv:  # rows are quantized inside the kernel

@@ -258,33 +258,42 @@ void wait_until(const std::atomic<int64_t>& done, int64_t target) {
   }
 }
 
-// Splits the panel pairs over the intra-op thread pool when the GEMM is big enough to pay
-// for it. Chunks are claimed from a shared counter, and the caller works too, so the call
-// finishes even when every pool thread is busy elsewhere; tasks that start late find no
-// chunk left and touch nothing but the shared counters (kept alive by the shared_ptr).
-void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
-          const Epilogue& epi, ffi::ThreadPool& pool) {
-  const int64_t panels = (N + 31) / 32;
-  const int64_t pairs = (panels + 1) / 2;
-  const int64_t threads = std::min<int64_t>({usable_threads(pool), pairs, M * Kp * N / (1 << 20)});
+// Runs fn(0), ..., fn(count - 1) on `threads` threads: the caller and pool tasks claim
+// items from a shared counter, so the call finishes even when every pool thread is busy
+// elsewhere; tasks that start late find no item left and touch nothing but the counters
+// (kept alive by the shared_ptr).
+template <typename F>
+void parallel_for(ffi::ThreadPool& pool, int64_t threads, int64_t count, F fn) {
   if (threads <= 1) {
-    gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
+    for (int64_t i = 0; i < count; ++i) fn(i);
     return;
   }
   struct Progress { std::atomic<int64_t> next{0}, done{0}; };
   auto progress = std::make_shared<Progress>();
-  const int64_t chunks = std::min<int64_t>(pairs, 4 * threads);
-  auto work = [=] {
-    for (int64_t c; (c = progress->next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      const int64_t b = std::min(panels, pairs * c / chunks * 2);
-      const int64_t e = std::min(panels, pairs * (c + 1) / chunks * 2);
-      gemm_panels(au, M, Kp, packed, N, b, e, epi);
+  auto work = [progress, count, fn] {
+    for (int64_t i; (i = progress->next.fetch_add(1, std::memory_order_relaxed)) < count;) {
+      fn(i);
       progress->done.fetch_add(1, std::memory_order_release);
     }
   };
   for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
   work();
-  wait_until(progress->done, chunks);
+  wait_until(progress->done, count);
+}
+
+// Splits the panel pairs over the intra-op thread pool when the GEMM is big enough to pay
+// for it (a few chunks per thread, for balance).
+void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
+          const Epilogue& epi, ffi::ThreadPool& pool) {
+  const int64_t panels = (N + 31) / 32;
+  const int64_t pairs = (panels + 1) / 2;
+  const int64_t threads = std::min<int64_t>({usable_threads(pool), pairs, M * Kp * N / (1 << 20)});
+  const int64_t chunks = threads <= 1 ? 1 : std::min<int64_t>(pairs, 4 * threads);
+  parallel_for(pool, threads, chunks, [=](int64_t c) {
+    const int64_t b = std::min(panels, pairs * c / chunks * 2);
+    const int64_t e = std::min(panels, pairs * (c + 1) / chunks * 2);
+    gemm_panels(au, M, Kp, packed, N, b, e, epi);
+  });
 }
 
 // Scratch buffers per thread (slot 0: the GEMM's A rows, slot 1: a padded conv input),
@@ -540,21 +549,7 @@ static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32>
     gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
   };
   const int64_t threads = std::min<int64_t>({usable_threads(pool), batches, batches * M * Kp * N / (1 << 19)});
-  if (threads <= 1) {
-    for (int64_t i = 0; i < batches; ++i) one(i);
-    return ffi::Error::Success();
-  }
-  struct Progress { std::atomic<int64_t> next{0}, done{0}; };
-  auto progress = std::make_shared<Progress>();
-  auto work = [=] {
-    for (int64_t i; (i = progress->next.fetch_add(1, std::memory_order_relaxed)) < batches;) {
-      one(i);
-      progress->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
-  work();
-  wait_until(progress->done, batches);
+  parallel_for(pool, threads, batches, one);
   return ffi::Error::Success();
 }
 
@@ -579,31 +574,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicActGemm, DynamicActGemmImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int32_t>("activation"));
+// int8 rows (or input), packed weight, column sums, row scales, column scales, bias, out
+// scale -> float or int8; the epilogue's activation. Shared by the GEMM and the convolution.
+static auto QuantizedBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::S8>>()
+      .Arg<ffi::Buffer<ffi::S8>>()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<int32_t>("activation");
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl, QuantizedBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedConv, QuantizedConvImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int32_t>("activation")
+                              QuantizedBinding()
                                   .Attr<ffi::Span<const int64_t>>("window")
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("dilation")
