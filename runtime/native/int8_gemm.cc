@@ -5,7 +5,7 @@
 // the accumulators are still in registers:
 //
 //   float out:  activation((float(acc) * row_scale[m]) * col_scale[n] + bias[n])
-//   int8 out:   that value requantized: clamp(round_half_even(v / out_scale), -127, 127)
+//   int8 out:   that value requantized: clamp(round_half_even(v * (1 / out_scale)), -127, 127)
 //
 // (row_scale, bias, out_scale optional). The dynamic-range variant takes float A and
 // quantizes it per row first (scale = max|row| / 127). W is packed once at load (see
@@ -124,10 +124,11 @@ inline __m512 activate(__m512 v, int32_t activation) {
   }
 }
 
-// round_half_even(x / s) clamped to +-127 as int32: the XLA path's quantize. Clamping
+// round_half_even(x * inv_s) clamped to +-127 as int32, inv_s = 1 / s: the XLA path's
+// quantize (runtime/int8.py: a multiply, since a zmm division costs ~10x as much). Clamping
 // before rounding is the same (+-127 are integers), and cvtps_epi32 rounds half to even.
-inline __m512i quantize_epi32(__m512 x, __m512 s) {
-  const __m512 q = _mm512_div_ps(x, s);
+inline __m512i quantize_epi32(__m512 x, __m512 inv_s) {
+  const __m512 q = _mm512_mul_ps(x, inv_s);
   return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f)));
 }
 
@@ -137,7 +138,7 @@ struct Epilogue {
   const float* col_scale;
   const float* bias;       // nullptr: none
   int32_t activation;
-  float out_scale;         // > 0: requantize to int8
+  float out_inv_scale;     // > 0: requantize to int8 (1 / out_scale)
   void* out;
   int64_t ldo;
 
@@ -148,9 +149,9 @@ struct Epilogue {
     v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, col_scale + n));
     if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + n));
     if (activation != kNone) v = activate(v, activation);
-    if (out_scale > 0.0f) {
+    if (out_inv_scale > 0.0f) {
       _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + m * ldo + n, mask,
-                           _mm512_cvtepi32_epi8(quantize_epi32(v, _mm512_set1_ps(out_scale))));
+                           _mm512_cvtepi32_epi8(quantize_epi32(v, _mm512_set1_ps(out_inv_scale))));
     } else {
       _mm512_mask_storeu_ps(static_cast<float*>(out) + m * ldo + n, mask, v);
     }
@@ -165,7 +166,7 @@ inline void tile(const uint8_t* __restrict a, int64_t lda, const int8_t* __restr
   constexpr int V = 2 * PANELS;
   const int64_t panel_bytes = k4 * 128;
   __m512i acc[ROWS][V];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < V; ++j) acc[r][j] = _mm512_setzero_si512();
@@ -176,7 +177,7 @@ inline void tile(const uint8_t* __restrict a, int64_t lda, const int8_t* __restr
       b[2 * p] = _mm512_loadu_si512(panel + p * panel_bytes + kk * 128);
       b[2 * p + 1] = _mm512_loadu_si512(panel + p * panel_bytes + kk * 128 + 64);
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
       int32_t av;
       std::memcpy(&av, a + r * lda + kk * 4, 4);
@@ -191,7 +192,7 @@ inline void tile(const uint8_t* __restrict a, int64_t lda, const int8_t* __restr
     const int64_t left = n_end - n;
     if (left <= 0) break;
     const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) epi(m0 + r, n, acc[r][j], mask);
   }
 }
@@ -325,7 +326,7 @@ uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp) {
 }
 
 // float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row; q =
-// round_half_even(a / scale) clamped to +-127, the float operations of the XLA path),
+// round_half_even(a * (1 / scale)) clamped to +-127, the float operations of the XLA path),
 // stored as q + 128 with K padded to Kp.
 uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale) {
   uint8_t* au = scratch(M * Kp);
@@ -338,7 +339,7 @@ uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float*
     const float m = _mm512_reduce_max_ps(vmax);
     const float s = m > 0.0f ? m / 127.0f : 1.0f;
     row_scale[i] = s;
-    const __m512 vs = _mm512_set1_ps(s);
+    const __m512 vs = _mm512_set1_ps(1.0f / s);
     uint8_t* out = au + i * Kp;
     std::memset(out + K, 128, Kp - K);
     const __m512i offset = _mm512_set1_epi32(128);
@@ -458,7 +459,7 @@ void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t Kp, int8_t*
     for (int64_t k = 0; k < K; k += 16) {
       const __mmask16 mask = tail_mask(K - k);
       const __m512i qi = _mm512_maskz_mov_epi32(mask, quantize_epi32(_mm512_maskz_loadu_ps(mask, row + k),
-                                                                     _mm512_set1_ps(s)));
+                                                                     _mm512_set1_ps(1.0f / s)));
       sum = _mm512_add_epi32(sum, qi);
       _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
       for (int64_t g = 0; g < 4 && k + 4 * g < K; ++g) std::memcpy(col + ((k / 4) + g) * 128, q + 4 * g, 4);
@@ -484,8 +485,8 @@ static ffi::Error EpilogueGemm(ffi::ThreadPool& pool, const uint8_t* au, int64_t
   const bool requantize = out_scale.element_count() != 0;
   if (requantize != (out->element_type() == ffi::DataType::S8))
     return ffi::Error::InvalidArgument("an int8 result needs out_scale, a float one must not have it");
-  const float os = requantize ? out_scale.typed_data()[0] : 0.0f;
-  const Epilogue epi{colsum.typed_data(), row_scale, col_scale.typed_data(), optional(bias), activation, os,
+  const float inv = requantize ? 1.0f / out_scale.typed_data()[0] : 0.0f;
+  const Epilogue epi{colsum.typed_data(), row_scale, col_scale.typed_data(), optional(bias), activation, inv,
                      out->untyped_data(), N};
   gemm(au, M, Kp, packed.typed_data(), N, epi, pool);
   return ffi::Error::Success();
