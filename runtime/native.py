@@ -81,12 +81,22 @@ def available() -> bool:
 
 def pack(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(packed bytes, column sums) of an int8 [K, N] weight for ``gemm``."""
+    return packed_weight(w), column_sums(w)
+
+
+def packed_weight(w: np.ndarray) -> np.ndarray:
+    """An int8 [K, N] weight in the kernel's layout: panels of 32 columns, k in groups of 4."""
     k, n = w.shape
     k4, panels = (k + 3) // 4, (n + 31) // 32
     padded = np.zeros((k4 * 4, panels * 32), np.int8)
     padded[:k, :n] = w
-    packed = padded.reshape(k4, 4, panels, 32).transpose(2, 0, 3, 1).reshape(-1)
-    return np.ascontiguousarray(packed), w.astype(np.int32).sum(0).astype(np.int32)
+    return padded.reshape(k4, 4, panels, 32).transpose(2, 0, 3, 1).reshape(-1)  # one copy
+
+
+def column_sums(w: np.ndarray) -> np.ndarray:
+    """int32 column sums of an int8 [K, N] weight (the kernel's unsigned-A correction),
+    accumulated in int32 without an int32 copy of the weight (4x its size at load)."""
+    return np.sum(w, axis=0, dtype=np.int32)
 
 
 def _optional(x):

@@ -338,6 +338,26 @@ def test_native_and_xla_int8_paths_agree(example):
             assert not any(n.endswith(".q") for n in native_exe._weights)
 
 
+def test_big_packed_weights_are_arguments_not_constants():
+    """A weight packed for the native kernel is embedded only while small: an embedded
+    constant stays resident twice and XLA gains nothing from a custom call's constant."""
+    from jaxlite.runtime import executable, native
+    if not native.available():
+        pytest.skip("no native int8 kernel on this CPU")
+    rng = np.random.default_rng(0)
+    big = jnp.asarray(rng.standard_normal((1024, 1100)).astype(np.float32) * 0.03)  # 1.1 MB packed
+    small = jnp.asarray(rng.standard_normal((1100, 64)).astype(np.float32) * 0.03)
+    fn = lambda x: jnp.tanh(x @ big) @ small  # noqa: E731
+    x = rng.standard_normal((8, 1024)).astype(np.float32)
+    exe = jaxlite.compile(fn, x, quantize="dynamic")
+    passed = [n for n in exe._weights if n.endswith("@vnni")]
+    assert len(passed) == 1 and exe._weights[passed[0]].nbytes > executable.EMBED_PACKED_MAX_BYTES
+    expected = np.asarray(jax.jit(fn)(x))
+    assert np.linalg.norm(np.asarray(exe(x)) - expected) <= 0.02 * np.linalg.norm(expected)
+    w = rng.integers(-127, 128, (300, 70)).astype(np.int8)
+    np.testing.assert_array_equal(native.column_sums(w), w.astype(np.int64).sum(0))
+
+
 CONV_GEOMETRIES = [  # (input shape, kernel shape, strides, padding, rhs dilation, dimension numbers)
     ((2, 9, 11, 5), (3, 3, 5, 7), (1, 1), "SAME", (1, 1), ("NHWC", "HWIO", "NHWC")),
     ((1, 10, 10, 3), (7, 7, 3, 16), (2, 2), ((3, 3), (3, 3)), (1, 1), ("NHWC", "HWIO", "NHWC")),
