@@ -14,7 +14,8 @@ zero point 0; per output channel by default):
   dequantize moves down through ops that commute with it (reshape, transpose, max-pool,
   relu, concatenate, slice, ...) and cancels against the next quantize of the same scale,
   so int8 values flow from layer to layer and float appears only where an op has no int8
-  kernel. Dots between two activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
+  kernel; a dequantize still right after a qdot/qconv that nothing else reads becomes the
+  op's float result (its epilogue writes float: no requantize). Dots between two activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
 
 ``skip`` holds fnmatch patterns of kernel weight names or op names kept in float
 (``jquant.dynamic_act_dot`` keeps every dot between two activations in float).
@@ -185,6 +186,7 @@ class QuantizePass(ModulePass):
         changed = True
         while changed:
             changed = _sink_dequantize(module) | _cancel_pairs(module)
+        _float_results(module)
 
 
 def _scale(max_abs: float) -> float:
@@ -209,6 +211,27 @@ def _cancel_pairs(module: ModuleOp) -> bool:
     if changed:
         dce(module)
     return changed
+
+
+def _float_results(module: ModuleOp) -> None:
+    """dequantize(qdot(..., out_scale=s), s) -> qdot(...) with a float result, where the int8
+    result has no other reader: once the int8 chains are settled, a dequantize still right
+    after a quantized op means float is wanted (a residual add, the model's output), and the
+    kernel's epilogue writes it directly -- one op and one rounding fewer."""
+    for dq in [o for o in module.walk() if isinstance(o, quant.DequantizeOp)]:
+        q = producer(dq.input)
+        if not isinstance(q, quant.StaticMatmulOp) or q.out_scale is None or len(users(q.result)) != 1 \
+                or _scale_of(dq) is None or _scale_of(dq) != splat_value(q.out_scale):
+            continue
+        new = type(q)(q.lhs, q.rhs, q.x_scale, q.w_scale, q.bias, None, shape_dtype(q.result.type)[0],
+                      q.primitive_params(), q.activation, q.w_axis)
+        Rewriter.insert_op(new, InsertPoint.before(q))
+        dq.result.replace_all_uses_with(new.result)
+        dq.detach()
+        dq.erase()
+        q.detach()
+        q.erase()
+    dce(module)
 
 
 # ops through which a per-tensor dequantize commutes (positive scale, zero point 0)

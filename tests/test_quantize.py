@@ -75,12 +75,37 @@ def test_full_integer_graph_keeps_int8_between_layers():
     x_train = digits.load(images=True)[0]
     model = jaxlite.convert(fn, *args, quantize="int8", calibration=[(x_train[:64],)])
     kinds = [op.name for op in model.module.walk()]
-    assert kinds.count("jquant.quantize") == 1 and kinds.count("jquant.dequantize") == 1
+    # one quantize at the input; no dequantize: the last dot's epilogue writes float directly
+    assert kinds.count("jquant.quantize") == 1 and kinds.count("jquant.dequantize") == 0
     assert kinds.count("jquant.qconv") == 2 and kinds.count("jquant.qdot") == 1
     text = model.ir()
+    assert "-> tensor<64x10xf32>\n    func.return" in text
     assert "jlax.reduce_window_max" in text and "tensor<64x4x4x16xi8>" in text  # int8 max-pool
     assert "jfuse" not in text and "xf32> -> tensor<64x512xi8>" not in text
     assert "(tensor<64x4x4x32xi8>) -> tensor<64x512xi8>" in text                # int8 reshape
+
+
+def test_int8_result_read_as_float_comes_from_the_epilogue():
+    """dequantize(qdot) folds into a float-result qdot only where the int8 value has no
+    other reader: here y also feeds the next int8 dot, so its dequantize (for the residual
+    add) stays, while z is only ever read as float."""
+    rng = np.random.default_rng(1)
+    w1, w2 = (jnp.asarray(rng.standard_normal((32, 32)).astype(np.float32) * 0.2) for _ in range(2))
+
+    def fn(x):
+        y = jax.nn.relu(x @ w1)
+        z = y @ w2
+        return z + y
+
+    x = rng.standard_normal((16, 32)).astype(np.float32)
+    model = jaxlite.convert(fn, x, quantize="int8", calibration=[(x,)])
+    qdots = [op for op in model.module.walk() if op.name == "jquant.qdot"]
+    dequantized = [op for op in model.module.walk() if op.name == "jquant.dequantize"]
+    assert [str(q.result.type) for q in qdots] == ["tensor<16x32xi8>", "tensor<16x32xf32>"]
+    assert len(dequantized) == 1 and dequantized[0].input is qdots[0].result
+    expected = np.asarray(jax.jit(fn)(x))
+    for exe in (model.compile(), model.compile(native_gemm=False)):
+        assert np.linalg.norm(np.asarray(exe(x)) - expected) <= 0.03 * np.linalg.norm(expected)
 
 
 def test_dynamic_and_int8_weights_ir():
