@@ -2,10 +2,11 @@
 
 The C++ source ships with the package (``native/int8_gemm.cc``); it is built with the
 system's g++ against jaxlib's FFI headers into a cache folder (``$JAXLITE_CACHE`` or
-``~/.cache/jaxlite``) and registered with ``jax.ffi``. Four calls: the quantized GEMM
+``~/.cache/jaxlite``) and registered with ``jax.ffi``. Five calls: the quantized GEMM
 (int8 rows x packed weight, epilogue in registers), the dynamic GEMM (float rows
-quantized in the kernel), the 2-D convolution (patches gathered in the kernel) and the
-product of two activations (both quantized, the right side packed per call). Where there
+quantized in the kernel), the 2-D convolution (patches gathered in the kernel), the
+dynamic convolution (float input quantized per sample while it is copied for the patches)
+and the product of two activations (both quantized, the right side packed per call). Where there
 is no compiler, no AVX-512 VNNI, or ``JAXLITE_NATIVE=0``, ``available()`` is False and the
 same ops run through XLA's int8 dot_general. The int8 products are identical either way;
 floats agree to rounding (the epilogue's order of operations is XLA's, but XLA may fuse
@@ -27,6 +28,7 @@ import numpy as np
 QUANTIZED_TARGET = "jaxlite_quantized_gemm"
 DYNAMIC_TARGET = "jaxlite_dynamic_gemm"
 CONV_TARGET = "jaxlite_quantized_conv"
+DYNAMIC_CONV_TARGET = "jaxlite_dynamic_conv"
 ACT_TARGET = "jaxlite_dynamic_act_gemm"
 # activations the kernel's epilogue applies itself: those of dialects/fused.py (relu and
 # relu6 exactly, the others to float32 rounding)
@@ -67,6 +69,8 @@ def available() -> bool:
         jax.ffi.register_ffi_target(QUANTIZED_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedGemm),
                                     platform="cpu")
         jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedConv),
+                                    platform="cpu")
+        jax.ffi.register_ffi_target(DYNAMIC_CONV_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicConv),
                                     platform="cpu")
         jax.ffi.register_ffi_target(ACT_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicActGemm),
                                     platform="cpu")
@@ -136,6 +140,21 @@ def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dil
         _optional(out_scale), activation=np.int32(ACTIVATIONS[activation]), window=ints(window),
         strides=ints(strides), dilation=ints(dilation), padding_low=ints(padding_low),
         out_size=ints(out_size))
+
+
+def dynamic_conv(x, packed, colsum, n: int, w_scale, *, window, strides, dilation, padding_low,
+                 out_size, bias=None, activation: str = "none"):
+    """``quantized_conv`` of a float32 x [N, H, W, C] quantized per sample in the kernel
+    (scale = max|x[b]| / 127): rows of sample b get its scale in the epilogue."""
+    import jax
+    import jax.numpy as jnp
+
+    rows = x.shape[0] * out_size[0] * out_size[1]
+    ints = lambda v: np.asarray(v, np.int64)  # noqa: E731
+    return jax.ffi.ffi_call(DYNAMIC_CONV_TARGET, jax.ShapeDtypeStruct((rows, n), jnp.float32))(
+        x, packed, colsum, _optional(w_scale), _optional(bias), _optional(None),
+        activation=np.int32(ACTIVATIONS[activation]), window=ints(window), strides=ints(strides),
+        dilation=ints(dilation), padding_low=ints(padding_low), out_size=ints(out_size))
 
 
 def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None,

@@ -111,15 +111,21 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         padding_low = as_2d((lo for lo, _ in params["padding"]), fill=0)
         out_size = as_2d(out_shape[d] for d in dn.out_spec[2:])
 
-        def conv_in_kernel(weights, xq, col_scale, sample_scale, bias, out_scale):
-            """Channels-last input (1-D as height 1), patches gathered by the kernel."""
-            x = int8.to_channels_last(xq, dn)
+        geometry = dict(window=window, strides=strides, dilation=dilation, padding_low=padding_low,
+                        out_size=out_size)
+
+        def conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale):
+            """Channels-last input (1-D as height 1), patches gathered by the kernel; a float
+            x (dynamic range) is quantized per sample there too."""
+            x = int8.to_channels_last(x, dn)
             x = x.reshape(x.shape[0], *([1] * (2 - nsp)), *x.shape[1:])
-            rows = None if sample_scale is None else jnp.repeat(sample_scale, out_size[0] * out_size[1])
-            y = native.quantized_conv(
-                x, weights[packed], weights[colsum], n, col_scale, window=window, strides=strides,
-                dilation=dilation, padding_low=padding_low, out_size=out_size, row_scale=rows,
-                **epilogue(bias, out_scale))
+            if x.dtype == jnp.float32:
+                y = native.dynamic_conv(x, weights[packed], weights[colsum], n, col_scale, **geometry,
+                                        **{k: v for k, v in epilogue(bias, None).items() if k != "out_scale"})
+            else:
+                rows = None if sample_scale is None else jnp.repeat(sample_scale, out_size[0] * out_size[1])
+                y = native.quantized_conv(x, weights[packed], weights[colsum], n, col_scale, **geometry,
+                                          row_scale=rows, **epilogue(bias, out_scale))
             return int8.from_channels_last(y.reshape(x.shape[0], *[out_shape[d] for d in dn.out_spec[2:]], n), dn)
 
     if is_dynamic:
@@ -133,6 +139,8 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         reduce_axes = tuple(d for d in range(len(op.lhs.type.get_shape())) if d != batch_axis)
 
         def run_dynamic_conv(weights, x, _wq, w_scale, bias=None):  # one scale per sample
+            if in_kernel_im2col:  # quantized in the kernel (no XLA reduce/quantize ops)
+                return (finish(conv_in_kernel(weights, x, w_columns(w_scale), None, bias, None), bias, None),)
             x_scale = int8.safe_scale(jnp.max(jnp.abs(x), axis=reduce_axes, keepdims=True))
             y = run_matmul(weights, int8.quantize(x, x_scale), w_columns(w_scale), x_scale.reshape(-1), bias, None)
             return (finish(y, bias, None),)

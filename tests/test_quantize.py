@@ -395,7 +395,8 @@ CONV_GEOMETRIES = [  # (input shape, kernel shape, strides, padding, rhs dilatio
 @pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
 def test_native_convolution_gathers_patches_like_im2col(geometry):
     """Padding, strides, dilation, layouts and 1-D convolutions through the kernel's own
-    im2col (runtime/native), against the XLA path, for both int8 modes."""
+    im2col (runtime/native), against the XLA path, for both int8 modes (dynamic: the float
+    input quantized per sample inside the kernel, rows of 30-72 floats)."""
     _native_or_skip()
     x_shape, w_shape, strides, padding, dilation, dn = geometry
     rng = np.random.default_rng(3)
@@ -412,7 +413,8 @@ def test_native_convolution_gathers_patches_like_im2col(geometry):
     for mode in ("dynamic", "int8"):
         model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
         assert_tree_close(model.compile()(x), model.compile(native_gemm=False)(x), rtol=2e-5, atol=2e-5)
-        assert "jaxlite_quantized_conv" in model.compile().lower().as_text()
+        target = "jaxlite_dynamic_conv" if mode == "dynamic" else "jaxlite_quantized_conv"
+        assert target in model.compile().lower().as_text()
 
 
 ATTENTION_EINSUMS = ["bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd", "qd,kd->qk", "bij,bjk->bik"]
