@@ -9,7 +9,9 @@ Targets (issue 4, LiteRT/XNNPACK one thread in brackets): transformer dynamic <=
 batch 64 >= 2.5x faster; int8-weights and float16 on CPU within 5% of float32.
 LiteRT rows (float32, dynamic-range int8, full-integer int8; see reference_runtimes.py)
 appear where ``pip install -e ".[bench]"`` installed TensorFlow and ai-edge-litert.
-``err`` is the relative L2 error of the output against jax.jit float32's.
+``err`` is the relative L2 error of the output against jax.jit float32's. ``ratio`` times
+single interleaved calls (cold caches: every other runtime ran in between), ``warm`` runs of
+calls in a row (an inference loop); they differ on the small digits models.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ CASES = {
     "ResNet-18 (224x224, batch 1)": (lambda: resnet.factory(), "resnet"),
 }
 MODES = ("float16", "int8-weights", "dynamic", "int8")
+WARM_BLOCK = 5  # calls in a row per function for the warm column (jaxlite/timing.py)
 
 
 def calibration_for(key: str, args: tuple) -> list[tuple]:
@@ -56,9 +59,10 @@ def calibration_for(key: str, args: tuple) -> list[tuple]:
 def main() -> None:
     reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 30
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
-    print(f"machine: {machine(THREADS)}; medians of {reps} interleaved calls; ratio = time / jax.jit float32")
-    print(f"{'model':32s} {'mode':15s} {'jax.jit':>9s} {'time':>9s} {'ratio':>6s} {'file':>10s} {'size':>6s} "
-          f"{'err':>8s}")
+    print(f"machine: {machine(THREADS)}; medians of {reps} interleaved calls; ratio = time / jax.jit float32; "
+          f"warm: the same in runs of {WARM_BLOCK} calls per function, the first of each dropped")
+    print(f"{'model':32s} {'mode':15s} {'jax.jit':>9s} {'time':>9s} {'ratio':>6s} {'warm':>6s} {'file':>10s} "
+          f"{'size':>6s} {'err':>8s}")
     tmp = tempfile.mkdtemp()
     for name, (make, key) in CASES.items():
         if only and only not in key:
@@ -86,11 +90,13 @@ def main() -> None:
         jitted = jax.jit(fn)
         ref = np.asarray(jitted(*args))
         t = interleaved_medians({"jit": jitted, **runs}, args, reps=reps)
+        warm = interleaved_medians({"jit": jitted, **runs}, args, reps=max(1, reps // 2), block=WARM_BLOCK)
         for mode, run in runs.items():
             out = np.asarray(run(*args))
             err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
             print(f"{name:32s} {mode:15s} {t['jit'] * 1e3:7.2f}ms {t[mode] * 1e3:7.2f}ms "
-                  f"{t[mode] / t['jit']:6.3f} {sizes[mode] / 1024:8.0f}KB {sizes[mode] / float_size:6.3f} {err:8.1e}")
+                  f"{t[mode] / t['jit']:6.3f} {warm[mode] / warm['jit']:6.3f} {sizes[mode] / 1024:8.0f}KB "
+                  f"{sizes[mode] / float_size:6.3f} {err:8.1e}")
         for label, reason in failed.items():
             print(f"{name:32s} {label:15s} failed: {reason}")
 
