@@ -198,7 +198,10 @@ class DynamicConvOp(DynamicMatmulOp):
 
 
 class StaticMatmulOp(QuantizedMatmulOp):
-    lhs = operand_def(TensorType[I8])
+    """A float32 ``lhs`` is quantized with ``x_scale`` first: the calibrated input quantize
+    folded into the op, so the kernel quantizes as it reads (one op, no int8 copy)."""
+
+    lhs = operand_def(TensorType[I8] | TensorType[Float32Type])
     rhs = operand_def(TensorType[I8])
     x_scale = operand_def(TensorType[Float32Type])
     w_scale = operand_def(TensorType[Float32Type])

@@ -15,7 +15,8 @@ zero point 0; per output channel by default):
   relu, concatenate, slice, ...) and cancels against the next quantize of the same scale,
   so int8 values flow from layer to layer and float appears only where an op has no int8
   kernel; a dequantize still right after a qdot/qconv that nothing else reads becomes the
-  op's float result (its epilogue writes float: no requantize). Dots between two activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
+  op's float result (its epilogue writes float: no requantize), and a quantize read only
+  by one folds into it (the op takes float and quantizes as it reads). Dots between two activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
 
 ``skip`` holds fnmatch patterns of kernel weight names or op names kept in float
 (``jquant.dynamic_act_dot`` keeps every dot between two activations in float).
@@ -187,6 +188,7 @@ class QuantizePass(ModulePass):
         while changed:
             changed = _sink_dequantize(module) | _cancel_pairs(module)
         _float_results(module)
+        _fold_input_quantize(module)
 
 
 def _scale(max_abs: float) -> float:
@@ -232,6 +234,24 @@ def _float_results(module: ModuleOp) -> None:
         q.detach()
         q.erase()
     dce(module)
+
+
+def _fold_input_quantize(module: ModuleOp) -> None:
+    """qdot(quantize(x, s), ..., x_scale=s) -> qdot(x, ...) where nothing else reads the int8
+    copy: the kernel quantizes x with s as it reads it (an XLA op and its int8 tensor fewer,
+    e.g. at a model's input)."""
+    for q in [o for o in module.walk() if isinstance(o, quant.QuantizeOp)]:
+        readers = q.result.uses
+        if len(list(readers)) != 1 or q.attributes["axis"].data != -1:
+            continue
+        use = next(iter(readers))
+        mm = use.operation
+        if not isinstance(mm, quant.StaticMatmulOp) or use.index != 0 \
+                or splat_value(mm.x_scale) is None or splat_value(mm.x_scale) != splat_value(q.scale):
+            continue
+        mm.operands[0] = q.input
+        q.detach()
+        q.erase()
 
 
 # ops through which a per-tensor dequantize commutes (positive scale, zero point 0)

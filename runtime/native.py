@@ -143,31 +143,34 @@ def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dil
 
 
 def dynamic_conv(x, packed, colsum, n: int, w_scale, *, window, strides, dilation, padding_low,
-                 out_size, bias=None, activation: str = "none"):
+                 out_size, bias=None, out_scale=None, x_scale=None, activation: str = "none"):
     """``quantized_conv`` of a float32 x [N, H, W, C] quantized per sample in the kernel
-    (scale = max|x[b]| / 127): rows of sample b get its scale in the epilogue."""
+    (scale = max|x[b]| / 127): rows of sample b get its scale in the epilogue. With
+    ``x_scale`` (a calibrated scale) every sample uses it and the epilogue does not."""
     import jax
     import jax.numpy as jnp
 
     rows = x.shape[0] * out_size[0] * out_size[1]
     ints = lambda v: np.asarray(v, np.int64)  # noqa: E731
-    return jax.ffi.ffi_call(DYNAMIC_CONV_TARGET, jax.ShapeDtypeStruct((rows, n), jnp.float32))(
-        x, packed, colsum, _optional(w_scale), _optional(bias), _optional(None),
+    out = jnp.int8 if out_scale is not None else jnp.float32
+    return jax.ffi.ffi_call(DYNAMIC_CONV_TARGET, jax.ShapeDtypeStruct((rows, n), out))(
+        x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
         activation=np.int32(ACTIVATIONS[activation]), window=ints(window), strides=ints(strides),
         dilation=ints(dilation), padding_low=ints(padding_low), out_size=ints(out_size))
 
 
-def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None,
+def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None, x_scale=None,
                  activation: str = "none"):
     """float32 x [M, K] quantized per row on the fly, times the packed int8 weight, with the
     epilogue ``activation((acc * row_scale[m]) * w_scale[n] + bias[n])`` (one custom call for
-    the whole dynamic dot)."""
+    the whole dynamic dot). With ``x_scale`` (a calibrated scale) every row is quantized
+    with it instead, and the epilogue has no row scale."""
     import jax
     import jax.numpy as jnp
 
     out = jnp.int8 if out_scale is not None else jnp.float32
     return jax.ffi.ffi_call(DYNAMIC_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), out))(
-        x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale),
+        x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
         activation=np.int32(ACTIVATIONS[activation]))
 
 

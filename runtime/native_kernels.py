@@ -79,17 +79,20 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
                     out_scale=out_scale if requantize and native_act else None,
                     activation=activation if native_act else "none")
 
-    def gemm(weights, a, col_scale, row_scale, bias, out_scale):
-        """One native call on the [M, K] rows ``a`` (int8, or float for a dynamic dot)."""
+    def gemm(weights, a, col_scale, row_scale, bias, out_scale, x_scale=None):
+        """One native call on the [M, K] rows ``a`` (int8, or float: quantized in the kernel
+        per row, or with ``x_scale``)."""
         kw = epilogue(bias, out_scale)
         if a.dtype == jnp.float32:
-            return native.dynamic_gemm(a, weights[packed], weights[colsum], col_scale, n, **kw)
+            return native.dynamic_gemm(a, weights[packed], weights[colsum], col_scale, n, x_scale=x_scale, **kw)
         return native.quantized_gemm(a, weights[packed], weights[colsum], n, col_scale,
                                      row_scale=row_scale, **kw)
 
-    def run_matmul(weights, x, col_scale, sample_scale, bias, out_scale):
+    def run_matmul(weights, x, col_scale, sample_scale, bias, out_scale, x_scale=None):
         if is_conv and in_kernel_im2col:
-            return conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale)
+            return conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale, x_scale)
+        if x_scale is not None and (is_conv or x.dtype != jnp.float32):
+            x = int8.quantize(x, x_scale)  # im2col in XLA takes int8
         if is_conv:
             def matmul(a):  # im2col rows, sample-major: each sample's scale repeats per position
                 rows = None if sample_scale is None else jnp.repeat(sample_scale, a.shape[0] // sample_scale.shape[0])
@@ -98,7 +101,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         (lc, _), _batch = params["dimension_numbers"]
         free = x.shape[:x.ndim - len(lc)]
         a = x.reshape(int(np.prod(free)) if free else 1, -1)
-        return gemm(weights, a, col_scale, None, bias, out_scale).reshape(out_shape)
+        return gemm(weights, a, col_scale, None, bias, out_scale, x_scale).reshape(out_shape)
 
     if is_conv:
         dn = params["dimension_numbers"]
@@ -114,14 +117,14 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         geometry = dict(window=window, strides=strides, dilation=dilation, padding_low=padding_low,
                         out_size=out_size)
 
-        def conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale):
+        def conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale, x_scale=None):
             """Channels-last input (1-D as height 1), patches gathered by the kernel; a float
-            x (dynamic range) is quantized per sample there too."""
+            x is quantized there too (per sample, or with ``x_scale``)."""
             x = int8.to_channels_last(x, dn)
             x = x.reshape(x.shape[0], *([1] * (2 - nsp)), *x.shape[1:])
             if x.dtype == jnp.float32:
                 y = native.dynamic_conv(x, weights[packed], weights[colsum], n, col_scale, **geometry,
-                                        **{k: v for k, v in epilogue(bias, None).items() if k != "out_scale"})
+                                        x_scale=x_scale, **epilogue(bias, out_scale))
             else:
                 rows = None if sample_scale is None else jnp.repeat(sample_scale, out_size[0] * out_size[1])
                 y = native.quantized_conv(x, weights[packed], weights[colsum], n, col_scale, **geometry,
@@ -146,11 +149,12 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
             return (finish(y, bias, None),)
         return run_dynamic_conv
 
-    def run_static(weights, xq, _wq, x_scale, w_scale, *rest):
+    def run_static(weights, x, _wq, x_scale, w_scale, *rest):  # x: int8, or float to quantize
         bias = rest[0] if has_bias else None
         out_scale = rest[-1] if requantize else None
         col_scale = jnp.reshape(x_scale, ()) * w_columns(w_scale)
-        y = run_matmul(weights, xq, col_scale, None, bias, out_scale)
+        y = run_matmul(weights, x, col_scale, None, bias, out_scale,
+                       jnp.reshape(x_scale, ()) if x.dtype == jnp.float32 else None)
         return (finish(y, bias, out_scale),)
     return run_static
 

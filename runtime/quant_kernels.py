@@ -165,6 +165,8 @@ def _static_kernel(op: quant.StaticMatmulOp, acc_fn) -> Kernel:
 
     def run(weights, xq, wq, x_scale, w_scale, *rest):
         bias = rest[0] if has_bias else None
+        if xq.dtype != jnp.int8:  # a float lhs: the input quantize folded into the op
+            xq = int8.quantize(xq, jnp.reshape(x_scale, ()))
         acc = acc_fn(weights, xq, wq).astype(jnp.float32)
         y = acc * (jnp.reshape(x_scale, ()) * int8.expand(w_scale, out_ndim, w_out_axis))
         y = fused.fused_epilogue(y, bias, activation)

@@ -75,11 +75,13 @@ def test_full_integer_graph_keeps_int8_between_layers():
     x_train = digits.load(images=True)[0]
     model = jaxlite.convert(fn, *args, quantize="int8", calibration=[(x_train[:64],)])
     kinds = [op.name for op in model.module.walk()]
-    # one quantize at the input; no dequantize: the last dot's epilogue writes float directly
-    assert kinds.count("jquant.quantize") == 1 and kinds.count("jquant.dequantize") == 0
+    # no quantize/dequantize left: the first conv quantizes the float input as it reads it,
+    # the last dot's epilogue writes float
+    assert kinds.count("jquant.quantize") == 0 and kinds.count("jquant.dequantize") == 0
     assert kinds.count("jquant.qconv") == 2 and kinds.count("jquant.qdot") == 1
     text = model.ir()
     assert "-> tensor<64x10xf32>\n    func.return" in text
+    assert "jquant.qconv %0," in text and "tensor<64x8x8x1xf32>, tensor<3x3x1x16xi8>" in text
     assert "jlax.reduce_window_max" in text and "tensor<64x4x4x16xi8>" in text  # int8 max-pool
     assert "jfuse" not in text and "xf32> -> tensor<64x512xi8>" not in text
     assert "(tensor<64x4x4x32xi8>) -> tensor<64x512xi8>" in text                # int8 reshape
@@ -395,8 +397,9 @@ CONV_GEOMETRIES = [  # (input shape, kernel shape, strides, padding, rhs dilatio
 @pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
 def test_native_convolution_gathers_patches_like_im2col(geometry):
     """Padding, strides, dilation, layouts and 1-D convolutions through the kernel's own
-    im2col (runtime/native), against the XLA path, for both int8 modes (dynamic: the float
-    input quantized per sample inside the kernel, rows of 30-72 floats)."""
+    im2col (runtime/native), against the XLA path: dynamic (the float input quantized per
+    sample in the kernel, rows of 30-72 floats), int8 with the input quantize folded in
+    (fixed scale), and int8 on an int8 input."""
     _native_or_skip()
     x_shape, w_shape, strides, padding, dilation, dn = geometry
     rng = np.random.default_rng(3)
@@ -405,15 +408,27 @@ def test_native_convolution_gathers_patches_like_im2col(geometry):
     b_shape[dn[2].index("C")] = w_shape[dn[1].index("O")]
     b = rng.normal(0, 1, b_shape).astype(np.float32)
 
-    def fn(x):
+    def conv(x, w):
         y = lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=dn)
         return jax.nn.relu(y + b)
 
+    def one(x):  # int8 mode: the input quantize folds into the conv (float in, fixed scale)
+        return conv(x, w)
+
+    channels = x_shape[dn[0].index("C")]
+    pointwise = np.zeros([channels if a in "IO" else 1 for a in dn[1]], np.float32)
+    for c in range(channels):  # a 1x1 identity convolution in the same layouts
+        pointwise[tuple(c if a in "IO" else 0 for a in dn[1])] = 1.0
+
+    def two(x):  # int8 mode: the second conv reads the first one's int8 output
+        y = lax.conv_general_dilated(x, pointwise, (1,) * (len(x_shape) - 2), "VALID", dimension_numbers=dn)
+        return conv(y, w)
+
     x = rng.normal(0, 1, x_shape).astype(np.float32)
-    for mode in ("dynamic", "int8"):
+    for mode, fn, target in (("dynamic", one, "jaxlite_dynamic_conv"), ("int8", one, "jaxlite_dynamic_conv"),
+                             ("int8", two, "jaxlite_quantized_conv")):
         model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
         assert_tree_close(model.compile()(x), model.compile(native_gemm=False)(x), rtol=2e-5, atol=2e-5)
-        target = "jaxlite_dynamic_conv" if mode == "dynamic" else "jaxlite_quantized_conv"
         assert target in model.compile().lower().as_text()
 
 

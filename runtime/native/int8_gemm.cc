@@ -340,18 +340,23 @@ inline __m512i unsigned_bytes64(const float* x, __m512 inv_s) {
 
 // float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row; q =
 // round_half_even(a * (1 / scale)) clamped to +-127, the float operations of the XLA path),
-// stored as q + 128 with K padded to Kp.
-uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale) {
+// stored as q + 128 with K padded to Kp. With fixed_scale > 0 every row uses that scale (a
+// calibrated input quantize folded into the GEMM) and row_scale is not written.
+uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale,
+                        float fixed_scale = 0.0f) {
   uint8_t* au = scratch(M * Kp);
   const int64_t full = K / 16 * 16;  // whole vectors: plain loads and stores (masked ones are slow)
   for (int64_t i = 0; i < M; ++i) {
     const float* row = A + i * K;
-    __m512 vmax = _mm512_setzero_ps();
-    for (int64_t k = 0; k < full; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
-    if (full < K) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - full), row + full)));
-    const float m = _mm512_reduce_max_ps(vmax);
-    const float s = m > 0.0f ? m / 127.0f : 1.0f;
-    row_scale[i] = s;
+    float s = fixed_scale;
+    if (s <= 0.0f) {
+      __m512 vmax = _mm512_setzero_ps();
+      for (int64_t k = 0; k < full; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
+      if (full < K) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - full), row + full)));
+      const float m = _mm512_reduce_max_ps(vmax);
+      s = m > 0.0f ? m / 127.0f : 1.0f;
+      row_scale[i] = s;
+    }
     const __m512 vs = _mm512_set1_ps(1.0f / s);
     uint8_t* out = au + i * Kp;
     std::memset(out + K, 128, Kp - K);
@@ -563,10 +568,12 @@ static ffi::Error QuantizedConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x
 static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> packed,
                                   ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> w_scale,
                                   ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
-                                  ffi::Result<ffi::AnyBuffer> out, int32_t activation,
-                                  ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
-                                  ffi::Span<const int64_t> dilation, ffi::Span<const int64_t> padding_low,
-                                  ffi::Span<const int64_t> out_size) {
+                                  ffi::Buffer<ffi::F32> x_scale, ffi::Result<ffi::AnyBuffer> out,
+                                  int32_t activation, ffi::Span<const int64_t> window,
+                                  ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                                  ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> out_size) {
+  const float fixed = x_scale.element_count() ? x_scale.typed_data()[0] : 0.0f;
+  if (x_scale.element_count() && !(fixed > 0.0f)) return ffi::Error::InvalidArgument("x_scale must be > 0");
   const auto d = x.dimensions();
   if (d.size() != 4 || window.size() != 2 || strides.size() != 2 || dilation.size() != 2 ||
       padding_low.size() != 2 || out_size.size() != 2)
@@ -577,8 +584,8 @@ static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (out->dimensions()[0] != M) return ffi::Error::InvalidArgument("output rows != N * OH * OW");
   const int64_t Kp = (g.kh * g.kw * g.c + 3) / 4 * 4, sample = g.h * g.w * g.c;
   const float* xs = x.typed_data();
-  std::vector<float> inv(g.n), row_scale(M);
-  for (int64_t b = 0; b < g.n; ++b) {
+  std::vector<float> inv(g.n, fixed > 0.0f ? 1.0f / fixed : 0.0f), row_scale(fixed > 0.0f ? 0 : M);
+  for (int64_t b = 0; b < g.n && !(fixed > 0.0f); ++b) {
     __m512 vmax = _mm512_setzero_ps();
     for (int64_t k = 0; k < sample; k += 16)
       vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(sample - k), xs + b * sample + k)));
@@ -590,8 +597,8 @@ static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const uint8_t* au = im2col_rows(g, Kp, [&](uint8_t* dst, int64_t b, int64_t y) {
     quantize_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c, _mm512_set1_ps(inv[b]));
   });
-  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale.data(), w_scale, bias, out_scale, out,
-                      activation);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale,
+                      bias, out_scale, out, activation);
 }
 
 // A batch of products of two float activations, A [B, M, K] x B [B, N, K]^T -> [B, M, N]:
@@ -626,13 +633,16 @@ static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32>
 static ffi::Error DynamicGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed,
                                   ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> w_scale,
                                   ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
-                                  ffi::Result<ffi::AnyBuffer> out, int32_t activation) {
+                                  ffi::Buffer<ffi::F32> x_scale, ffi::Result<ffi::AnyBuffer> out,
+                                  int32_t activation) {
   const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
   const int64_t Kp = (K + 3) / 4 * 4;
-  std::vector<float> row_scale(M);
-  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, row_scale.data());
-  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale.data(), w_scale, bias, out_scale, out,
-                      activation);
+  const float fixed = x_scale.element_count() ? x_scale.typed_data()[0] : 0.0f;
+  if (x_scale.element_count() && !(fixed > 0.0f)) return ffi::Error::InvalidArgument("x_scale must be > 0");
+  std::vector<float> row_scale(fixed > 0.0f ? 0 : M);
+  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, row_scale.data(), fixed);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale,
+                      bias, out_scale, out, activation);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicActGemm, DynamicActGemmImpl,
@@ -677,6 +687,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("activation")
                                   .Attr<ffi::Span<const int64_t>>("window")
@@ -691,6 +702,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
