@@ -16,7 +16,8 @@ zero point 0; per output channel by default):
   so int8 values flow from layer to layer and float appears only where an op has no int8
   kernel; a dequantize still right after a qdot/qconv that nothing else reads becomes the
   op's float result (its epilogue writes float: no requantize), and a quantize read only
-  by one folds into it (the op takes float and quantizes as it reads). Dots between two activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
+  by one folds into it (the op takes float and quantizes as it reads). Dots between two
+  activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
 
 ``skip`` holds fnmatch patterns of kernel weight names or op names kept in float
 (``jquant.dynamic_act_dot`` keeps every dot between two activations in float).
@@ -241,10 +242,10 @@ def _fold_input_quantize(module: ModuleOp) -> None:
     copy: the kernel quantizes x with s as it reads it (an XLA op and its int8 tensor fewer,
     e.g. at a model's input)."""
     for q in [o for o in module.walk() if isinstance(o, quant.QuantizeOp)]:
-        readers = q.result.uses
-        if len(list(readers)) != 1 or q.attributes["axis"].data != -1:
+        uses = list(q.result.uses)
+        if len(uses) != 1 or q.attributes["axis"].data != -1:
             continue
-        use = next(iter(readers))
+        use = uses[0]
         mm = use.operation
         if not isinstance(mm, quant.StaticMatmulOp) or use.index != 0 \
                 or splat_value(mm.x_scale) is None or splat_value(mm.x_scale) != splat_value(q.scale):

@@ -91,7 +91,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     def run_matmul(weights, x, col_scale, sample_scale, bias, out_scale, x_scale=None):
         if is_conv and in_kernel_im2col:
             return conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale, x_scale)
-        if x_scale is not None and (is_conv or x.dtype != jnp.float32):
+        if x_scale is not None and is_conv:
             x = int8.quantize(x, x_scale)  # im2col in XLA takes int8
         if is_conv:
             def matmul(a):  # im2col rows, sample-major: each sample's scale repeats per position
