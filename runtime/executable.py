@@ -299,7 +299,11 @@ def _packed_weights(main, weights) -> dict:
 def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None, native_cpu: bool = False):
     from jaxlite.dialects import quant
     from jaxlite.runtime.kernels import float16_matmul_kernel, kernel_for
-    from jaxlite.runtime.native_kernels import native_act_dot_kernel, native_kernel
+    from jaxlite.runtime.native_kernels import (
+        native_act_dot_kernel,
+        native_kernel,
+        native_max_pool_kernel,
+    )
 
     packed = packed or {}
     if float16_compute and (kernel := float16_matmul_kernel(op)) is not None:
@@ -309,6 +313,8 @@ def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None, n
         return native_kernel(op, p_name, c_name, n)
     if native_cpu and isinstance(op, quant.DynamicActDotOp):
         return native_act_dot_kernel(op)
+    if native_cpu and (pool := native_max_pool_kernel(op)) is not None:
+        return pool
     if op in expanded:
         name = expanded[op][0]
         return lambda weights, *_: (weights[name],)

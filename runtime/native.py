@@ -2,11 +2,12 @@
 
 The C++ source ships with the package (``native/int8_gemm.cc``); it is built with the
 system's g++ against jaxlib's FFI headers into a cache folder (``$JAXLITE_CACHE`` or
-``~/.cache/jaxlite``) and registered with ``jax.ffi``. Five calls: the quantized GEMM
+``~/.cache/jaxlite``) and registered with ``jax.ffi``. Six calls: the quantized GEMM
 (int8 rows x packed weight, epilogue in registers), the dynamic GEMM (float rows
 quantized in the kernel), the 2-D convolution (patches gathered in the kernel), the
-dynamic convolution (float input quantized per sample while it is copied for the patches)
-and the product of two activations (both quantized, the right side packed per call). Where there
+dynamic convolution (float input quantized per sample while it is copied for the patches),
+the product of two activations (both quantized, the right side packed per call), and max
+pooling (int8 or float32, channels last). Where there
 is no compiler, no AVX-512 VNNI, or ``JAXLITE_NATIVE=0``, ``available()`` is False and the
 same ops run through XLA's int8 dot_general. The int8 products are identical either way;
 floats agree to rounding (the epilogue's order of operations is XLA's, but XLA may fuse
@@ -29,6 +30,7 @@ QUANTIZED_TARGET = "jaxlite_quantized_gemm"
 DYNAMIC_TARGET = "jaxlite_dynamic_gemm"
 CONV_TARGET = "jaxlite_quantized_conv"
 DYNAMIC_CONV_TARGET = "jaxlite_dynamic_conv"
+MAX_POOL_TARGET = "jaxlite_max_pool"
 ACT_TARGET = "jaxlite_dynamic_act_gemm"
 # activations the kernel's epilogue applies itself: those of dialects/fused.py (relu and
 # relu6 exactly, the others to float32 rounding)
@@ -72,6 +74,7 @@ def available() -> bool:
                                     platform="cpu")
         jax.ffi.register_ffi_target(DYNAMIC_CONV_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicConv),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(MAX_POOL_TARGET, jax.ffi.pycapsule(handle.JaxliteMaxPool), platform="cpu")
         jax.ffi.register_ffi_target(ACT_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicActGemm),
                                     platform="cpu")
         jax.ffi.register_ffi_target(DYNAMIC_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicGemm),
@@ -157,6 +160,17 @@ def dynamic_conv(x, packed, colsum, n: int, w_scale, *, window, strides, dilatio
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
         activation=np.int32(ACTIVATIONS[activation]), window=ints(window), strides=ints(strides),
         dilation=ints(dilation), padding_low=ints(padding_low), out_size=ints(out_size))
+
+
+def max_pool(x, *, window, strides, padding_low, out_size):
+    """Max pooling of an int8 or float32 x [N, H, W, C] over the two middle axes (window
+    positions outside x are skipped, as lax's lowest-value padding): [N, OH, OW, C]."""
+    import jax
+
+    ints = lambda v: np.asarray(v, np.int64)  # noqa: E731
+    shape = (x.shape[0], *out_size, x.shape[3])
+    return jax.ffi.ffi_call(MAX_POOL_TARGET, jax.ShapeDtypeStruct(shape, x.dtype))(
+        x, window=ints(window), strides=ints(strides), padding_low=ints(padding_low), out_size=ints(out_size))
 
 
 def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None, x_scale=None,

@@ -432,6 +432,37 @@ def test_native_convolution_gathers_patches_like_im2col(geometry):
         assert target in model.compile().lower().as_text()
 
 
+@pytest.mark.parametrize("channels,window,strides,padding", [
+    (16, (2, 2), (2, 2), "VALID"),
+    (70, (3, 3), (2, 2), ((1, 1), (1, 1))),    # ResNet's stem pool; 70: a vector tail
+    (5, (2, 3), (1, 2), ((2, 0), (0, 3))),     # windows partly and wholly in the padding
+])
+def test_native_max_pool_after_quantized_convolution(channels, window, strides, padding):
+    """Max-pool after an int8 or dynamic conv runs in the native kernel: same values as
+    XLA's strided-slice pooling, including lax's lowest-value padding."""
+    _native_or_skip()
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 1, (3, 3, 3, channels)).astype(np.float32)
+
+    def fn(x):
+        y = jax.nn.relu(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        pads = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
+        return lax.reduce_window(y, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), pads)
+
+    x = rng.normal(0, 1, (2, 9, 10, 3)).astype(np.float32)
+    for mode in ("dynamic", "int8"):
+        model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
+        native_exe, xla_exe = model.compile(), model.compile(native_gemm=False)
+        assert "jaxlite_max_pool" in native_exe.lower().as_text()
+        out = np.asarray(native_exe(x))
+        np.testing.assert_allclose(out, np.asarray(xla_exe(x)), rtol=2e-5, atol=2e-5)
+        ref = np.asarray(jax.jit(fn)(x))
+        seen = np.isfinite(ref)  # windows wholly in the padding: -inf in float, int8's lowest in int8
+        np.testing.assert_allclose(out[seen], ref[seen], rtol=0.1, atol=0.05 * np.abs(ref[seen]).max())
+        if mode == "dynamic":
+            np.testing.assert_array_equal(np.isneginf(out), ~seen)
+
+
 ATTENTION_EINSUMS = ["bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd", "qd,kd->qk", "bij,bjk->bik"]
 
 

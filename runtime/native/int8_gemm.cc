@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <sched.h>
 #include <thread>
@@ -601,6 +602,65 @@ static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       bias, out_scale, out, activation);
 }
 
+// Max pooling of x [N, H, W, C] (C contiguous) into out [N, OH, OW, C]: window positions
+// outside the input are skipped, which is lax.reduce_window_max's padding with the lowest
+// value. Runs inline as a custom call: as an XLA loop fusion it was the one XLA op of the
+// int8 digits CNN, and (one core) its work went to a pool thread sharing the core.
+template <typename T>
+void max_pool(const T* x, T* out, const ConvGeometry& g) {
+  constexpr int64_t L = 64 / sizeof(T);  // lanes per zmm
+  const int64_t c = g.c;
+  for (int64_t b = 0; b < g.n; ++b)
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox) {
+        T* dst = out + ((b * g.oh + oy) * g.ow + ox) * c;
+        for (int64_t k = 0; k < c; k += L) {
+          const int64_t left = c - k;
+          __m512i acc;
+          __mmask64 m8 = 0;
+          __mmask16 m32 = 0;
+          if constexpr (sizeof(T) == 1) {
+            m8 = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+            acc = _mm512_set1_epi8(-128);
+          } else {
+            m32 = tail_mask(left);
+            acc = _mm512_castps_si512(_mm512_set1_ps(-std::numeric_limits<float>::infinity()));
+          }
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            const int64_t iy = oy * g.sh - g.pad_top + ky;
+            if (iy < 0 || iy >= g.h) continue;
+            for (int64_t kx = 0; kx < g.kw; ++kx) {
+              const int64_t ix = ox * g.sw - g.pad_left + kx;
+              if (ix < 0 || ix >= g.w) continue;
+              const T* src = x + ((b * g.h + iy) * g.w + ix) * c + k;
+              if constexpr (sizeof(T) == 1) acc = _mm512_max_epi8(acc, _mm512_maskz_loadu_epi8(m8, src));
+              else acc = _mm512_castps_si512(_mm512_max_ps(_mm512_castsi512_ps(acc), _mm512_maskz_loadu_ps(m32, src)));
+            }
+          }
+          if constexpr (sizeof(T) == 1) _mm512_mask_storeu_epi8(dst + k, m8, acc);
+          else _mm512_mask_storeu_ps(dst + k, m32, _mm512_castsi512_ps(acc));
+        }
+      }
+}
+
+static ffi::Error MaxPoolImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> window,
+                              ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding_low,
+                              ffi::Span<const int64_t> out_size) {
+  const auto d = x.dimensions();
+  if (d.size() != 4 || window.size() != 2 || strides.size() != 2 || padding_low.size() != 2 ||
+      out_size.size() != 2 || out->element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("jaxlite_max_pool takes [N, H, W, C] and 2-D window attributes");
+  const ConvGeometry g{d[0], d[1], d[2], d[3], window[0], window[1], strides[0], strides[1], 1, 1,
+                       padding_low[0], padding_low[1], out_size[0], out_size[1]};
+  if (x.element_type() == ffi::DataType::S8)
+    max_pool(static_cast<const int8_t*>(x.untyped_data()), static_cast<int8_t*>(out->untyped_data()), g);
+  else if (x.element_type() == ffi::DataType::F32)
+    max_pool(static_cast<const float*>(x.untyped_data()), static_cast<float*>(out->untyped_data()), g);
+  else
+    return ffi::Error::InvalidArgument("jaxlite_max_pool takes int8 or float32");
+  return ffi::Error::Success();
+}
+
 // A batch of products of two float activations, A [B, M, K] x B [B, N, K]^T -> [B, M, N]:
 // A's rows and B's rows both quantized on the fly (one scale each), B packed per batch,
 // out = (acc * a_scale[m]) * b_scale[n]. Batches are spread over the thread pool.
@@ -693,6 +753,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl,
                                   .Attr<ffi::Span<const int64_t>>("window")
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<ffi::Span<const int64_t>>("padding_low")
+                                  .Attr<ffi::Span<const int64_t>>("out_size"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding_low")
                                   .Attr<ffi::Span<const int64_t>>("out_size"));
 
