@@ -432,12 +432,13 @@ def test_native_convolution_gathers_patches_like_im2col(geometry):
         assert target in model.compile().lower().as_text()
 
 
-@pytest.mark.parametrize("channels,window,strides,padding", [
-    (16, (2, 2), (2, 2), "VALID"),
-    (70, (3, 3), (2, 2), ((1, 1), (1, 1))),    # ResNet's stem pool; 70: a vector tail
-    (5, (2, 3), (1, 2), ((2, 0), (0, 3))),     # windows partly and wholly in the padding
+@pytest.mark.parametrize("channels,window,strides,padding,size", [
+    (16, (2, 2), (2, 2), "VALID", 9),
+    (70, (3, 3), (2, 2), ((1, 1), (1, 1)), 9),    # ResNet's stem pool; 70: a vector tail
+    (5, (2, 3), (1, 2), ((2, 0), (0, 3)), 9),     # windows partly and wholly in the padding
+    (64, (3, 3), (2, 2), ((1, 1), (1, 1)), 64),   # big enough to be split over threads
 ])
-def test_native_max_pool_after_quantized_convolution(channels, window, strides, padding):
+def test_native_max_pool_after_quantized_convolution(channels, window, strides, padding, size):
     """Max-pool after an int8 or dynamic conv runs in the native kernel: same values as
     XLA's strided-slice pooling, including lax's lowest-value padding."""
     _native_or_skip()
@@ -449,7 +450,7 @@ def test_native_max_pool_after_quantized_convolution(channels, window, strides, 
         pads = padding if isinstance(padding, str) else ((0, 0), *padding, (0, 0))
         return lax.reduce_window(y, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), pads)
 
-    x = rng.normal(0, 1, (2, 9, 10, 3)).astype(np.float32)
+    x = rng.normal(0, 1, (2, size, size + 1, 3)).astype(np.float32)
     for mode in ("dynamic", "int8"):
         model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
         native_exe, xla_exe = model.compile(), model.compile(native_gemm=False)

@@ -607,11 +607,14 @@ static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 // value. Runs inline as a custom call: as an XLA loop fusion it was the one XLA op of the
 // int8 digits CNN, and (one core) its work went to a pool thread sharing the core.
 template <typename T>
-void max_pool(const T* x, T* out, const ConvGeometry& g) {
+void max_pool(const T* x, T* out, const ConvGeometry& g, ffi::ThreadPool& pool) {
   constexpr int64_t L = 64 / sizeof(T);  // lanes per zmm
-  const int64_t c = g.c;
-  for (int64_t b = 0; b < g.n; ++b)
-    for (int64_t oy = 0; oy < g.oh; ++oy)
+  const int64_t c = g.c, rows = g.n * g.oh;
+  const int64_t threads = std::min<int64_t>({usable_threads(pool), rows, rows * g.ow * c / (1 << 16)});
+  const int64_t chunks = threads <= 1 ? 1 : std::min<int64_t>(rows, 4 * threads);
+  parallel_for(pool, threads, chunks, [=](int64_t chunk) {
+    for (int64_t row = rows * chunk / chunks; row < rows * (chunk + 1) / chunks; ++row) {
+      const int64_t b = row / g.oh, oy = row % g.oh;
       for (int64_t ox = 0; ox < g.ow; ++ox) {
         T* dst = out + ((b * g.oh + oy) * g.ow + ox) * c;
         for (int64_t k = 0; k < c; k += L) {
@@ -641,9 +644,11 @@ void max_pool(const T* x, T* out, const ConvGeometry& g) {
           else _mm512_mask_storeu_ps(dst + k, m32, _mm512_castsi512_ps(acc));
         }
       }
+    }
+  });
 }
 
-static ffi::Error MaxPoolImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> window,
+static ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> window,
                               ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding_low,
                               ffi::Span<const int64_t> out_size) {
   const auto d = x.dimensions();
@@ -653,9 +658,9 @@ static ffi::Error MaxPoolImpl(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out,
   const ConvGeometry g{d[0], d[1], d[2], d[3], window[0], window[1], strides[0], strides[1], 1, 1,
                        padding_low[0], padding_low[1], out_size[0], out_size[1]};
   if (x.element_type() == ffi::DataType::S8)
-    max_pool(static_cast<const int8_t*>(x.untyped_data()), static_cast<int8_t*>(out->untyped_data()), g);
+    max_pool(static_cast<const int8_t*>(x.untyped_data()), static_cast<int8_t*>(out->untyped_data()), g, pool);
   else if (x.element_type() == ffi::DataType::F32)
-    max_pool(static_cast<const float*>(x.untyped_data()), static_cast<float*>(out->untyped_data()), g);
+    max_pool(static_cast<const float*>(x.untyped_data()), static_cast<float*>(out->untyped_data()), g, pool);
   else
     return ffi::Error::InvalidArgument("jaxlite_max_pool takes int8 or float32");
   return ffi::Error::Success();
@@ -758,6 +763,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("window")
