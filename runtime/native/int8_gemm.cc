@@ -7,8 +7,11 @@
 //   float out:  activation((float(acc) * row_scale[m]) * col_scale[n] + bias[n])
 //   int8 out:   that value requantized: clamp(round_half_even(v * (1 / out_scale)), -127, 127)
 //
-// (row_scale, bias, out_scale optional). The dynamic-range variant takes float A and
-// quantizes it per row first (scale = max|row| / 127). W is packed once at load (see
+// (row_scale, bias, out_scale optional). The float-input variants quantize A as they read
+// it: per row (dots) or per sample (convolutions), scale = max|.| / 127, or with a given
+// calibrated scale (an int8 model's input quantize folded in). Convolutions gather their
+// patches in the kernel; max pooling runs here too, so that quantized graphs stay within
+// custom calls (which XLA runs inline). W is packed once at load (see
 // runtime/native.py): panels of 32 columns, k in groups of 4, the layout vpdpbusd reads.
 // vpdpbusd multiplies unsigned by signed bytes, so A is shifted to A+128 (a bit flip) and
 // 128 * colsum(W) is subtracted from the accumulator. Work is split over column panels
@@ -563,9 +566,10 @@ static ffi::Error QuantizedConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x
                       activation);
 }
 
-// Dynamic range convolution: float x [N, H, W, C] quantized per sample on the fly (scale =
-// max|x[b]| / 127, as the XLA path) while it is copied into the padded buffer, then the
-// patches and the float epilogue with each sample's scale on its rows.
+// Convolution of a float x [N, H, W, C], quantized while it is copied into the padded
+// buffer: per sample (scale = max|x[b]| / 127, as the XLA path; each sample's scale on its
+// rows in the epilogue), or with x_scale when given (calibrated; folded into col_scale by
+// the caller). Then the patches and the epilogue as for int8 input.
 static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> packed,
                                   ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> w_scale,
                                   ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
@@ -648,9 +652,9 @@ void max_pool(const T* x, T* out, const ConvGeometry& g, ffi::ThreadPool& pool) 
   });
 }
 
-static ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> window,
-                              ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding_low,
-                              ffi::Span<const int64_t> out_size) {
+static ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out,
+                              ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
+                              ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> out_size) {
   const auto d = x.dimensions();
   if (d.size() != 4 || window.size() != 2 || strides.size() != 2 || padding_low.size() != 2 ||
       out_size.size() != 2 || out->element_type() != x.element_type())
