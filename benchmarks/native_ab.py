@@ -1,0 +1,107 @@
+"""The native int8 kernels of this checkout against another build of them, in one process.
+
+    python benchmarks/native_ab.py OLD.so [--reps 400]
+
+This machine's speed swings 30-50% between processes, which hides kernel changes of a few
+percent. So the other build (a ``~/.cache/jaxlite/int8_gemm-*.so`` from an earlier commit) is
+loaded beside the current one under ``old_*`` FFI targets and the two are called alternately
+on the same arrays: GEMMs of the benchmark models' shapes (transformer, ResNet/CNN convs as
+GEMMs, the digits MLP), both float-input (dynamic) and int8-input, and the attention dot.
+Prints min and 25th percentile per build and their ratio. Pinned to one core, inline dispatch.
+The two builds must have the same FFI signatures (the Python wrappers are this checkout's).
+The current build against itself reads 0.99-1.00 on every row here: that is the resolution.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+os.environ.setdefault("JAX_CPU_ENABLE_ASYNC_DISPATCH", "false")
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxlite.runtime import native  # noqa: E402
+
+TARGETS = {"QUANTIZED_TARGET": "JaxliteQuantizedGemm", "DYNAMIC_TARGET": "JaxliteDynamicGemm",
+           "ACT_TARGET": "JaxliteDynamicActGemm", "CONV_TARGET": "JaxliteQuantizedConv"}
+SHAPES = [(128, 256, 256, "none"), (128, 256, 1024, "gelu_tanh"), (128, 1024, 256, "none"),
+          (1024, 144, 32, "relu"), (4096, 9, 16, "relu"), (64, 64, 128, "relu"), (64, 64, 10, "none")]
+
+
+@contextmanager
+def old_targets():
+    saved = {name: getattr(native, name) for name in TARGETS}
+    for name, value in saved.items():
+        setattr(native, name, "old_" + value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(native, name, value)
+
+
+def compare(label: str, make, arg, reps: int) -> None:
+    with old_targets():
+        old = jax.jit(make).lower(arg).compile()  # traced while the old names are set
+    new = jax.jit(make).lower(arg).compile()
+    times = {"old": [], "new": []}
+    for _ in range(reps):
+        for name, fn in (("old", old), ("new", new)):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(arg))
+            times[name].append(time.perf_counter() - t)
+    o, n = (np.sort(times[k]) * 1e6 for k in ("old", "new"))
+    q = reps // 4
+    print(f"{label:30s} old min {o[0]:8.1f} p25 {o[q]:8.1f} us | new min {n[0]:8.1f} p25 {n[q]:8.1f} us"
+          f" | new/old {n[q] / o[q]:.3f}", flush=True)
+
+
+def main() -> None:
+    try:
+        run()
+    except jax.errors.JaxRuntimeError as e:  # e.g. "Wrong number of arguments"
+        sys.exit(f"the other build does not take this checkout's FFI arguments: {str(e).splitlines()[0]}")
+
+
+def run() -> None:
+    if len(sys.argv) < 2 or not os.path.exists(sys.argv[1]):
+        sys.exit(__doc__)
+    reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 400
+    if not native.available():
+        sys.exit("the native kernels are not available on this machine")
+    copy = os.path.join(tempfile.mkdtemp(), "old.so")  # a second copy loads as its own library
+    shutil.copy(sys.argv[1], copy)
+    lib = ctypes.CDLL(copy, mode=os.RTLD_LOCAL)
+    for name, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target("old_" + getattr(native, name), jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+    rng = np.random.default_rng(0)
+    for m, k, n, act in SHAPES:
+        w = rng.standard_normal((k, n)).astype(np.float32)
+        wq = np.clip(np.round(w / (np.abs(w).max(0) / 127)), -127, 127).astype(np.int8)
+        packed, colsum = native.pack(wq)
+        scale = jnp.full((n,), 0.01, jnp.float32)
+        x = jnp.asarray(rng.standard_normal((m, k)).astype(np.float32))
+        compare(f"dynamic {m}x{k}x{n} {act}",
+                lambda x, p=packed, c=colsum, s=scale, n=n, a=act: native.dynamic_gemm(x, p, c, s, n, activation=a),
+                x, reps)
+        xq = jnp.asarray(rng.integers(-127, 128, (m, k)).astype(np.int8))
+        compare(f"int8 {m}x{k}x{n} {act}",
+                lambda x, p=packed, c=colsum, s=scale, n=n, a=act: native.quantized_gemm(
+                    x, p, c, n, s, out_scale=jnp.float32(0.05), activation=a), xq, reps)
+    heads = jnp.asarray(rng.standard_normal((4, 128, 64)).astype(np.float32))
+    compare("act 4x128x64x128", lambda a: native.dynamic_act_gemm(a, a), heads, reps)
+
+
+if __name__ == "__main__":
+    main()
