@@ -132,8 +132,7 @@ class Executable:
             arrays[p_name] = (-(-k // 4) * 4 * -(-n // 32) * 32, functools.partial(make, 0))
             arrays[c_name] = (4 * n, functools.partial(make, 1))
         budget = EMBED_WEIGHT_BYTES if embed_weights_bytes is None else int(embed_weights_bytes)
-        big_packed = {names[0] for names, (k, n), _ in packed.values()
-                      if arrays[names[0]][0] > EMBED_PACKED_MAX_BYTES}
+        big_packed = {p_name for (p_name, _), _, _ in packed.values() if arrays[p_name][0] > EMBED_PACKED_MAX_BYTES}
         embedded, self._weights = self._place_all(arrays, budget, never_embed=big_packed)
         for op, (names, shape, _make) in list(packed.items()):  # drop the weights' references
             packed[op] = (names, shape, None)

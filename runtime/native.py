@@ -112,6 +112,11 @@ def _optional(x):
     return jnp.zeros((0,), jnp.float32) if x is None else jnp.reshape(x, (-1,)).astype(jnp.float32)
 
 
+def _window_attrs(**attrs) -> dict:
+    """The int64 attributes of the window calls (window, strides, dilation, padding, size)."""
+    return {name: np.asarray(value, np.int64) for name, value in attrs.items()}
+
+
 def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, bias=None,
                    out_scale=None, activation: str = "none"):
     """int8 a [M, K] x the packed weight with the epilogue in the kernel:
@@ -137,12 +142,11 @@ def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dil
 
     rows = x.shape[0] * out_size[0] * out_size[1]
     out = jnp.int8 if out_scale is not None else jnp.float32
-    ints = lambda v: np.asarray(v, np.int64)  # noqa: E731
     return jax.ffi.ffi_call(CONV_TARGET, jax.ShapeDtypeStruct((rows, n), out))(
         x, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias),
-        _optional(out_scale), activation=np.int32(ACTIVATIONS[activation]), window=ints(window),
-        strides=ints(strides), dilation=ints(dilation), padding_low=ints(padding_low),
-        out_size=ints(out_size))
+        _optional(out_scale), activation=np.int32(ACTIVATIONS[activation]),
+        **_window_attrs(window=window, strides=strides, dilation=dilation, padding_low=padding_low,
+                        out_size=out_size))
 
 
 def dynamic_conv(x, packed, colsum, n: int, w_scale, *, window, strides, dilation, padding_low,
@@ -154,12 +158,12 @@ def dynamic_conv(x, packed, colsum, n: int, w_scale, *, window, strides, dilatio
     import jax.numpy as jnp
 
     rows = x.shape[0] * out_size[0] * out_size[1]
-    ints = lambda v: np.asarray(v, np.int64)  # noqa: E731
     out = jnp.int8 if out_scale is not None else jnp.float32
     return jax.ffi.ffi_call(DYNAMIC_CONV_TARGET, jax.ShapeDtypeStruct((rows, n), out))(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
-        activation=np.int32(ACTIVATIONS[activation]), window=ints(window), strides=ints(strides),
-        dilation=ints(dilation), padding_low=ints(padding_low), out_size=ints(out_size))
+        activation=np.int32(ACTIVATIONS[activation]),
+        **_window_attrs(window=window, strides=strides, dilation=dilation, padding_low=padding_low,
+                        out_size=out_size))
 
 
 def max_pool(x, *, window, strides, padding_low, out_size):
@@ -167,10 +171,9 @@ def max_pool(x, *, window, strides, padding_low, out_size):
     positions outside x are skipped, as lax's lowest-value padding): [N, OH, OW, C]."""
     import jax
 
-    ints = lambda v: np.asarray(v, np.int64)  # noqa: E731
     shape = (x.shape[0], *out_size, x.shape[3])
     return jax.ffi.ffi_call(MAX_POOL_TARGET, jax.ShapeDtypeStruct(shape, x.dtype))(
-        x, window=ints(window), strides=ints(strides), padding_low=ints(padding_low), out_size=ints(out_size))
+        x, **_window_attrs(window=window, strides=strides, padding_low=padding_low, out_size=out_size))
 
 
 def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None, x_scale=None,

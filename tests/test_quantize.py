@@ -278,13 +278,18 @@ GEMM_SHAPES = [(1, 3, 1), (7, 5, 33), (64, 64, 128), (13, 257, 70), (300, 96, 40
                (18, 16, 20), (23, 9, 96), *[(12 + r, 12, 80) for r in range(1, 12)]]
 
 
+def _int8_gemm_operands(native, rng, m, k, n):
+    """Random int8 a [m, k] and w [k, n], and w packed for the native kernel."""
+    a = rng.integers(-127, 128, (m, k)).astype(np.int8)
+    w = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    return (a, w, *native.pack(w))
+
+
 def test_native_vnni_gemm_is_bit_exact_with_xla():
     native = _native_or_skip()
     rng = np.random.default_rng(0)
     for m, k, n in GEMM_SHAPES:
-        a = rng.integers(-127, 128, (m, k)).astype(np.int8)
-        w = rng.integers(-127, 128, (k, n)).astype(np.int8)
-        packed, colsum = native.pack(w)
+        a, w, packed, colsum = _int8_gemm_operands(native, rng, m, k, n)
         ones = np.ones(n, np.float32)  # float(acc) is exact: |acc| < 2**24 for these K
         got = np.asarray(jax.jit(native.quantized_gemm, static_argnums=3)(a, packed, colsum, n, ones))
         np.testing.assert_array_equal(got, a.astype(np.int32) @ w.astype(np.int32))
@@ -300,9 +305,7 @@ def test_native_gemm_epilogue_matches_the_xla_formula(activation):
 
     rng = np.random.default_rng(1)
     for m, k, n in GEMM_SHAPES:
-        a = rng.integers(-127, 128, (m, k)).astype(np.int8)
-        w = rng.integers(-127, 128, (k, n)).astype(np.int8)
-        packed, colsum = native.pack(w)
+        a, w, packed, colsum = _int8_gemm_operands(native, rng, m, k, n)
         row = rng.uniform(1e-3, 1e-2, m).astype(np.float32)
         col = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
         bias = rng.normal(0, 2, n).astype(np.float32)

@@ -342,6 +342,33 @@ inline __m512i unsigned_bytes64(const float* x, __m512 inv_s) {
   return _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), _mm512_set1_epi8(static_cast<char>(0x80)));
 }
 
+// max|x[0:n]| / 127, or 1 where x is all zeros (q = 0 either way): the XLA path's safe_scale.
+inline float symmetric_scale(const float* x, int64_t n) {
+  __m512 vmax = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+  if (k < n) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - k), x + k)));
+  const float m = _mm512_reduce_max_ps(vmax);
+  return m > 0.0f ? m / 127.0f : 1.0f;
+}
+
+// dst[0:n] = round_half_even(src[0:n] * inv_s) clamped to +-127, plus 128: 64 at a time,
+// then whole vectors (plain loads and stores: masked ones are slow), then a masked tail.
+inline void quantize_copy(uint8_t* dst, const float* src, int64_t n, __m512 inv_s) {
+  const __m512i offset = _mm512_set1_epi32(128);
+  int64_t k = 0;
+  for (; k + 64 <= n; k += 64) _mm512_storeu_si512(dst + k, unsigned_bytes64(src + k, inv_s));
+  for (; k + 16 <= n; k += 16) {
+    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_loadu_ps(src + k), inv_s), offset);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm512_cvtepi32_epi8(u));
+  }
+  if (k < n) {
+    const __mmask16 mask = tail_mask(n - k);
+    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_maskz_loadu_ps(mask, src + k), inv_s), offset);
+    _mm_mask_storeu_epi8(dst + k, mask, _mm512_cvtepi32_epi8(u));
+  }
+}
+
 // float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row; q =
 // round_half_even(a * (1 / scale)) clamped to +-127, the float operations of the XLA path),
 // stored as q + 128 with K padded to Kp. With fixed_scale > 0 every row uses that scale (a
@@ -349,47 +376,14 @@ inline __m512i unsigned_bytes64(const float* x, __m512 inv_s) {
 uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale,
                         float fixed_scale = 0.0f) {
   uint8_t* au = scratch(M * Kp);
-  const int64_t full = K / 16 * 16;  // whole vectors: plain loads and stores (masked ones are slow)
   for (int64_t i = 0; i < M; ++i) {
     const float* row = A + i * K;
     float s = fixed_scale;
-    if (s <= 0.0f) {
-      __m512 vmax = _mm512_setzero_ps();
-      for (int64_t k = 0; k < full; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
-      if (full < K) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - full), row + full)));
-      const float m = _mm512_reduce_max_ps(vmax);
-      s = m > 0.0f ? m / 127.0f : 1.0f;
-      row_scale[i] = s;
-    }
-    const __m512 vs = _mm512_set1_ps(1.0f / s);
-    uint8_t* out = au + i * Kp;
-    std::memset(out + K, 128, Kp - K);
-    const __m512i offset = _mm512_set1_epi32(128);
-    int64_t k = 0;
-    for (; k + 64 <= K; k += 64) _mm512_storeu_si512(out + k, unsigned_bytes64(row + k, vs));
-    for (; k < full; k += 16) {
-      const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_loadu_ps(row + k), vs), offset);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(u));
-    }
-    if (full < K) {
-      const __mmask16 mask = tail_mask(K - full);
-      const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_maskz_loadu_ps(mask, row + full), vs), offset);
-      _mm_mask_storeu_epi8(out + full, mask, _mm512_cvtepi32_epi8(u));
-    }
+    if (s <= 0.0f) row_scale[i] = s = symmetric_scale(row, K);
+    std::memset(au + i * Kp + K, 128, Kp - K);
+    quantize_copy(au + i * Kp, row, K, _mm512_set1_ps(1.0f / s));
   }
   return au;
-}
-
-// dst[0:n] = round_half_even(src[0:n] * inv_s) clamped to +-127, plus 128.
-inline void quantize_copy(uint8_t* dst, const float* src, int64_t n, __m512 inv_s) {
-  int64_t k = 0;
-  for (; k + 64 <= n; k += 64) _mm512_storeu_si512(dst + k, unsigned_bytes64(src + k, inv_s));
-  const __m512i offset = _mm512_set1_epi32(128);
-  for (; k < n; k += 16) {
-    const __mmask16 mask = tail_mask(n - k);
-    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_maskz_loadu_ps(mask, src + k), inv_s), offset);
-    _mm_mask_storeu_epi8(dst + k, mask, _mm512_cvtepi32_epi8(u));
-  }
 }
 
 // dst[0:n] = src[0:n] + 128 (int8 -> unsigned), by 64-byte masked chunks.
@@ -484,18 +478,13 @@ void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t Kp, int8_t*
   alignas(64) int8_t q[16];
   for (int64_t n = 0; n < N; ++n) {
     const float* row = B + n * K;
-    __m512 vmax = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16)
-      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(K - k), row + k)));
-    const float m = _mm512_reduce_max_ps(vmax);
-    const float s = m > 0.0f ? m / 127.0f : 1.0f;
-    scale[n] = s;
+    const float s = scale[n] = symmetric_scale(row, K);
+    const __m512 inv_s = _mm512_set1_ps(1.0f / s);
     int8_t* col = packed + (n / 32) * k4 * 128 + (n % 32) * 4;
     __m512i sum = _mm512_setzero_si512();
     for (int64_t k = 0; k < K; k += 16) {
       const __mmask16 mask = tail_mask(K - k);
-      const __m512i qi = _mm512_maskz_mov_epi32(mask, quantize_epi32(_mm512_maskz_loadu_ps(mask, row + k),
-                                                                     _mm512_set1_ps(1.0f / s)));
+      const __m512i qi = _mm512_maskz_mov_epi32(mask, quantize_epi32(_mm512_maskz_loadu_ps(mask, row + k), inv_s));
       sum = _mm512_add_epi32(sum, qi);
       _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
       for (int64_t g = 0; g < 4 && k + 4 * g < K; ++g) std::memcpy(col + ((k / 4) + g) * 128, q + 4 * g, 4);
@@ -540,6 +529,43 @@ static ffi::Error QuantizedGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a
                       activation);
 }
 
+// The geometry of a channels-last 2-D window op from its FFI attributes (dilation empty: 1),
+// or false when they are not a 4-D input and 2-D attributes.
+bool window_geometry(ffi::Span<const int64_t> d, ffi::Span<const int64_t> window,
+                     ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
+                     ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> out_size, ConvGeometry& g) {
+  if (d.size() != 4 || window.size() != 2 || strides.size() != 2 || (dilation.size() != 2 && dilation.size() != 0) ||
+      padding_low.size() != 2 || out_size.size() != 2)
+    return false;
+  const bool undilated = dilation.size() == 0;
+  const int64_t dh = undilated ? 1 : dilation[0], dw = undilated ? 1 : dilation[1];
+  g = ConvGeometry{d[0], d[1], d[2], d[3], window[0], window[1], strides[0], strides[1],
+                   dh, dw, padding_low[0], padding_low[1], out_size[0], out_size[1]};
+  return true;
+}
+
+// The shared body of both convolutions: patches gathered from the padded input that
+// fill_row writes, then the GEMM and epilogue into out [N * OH * OW, O].
+template <typename FillRow>
+ffi::Error ConvGemm(ffi::ThreadPool& pool, const ConvGeometry& g, FillRow fill_row, ffi::Buffer<ffi::S8>& packed,
+                    ffi::Buffer<ffi::S32>& colsum, const float* row_scale, ffi::Buffer<ffi::F32>& col_scale,
+                    ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& out_scale, ffi::Result<ffi::AnyBuffer>& out,
+                    int32_t activation) {
+  const int64_t M = g.n * g.oh * g.ow, N = out->dimensions()[1];
+  if (out->dimensions()[0] != M) return ffi::Error::InvalidArgument("output rows != N * OH * OW");
+  const int64_t Kp = (g.kh * g.kw * g.c + 3) / 4 * 4;
+  const uint8_t* au = im2col_rows(g, Kp, fill_row);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale, col_scale, bias, out_scale, out, activation);
+}
+
+// The calibrated scale of a float-input call: 0 where x_scale is empty (quantize on the
+// fly), else its value; -1 when that is not > 0.
+float fixed_scale(ffi::Buffer<ffi::F32>& x_scale) {
+  if (x_scale.element_count() == 0) return 0.0f;
+  const float s = x_scale.typed_data()[0];
+  return s > 0.0f ? s : -1.0f;
+}
+
 // A 2-D convolution of int8 x [N, H, W, C] as im2col rows times the packed weight, with the
 // float epilogue; out is [N * OH * OW, O].
 static ffi::Error QuantizedConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> packed,
@@ -549,21 +575,12 @@ static ffi::Error QuantizedConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x
                                     int32_t activation, ffi::Span<const int64_t> window,
                                     ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                                     ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> out_size) {
-  const auto d = x.dimensions();
-  if (d.size() != 4 || window.size() != 2 || strides.size() != 2 || dilation.size() != 2 ||
-      padding_low.size() != 2 || out_size.size() != 2)
+  ConvGeometry g;
+  if (!window_geometry(x.dimensions(), window, strides, dilation, padding_low, out_size, g))
     return ffi::Error::InvalidArgument("jaxlite_quantized_conv takes NHWC input and 2-D window attributes");
-  const ConvGeometry g{d[0], d[1], d[2], d[3], window[0], window[1], strides[0], strides[1],
-                       dilation[0], dilation[1], padding_low[0], padding_low[1], out_size[0], out_size[1]};
-  const int64_t M = g.n * g.oh * g.ow, N = out->dimensions()[1];
-  if (out->dimensions()[0] != M) return ffi::Error::InvalidArgument("output rows != N * OH * OW");
-  const int64_t Kp = (g.kh * g.kw * g.c + 3) / 4 * 4;
   const int8_t* xs = x.typed_data();
-  const uint8_t* au = im2col_rows(g, Kp, [&](uint8_t* dst, int64_t b, int64_t y) {
-    flip_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c);
-  });
-  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, optional(row_scale), col_scale, bias, out_scale, out,
-                      activation);
+  auto fill_row = [&](uint8_t* dst, int64_t b, int64_t y) { flip_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c); };
+  return ConvGemm(pool, g, fill_row, packed, colsum, optional(row_scale), col_scale, bias, out_scale, out, activation);
 }
 
 // Convolution of a float x [N, H, W, C], quantized while it is copied into the padded
@@ -577,33 +594,24 @@ static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                   int32_t activation, ffi::Span<const int64_t> window,
                                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                                   ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> out_size) {
-  const float fixed = x_scale.element_count() ? x_scale.typed_data()[0] : 0.0f;
-  if (x_scale.element_count() && !(fixed > 0.0f)) return ffi::Error::InvalidArgument("x_scale must be > 0");
-  const auto d = x.dimensions();
-  if (d.size() != 4 || window.size() != 2 || strides.size() != 2 || dilation.size() != 2 ||
-      padding_low.size() != 2 || out_size.size() != 2)
+  const float fixed = fixed_scale(x_scale);
+  if (fixed < 0.0f) return ffi::Error::InvalidArgument("x_scale must be > 0");
+  ConvGeometry g;
+  if (!window_geometry(x.dimensions(), window, strides, dilation, padding_low, out_size, g))
     return ffi::Error::InvalidArgument("jaxlite_dynamic_conv takes NHWC input and 2-D window attributes");
-  const ConvGeometry g{d[0], d[1], d[2], d[3], window[0], window[1], strides[0], strides[1],
-                       dilation[0], dilation[1], padding_low[0], padding_low[1], out_size[0], out_size[1]};
-  const int64_t M = g.n * g.oh * g.ow, N = out->dimensions()[1];
-  if (out->dimensions()[0] != M) return ffi::Error::InvalidArgument("output rows != N * OH * OW");
-  const int64_t Kp = (g.kh * g.kw * g.c + 3) / 4 * 4, sample = g.h * g.w * g.c;
+  const int64_t positions = g.oh * g.ow, sample = g.h * g.w * g.c;
   const float* xs = x.typed_data();
-  std::vector<float> inv(g.n, fixed > 0.0f ? 1.0f / fixed : 0.0f), row_scale(fixed > 0.0f ? 0 : M);
-  for (int64_t b = 0; b < g.n && !(fixed > 0.0f); ++b) {
-    __m512 vmax = _mm512_setzero_ps();
-    for (int64_t k = 0; k < sample; k += 16)
-      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(sample - k), xs + b * sample + k)));
-    const float m = _mm512_reduce_max_ps(vmax);
-    const float s = m > 0.0f ? m / 127.0f : 1.0f;
+  std::vector<float> inv(g.n, fixed > 0.0f ? 1.0f / fixed : 0.0f), row_scale(fixed > 0.0f ? 0 : g.n * positions);
+  for (int64_t b = 0; b < g.n && fixed == 0.0f; ++b) {
+    const float s = symmetric_scale(xs + b * sample, sample);
     inv[b] = 1.0f / s;
-    std::fill(row_scale.begin() + b * g.oh * g.ow, row_scale.begin() + (b + 1) * g.oh * g.ow, s);
+    std::fill(row_scale.begin() + b * positions, row_scale.begin() + (b + 1) * positions, s);
   }
-  const uint8_t* au = im2col_rows(g, Kp, [&](uint8_t* dst, int64_t b, int64_t y) {
+  auto fill_row = [&](uint8_t* dst, int64_t b, int64_t y) {
     quantize_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c, _mm512_set1_ps(inv[b]));
-  });
-  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale,
-                      bias, out_scale, out, activation);
+  };
+  return ConvGemm(pool, g, fill_row, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale, bias,
+                  out_scale, out, activation);
 }
 
 // Max pooling of x [N, H, W, C] (C contiguous) into out [N, OH, OW, C]: window positions
@@ -655,12 +663,10 @@ void max_pool(const T* x, T* out, const ConvGeometry& g, ffi::ThreadPool& pool) 
 static ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out,
                               ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
                               ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> out_size) {
-  const auto d = x.dimensions();
-  if (d.size() != 4 || window.size() != 2 || strides.size() != 2 || padding_low.size() != 2 ||
-      out_size.size() != 2 || out->element_type() != x.element_type())
+  ConvGeometry g;
+  if (!window_geometry(x.dimensions(), window, strides, {}, padding_low, out_size, g) ||
+      out->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("jaxlite_max_pool takes [N, H, W, C] and 2-D window attributes");
-  const ConvGeometry g{d[0], d[1], d[2], d[3], window[0], window[1], strides[0], strides[1], 1, 1,
-                       padding_low[0], padding_low[1], out_size[0], out_size[1]};
   if (x.element_type() == ffi::DataType::S8)
     max_pool(static_cast<const int8_t*>(x.untyped_data()), static_cast<int8_t*>(out->untyped_data()), g, pool);
   else if (x.element_type() == ffi::DataType::F32)
@@ -706,8 +712,8 @@ static ffi::Error DynamicGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
                                   int32_t activation) {
   const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
   const int64_t Kp = (K + 3) / 4 * 4;
-  const float fixed = x_scale.element_count() ? x_scale.typed_data()[0] : 0.0f;
-  if (x_scale.element_count() && !(fixed > 0.0f)) return ffi::Error::InvalidArgument("x_scale must be > 0");
+  const float fixed = fixed_scale(x_scale);
+  if (fixed < 0.0f) return ffi::Error::InvalidArgument("x_scale must be > 0");
   std::vector<float> row_scale(fixed > 0.0f ? 0 : M);
   const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, row_scale.data(), fixed);
   return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale,
