@@ -1,9 +1,13 @@
-"""``jfuse``: ops the runtime executes as one kernel — dot/conv + bias + activation.
+"""``jfuse``: ops the runtime executes as one kernel.
 
-``jfuse.dot`` and ``jfuse.conv`` carry the attributes of the jlax op they replace
-(``dot_general`` / ``conv_general_dilated``), an optional bias operand (added with the
-same broadcasting a jaxpr ``add`` uses) and an ``activation``. Quantized kernels later
-reuse the same epilogue.
+``jfuse.dot`` and ``jfuse.conv`` (dot/conv + bias + activation) carry the attributes of the
+jlax op they replace (``dot_general`` / ``conv_general_dilated``), an optional bias operand
+(added with the same broadcasting a jaxpr ``add`` uses) and an ``activation``. Quantized
+kernels later reuse the same epilogue.
+
+``jfuse.layer_norm`` and ``jfuse.softmax`` work on the rows of the last axis: what flax /
+jax.nn trace into 8-16 elementwise and reduction ops (each its own XLA fusion or worse)
+is one pass over the rows here, and one native call on CPU.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 from jax import lax
-from xdsl.dialects.builtin import StringAttr, TensorType
+from xdsl.dialects.builtin import FloatAttr, StringAttr, TensorType
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
     AttrSizedOperandSegments,
@@ -29,6 +33,7 @@ from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
 from jaxlite.dialects import jlax
+from jaxlite.dialects.params import decode, encode
 from jaxlite.dialects.types import shape_dtype
 
 # name -> function of the pre-activation value; each is exactly the op sequence jax.nn traces
@@ -120,5 +125,103 @@ class FusedConvOp(FusedOp):
     OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["conv_general_dilated"]
 
 
-JFuse = Dialect("jfuse", [FusedDotOp, FusedConvOp], [])
+def layer_norm(x, scale=None, bias=None, *, epsilon: float):
+    """``(x - mean) * rsqrt(var + epsilon) * scale + bias`` over the last axis (the variance
+    of the centred values: flax's default ``E[x^2] - E[x]^2`` agrees to rounding)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    var = jnp.mean(lax.square(centred), axis=-1, keepdims=True)
+    y = centred * lax.rsqrt(var + jnp.asarray(epsilon, x.dtype))
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def softmax(x):
+    """``exp(x - max) / sum(exp(x - max))`` over the last axis, as jax.nn.softmax."""
+    m = lax.max(jnp.max(x, axis=-1, keepdims=True), jnp.full((), -jnp.inf, x.dtype))
+    e = jnp.exp(x - m)
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _check_row_vector(op: IRDLOperation, value: SSAValue | None, what: str) -> None:
+    """A scale/bias of a row op: same dtype, varies at most along the last axis."""
+    if value is None:
+        return
+    x_shape, x_dtype = shape_dtype(op.operands[0].type)
+    shape, dtype = shape_dtype(value.type)
+    aligned = (1,) * (len(x_shape) - len(shape)) + tuple(shape)
+    if dtype != x_dtype or len(aligned) != len(x_shape) or any(s != 1 for s in aligned[:-1]) \
+            or aligned[-1] not in (1, x_shape[-1]):
+        raise VerifyException(f"{op.name}: {what} {value.type} must be a vector along the last axis of "
+                              f"{op.operands[0].type}")
+
+
+def _check_float_rows(op: IRDLOperation) -> None:
+    x_shape, x_dtype = shape_dtype(op.operands[0].type)
+    if x_dtype.kind != "f" or not x_shape:
+        raise VerifyException(f"{op.name}: takes a float tensor of rank >= 1, got {op.operands[0].type}")
+    if op.results[0].type != op.operands[0].type:
+        raise VerifyException(f"{op.name}: result type {op.results[0].type} must be the input's "
+                              f"{op.operands[0].type}")
+
+
+@irdl_op_definition
+class LayerNormOp(IRDLOperation):
+    """Layer normalization over the last axis, with optional scale and bias vectors."""
+
+    name = "jfuse.layer_norm"
+    input = operand_def(TensorType)
+    scale = opt_operand_def(TensorType)
+    bias = opt_operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    irdl_options = (AttrSizedOperandSegments(as_property=True),)
+    assembly_format = ("$input (`scale` $scale^)? (`bias` $bias^)? attr-dict `:` type($input) "
+                       "(`,` type($scale)^)? (`,` type($bias)^)? `->` type($result)")
+
+    def __init__(self, x: SSAValue, scale: SSAValue | None, bias: SSAValue | None, epsilon: float):
+        super().__init__(operands=[x, scale, bias], result_types=[x.type],
+                         attributes={"epsilon": encode(float(epsilon))})
+
+    @property
+    def epsilon(self) -> float:
+        return float(decode(self.attributes["epsilon"]))
+
+    def verify_(self) -> None:
+        eps = self.attributes.get("epsilon")
+        if not isinstance(eps, FloatAttr) or not eps.value.data >= 0:
+            raise VerifyException(f"{self.name}: needs a float attribute 'epsilon' >= 0")
+        _check_float_rows(self)
+        _check_row_vector(self, self.scale, "scale")
+        _check_row_vector(self, self.bias, "bias")
+
+    def evaluate(self, x, scale=None, bias=None):
+        return layer_norm(x, scale, bias, epsilon=self.epsilon)
+
+
+@irdl_op_definition
+class SoftmaxOp(IRDLOperation):
+    """Softmax over the last axis."""
+
+    name = "jfuse.softmax"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
+
+    def __init__(self, x: SSAValue):
+        super().__init__(operands=[x], result_types=[x.type])
+
+    def verify_(self) -> None:
+        _check_float_rows(self)
+
+    def evaluate(self, x):
+        return softmax(x)
+
+
+ROW_OPS = (LayerNormOp, SoftmaxOp)
+JFuse = Dialect("jfuse", [FusedDotOp, FusedConvOp, LayerNormOp, SoftmaxOp], [])
 FUSED_FOR: dict[str, type[FusedOp]] = {"dot_general": FusedDotOp, "conv_general_dilated": FusedConvOp}

@@ -7,7 +7,7 @@ Rewrites, repeated until nothing changes:
   is materialized where non-constant code reads it, unless that would store more bytes
   than its sources (a broadcast of a bias to the batch): then its operands are
   materialized instead. Small results become ``jlax.constant``, larger ones new weights.
-* **identities** — x+0, x-0, x*1, x/1, -(-x), no-op converts/reshapes/broadcasts/
+* **identities** — x+0, x-0, x*1, x/1, -(-x), select_n with a constant selector, no-op converts/reshapes/broadcasts/
   transposes/slices/pads/squeezes/revs, transpose∘transpose, reshape∘reshape,
   broadcast∘broadcast.
 * **like terms** — ``c1*a + c2*a -> (c1+c2)*a`` (so ``3*a + 4*a + 5*a -> 12*a``), also with
@@ -215,6 +215,8 @@ class Identities(RewritePattern):
             _forward(rewriter, op, ops[0])
         elif p in ("mul", "div") and len(ops) == 2 and splat_value(ops[1]) == 1:
             _forward(rewriter, op, ops[0])
+        elif p == "select_n" and splat_value(ops[0]) is not None and 0 <= int(splat_value(ops[0])) < len(ops) - 1:
+            _forward(rewriter, op, ops[1 + int(splat_value(ops[0]))])  # a constant selector (jnp.var's dof check)
         elif p == "neg" and is_op(producer(ops[0]), "neg"):
             _forward(rewriter, op, producer(ops[0]).operands[0])
         elif p in ("convert_element_type", "reshape", "broadcast_in_dim", "squeeze") \

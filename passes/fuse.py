@@ -1,4 +1,5 @@
-"""fuse: dot_general / conv_general_dilated + bias add + activation -> one jfuse op.
+"""fuse: dot_general / conv_general_dilated + bias add + activation -> one jfuse op;
+LayerNorm and softmax -> ``jfuse.layer_norm`` / ``jfuse.softmax`` (passes/fuse_rows.py).
 
 The bias must vary only along the output feature axis (a Dense or Conv bias, or what
 fold-affine produced), so residual adds are never mistaken for biases. Activations are
@@ -26,6 +27,7 @@ from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import shape_dtype
 from jaxlite.passes.common import is_op, producer, replace_pattern, sole_user, splat_value, users
 from jaxlite.passes.fold_affine import feature_axes
+from jaxlite.passes.fuse_rows import fuse_rows
 
 
 def _close(x, target, rel=1e-4) -> bool:
@@ -183,6 +185,7 @@ class FusePass(ModulePass):
     name = "fuse"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
+        fuse_rows(list(op.walk()))
         for candidate in [o for o in op.walk() if isinstance(o, jlax.LaxOp)
                           and o.PRIMITIVE in fused.FUSED_FOR]:
             _fuse_one(candidate)

@@ -302,6 +302,7 @@ def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None, n
         native_act_dot_kernel,
         native_kernel,
         native_max_pool_kernel,
+        native_row_kernel,
     )
 
     packed = packed or {}
@@ -314,6 +315,8 @@ def _expanded_kernel(op, expanded, float16_compute: bool = False, packed=None, n
         return native_act_dot_kernel(op)
     if native_cpu and (pool := native_max_pool_kernel(op)) is not None:
         return pool
+    if native_cpu and (row_op := native_row_kernel(op)) is not None:
+        return row_op
     if op in expanded:
         name = expanded[op][0]
         return lambda weights, *_: (weights[name],)

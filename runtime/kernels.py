@@ -61,6 +61,22 @@ def _fused(op: fused.FusedOp) -> Kernel:
     return run
 
 
+@register(fused.LayerNormOp)
+def _layer_norm(op: fused.LayerNormOp) -> Kernel:
+    epsilon, has_scale, has_bias = op.epsilon, op.scale is not None, op.bias is not None
+
+    def run(weights, x, *vectors):
+        scale = vectors[0] if has_scale else None
+        bias = vectors[-1] if has_bias else None
+        return (fused.layer_norm(x, scale, bias, epsilon=epsilon),)
+    return run
+
+
+@register(fused.SoftmaxOp)
+def _softmax(op: fused.SoftmaxOp) -> Kernel:
+    return lambda weights, x: (fused.softmax(x),)
+
+
 def float16_matmul_kernel(op: Operation) -> Kernel | None:
     """For a dot/conv whose kernel is a float16 weight read through jquant.upcast: compute
     in float16 with float32 accumulation (the GPU path of quantize="float16")."""

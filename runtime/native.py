@@ -2,12 +2,13 @@
 
 The C++ source ships with the package (``native/int8_gemm.cc``); it is built with the
 system's g++ against jaxlib's FFI headers into a cache folder (``$JAXLITE_CACHE`` or
-``~/.cache/jaxlite``) and registered with ``jax.ffi``. Six calls: the quantized GEMM
+``~/.cache/jaxlite``) and registered with ``jax.ffi``. Eight calls: the quantized GEMM
 (int8 rows x packed weight, epilogue in registers), the dynamic GEMM (float rows
 quantized in the kernel), the 2-D convolution (patches gathered in the kernel), the
 dynamic convolution (float input quantized per sample while it is copied for the patches),
-the product of two activations (both quantized, the right side packed per call), and max
-pooling (int8 or float32, channels last). Where there
+the product of two activations (both quantized, the right side packed per call), max
+pooling (int8 or float32, channels last), and the float32 row ops ``jfuse.layer_norm`` and
+``jfuse.softmax`` (one pass per row where XLA runs four fusions). Where there
 is no compiler, no AVX-512 VNNI, or ``JAXLITE_NATIVE=0``, ``available()`` is False and the
 same ops run through XLA's int8 dot_general. The int8 products are identical either way;
 floats agree to rounding (the epilogue's order of operations is XLA's, but XLA may fuse
@@ -32,6 +33,8 @@ CONV_TARGET = "jaxlite_quantized_conv"
 DYNAMIC_CONV_TARGET = "jaxlite_dynamic_conv"
 MAX_POOL_TARGET = "jaxlite_max_pool"
 ACT_TARGET = "jaxlite_dynamic_act_gemm"
+LAYER_NORM_TARGET = "jaxlite_layer_norm"
+SOFTMAX_TARGET = "jaxlite_softmax"
 # activations the kernel's epilogue applies itself: those of dialects/fused.py (relu and
 # relu6 exactly, the others to float32 rounding)
 ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "sigmoid": 3, "tanh": 4, "silu": 5, "gelu_tanh": 6,
@@ -79,6 +82,8 @@ def available() -> bool:
                                     platform="cpu")
         jax.ffi.register_ffi_target(DYNAMIC_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicGemm),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(LAYER_NORM_TARGET, jax.ffi.pycapsule(handle.JaxliteLayerNorm), platform="cpu")
+        jax.ffi.register_ffi_target(SOFTMAX_TARGET, jax.ffi.pycapsule(handle.JaxliteSoftmax), platform="cpu")
         return True
     except Exception as e:  # no compiler, old headers, ...: XLA's int8 dot is the fallback
         print(f"jaxlite: native int8 GEMM unavailable ({type(e).__name__}: {str(e)[:200]}); "
@@ -107,9 +112,16 @@ def column_sums(w: np.ndarray) -> np.ndarray:
 
 
 def _optional(x):
+    """An optional float32 operand: empty when absent; flattened on the host when its value
+    is known while tracing (no XLA op per call)."""
+    import jax
     import jax.numpy as jnp
 
-    return jnp.zeros((0,), jnp.float32) if x is None else jnp.reshape(x, (-1,)).astype(jnp.float32)
+    if x is None:
+        return np.zeros((0,), np.float32)
+    if isinstance(x, jax.core.Tracer):
+        return jnp.reshape(x, (-1,)).astype(jnp.float32)
+    return np.asarray(x, np.float32).reshape(-1)
 
 
 def _window_attrs(**attrs) -> dict:
@@ -198,3 +210,19 @@ def dynamic_act_gemm(a, b):
     import jax.numpy as jnp
 
     return jax.ffi.ffi_call(ACT_TARGET, jax.ShapeDtypeStruct((a.shape[0], a.shape[1], b.shape[1]), jnp.float32))(a, b)
+
+
+def layer_norm(x, scale, bias, *, epsilon: float):
+    """``jfuse.layer_norm`` of float32 rows x [R, N]; scale and bias hold N values, one
+    value (every column) or none (absent)."""
+    import jax
+
+    return jax.ffi.ffi_call(LAYER_NORM_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype))(
+        x, _optional(scale), _optional(bias), epsilon=np.float32(epsilon))
+
+
+def softmax(x):
+    """``jfuse.softmax`` of float32 rows x [R, N]."""
+    import jax
+
+    return jax.ffi.ffi_call(SOFTMAX_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype))(x)

@@ -11,6 +11,7 @@ are those of the XLA kernels in ``quant_kernels``, in the same order. ``jquant.d
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -39,11 +40,19 @@ def _varies_only_by_column(shape, out_shape, cols) -> bool:
     return all(s == 1 for d, s in enumerate(_aligned(shape, len(out_shape))) if d not in cols)
 
 
+def _array_module(*xs):
+    """numpy where every x is a value known while tracing (an embedded weight), so that
+    the vectors derived from it are computed once, here, and compiled in as constants: the
+    same jnp code would run as XLA broadcasts on every call (3 per attention layer)."""
+    return jnp if any(isinstance(x, jax.core.Tracer) for x in xs) else np
+
+
 def _per_column(x, out_shape: tuple[int, ...], cols: tuple[int, ...]):
     """[N] vector of a value that broadcasts against the result and varies only by column."""
-    x = jnp.reshape(x, _aligned(jnp.shape(x), len(out_shape)))
+    xp = _array_module(x)
+    x = xp.reshape(xp.asarray(x), _aligned(np.shape(x), len(out_shape)))
     x = x[tuple(slice(None) if d in cols else 0 for d in range(len(out_shape)))]
-    return jnp.broadcast_to(x, [out_shape[d] for d in cols]).reshape(-1)
+    return xp.broadcast_to(x, [out_shape[d] for d in cols]).reshape(-1)
 
 
 def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int) -> Kernel:
@@ -63,6 +72,11 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     rhs_shape = tuple(op.rhs.type.get_shape())  # the int8 weight itself is not placed
 
     def w_columns(w_scale):
+        if _array_module(w_scale) is np:
+            shape = [1] * out_ndim
+            if w_out_axis >= 0:
+                shape[w_out_axis] = -1
+            return _per_column(np.reshape(np.asarray(w_scale), shape), out_shape, cols)
         return _per_column(int8.expand(w_scale, out_ndim, w_out_axis), out_shape, cols)
 
     def finish(y, bias, out_scale):
@@ -152,9 +166,10 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     def run_static(weights, x, _wq, x_scale, w_scale, *rest):  # x: int8, or float to quantize
         bias = rest[0] if has_bias else None
         out_scale = rest[-1] if requantize else None
-        col_scale = jnp.reshape(x_scale, ()) * w_columns(w_scale)
-        y = run_matmul(weights, x, col_scale, None, bias, out_scale,
-                       jnp.reshape(x_scale, ()) if x.dtype == jnp.float32 else None)
+        xp = _array_module(x_scale, w_scale)
+        x_scale = xp.reshape(xp.asarray(x_scale), ())
+        col_scale = x_scale * w_columns(w_scale)
+        y = run_matmul(weights, x, col_scale, None, bias, out_scale, x_scale if x.dtype == jnp.float32 else None)
         return (finish(y, bias, out_scale),)
     return run_static
 
@@ -198,3 +213,21 @@ def native_max_pool_kernel(op) -> Kernel | None:
     geometry = dict(window=window[1:3], strides=strides[1:3], padding_low=[padding[1][0], padding[2][0]],
                     out_size=out_shape[1:3])
     return lambda weights, x: (native.max_pool(x, **geometry),)
+
+
+def native_row_kernel(op) -> Kernel | None:
+    """``jfuse.layer_norm`` / ``jfuse.softmax`` on float32 as one native call over the rows
+    of the last axis, else None."""
+    if not isinstance(op, fused.ROW_OPS) or str(op.input.type.get_element_type()) != "f32":
+        return None
+    shape = tuple(op.input.type.get_shape())
+    rows = (int(np.prod(shape[:-1])), shape[-1])
+    if isinstance(op, fused.SoftmaxOp):
+        return lambda weights, x: (native.softmax(x.reshape(rows)).reshape(shape),)
+    epsilon, has_scale, has_bias = op.epsilon, op.scale is not None, op.bias is not None
+
+    def run(weights, x, *vectors):
+        scale = vectors[0] if has_scale else None
+        bias = vectors[-1] if has_bias else None
+        return (native.layer_norm(x.reshape(rows), scale, bias, epsilon=epsilon).reshape(shape),)
+    return run

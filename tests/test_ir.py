@@ -86,3 +86,21 @@ def test_region_op_verifiers():
     scan.attributes["num_carry"] = scan.attributes["num_consts"]  # carry/consts split wrong
     with pytest.raises(VerifyException):
         scan.verify()
+
+
+def test_row_op_verifiers():
+    from xdsl.dialects.builtin import i32
+
+    from jaxlite.dialects import fused
+
+    t = TensorType(f32, [2, 3])
+    block = _block_with([t, TensorType(f32, [1, 3]), TensorType(f32, [2, 1]), TensorType(i32, [2, 3])])
+    x, row, column, ints = block.args
+    fused.LayerNormOp(x, row, row, 1e-5).verify()
+    fused.SoftmaxOp(x).verify()
+    with pytest.raises(VerifyException, match="must be a vector along the last axis"):
+        fused.LayerNormOp(x, column, None, 1e-5).verify()
+    with pytest.raises(VerifyException, match="epsilon"):
+        fused.LayerNormOp(x, None, None, -1.0).verify()
+    with pytest.raises(VerifyException, match="float tensor"):
+        fused.SoftmaxOp(ints).verify()

@@ -219,3 +219,70 @@ def test_default_pipeline_preserves_outputs_under_control_flow():
             return c * 0.5 + jnp.tanh(xi @ jnp.ones((8, 8)) * 1.0 + 0.0), c.sum()
         return jax.lax.scan(body, jnp.zeros(8), x)
     convert_checked(fn, X, passes=jaxlite.passes.DEFAULT_PIPELINE)
+
+
+def _layer_norms():
+    import flax.linen as nn
+
+    rng = np.random.default_rng(7)
+    g = rng.uniform(0.5, 1.5, 24).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    flax_ln = nn.LayerNorm()
+    variables = jax.tree.map(lambda v: v + rng.uniform(0.1, 0.5, v.shape).astype(np.float32),
+                             flax_ln.init(jax.random.PRNGKey(0), np.zeros((2, 24), np.float32)))
+
+    def jnp_var(x):  # Equinox / Haiku style: the variance of the centred values
+        return (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
+
+    def unscaled(x):
+        return (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(jnp.mean(jnp.square(x - x.mean(-1, keepdims=True)),
+                                                                        -1, keepdims=True) + 1e-6)
+    return {"flax": (lambda x: flax_ln.apply(variables, x), 2),
+            "flax-no-scale": (lambda x: nn.LayerNorm(use_scale=False, use_bias=False).apply({}, x), 0),
+            "jnp-var": (jnp_var, 2), "unscaled": (unscaled, 0)}
+
+
+@pytest.mark.parametrize("name", ["flax", "flax-no-scale", "jnp-var", "unscaled"])
+def test_fuse_turns_layer_norms_into_one_op(name):
+    fn, vectors = _layer_norms()[name]
+    x = (np.random.default_rng(8).standard_normal((3, 5, 24)) * 4 + 2).astype(np.float32)
+    before, after = convert_checked(fn, x, passes="canonicalize,cse,dce,fuse", rtol=1e-5, atol=2e-5)
+    assert sum(ops(before).values()) >= 12
+    kinds = ops(after)
+    assert kinds["jfuse.layer_norm"] == 1 and set(kinds) <= {"jfuse.layer_norm", "jlax.weight", "jlax.constant"}
+    line = next(s for s in after.ir().splitlines() if "jfuse.layer_norm" in s)
+    assert line.count("scale %") + line.count("bias %") == vectors
+    assert_tree_close(after.compile(native_gemm=False)(x), jax.jit(fn)(x), 1e-5, 2e-5)
+
+
+def test_fuse_turns_softmax_into_one_op_and_keeps_what_it_cannot_take():
+    x = (np.random.default_rng(9).standard_normal((2, 3, 33)) * 5).astype(np.float32)
+    _, after = convert_checked(jax.nn.softmax, x, passes="canonicalize,dce,fuse")
+    assert ops(after) == Counter({"jfuse.softmax": 1})
+    # over another axis, or with an intermediate read elsewhere: left as it is
+    _, after = convert_checked(lambda x: jax.nn.softmax(x, axis=1), x, passes="canonicalize,dce,fuse")
+    assert ops(after)["jfuse.softmax"] == 0 and ops(after)["jlax.exp"] == 1
+
+    def with_stats(x):
+        mean = x.mean(-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), -1, keepdims=True) + 1e-6), mean
+
+    _, after = convert_checked(with_stats, x, passes="canonicalize,cse,dce,fuse")
+    assert ops(after)["jfuse.layer_norm"] == 0 and ops(after)["jlax.rsqrt"] == 1
+
+
+def test_transformer_block_fuses_its_layer_norms_and_softmax():
+    from jaxlite.examples import transformer
+
+    fn, args = transformer.factory(num_layers=2, d_model=32, heads=2, seq=8)
+    _, after = convert_checked(fn, *args, passes="canonicalize,cse,dce,fold-affine,fuse,canonicalize,dce",
+                               rtol=1e-4, atol=1e-5)
+    kinds = ops(after)
+    assert kinds["jfuse.layer_norm"] == 5 and kinds["jfuse.softmax"] == 2
+    assert kinds["jlax.rsqrt"] == kinds["jlax.exp"] == kinds["jlax.reduce_sum"] == 0
+
+
+def test_select_n_with_a_constant_selector_is_folded():
+    _, after = convert_checked(lambda x: jax.lax.select_n(jnp.asarray(True), jnp.full_like(x, jnp.nan), x * 2), X,
+                               passes="canonicalize,dce")
+    assert ops(after)["jlax.select_n"] == 0

@@ -524,3 +524,33 @@ def test_act_dots_can_be_skipped_and_are_in_the_report():
     act = [e for e in report.layers if e.op == "jquant.dynamic_act_dot"]
     assert [e.weight for e in sorted(act, key=lambda e: e.weight)] == ["dot_general#0", "dot_general#1"]
     assert all(20 < e.sqnr_db < 80 and e.accumulated_sqnr_db < 80 for e in act)
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 33), (300, 200), (5, 16)])
+def test_native_row_ops_match_xla(shape):
+    """jfuse.layer_norm / jfuse.softmax: the native row kernels (tails, threaded sizes,
+    a row of -inf) against the XLA kernels and jax itself."""
+    _native_or_skip()
+    import flax.linen as nn
+
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    ln = nn.LayerNorm()
+    variables = jax.tree.map(lambda v: v + rng.uniform(0.1, 0.5, v.shape).astype(np.float32),
+                             ln.init(jax.random.PRNGKey(0), x))
+    masked = x.copy()
+    masked[0] = -np.inf
+    cases = [(lambda x: ln.apply(variables, x), x, "jfuse.layer_norm"),
+             (lambda x: nn.LayerNorm(use_bias=False).apply({"params": {"scale": np.float32(2) * np.ones(shape[-1:],
+                                                                      np.float32)}}, x), x, "jfuse.layer_norm"),
+             (jax.nn.softmax, x, "jfuse.softmax"), (jax.nn.softmax, masked, "jfuse.softmax")]
+    for fn, arg, op in cases:
+        model = jaxlite.convert(fn, arg)
+        assert op in model.ir()
+        native_out, xla_out = model.compile()(arg), model.compile(native_gemm=False)(arg)
+        ref = jax.jit(fn)(arg)
+        assert_tree_close(native_out, xla_out, rtol=1e-5, atol=2e-6)
+        assert_tree_close(native_out, ref, rtol=1e-5, atol=2e-6)
+        assert np.isnan(np.asarray(ref)).any() == np.isnan(np.asarray(native_out)).any()
+    hlo = jaxlite.convert(jax.nn.softmax, x).compile().lower().as_text()
+    assert "jaxlite_softmax" in hlo
