@@ -114,11 +114,17 @@ inline __m512 activate(__m512 v, int32_t activation) {
     case kSigmoid: return sigmoid_ps(v);
     case kTanh: return tanh_ps(v);
     case kSilu: return _mm512_mul_ps(v, sigmoid_ps(v));
-    case kGeluTanh: {  // x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
-      const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-      const __m512 inner = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
-                                         _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(0.044715f), cube)));
-      return _mm512_mul_ps(v, _mm512_mul_ps(half, _mm512_add_ps(one, tanh_ps(inner))));
+    case kGeluTanh: {
+      // x * 0.5 * (1 + tanh(z)), z = sqrt(2/pi) * (x + 0.044715 x^3), computed as the equal
+      // x / (1 + exp(-2z)): ~20 vector ops where the tanh form takes ~30 and a division (the
+      // epilogue of a transformer's first MLP GEMM was a third of its time). rcp14 and one
+      // Newton step give the reciprocal to ~1 ulp; where exp(-2z) overflows the result is 0.
+      const __m512 two_z = _mm512_mul_ps(v, _mm512_fmadd_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(0.0713548162726f),
+                                                           _mm512_set1_ps(1.5957691216057308f)));
+      const __m512 d = _mm512_add_ps(one, exp_ps(_mm512_sub_ps(zero, two_z)));
+      __m512 r = _mm512_rcp14_ps(d);
+      r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+      return _mm512_mul_ps(v, r);
     }
     case kGeluErf:  // x * (erf(x / sqrt(2)) + 1) / 2
       return _mm512_div_ps(
