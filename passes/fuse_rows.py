@@ -9,7 +9,8 @@ value is read outside the pattern. Recognised shapes:
 * mean: ``reduce_sum(t) / n`` over the last axis, kept as ``[..., 1]`` by a
   ``broadcast_in_dim`` or ``reshape`` before or after the division;
 * variance: flax's ``max(mean(x^2) - mean(x)^2, 0)``, or ``mean((x - mean(x))^2)``
-  (``jnp.var``, Equinox, Haiku); a square is ``square``, ``integer_pow 2`` or ``x * x``;
+  (``jnp.var``; Equinox clamps it at 0 too); a square is ``square``, ``integer_pow 2`` or
+  ``x * x``;
 * LayerNorm: ``(x - mean) * (rsqrt(var + eps) * scale)`` (flax) or
   ``(x - mean) * rsqrt(var + eps) * scale`` (the others), scale and ``+ bias`` optional;
 * softmax: ``e = exp(x - max(reduce_max(x), -inf)); e / sum(e)`` (jax.nn.softmax).
@@ -112,20 +113,20 @@ def _other(op: Operation, v: SSAValue) -> SSAValue | None:
 
 
 def _variance_input(m: _Match, var: SSAValue) -> SSAValue | None:
-    """x where var is the (biased) variance of x over the last axis, in either form."""
+    """x where var is the (biased) variance of x over the last axis, in either form, with
+    or without a ``max(., 0)`` clamp."""
     var = m.unkeep(var)
-    clamp = m.take(producer(var), "max")
-    if clamp is not None:  # flax: max(mean(x^2) - mean(x)^2, 0)
-        if splat_value(clamp.operands[1]) != 0:
-            return None
-        sub = m.take(producer(clamp.operands[0]), "sub")
-        if sub is None:
-            return None
+    clamp = producer(var)
+    if is_op(clamp, "max") and splat_value(clamp.operands[1]) == 0:
+        m.add(clamp)
+        var = m.unkeep(clamp.operands[0])
+    sub = m.take(producer(var), "sub")
+    if sub is not None:  # flax: mean(x^2) - mean(x)^2
         sq_in = m.mean_of(sub.operands[0])
         mean = m.square_of(sub.operands[1]) if sq_in is not None else None
         x = m.square_of(sq_in) if mean is not None else None
         return x if x is not None and m.mean_of(mean) is x else None
-    sq_in = m.mean_of(var)  # mean((x - mean(x))^2)
+    sq_in = m.mean_of(var)  # mean((x - mean(x))^2): jnp.var, Equinox
     c = m.square_of(sq_in) if sq_in is not None else None
     return m.centred(c) if c is not None else None
 

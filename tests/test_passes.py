@@ -237,12 +237,16 @@ def _layer_norms():
     def unscaled(x):
         return (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(jnp.mean(jnp.square(x - x.mean(-1, keepdims=True)),
                                                                         -1, keepdims=True) + 1e-6)
+    import equinox as eqx
+
+    eqx_ln = eqx.tree_at(lambda m: (m.weight, m.bias), eqx.nn.LayerNorm(24), (jnp.asarray(g), jnp.asarray(b)))
     return {"flax": (lambda x: flax_ln.apply(variables, x), 2),
+            "equinox": (lambda x: jax.vmap(jax.vmap(eqx_ln))(x), 2),
             "flax-no-scale": (lambda x: nn.LayerNorm(use_scale=False, use_bias=False).apply({}, x), 0),
             "jnp-var": (jnp_var, 2), "unscaled": (unscaled, 0)}
 
 
-@pytest.mark.parametrize("name", ["flax", "flax-no-scale", "jnp-var", "unscaled"])
+@pytest.mark.parametrize("name", ["flax", "flax-no-scale", "equinox", "jnp-var", "unscaled"])
 def test_fuse_turns_layer_norms_into_one_op(name):
     fn, vectors = _layer_norms()[name]
     x = (np.random.default_rng(8).standard_normal((3, 5, 24)) * 4 + 2).astype(np.float32)
