@@ -33,40 +33,41 @@ from jaxlite.passes.common import (
 )
 
 
-def feature_axes(op: Operation) -> tuple[int, int] | None:
-    """(output feature axis, kernel output-feature axis) of a dot/conv with a kernel rhs."""
+def feature_axes(op: Operation) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(output feature axes, the kernel's output-feature axes) of a dot/conv with a kernel
+    rhs: one axis each for Dense and Conv, several for flax's DenseGeneral (attention's
+    [d_model, heads, head_dim] projections)."""
     prim = op.PRIMITIVE
     attrs = op.primitive_params() if isinstance(op, fused.FusedOp) else op.attributes
     if prim == "conv_general_dilated":
         if decode(attrs["batch_group_count"]) != 1:
             return None
         dn = decode(attrs["dimension_numbers"])
-        return dn.out_spec[1], dn.rhs_spec[0]
+        return (dn.out_spec[1],), (dn.rhs_spec[0],)
     if prim == "dot_general":
         (lc, rc), (lb, rb) = decode(attrs["dimension_numbers"])
         rhs_rank = len(shape_dtype(op.operands[1].type)[0])
-        free = [d for d in range(rhs_rank) if d not in rc and d not in rb]
-        if lb or rb or len(free) != 1:
+        free = tuple(d for d in range(rhs_rank) if d not in rc and d not in rb)
+        if lb or rb or not free:
             return None
         out_rank = len(shape_dtype(op.results[0].type)[0])
-        return out_rank - 1, free[0]
+        return tuple(range(out_rank - len(free), out_rank)), free
     return None
 
 
-def per_channel(value: SSAValue, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
-    """The constant as a length-C vector if it only varies along ``axis``, else None."""
+def per_channel(value: SSAValue, out_shape: tuple[int, ...], axes: tuple[int, ...]) -> np.ndarray | None:
+    """The constant as an array of the feature shape (``out_shape`` at ``axes``) if it
+    broadcasts against the output and varies only along ``axes``, else None."""
     arr = constant_array(value)
-    if arr is None or arr.dtype.kind != "f":
+    if arr is None or arr.dtype.kind != "f" or (arr.ndim and arr.ndim != len(out_shape)):
         return None
-    channels = out_shape[axis]
     if arr.ndim == 0:
-        return np.full(channels, arr, arr.dtype)
-    if arr.ndim != len(out_shape) or any(s != 1 for i, s in enumerate(arr.shape) if i != axis):
+        arr = arr.reshape((1,) * len(out_shape))
+    if any(s != 1 for i, s in enumerate(arr.shape) if i not in axes) \
+            or any(arr.shape[a] not in (1, out_shape[a]) for a in axes):
         return None
-    vec = arr.reshape(-1)
-    if vec.size == 1:
-        return np.full(channels, vec[0], arr.dtype)
-    return vec if vec.size == channels else None
+    vec = arr[tuple(slice(None) if i in axes else 0 for i in range(arr.ndim))]
+    return np.broadcast_to(vec, [out_shape[a] for a in axes])
 
 
 def _fold_one(op: jlax.LaxOp) -> bool:
@@ -74,12 +75,12 @@ def _fold_one(op: jlax.LaxOp) -> bool:
     kernel_value = op.operands[1]
     if axes is None or not is_constant(kernel_value):
         return False
-    out_axis, k_axis = axes
+    out_axes, k_axes = axes
     y = op.results[0]
     out_shape, dtype = shape_dtype(y.type)
     if dtype.kind != "f":
         return False
-    channels = out_shape[out_axis]
+    channels = [out_shape[d] for d in out_axes]
     a = np.ones(channels, np.float64)
     b = np.zeros(channels, np.float64)
     chain: list[Operation] = []
@@ -90,7 +91,7 @@ def _fold_one(op: jlax.LaxOp) -> bool:
         swapped = x is not value
         if swapped:
             x, c_value = c_value, x
-        c = per_channel(c_value, out_shape, out_axis)
+        c = per_channel(c_value, out_shape, out_axes)
         if c is None:
             break
         c = c.astype(np.float64)
@@ -114,13 +115,15 @@ def _fold_one(op: jlax.LaxOp) -> bool:
     store = current_store()
     kernel = constant_array(kernel_value)
     scale_shape = [1] * kernel.ndim
-    scale_shape[k_axis] = channels
+    for k_axis, size in zip(k_axes, channels, strict=True):
+        scale_shape[k_axis] = size
     new_kernel = (kernel.astype(np.float64) * a.reshape(scale_shape)).astype(kernel.dtype)
     hint = kernel_value.owner.weight_name if isinstance(kernel_value.owner, jlax.WeightOp) else "kernel"
     w = jlax.WeightOp(store.add(new_kernel, hint + ".folded"), kernel_value.type)
     new_op = type(op)([op.operands[0], w.results[0]], [y.type], dict(op.attributes))
     bias_shape = [1] * len(out_shape)
-    bias_shape[out_axis] = channels
+    for out_axis, size in zip(out_axes, channels, strict=True):
+        bias_shape[out_axis] = size
     bias = b.astype(dtype).reshape(bias_shape)
     bias_op = jlax.WeightOp(store.add(bias, hint.rsplit(".", 1)[0] + ".bias_folded"),
                             tensor_type(bias_shape, dtype))

@@ -129,8 +129,9 @@ def _match_gelu_tanh(y, uses):
     return "gelu_tanh", out.results[0], ops
 
 
-def _bias_operand(add: Operation, y: SSAValue, out_axis: int) -> SSAValue | None:
-    """The other operand of ``add`` if it is a per-output-channel bias for y."""
+def _bias_operand(add: Operation, y: SSAValue, out_axes: tuple[int, ...]) -> SSAValue | None:
+    """The other operand of ``add`` if it is a per-output-channel bias for y (varying only
+    along the output feature axes)."""
     if not is_op(add, "add") or add.results[0].type != y.type:
         return None
     b = _other(add, y)
@@ -142,7 +143,7 @@ def _bias_operand(add: Operation, y: SSAValue, out_axis: int) -> SSAValue | None
         return None
     if b_shape == ():
         return b
-    if len(b_shape) != len(out_shape) or any(s != 1 for i, s in enumerate(b_shape) if i != out_axis):
+    if len(b_shape) != len(out_shape) or any(s != 1 for i, s in enumerate(b_shape) if i not in out_axes):
         return None
     defining = producer(b)
     if defining is not None and defining.parent_block() is add.parent_block():

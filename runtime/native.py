@@ -203,13 +203,20 @@ def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=Non
         activation=np.int32(ACTIVATIONS[activation]))
 
 
-def dynamic_act_gemm(a, b):
+def dynamic_act_gemm(a, b, *, sizes=None, strides=None):
     """float32 [B, M, N] = a [B, M, K] x b [B, N, K]^T with both sides' rows quantized on the
-    fly (one scale per row of each), int8 products, rescaled (``jquant.dynamic_act_dot``)."""
+    fly (one scale per row of each), int8 products, rescaled (``jquant.dynamic_act_dot``).
+    With ``sizes`` (B, M, N, K) and ``strides`` (a's batch and row stride, b's, in elements;
+    K contiguous) a and b are read in place, whatever their shapes."""
     import jax
     import jax.numpy as jnp
 
-    return jax.ffi.ffi_call(ACT_TARGET, jax.ShapeDtypeStruct((a.shape[0], a.shape[1], b.shape[1]), jnp.float32))(a, b)
+    if sizes is None:
+        sizes = (a.shape[0], a.shape[1], b.shape[1], a.shape[2])
+        strides = (a.shape[1] * a.shape[2], a.shape[2], b.shape[1] * b.shape[2], b.shape[2])
+    bsz, m, n, _ = sizes
+    return jax.ffi.ffi_call(ACT_TARGET, jax.ShapeDtypeStruct((bsz, m, n), jnp.float32))(
+        a, b, sizes=np.asarray(sizes, np.int64), strides=np.asarray(strides, np.int64))
 
 
 def layer_norm(x, scale, bias, *, epsilon: float):

@@ -290,3 +290,18 @@ def test_select_n_with_a_constant_selector_is_folded():
     _, after = convert_checked(lambda x: jax.lax.select_n(jnp.asarray(True), jnp.full_like(x, jnp.nan), x * 2), X,
                                passes="canonicalize,dce")
     assert ops(after)["jlax.select_n"] == 0
+
+
+def test_dense_general_bias_and_scale_fold_into_one_fused_dot():
+    """flax's DenseGeneral (attention's [d_model, heads, head_dim] projections): the bias
+    varies along two output axes; the 1/sqrt(head_dim) scale folds into the kernel."""
+    import flax.linen as nn
+
+    layer = nn.DenseGeneral(features=(3, 4))
+    x = np.random.default_rng(12).standard_normal((2, 5, 6)).astype(np.float32)
+    variables = jax.tree.map(lambda v: v + 0.3, layer.init(jax.random.PRNGKey(0), x))
+    fn = lambda x: layer.apply(variables, x) / 2.0  # noqa: E731
+    before, after = convert_checked(fn, x, passes="canonicalize,dce,fold-affine,fuse,canonicalize,dce")
+    assert ops(before)["jlax.div"] == 1 and ops(before)["jlax.add"] == 1
+    assert ops(after) == Counter({"jfuse.dot": 1, "jlax.weight": 2})
+    assert "tensor<1x1x3x4xf32> -> tensor<2x5x3x4xf32>" in after.ir()

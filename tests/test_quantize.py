@@ -467,7 +467,7 @@ def test_native_max_pool_after_quantized_convolution(channels, window, strides, 
             np.testing.assert_array_equal(np.isneginf(out), ~seen)
 
 
-ATTENTION_EINSUMS = ["bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd", "qd,kd->qk", "bij,bjk->bik"]
+ATTENTION_EINSUMS = ["bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd", "qd,kd->qk", "bij,bjk->bik", "qbhd,kbhd->bhqk"]
 
 
 def _einsum_operands(spec, rng):
@@ -498,6 +498,19 @@ def test_dynamic_act_dot_matches_its_definition(spec):
     np.testing.assert_allclose(np.asarray(model.compile()(a, b)), xla, rtol=2e-5, atol=2e-5)
     ref = np.einsum(spec, a, b)
     assert np.linalg.norm(xla - ref) / np.linalg.norm(ref) < 0.02  # int8 noise, not garbage
+
+
+def test_act_dot_operands_are_read_in_place_where_strides_allow():
+    """Attention's q and k ([batch, seq, heads, head_dim], contracting head_dim) are read
+    by the native act-dot through (head, row) strides; what strides cannot express is
+    transposed first."""
+    from jaxlite.runtime.native_kernels import _strides_of
+
+    assert _strides_of((1, 128, 4, 64), [0, 2], [1], [3]) == (64, 256)
+    assert _strides_of((2, 4, 128, 128), [0, 1], [2], [3]) == (128 * 128, 128)
+    assert _strides_of((5, 17), [], [0], [1]) == (0, 17)
+    assert _strides_of((2, 9, 3, 20), [0, 2], [1], [3]) is None  # batch dims do not merge
+    assert _strides_of((1, 128, 4, 64), [0, 2], [3], [1]) is None  # K not contiguous
 
 
 def _rowwise_int8(x, contract_axes):

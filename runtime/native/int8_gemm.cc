@@ -379,11 +379,12 @@ inline void quantize_copy(uint8_t* dst, const float* src, int64_t n, __m512 inv_
 // round_half_even(a * (1 / scale)) clamped to +-127, the float operations of the XLA path),
 // stored as q + 128 with K padded to Kp. With fixed_scale > 0 every row uses that scale (a
 // calibrated input quantize folded into the GEMM) and row_scale is not written.
+// Rows are lda floats apart (0: K, packed).
 uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale,
-                        float fixed_scale = 0.0f) {
+                        float fixed_scale = 0.0f, int64_t lda = 0) {
   uint8_t* au = scratch(M * Kp);
   for (int64_t i = 0; i < M; ++i) {
-    const float* row = A + i * K;
+    const float* row = A + i * (lda ? lda : K);
     float s = fixed_scale;
     if (s <= 0.0f) row_scale[i] = s = symmetric_scale(row, K);
     std::memset(au + i * Kp + K, 128, Kp - K);
@@ -475,15 +476,16 @@ uint8_t* im2col_rows(const ConvGeometry& g, int64_t Kp, FillRow fill_row) {
   return au;
 }
 
-// Quantizes each of the N rows of float B [N, K] (scale = max|row| / 127, as for A) and
-// packs them as the weight layout's columns: panels of 32, k in groups of 4, zero padded.
-void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t Kp, int8_t* packed, int32_t* colsum,
-                       float* scale) {
+// Quantizes each of the N rows of float B [N, K] (scale = max|row| / 127, as for A; rows
+// ldb floats apart) and packs them as the weight layout's columns: panels of 32, k in
+// groups of 4, zero padded.
+void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
+                       int32_t* colsum, float* scale) {
   const int64_t k4 = Kp / 4, panels = (N + 31) / 32;
   std::memset(packed, 0, panels * k4 * 128);
   alignas(64) int8_t q[16];
   for (int64_t n = 0; n < N; ++n) {
-    const float* row = B + n * K;
+    const float* row = B + n * ldb;
     const float s = scale[n] = symmetric_scale(row, K);
     const __m512 inv_s = _mm512_set1_ps(1.0f / s);
     int8_t* col = packed + (n / 32) * k4 * 128 + (n % 32) * 4;
@@ -684,13 +686,24 @@ static ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Resul
 
 // A batch of products of two float activations, A [B, M, K] x B [B, N, K]^T -> [B, M, N]:
 // A's rows and B's rows both quantized on the fly (one scale each), B packed per batch,
-// out = (acc * a_scale[m]) * b_scale[n]. Batches are spread over the thread pool.
+// out = (acc * a_scale[m]) * b_scale[n]. The operands are read in place through strides
+// (batch, row; K contiguous), so attention's heads need no transposes: q and k come
+// straight from their [seq, heads, head_dim] projections. Batches are spread over the
+// thread pool.
 static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                                     ffi::ResultBuffer<ffi::F32> out) {
-  const auto da = a.dimensions(), db = b.dimensions();
-  if (da.size() != 3 || db.size() != 3 || da[0] != db[0] || da[2] != db[2])
-    return ffi::Error::InvalidArgument("jaxlite_dynamic_act_gemm takes [B, M, K] and [B, N, K]");
-  const int64_t batches = da[0], M = da[1], K = da[2], N = db[1];
+                                     ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> sizes,
+                                     ffi::Span<const int64_t> strides) {
+  if (sizes.size() != 4 || strides.size() != 4)
+    return ffi::Error::InvalidArgument("jaxlite_dynamic_act_gemm: sizes [B, M, N, K], strides [4]");
+  const int64_t batches = sizes[0], M = sizes[1], N = sizes[2], K = sizes[3];
+  const int64_t a_batch = strides[0], a_row = strides[1], b_batch = strides[2], b_row = strides[3];
+  const auto fits = [K](int64_t elements, int64_t n_batch, int64_t b_stride, int64_t rows, int64_t r_stride) {
+    return b_stride >= 0 && r_stride >= K && (n_batch - 1) * b_stride + (rows - 1) * r_stride + K <= elements;
+  };
+  if (batches < 1 || M < 1 || N < 1 || K < 1 || !fits(a.element_count(), batches, a_batch, M, a_row) ||
+      !fits(b.element_count(), batches, b_batch, N, b_row) ||
+      static_cast<int64_t>(out->element_count()) != batches * M * N)
+    return ffi::Error::InvalidArgument("jaxlite_dynamic_act_gemm: sizes and strides do not fit the operands");
   const int64_t Kp = (K + 3) / 4 * 4, panels = (N + 31) / 32;
   const float* A = a.typed_data();
   const float* Bm = b.typed_data();
@@ -698,9 +711,9 @@ static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32>
   auto one = [=](int64_t i) {
     std::vector<float> row_scale(M), col_scale(N);
     std::vector<int32_t> colsum(N);
-    const uint8_t* au = quantized_rows(A + i * M * K, M, K, Kp, row_scale.data());
+    const uint8_t* au = quantized_rows(A + i * a_batch, M, K, Kp, row_scale.data(), 0.0f, a_row);
     int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32, 1));
-    quantize_and_pack(Bm + i * N * K, N, K, Kp, packed, colsum.data(), col_scale.data());
+    quantize_and_pack(Bm + i * b_batch, N, K, b_row, Kp, packed, colsum.data(), col_scale.data());
     const Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N};
     gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
   };
@@ -849,7 +862,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicActGemm, DynamicActGemmImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("sizes")
+                                  .Attr<ffi::Span<const int64_t>>("strides"));
 
 // int8 rows (or input), packed weight, column sums, row scales, column scales, bias, out
 // scale -> float or int8; the epilogue's activation. Shared by the GEMM and the convolution.
