@@ -183,7 +183,7 @@ def _strides_of(shape, batch_dims, row_dims, contract_dims) -> tuple[int, int] |
 
     def merged(dims):  # the stride of a group of dims (size-1 dims ignored), or None
         dims = [d for d in dims if shape[d] != 1]
-        for outer, inner in zip(dims, dims[1:]):
+        for outer, inner in zip(dims, dims[1:], strict=False):
             if strides[outer] != strides[inner] * shape[inner]:
                 return None
         return strides[dims[-1]] if dims else 0
