@@ -2,9 +2,10 @@
 
 The C++ source ships with the package (``native/int8_gemm.cc``); it is built with the
 system's g++ against jaxlib's FFI headers into a cache folder (``$JAXLITE_CACHE`` or
-``~/.cache/jaxlite``) and registered with ``jax.ffi``. Eight calls: the quantized GEMM
+``~/.cache/jaxlite``) and registered with ``jax.ffi``. Nine calls: the quantized GEMM
 (int8 rows x packed weight, epilogue in registers), the dynamic GEMM (float rows
-quantized in the kernel), the 2-D convolution (patches gathered in the kernel), the
+quantized in the kernel; or, for rows several dynamic dots read, quantized once by their
+own call), the 2-D convolution (patches gathered in the kernel), the
 dynamic convolution (float input quantized per sample while it is copied for the patches),
 the product of two activations (both quantized, the right side packed per call), max
 pooling (int8 or float32, channels last), and the float32 row ops ``jfuse.layer_norm`` and
@@ -35,6 +36,7 @@ MAX_POOL_TARGET = "jaxlite_max_pool"
 ACT_TARGET = "jaxlite_dynamic_act_gemm"
 LAYER_NORM_TARGET = "jaxlite_layer_norm"
 SOFTMAX_TARGET = "jaxlite_softmax"
+QUANTIZE_ROWS_TARGET = "jaxlite_quantize_rows"
 # activations the kernel's epilogue applies itself: those of dialects/fused.py (relu and
 # relu6 exactly, the others to float32 rounding)
 ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "sigmoid": 3, "tanh": 4, "silu": 5, "gelu_tanh": 6,
@@ -84,6 +86,8 @@ def available() -> bool:
                                     platform="cpu")
         jax.ffi.register_ffi_target(LAYER_NORM_TARGET, jax.ffi.pycapsule(handle.JaxliteLayerNorm), platform="cpu")
         jax.ffi.register_ffi_target(SOFTMAX_TARGET, jax.ffi.pycapsule(handle.JaxliteSoftmax), platform="cpu")
+        jax.ffi.register_ffi_target(QUANTIZE_ROWS_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizeRows),
+                                    platform="cpu")
         return True
     except Exception as e:  # no compiler, old headers, ...: XLA's int8 dot is the fallback
         print(f"jaxlite: native int8 GEMM unavailable ({type(e).__name__}: {str(e)[:200]}); "
@@ -201,6 +205,17 @@ def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=Non
     return jax.ffi.ffi_call(DYNAMIC_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), out))(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
         activation=np.int32(ACTIVATIONS[activation]))
+
+
+def quantize_rows(x):
+    """(int8 [M, K], float32 scales [M]): float32 rows x [M, K] quantized as
+    ``dynamic_gemm`` quantizes them (symmetric, one scale per row)."""
+    import jax
+    import jax.numpy as jnp
+
+    m, k = x.shape
+    return jax.ffi.ffi_call(QUANTIZE_ROWS_TARGET, (jax.ShapeDtypeStruct((m, k), jnp.int8),
+                                                  jax.ShapeDtypeStruct((m,), jnp.float32)))(x)
 
 
 def dynamic_act_gemm(a, b, *, sizes=None, strides=None):

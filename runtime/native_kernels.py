@@ -70,6 +70,9 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     native_act = native_bias and activation in native.ACTIVATIONS
     requantize = not is_dynamic and op.out_scale is not None
     rhs_shape = tuple(op.rhs.type.get_shape())  # the int8 weight itself is not placed
+    # the float input of several dynamic dots (attention's q, k, v): quantized once
+    shared_input = isinstance(op, quant.DynamicDotOp) and sum(
+        isinstance(use.operation, quant.DynamicDotOp) and use.index == 0 for use in op.lhs.uses) > 1
 
     def w_columns(w_scale):
         if _array_module(w_scale) is np:
@@ -95,8 +98,11 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
 
     def gemm(weights, a, col_scale, row_scale, bias, out_scale, x_scale=None):
         """One native call on the [M, K] rows ``a`` (int8, or float: quantized in the kernel
-        per row, or with ``x_scale``)."""
+        per row, or with ``x_scale``). Float rows that other dynamic dots read too are
+        quantized by a call of their own, which XLA runs once for all of them (CSE)."""
         kw = epilogue(bias, out_scale)
+        if a.dtype == jnp.float32 and x_scale is None and shared_input:
+            a, row_scale = native.quantize_rows(a)
         if a.dtype == jnp.float32:
             return native.dynamic_gemm(a, weights[packed], weights[colsum], col_scale, n, x_scale=x_scale, **kw)
         return native.quantized_gemm(a, weights[packed], weights[colsum], n, col_scale,

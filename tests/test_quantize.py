@@ -366,6 +366,10 @@ def test_native_and_xla_int8_paths_agree(example):
         from jaxlite.runtime import native
         if native.available():  # packed copies replace the int8 weights
             assert not any(n.endswith(".q") for n in native_exe._weights)
+        if native.available() and example is transformer and mode == "dynamic":
+            # q, k and v read one LayerNorm output: its rows are quantized once (XLA CSE)
+            hlo = native_exe.lower().compile().as_text()
+            assert hlo.count('custom_call_target="jaxlite_quantize_rows"') == 1
 
 
 def test_big_packed_weights_are_arguments_not_constants():

@@ -15,7 +15,9 @@
 // runtime/native.py): panels of 32 columns, k in groups of 4, the layout vpdpbusd reads.
 // vpdpbusd multiplies unsigned by signed bytes, so A is shifted to A+128 (a bit flip) and
 // 128 * colsum(W) is subtracted from the accumulator. Work is split over column panels
-// on XLA's intra-op thread pool when it has more than one thread.
+// on XLA's intra-op thread pool when it has more than one thread. Also here: the product
+// of two activations (attention; operands read through strides), per-row quantization on
+// its own (rows several GEMMs read), and the float32 row ops LayerNorm and softmax.
 #include <immintrin.h>
 #include <algorithm>
 #include <atomic>
@@ -841,6 +843,39 @@ static ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
   });
   return ffi::Error::Success();
 }
+
+// Per-row symmetric quantization of float32 x [M, K] into int8 q and scales [M], exactly as
+// the dynamic GEMM does it inside (scale = max|row| / 127, 1 for a zero row; q =
+// round_half_even(x * (1 / scale)) clamped to +-127). For an input that several dynamic
+// dots read (attention's q, k and v projections of one LayerNorm output): quantized once,
+// then each GEMM takes the int8 rows with their scales.
+static ffi::Error QuantizeRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S8> q,
+                                   ffi::ResultBuffer<ffi::F32> scale) {
+  const auto d = x.dimensions();
+  if (d.size() != 2 || static_cast<int64_t>(scale->element_count()) != d[0])
+    return ffi::Error::InvalidArgument("jaxlite_quantize_rows takes [M, K] and gives [M, K] and [M]");
+  const int64_t rows = d[0], n = d[1];
+  const float* X = x.typed_data();
+  int8_t* Q = q->typed_data();
+  float* S = scale->typed_data();
+  for_rows(pool, rows, n, [=](int64_t r) {
+    const float* xr = X + r * n;
+    const float s = S[r] = symmetric_scale(xr, n);
+    const __m512 inv_s = _mm512_set1_ps(1.0f / s);
+    for (int64_t k = 0; k < n; k += 16) {
+      const __mmask16 m = tail_mask(n - k);
+      _mm_mask_storeu_epi8(Q + r * n + k, m, _mm512_cvtepi32_epi8(quantize_epi32(_mm512_maskz_loadu_ps(m, xr + k), inv_s)));
+    }
+  });
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizeRows, QuantizeRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S8>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteLayerNorm, LayerNormImpl,
                               ffi::Ffi::Bind()
