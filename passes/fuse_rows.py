@@ -90,7 +90,9 @@ class _Match:
 
     def closed(self, result: Operation) -> bool:
         """No value made inside the pattern is read outside it (but its result)."""
-        return all(u in self.ops for op in self.ops if op is not result for r in op.results for u in users(r))
+        block = result.parent_block()
+        return all(op.parent_block() is block for op in self.ops) and all(
+            u in self.ops for op in self.ops if op is not result for r in op.results for u in users(r))
 
     def replace(self, result: Operation, new: Operation) -> None:
         Rewriter.insert_op(new, InsertPoint.before(result))
@@ -155,7 +157,9 @@ def match_layer_norm(rsqrt: Operation) -> tuple[_Match, Operation, fused.LayerNo
     r = rsqrt.results[0]
     m.add(user)
     factor = _other(user, r)
-    if factor is not None and _row_vector(factor, x_shape) and factor.type != x.type:
+    # the scale, unless it is the centred value itself (x - mean is made by a sub; a [1, N]
+    # x has the shape of a row vector too)
+    if factor is not None and _row_vector(factor, x_shape) and not is_op(producer(factor), "sub"):
         scale, r = factor, user.results[0]  # flax: rsqrt(var + eps) * scale
         user = m.take(sole_user(r), "mul")
         if user is None:
@@ -166,12 +170,11 @@ def match_layer_norm(rsqrt: Operation) -> tuple[_Match, Operation, fused.LayerNo
     result = user
     nxt = sole_user(result.results[0])
     if scale is None and is_op(nxt, "mul") and (s := _other(nxt, result.results[0])) is not None \
-            and _row_vector(s, x_shape) and s.type != x.type:
+            and _row_vector(s, x_shape):
         scale, result = s, nxt  # (x - mean) * rsqrt(var + eps) * scale
         m.add(nxt)
         nxt = sole_user(result.results[0])
-    if is_op(nxt, "add") and (b := _other(nxt, result.results[0])) is not None and _row_vector(b, x_shape) \
-            and b.type != x.type:
+    if is_op(nxt, "add") and (b := _other(nxt, result.results[0])) is not None and _row_vector(b, x_shape):
         bias, result = b, nxt
         m.add(nxt)
     if result.results[0].type != x.type or not m.closed(result):

@@ -242,14 +242,18 @@ def _layer_norms():
     eqx_ln = eqx.tree_at(lambda m: (m.weight, m.bias), eqx.nn.LayerNorm(24), (jnp.asarray(g), jnp.asarray(b)))
     return {"flax": (lambda x: flax_ln.apply(variables, x), 2),
             "equinox": (lambda x: jax.vmap(jax.vmap(eqx_ln))(x), 2),
+            "equinox-2d": (lambda x: jax.vmap(eqx_ln)(x), 2),
             "flax-no-scale": (lambda x: nn.LayerNorm(use_scale=False, use_bias=False).apply({}, x), 0),
             "jnp-var": (jnp_var, 2), "unscaled": (unscaled, 0)}
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 24), (1, 24)])
 @pytest.mark.parametrize("name", ["flax", "flax-no-scale", "equinox", "jnp-var", "unscaled"])
-def test_fuse_turns_layer_norms_into_one_op(name):
+def test_fuse_turns_layer_norms_into_one_op(name, shape):
     fn, vectors = _layer_norms()[name]
-    x = (np.random.default_rng(8).standard_normal((3, 5, 24)) * 4 + 2).astype(np.float32)
+    if name == "equinox" and len(shape) == 2:
+        fn = _layer_norms()["equinox-2d"][0]
+    x = (np.random.default_rng(8).standard_normal(shape) * 4 + 2).astype(np.float32)
     before, after = convert_checked(fn, x, passes="canonicalize,cse,dce,fuse", rtol=1e-5, atol=2e-5)
     assert sum(ops(before).values()) >= 12
     kinds = ops(after)
