@@ -146,15 +146,19 @@ def softmax(x):
     return e / jnp.sum(e, axis=-1, keepdims=True)
 
 
+def is_row_vector(shape: tuple[int, ...], x_shape: tuple[int, ...]) -> bool:
+    """A shape that broadcasts against x and varies at most along its last axis."""
+    aligned = (1,) * (len(x_shape) - len(shape)) + tuple(shape)
+    return len(aligned) == len(x_shape) and all(s == 1 for s in aligned[:-1]) and aligned[-1] in (1, x_shape[-1])
+
+
 def _check_row_vector(op: IRDLOperation, value: SSAValue | None, what: str) -> None:
     """A scale/bias of a row op: same dtype, varies at most along the last axis."""
     if value is None:
         return
     x_shape, x_dtype = shape_dtype(op.operands[0].type)
     shape, dtype = shape_dtype(value.type)
-    aligned = (1,) * (len(x_shape) - len(shape)) + tuple(shape)
-    if dtype != x_dtype or len(aligned) != len(x_shape) or any(s != 1 for s in aligned[:-1]) \
-            or aligned[-1] not in (1, x_shape[-1]):
+    if dtype != x_dtype or not is_row_vector(shape, x_shape):
         raise VerifyException(f"{op.name}: {what} {value.type} must be a vector along the last axis of "
                               f"{op.operands[0].type}")
 
@@ -198,8 +202,13 @@ class LayerNormOp(IRDLOperation):
         _check_row_vector(self, self.scale, "scale")
         _check_row_vector(self, self.bias, "bias")
 
-    def evaluate(self, x, scale=None, bias=None):
-        return layer_norm(x, scale, bias, epsilon=self.epsilon)
+    def vectors(self, values) -> tuple:
+        """(scale, bias) from the operand values after x (either may be absent)."""
+        return (values[0] if self.scale is not None else None,
+                values[-1] if self.bias is not None else None)
+
+    def evaluate(self, x, *values):
+        return layer_norm(x, *self.vectors(values), epsilon=self.epsilon)
 
 
 @irdl_op_definition

@@ -89,15 +89,25 @@ def sole_user(value: SSAValue) -> Operation | None:
     return ops[0] if len(ops) == 1 else None
 
 
+def other_operand(op: Operation, value: SSAValue) -> SSAValue | None:
+    """The other operand of a binary op that reads ``value``, else None."""
+    a, b = op.operands
+    if a is value:
+        return b
+    if b is value:
+        return a
+    return None
+
+
 def is_op(op: Operation | None, primitive: str) -> bool:
     return isinstance(op, jlax.LaxOp) and op.PRIMITIVE == primitive
 
 
 def replace_pattern(root: Operation, matched: list[Operation], new_ops: list[Operation],
                     old_value: SSAValue, new_value: SSAValue) -> None:
-    """Replace a matched subgraph: ``root`` (a dot/conv) and the ops after it that
-    consumed its result (in order; the last one produces ``old_value``). The new ops go
-    where the last matched op was, so every operand they read is already defined."""
+    """Replace a matched subgraph: ``root`` (its first op, e.g. a dot/conv) and the ops
+    after it (in program order; the last one produces ``old_value``). The new ops go where
+    the last matched op was, so every operand they read is already defined."""
     from xdsl.rewriter import InsertPoint, Rewriter
 
     Rewriter.insert_op(new_ops, InsertPoint.before(matched[-1] if matched else root))

@@ -25,7 +25,15 @@ from xdsl.transforms.dead_code_elimination import dce
 from jaxlite.dialects import fused, jlax
 from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import shape_dtype
-from jaxlite.passes.common import is_op, producer, replace_pattern, sole_user, splat_value, users
+from jaxlite.passes.common import (
+    is_op,
+    other_operand,
+    producer,
+    replace_pattern,
+    sole_user,
+    splat_value,
+    users,
+)
 from jaxlite.passes.fold_affine import feature_axes
 from jaxlite.passes.fuse_rows import fuse_rows
 
@@ -34,20 +42,11 @@ def _close(x, target, rel=1e-4) -> bool:
     return x is not None and abs(x - target) <= rel * abs(target)
 
 
-def _other(op: Operation, value: SSAValue) -> SSAValue | None:
-    a, b = op.operands
-    if a is value:
-        return b
-    if b is value:
-        return a
-    return None
-
-
 def _binary_with_const(op, prim: str, value: SSAValue, target: float) -> bool:
     """op is ``prim(value, c)`` or ``prim(c, value)`` with c a constant close to target."""
     if not is_op(op, prim) or len(op.operands) != 2 or value not in op.operands:
         return False
-    return _close(splat_value(_other(op, value)), target)
+    return _close(splat_value(other_operand(op, value)), target)
 
 
 def match_activation(y: SSAValue) -> tuple[str, SSAValue, list[Operation]] | None:
@@ -58,7 +57,7 @@ def match_activation(y: SSAValue) -> tuple[str, SSAValue, list[Operation]] | Non
         if _binary_with_const(u, "max", y, 0.0):
             out = u.results[0]
             m = sole_user(out)
-            if is_op(m, "min") and _other(m, out) is not None and splat_value(_other(m, out)) == 6:
+            if is_op(m, "min") and other_operand(m, out) is not None and splat_value(other_operand(m, out)) == 6:
                 return "relu6", m.results[0], [u, m]
             return "relu", out, [u]
         if is_op(u, "clamp") and u.operands[1] is y and splat_value(u.operands[0]) == 0 \
@@ -134,7 +133,7 @@ def _bias_operand(add: Operation, y: SSAValue, out_axes: tuple[int, ...]) -> SSA
     along the output feature axes)."""
     if not is_op(add, "add") or add.results[0].type != y.type:
         return None
-    b = _other(add, y)
+    b = other_operand(add, y)
     if b is None or b is y:
         return None
     out_shape, dtype = shape_dtype(y.type)

@@ -19,12 +19,19 @@ value is read outside the pattern. Recognised shapes:
 from __future__ import annotations
 
 from xdsl.ir import Operation, SSAValue
-from xdsl.rewriter import InsertPoint, Rewriter
 
 from jaxlite.dialects import fused
 from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import shape_dtype
-from jaxlite.passes.common import is_op, producer, sole_user, splat_value, users
+from jaxlite.passes.common import (
+    is_op,
+    other_operand,
+    producer,
+    replace_pattern,
+    sole_user,
+    splat_value,
+    users,
+)
 
 
 class _Match:
@@ -95,23 +102,13 @@ class _Match:
             u in self.ops for op in self.ops if op is not result for r in op.results for u in users(r))
 
     def replace(self, result: Operation, new: Operation) -> None:
-        Rewriter.insert_op(new, InsertPoint.before(result))
-        result.results[0].replace_all_uses_with(new.results[0])
-        order = result.parent_block().get_operation_index
-        for op in sorted(self.ops, key=order, reverse=True):
-            op.detach()
-            op.erase()
+        """Every op of the pattern precedes ``result`` (they all feed it)."""
+        first, *rest = sorted(self.ops, key=result.parent_block().get_operation_index)
+        replace_pattern(first, rest, [new], result.results[0], new.results[0])
 
 
 def _row_vector(v: SSAValue, x_shape: tuple[int, ...]) -> bool:
-    shape, _ = shape_dtype(v.type)
-    aligned = (1,) * (len(x_shape) - len(shape)) + tuple(shape)
-    return len(aligned) == len(x_shape) and all(s == 1 for s in aligned[:-1]) and aligned[-1] in (1, x_shape[-1])
-
-
-def _other(op: Operation, v: SSAValue) -> SSAValue | None:
-    a, b = op.operands
-    return b if a is v else a if b is v else None
+    return fused.is_row_vector(shape_dtype(v.type)[0], x_shape)
 
 
 def _variance_input(m: _Match, var: SSAValue) -> SSAValue | None:
@@ -138,9 +135,9 @@ def match_layer_norm(rsqrt: Operation) -> tuple[_Match, Operation, fused.LayerNo
     if not is_op(add, "add"):
         return None
     eps_value = next((v for v in add.operands if splat_value(v) is not None), None)
-    if eps_value is None or _other(add, eps_value) is None:
+    if eps_value is None or other_operand(add, eps_value) is None:
         return None
-    var = _other(add, eps_value)
+    var = other_operand(add, eps_value)
     # rsqrt's one user multiplies it by an x-shaped value (flax: first by the scale)
     user = sole_user(rsqrt.results[0])
     if not is_op(user, "mul"):
@@ -156,7 +153,7 @@ def match_layer_norm(rsqrt: Operation) -> tuple[_Match, Operation, fused.LayerNo
     scale = bias = None
     r = rsqrt.results[0]
     m.add(user)
-    factor = _other(user, r)
+    factor = other_operand(user, r)
     # the scale, unless it is the centred value itself (x - mean is made by a sub; a [1, N]
     # x has the shape of a row vector too)
     if factor is not None and _row_vector(factor, x_shape) and not is_op(producer(factor), "sub"):
@@ -164,17 +161,17 @@ def match_layer_norm(rsqrt: Operation) -> tuple[_Match, Operation, fused.LayerNo
         user = m.take(sole_user(r), "mul")
         if user is None:
             return None
-    c = _other(user, r)
+    c = other_operand(user, r)
     if c is None or m.centred(c) is not x:
         return None
     result = user
     nxt = sole_user(result.results[0])
-    if scale is None and is_op(nxt, "mul") and (s := _other(nxt, result.results[0])) is not None \
+    if scale is None and is_op(nxt, "mul") and (s := other_operand(nxt, result.results[0])) is not None \
             and _row_vector(s, x_shape):
         scale, result = s, nxt  # (x - mean) * rsqrt(var + eps) * scale
         m.add(nxt)
         nxt = sole_user(result.results[0])
-    if is_op(nxt, "add") and (b := _other(nxt, result.results[0])) is not None and _row_vector(b, x_shape):
+    if is_op(nxt, "add") and (b := other_operand(nxt, result.results[0])) is not None and _row_vector(b, x_shape):
         bias, result = b, nxt
         m.add(nxt)
     if result.results[0].type != x.type or not m.closed(result):

@@ -18,13 +18,17 @@ from jax import lax
 QMAX = 127
 
 
+def expand_shape(ndim: int, axis: int) -> tuple[int, ...]:
+    """The shape that makes a per-channel scale vector broadcast along ``axis`` of an ndim
+    array (``()``: a per-tensor scale, axis -1)."""
+    if axis < 0:
+        return ()
+    return tuple(-1 if d == axis else 1 for d in range(ndim))
+
+
 def expand(scale, ndim: int, axis: int):
     """A per-channel scale vector shaped to broadcast along ``axis`` of an ndim array."""
-    if axis < 0:
-        return jnp.reshape(scale, ())
-    shape = [1] * ndim
-    shape[axis] = -1
-    return jnp.reshape(scale, shape)
+    return jnp.reshape(scale, expand_shape(ndim, axis))
 
 
 def quantize(x, scale):

@@ -63,13 +63,8 @@ def _fused(op: fused.FusedOp) -> Kernel:
 
 @register(fused.LayerNormOp)
 def _layer_norm(op: fused.LayerNormOp) -> Kernel:
-    epsilon, has_scale, has_bias = op.epsilon, op.scale is not None, op.bias is not None
-
-    def run(weights, x, *vectors):
-        scale = vectors[0] if has_scale else None
-        bias = vectors[-1] if has_bias else None
-        return (fused.layer_norm(x, scale, bias, epsilon=epsilon),)
-    return run
+    epsilon = op.epsilon
+    return lambda weights, x, *values: (fused.layer_norm(x, *op.vectors(values), epsilon=epsilon),)
 
 
 @register(fused.SoftmaxOp)

@@ -75,12 +75,8 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         isinstance(use.operation, quant.DynamicDotOp) and use.index == 0 for use in op.lhs.uses) > 1
 
     def w_columns(w_scale):
-        if _array_module(w_scale) is np:
-            shape = [1] * out_ndim
-            if w_out_axis >= 0:
-                shape[w_out_axis] = -1
-            return _per_column(np.reshape(np.asarray(w_scale), shape), out_shape, cols)
-        return _per_column(int8.expand(w_scale, out_ndim, w_out_axis), out_shape, cols)
+        xp = _array_module(w_scale)
+        return _per_column(xp.reshape(xp.asarray(w_scale), int8.expand_shape(out_ndim, w_out_axis)), out_shape, cols)
 
     def finish(y, bias, out_scale):
         """What the kernel left undone: bias / activation / requantize in XLA."""
@@ -268,10 +264,6 @@ def native_row_kernel(op) -> Kernel | None:
     rows = (int(np.prod(shape[:-1])), shape[-1])
     if isinstance(op, fused.SoftmaxOp):
         return lambda weights, x: (native.softmax(x.reshape(rows)).reshape(shape),)
-    epsilon, has_scale, has_bias = op.epsilon, op.scale is not None, op.bias is not None
-
-    def run(weights, x, *vectors):
-        scale = vectors[0] if has_scale else None
-        bias = vectors[-1] if has_bias else None
-        return (native.layer_norm(x.reshape(rows), scale, bias, epsilon=epsilon).reshape(shape),)
-    return run
+    epsilon = op.epsilon
+    return lambda weights, x, *values: (
+        native.layer_norm(x.reshape(rows), *op.vectors(values), epsilon=epsilon).reshape(shape),)

@@ -28,6 +28,7 @@
 #include <memory>
 #include <sched.h>
 #include <thread>
+#include <utility>
 #include <vector>
 #include "xla/ffi/api/ffi.h"
 
@@ -943,31 +944,35 @@ static auto QuantizedBinding() {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl, QuantizedBinding());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedConv, QuantizedConvImpl,
-                              QuantizedBinding()
-                                  .Attr<ffi::Span<const int64_t>>("window")
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("dilation")
-                                  .Attr<ffi::Span<const int64_t>>("padding_low")
-                                  .Attr<ffi::Span<const int64_t>>("out_size"));
+// float input, packed weight, column sums, weight scales, bias, out scale, calibrated input
+// scale -> float or int8; the epilogue's activation. Shared by the dynamic GEMM and convolution.
+static auto DynamicBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::S8>>()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<int32_t>("activation");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int32_t>("activation")
-                                  .Attr<ffi::Span<const int64_t>>("window")
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("dilation")
-                                  .Attr<ffi::Span<const int64_t>>("padding_low")
-                                  .Attr<ffi::Span<const int64_t>>("out_size"));
+// A convolution's window attributes, after its binding's.
+template <typename Binding>
+static auto WithWindow(Binding binding) {
+  return std::move(binding).template Attr<ffi::Span<const int64_t>>("window")
+      .template Attr<ffi::Span<const int64_t>>("strides")
+      .template Attr<ffi::Span<const int64_t>>("dilation")
+      .template Attr<ffi::Span<const int64_t>>("padding_low")
+      .template Attr<ffi::Span<const int64_t>>("out_size");
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedConv, QuantizedConvImpl, WithWindow(QuantizedBinding()));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl, WithWindow(DynamicBinding()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl,
                               ffi::Ffi::Bind()
@@ -979,15 +984,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl,
                                   .Attr<ffi::Span<const int64_t>>("padding_low")
                                   .Attr<ffi::Span<const int64_t>>("out_size"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int32_t>("activation"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl, DynamicBinding());
