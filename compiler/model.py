@@ -49,7 +49,8 @@ class Model:
         raise KeyError(f"no IR recorded after {after!r} (recorded: {known})")
 
     def compile(self, device=None, float16_compute: bool | None = None,
-                embed_weights_bytes: int | None = None, native_gemm: bool = True):
+                embed_weights_bytes: int | None = None, native_gemm: bool = True,
+                direct: bool | None = None):
         """An Executable running this model on ``device`` (None, "cpu" or "gpu").
 
         ``float16_compute`` (float16 models): dot/conv in float16 with float32
@@ -57,10 +58,14 @@ class Model:
         ``embed_weights_bytes``: weights up to this total (smallest first, default 16 MiB)
         are compiled into the executable as constants — faster calls, more memory.
         ``native_gemm``: int8 GEMMs through jaxlite's AVX-512 VNNI kernel on CPUs that
-        have it (identical results; False: XLA's int8 dot_general)."""
+        have it (identical results; False: XLA's int8 dot_general).
+        ``direct``: a small program (<= 8M multiply-adds) that is only native kernels runs
+        them without XLA, whose per-call cost would dominate it (the digits MLP: 2.5x
+        faster); calls then return numpy arrays. None: where possible; False: never; True:
+        required (DeviceError where not possible)."""
         from jaxlite.runtime.executable import Executable
 
-        return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm)
+        return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm, direct)
 
     def op_counts(self) -> Counter:
         return Counter(op.name for op in self.module.walk() if op is not self.module)

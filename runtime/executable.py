@@ -104,10 +104,10 @@ class Executable:
     """``exe(*args)`` runs the model; ``exe.model`` is the Model it came from."""
 
     def __init__(self, model, device=None, float16_compute: bool | None = None,
-                 embed_weights_bytes: int | None = None, native_gemm: bool = True):
+                 embed_weights_bytes: int | None = None, native_gemm: bool = True, direct: bool | None = None):
         """Options as in ``Model.compile``: ``float16_compute`` (f16 math on f16 weights;
         default on GPU), ``embed_weights_bytes`` (constants budget), ``native_gemm`` (the
-        VNNI int8 kernel on CPU)."""
+        VNNI int8 kernel on CPU), ``direct`` (small native programs without XLA)."""
         self.model = model
         self.device = resolve_device(device)
         on_gpu = self.device is not None and self.device.platform == "gpu"
@@ -159,6 +159,18 @@ class Executable:
             return sig.out_tree.unflatten(outs)
 
         self._jitted = jax.jit(run)
+        # A small program of native kernels only: called without XLA (runtime/host_plan.py)
+        self._direct = None
+        if direct is not False and native_cpu and in_treedef is not None:
+            from jaxlite.runtime.host_plan import HostPlan
+
+            specs = sig.in_tree.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in sig.inputs])
+            self._direct = HostPlan.build(run, self._weights, specs,
+                                          known_leaves=len(jax.tree_util.tree_leaves(self._weights)))
+            self._in_treedef = in_treedef
+        if direct and self._direct is None:
+            raise DeviceError("direct=True: this model's program is not all native kernels on a CPU with "
+                              "AVX-512 VNNI, or too big for one thread (see runtime/host_plan.py)")
 
     def _place_all(self, arrays: dict, budget: int, never_embed=frozenset()) -> tuple[dict, dict]:
         """(embedded, passed): weights on the device, the smallest first compiled in as
@@ -182,7 +194,28 @@ class Executable:
             drop_pages(array)
         return placed
 
+    @property
+    def direct(self) -> bool:
+        """Whether calls run the native kernels without XLA (results are numpy arrays)."""
+        return self._direct is not None
+
+    def _direct_leaves(self, args) -> list | None:
+        """The input arrays when they match the signature exactly (else the jitted path
+        casts Python scalars or raises its SignatureError)."""
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        if treedef != self._in_treedef:
+            return None
+        for x, spec in zip(leaves, self.signature.inputs, strict=True):
+            if not isinstance(x, np.ndarray | jax.Array) or x.shape != spec.shape or x.dtype != spec.dtype:
+                return None
+        return leaves
+
     def __call__(self, *args) -> Any:
+        if self._direct is not None and (leaves := self._direct_leaves(args)) is not None:
+            outs = self._direct(leaves)
+            sig = self.signature
+            return jax.tree_util.tree_unflatten(sig.out_treedef, outs) if sig.out_treedef is not None \
+                else sig.out_tree.unflatten(outs)
         try:
             return self._jitted(self._weights, args)
         except TypeError as e:

@@ -53,10 +53,10 @@ def _cpu_has_vnni() -> bool:
 
 
 @functools.cache
-def available() -> bool:
-    """Build (once, cached on disk) and register the kernel; False where it cannot run."""
+def library() -> ctypes.CDLL | None:
+    """The kernels' shared library (built once, cached on disk), or None where it cannot run."""
     if os.environ.get("JAXLITE_NATIVE", "1") == "0" or sys.platform != "linux" or not _cpu_has_vnni():
-        return False
+        return None
     try:
         import jax
 
@@ -72,27 +72,32 @@ def available() -> bool:
                    "-std=c++17", "-w", f"-I{include}", str(_SOURCE), "-o", str(tmp)]
             subprocess.run(cmd, check=True, capture_output=True, timeout=300)
             os.replace(tmp, lib)
-        handle = ctypes.cdll.LoadLibrary(str(lib))
-        jax.ffi.register_ffi_target(QUANTIZED_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedGemm),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizedConv),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(DYNAMIC_CONV_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicConv),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(MAX_POOL_TARGET, jax.ffi.pycapsule(handle.JaxliteMaxPool), platform="cpu")
-        jax.ffi.register_ffi_target(ACT_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicActGemm),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(DYNAMIC_TARGET, jax.ffi.pycapsule(handle.JaxliteDynamicGemm),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(LAYER_NORM_TARGET, jax.ffi.pycapsule(handle.JaxliteLayerNorm), platform="cpu")
-        jax.ffi.register_ffi_target(SOFTMAX_TARGET, jax.ffi.pycapsule(handle.JaxliteSoftmax), platform="cpu")
-        jax.ffi.register_ffi_target(QUANTIZE_ROWS_TARGET, jax.ffi.pycapsule(handle.JaxliteQuantizeRows),
-                                    platform="cpu")
-        return True
+        return ctypes.cdll.LoadLibrary(str(lib))
     except Exception as e:  # no compiler, old headers, ...: XLA's int8 dot is the fallback
         print(f"jaxlite: native int8 GEMM unavailable ({type(e).__name__}: {str(e)[:200]}); "
               "using XLA's int8 dot_general", file=sys.stderr)
+        return None
+
+
+# custom-call target -> the library's FFI handler symbol (its direct-call twin: JaxliteDirect...)
+HANDLERS = {
+    QUANTIZED_TARGET: "QuantizedGemm", DYNAMIC_TARGET: "DynamicGemm", CONV_TARGET: "QuantizedConv",
+    DYNAMIC_CONV_TARGET: "DynamicConv", MAX_POOL_TARGET: "MaxPool", ACT_TARGET: "DynamicActGemm",
+    LAYER_NORM_TARGET: "LayerNorm", SOFTMAX_TARGET: "Softmax", QUANTIZE_ROWS_TARGET: "QuantizeRows",
+}
+
+
+@functools.cache
+def available() -> bool:
+    """Build (once) and register the kernels with jax's FFI; False where they cannot run."""
+    handle = library()
+    if handle is None:
         return False
+    import jax
+
+    for target, name in HANDLERS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handle, f"Jaxlite{name}")), platform="cpu")
+    return True
 
 
 def pack(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@
 #include <limits>
 #include <memory>
 #include <sched.h>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -265,7 +266,8 @@ void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed,
 
 // Threads worth using: the pool's, but no more than the CPUs this process may run on (a
 // process pinned to one core must not split work it can only time-slice).
-int64_t usable_threads(ffi::ThreadPool& pool) {
+template <typename Pool>
+int64_t usable_threads(Pool& pool) {
   static const int64_t cpus = [] {
     cpu_set_t set;
     return sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set)) : 1;
@@ -285,8 +287,8 @@ void wait_until(const std::atomic<int64_t>& done, int64_t target) {
 // items from a shared counter, so the call finishes even when every pool thread is busy
 // elsewhere; tasks that start late find no item left and touch nothing but the counters
 // (kept alive by the shared_ptr).
-template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int64_t threads, int64_t count, F fn) {
+template <typename Pool, typename F>
+void parallel_for(Pool& pool, int64_t threads, int64_t count, F fn) {
   if (threads <= 1) {
     for (int64_t i = 0; i < count; ++i) fn(i);
     return;
@@ -308,8 +310,9 @@ void parallel_for(ffi::ThreadPool& pool, int64_t threads, int64_t count, F fn) {
 // chunks per thread, for balance): over panel pairs, and also over blocks of rows when
 // there are too few pairs -- a convolution with 64 output channels (ResNet's first stage,
 // 3136 rows) or 32 (the digits CNN) is one pair and would otherwise run on one thread.
+template <typename Pool>
 void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
-          const Epilogue& epi, ffi::ThreadPool& pool) {
+          const Epilogue& epi, Pool& pool) {
   constexpr int64_t kMinRows = 48;  // per row block: 8 tiles of 6
   const int64_t panels = (N + 31) / 32;
   const int64_t pairs = (panels + 1) / 2;
@@ -536,7 +539,8 @@ const float* optional(ffi::Buffer<ffi::F32>& b) {
 
 // The float epilogue: float [M,N], or int8 when out_scale is given. row_scale (size M or
 // 0), bias (N or 0) and out_scale (1 or 0) are optional.
-static ffi::Error EpilogueGemm(ffi::ThreadPool& pool, const uint8_t* au, int64_t M, int64_t Kp, int64_t N,
+template <typename Pool>
+static ffi::Error EpilogueGemm(Pool& pool, const uint8_t* au, int64_t M, int64_t Kp, int64_t N,
                                ffi::Buffer<ffi::S8>& packed, ffi::Buffer<ffi::S32>& colsum,
                                const float* row_scale, ffi::Buffer<ffi::F32>& col_scale,
                                ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& out_scale,
@@ -552,7 +556,8 @@ static ffi::Error EpilogueGemm(ffi::ThreadPool& pool, const uint8_t* au, int64_t
   return ffi::Error::Success();
 }
 
-static ffi::Error QuantizedGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed,
+template <typename Pool>
+static ffi::Error QuantizedGemmImpl(Pool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed,
                                     ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> row_scale,
                                     ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
                                     ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out,
@@ -581,8 +586,8 @@ bool window_geometry(ffi::Span<const int64_t> d, ffi::Span<const int64_t> window
 
 // The shared body of both convolutions: patches gathered from the padded input that
 // fill_row writes, then the GEMM and epilogue into out [N * OH * OW, O].
-template <typename FillRow>
-ffi::Error ConvGemm(ffi::ThreadPool& pool, const ConvGeometry& g, FillRow fill_row, ffi::Buffer<ffi::S8>& packed,
+template <typename Pool, typename FillRow>
+ffi::Error ConvGemm(Pool& pool, const ConvGeometry& g, FillRow fill_row, ffi::Buffer<ffi::S8>& packed,
                     ffi::Buffer<ffi::S32>& colsum, const float* row_scale, ffi::Buffer<ffi::F32>& col_scale,
                     ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& out_scale, ffi::Result<ffi::AnyBuffer>& out,
                     int32_t activation) {
@@ -603,7 +608,8 @@ float fixed_scale(ffi::Buffer<ffi::F32>& x_scale) {
 
 // A 2-D convolution of int8 x [N, H, W, C] as im2col rows times the packed weight, with the
 // float epilogue; out is [N * OH * OW, O].
-static ffi::Error QuantizedConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> packed,
+template <typename Pool>
+static ffi::Error QuantizedConvImpl(Pool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8> packed,
                                     ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> row_scale,
                                     ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
                                     ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out,
@@ -622,7 +628,8 @@ static ffi::Error QuantizedConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S8> x
 // buffer: per sample (scale = max|x[b]| / 127, as the XLA path; each sample's scale on its
 // rows in the epilogue), or with x_scale when given (calibrated; folded into col_scale by
 // the caller). Then the patches and the epilogue as for int8 input.
-static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> packed,
+template <typename Pool>
+static ffi::Error DynamicConvImpl(Pool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> packed,
                                   ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> w_scale,
                                   ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
                                   ffi::Buffer<ffi::F32> x_scale, ffi::Result<ffi::AnyBuffer> out,
@@ -653,8 +660,8 @@ static ffi::Error DynamicConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 // outside the input are skipped, which is lax.reduce_window_max's padding with the lowest
 // value. Runs inline as a custom call: as an XLA loop fusion it was the one XLA op of the
 // int8 digits CNN, and (one core) its work went to a pool thread sharing the core.
-template <typename T>
-void max_pool(const T* x, T* out, const ConvGeometry& g, ffi::ThreadPool& pool) {
+template <typename T, typename Pool>
+void max_pool(const T* x, T* out, const ConvGeometry& g, Pool& pool) {
   constexpr int64_t L = 64 / sizeof(T);  // lanes per zmm
   const int64_t c = g.c, rows = g.n * g.oh;
   const int64_t threads = std::min<int64_t>({usable_threads(pool), rows, rows * g.ow * c / (1 << 16)});
@@ -695,7 +702,8 @@ void max_pool(const T* x, T* out, const ConvGeometry& g, ffi::ThreadPool& pool) 
   });
 }
 
-static ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out,
+template <typename Pool>
+static ffi::Error MaxPoolImpl(Pool pool, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out,
                               ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
                               ffi::Span<const int64_t> padding_low, ffi::Span<const int64_t> out_size) {
   ConvGeometry g;
@@ -717,7 +725,8 @@ static ffi::Error MaxPoolImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::Resul
 // (batch, row; K contiguous), so attention's heads need no transposes: q and k come
 // straight from their [seq, heads, head_dim] projections. Batches are spread over the
 // thread pool.
-static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+template <typename Pool>
+static ffi::Error DynamicActGemmImpl(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                                      ffi::ResultBuffer<ffi::F32> out, ffi::Span<const int64_t> sizes,
                                      ffi::Span<const int64_t> strides) {
   if (sizes.size() != 4 || strides.size() != 4)
@@ -751,7 +760,8 @@ static ffi::Error DynamicActGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32>
 
 // Dynamic range: float A quantized per row on the fly, then the float epilogue with the
 // row scales (out = ((acc * row_scale) * w_scale + bias) -> activation).
-static ffi::Error DynamicGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed,
+template <typename Pool>
+static ffi::Error DynamicGemmImpl(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed,
                                   ffi::Buffer<ffi::S32> colsum, ffi::Buffer<ffi::F32> w_scale,
                                   ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
                                   ffi::Buffer<ffi::F32> x_scale, ffi::Result<ffi::AnyBuffer> out,
@@ -771,8 +781,8 @@ static ffi::Error DynamicGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
 // pool when there are many. As XLA fusions each is four ops, two of them reductions.
 namespace {
 
-template <typename F>
-void for_rows(ffi::ThreadPool& pool, int64_t rows, int64_t n, F row_fn) {
+template <typename Pool, typename F>
+void for_rows(Pool& pool, int64_t rows, int64_t n, F row_fn) {
   const int64_t threads = std::min<int64_t>({usable_threads(pool), rows, rows * n / (1 << 15)});
   const int64_t chunks = threads <= 1 ? 1 : std::min<int64_t>(rows, 4 * threads);
   parallel_for(pool, threads, chunks, [=](int64_t c) {
@@ -797,7 +807,8 @@ bool row_vector(ffi::Buffer<ffi::F32>& v, int64_t n, RowVector& out) {
 }  // namespace
 
 // y = (x - mean) * (1 / sqrt(var + epsilon)) * scale + bias, var of the centred values.
-static ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+template <typename Pool>
+static ffi::Error LayerNormImpl(Pool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
                                 ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out, float epsilon) {
   const auto d = x.dimensions();
   if (d.size() != 2) return ffi::Error::InvalidArgument("jaxlite_layer_norm takes [R, N]");
@@ -834,7 +845,8 @@ static ffi::Error LayerNormImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, f
 
 // y = exp(x - max) / sum(exp(x - max)); a row whose max is -inf (or NaN) gives NaN, as
 // jax.nn.softmax does.
-static ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> out) {
+template <typename Pool>
+static ffi::Error SoftmaxImpl(Pool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> out) {
   const auto d = x.dimensions();
   if (d.size() != 2) return ffi::Error::InvalidArgument("jaxlite_softmax takes [R, N]");
   const int64_t rows = d[0], n = d[1];
@@ -874,7 +886,8 @@ static ffi::Error SoftmaxImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
 // round_half_even(x * (1 / scale)) clamped to +-127). For an input that several dynamic
 // dots read (attention's q, k and v projections of one LayerNorm output): quantized once,
 // then each GEMM takes the int8 rows with their scales.
-static ffi::Error QuantizeRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S8> q,
+template <typename Pool>
+static ffi::Error QuantizeRowsImpl(Pool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S8> q,
                                    ffi::ResultBuffer<ffi::F32> scale) {
   const auto d = x.dimensions();
   if (d.size() != 2 || static_cast<int64_t>(scale->element_count()) != d[0])
@@ -895,14 +908,14 @@ static ffi::Error QuantizeRowsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x
   return ffi::Error::Success();
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizeRows, QuantizeRowsImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizeRows, QuantizeRowsImpl<ffi::ThreadPool>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::S8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteLayerNorm, LayerNormImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteLayerNorm, LayerNormImpl<ffi::ThreadPool>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -911,13 +924,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteLayerNorm, LayerNormImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("epsilon"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteSoftmax, SoftmaxImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteSoftmax, SoftmaxImpl<ffi::ThreadPool>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicActGemm, DynamicActGemmImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicActGemm, DynamicActGemmImpl<ffi::ThreadPool>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -942,7 +955,7 @@ static auto QuantizedBinding() {
       .Attr<int32_t>("activation");
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl, QuantizedBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl<ffi::ThreadPool>, QuantizedBinding());
 
 // float input, packed weight, column sums, weight scales, bias, out scale, calibrated input
 // scale -> float or int8; the epilogue's activation. Shared by the dynamic GEMM and convolution.
@@ -970,11 +983,11 @@ static auto WithWindow(Binding binding) {
       .template Attr<ffi::Span<const int64_t>>("out_size");
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedConv, QuantizedConvImpl, WithWindow(QuantizedBinding()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedConv, QuantizedConvImpl<ffi::ThreadPool>, WithWindow(QuantizedBinding()));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl, WithWindow(DynamicBinding()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl<ffi::ThreadPool>, WithWindow(DynamicBinding()));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl<ffi::ThreadPool>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
@@ -984,4 +997,153 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl,
                                   .Attr<ffi::Span<const int64_t>>("padding_low")
                                   .Attr<ffi::Span<const int64_t>>("out_size"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl, DynamicBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl<ffi::ThreadPool>, DynamicBinding());
+
+// ---------------------------------------------------------------------------------------
+// Direct calls: the same kernels without XLA (runtime/host_plan.py), for programs so small
+// that XLA's per-call cost (~10-20 us) is most of their time. The caller describes every
+// operand and result as (data pointer, XLA_FFI_DataType, rank, dims); integer attributes
+// come flattened in the binding's order, float ones likewise. Work runs on the calling
+// thread. Returns nullptr, or the error message (valid until the thread's next call).
+namespace {
+
+// Runs work on the caller's thread only (parallel_for never schedules with one thread).
+struct InlinePool {
+  int64_t num_threads() const { return 1; }
+  template <typename F>
+  void Schedule(F&&) {}
+};
+
+constexpr int64_t kMaxDirectBuffers = 8;
+
+class DirectBuffers {
+ public:
+  DirectBuffers(int64_t count, void* const* data, const int32_t* dtypes, const int64_t* ranks, const int64_t* dims)
+      : count_(count) {
+    for (int64_t i = 0, offset = 0; i < count && i < kMaxDirectBuffers; offset += ranks[i], ++i)
+      buffers_[i] = XLA_FFI_Buffer{XLA_FFI_Buffer_STRUCT_SIZE, nullptr, static_cast<XLA_FFI_DataType>(dtypes[i]),
+                                   data[i], ranks[i], const_cast<int64_t*>(dims + offset)};
+  }
+  // Whether there are `count` buffers and buffer i has dtype types[i] (-1: any).
+  bool matches(std::initializer_list<int32_t> types) const {
+    if (count_ != static_cast<int64_t>(types.size()) || count_ > kMaxDirectBuffers) return false;
+    int64_t i = 0;
+    for (int32_t t : types) {
+      if (t >= 0 && buffers_[i].dtype != static_cast<XLA_FFI_DataType>(t)) return false;
+      ++i;
+    }
+    return true;
+  }
+  template <ffi::DataType T>
+  ffi::Buffer<T> buffer(int64_t i) const { return ffi::Buffer<T>(&buffers_[i]); }
+  ffi::AnyBuffer any(int64_t i) const { return ffi::AnyBuffer(&buffers_[i]); }
+
+ private:
+  int64_t count_;
+  XLA_FFI_Buffer buffers_[kMaxDirectBuffers];
+};
+
+constexpr int32_t kS8 = XLA_FFI_DataType_S8, kS32 = XLA_FFI_DataType_S32, kF32 = XLA_FFI_DataType_F32, kAny = -1;
+
+const char* message(const ffi::Error& error) {
+  if (error.success()) return nullptr;
+  thread_local std::string text;
+  text = error.message();
+  return text.c_str();
+}
+
+ffi::Span<const int64_t> span(const int64_t* values, int64_t count) { return {values, static_cast<size_t>(count)}; }
+
+}  // namespace
+
+#define JAXLITE_DIRECT(name)                                                                                 \
+  extern "C" const char* name(int64_t count, void* const* data, const int32_t* dtypes, const int64_t* ranks, \
+                              const int64_t* dims, const int64_t* iattr, const float* fattr)
+#define JAXLITE_EXPECT(...) \
+  DirectBuffers b(count, data, dtypes, ranks, dims); \
+  if (!b.matches({__VA_ARGS__})) return "jaxlite direct call: wrong operand count or dtypes";
+
+JAXLITE_DIRECT(JaxliteDirectQuantizedGemm) {
+  JAXLITE_EXPECT(kS8, kS8, kS32, kF32, kF32, kF32, kF32, kAny);
+  return message(QuantizedGemmImpl(InlinePool{}, b.buffer<ffi::S8>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2),
+                                   b.buffer<ffi::F32>(3), b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5),
+                                   b.buffer<ffi::F32>(6), b.any(7), static_cast<int32_t>(iattr[0])));
+}
+
+JAXLITE_DIRECT(JaxliteDirectDynamicGemm) {
+  JAXLITE_EXPECT(kF32, kS8, kS32, kF32, kF32, kF32, kF32, kAny);
+  return message(DynamicGemmImpl(InlinePool{}, b.buffer<ffi::F32>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2),
+                                 b.buffer<ffi::F32>(3), b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5),
+                                 b.buffer<ffi::F32>(6), b.any(7), static_cast<int32_t>(iattr[0])));
+}
+
+// iattr: activation, then window, strides, dilation, padding_low, out_size (2 each)
+JAXLITE_DIRECT(JaxliteDirectQuantizedConv) {
+  JAXLITE_EXPECT(kS8, kS8, kS32, kF32, kF32, kF32, kF32, kAny);
+  return message(QuantizedConvImpl(InlinePool{}, b.buffer<ffi::S8>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2),
+                                   b.buffer<ffi::F32>(3), b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5),
+                                   b.buffer<ffi::F32>(6), b.any(7), static_cast<int32_t>(iattr[0]), span(iattr + 1, 2),
+                                   span(iattr + 3, 2), span(iattr + 5, 2), span(iattr + 7, 2), span(iattr + 9, 2)));
+}
+
+JAXLITE_DIRECT(JaxliteDirectDynamicConv) {
+  JAXLITE_EXPECT(kF32, kS8, kS32, kF32, kF32, kF32, kF32, kAny);
+  return message(DynamicConvImpl(InlinePool{}, b.buffer<ffi::F32>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2),
+                                 b.buffer<ffi::F32>(3), b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5),
+                                 b.buffer<ffi::F32>(6), b.any(7), static_cast<int32_t>(iattr[0]), span(iattr + 1, 2),
+                                 span(iattr + 3, 2), span(iattr + 5, 2), span(iattr + 7, 2), span(iattr + 9, 2)));
+}
+
+// iattr: window, strides, padding_low, out_size (2 each)
+JAXLITE_DIRECT(JaxliteDirectMaxPool) {
+  JAXLITE_EXPECT(kAny, kAny);
+  return message(MaxPoolImpl(InlinePool{}, b.any(0), b.any(1), span(iattr, 2), span(iattr + 2, 2),
+                             span(iattr + 4, 2), span(iattr + 6, 2)));
+}
+
+// iattr: sizes (4), strides (4)
+JAXLITE_DIRECT(JaxliteDirectDynamicActGemm) {
+  JAXLITE_EXPECT(kF32, kF32, kF32);
+  return message(DynamicActGemmImpl(InlinePool{}, b.buffer<ffi::F32>(0), b.buffer<ffi::F32>(1), b.buffer<ffi::F32>(2),
+                                    span(iattr, 4), span(iattr + 4, 4)));
+}
+
+// fattr: epsilon
+JAXLITE_DIRECT(JaxliteDirectLayerNorm) {
+  JAXLITE_EXPECT(kF32, kF32, kF32, kF32);
+  return message(LayerNormImpl(InlinePool{}, b.buffer<ffi::F32>(0), b.buffer<ffi::F32>(1), b.buffer<ffi::F32>(2),
+                               b.buffer<ffi::F32>(3), fattr[0]));
+}
+
+JAXLITE_DIRECT(JaxliteDirectSoftmax) {
+  JAXLITE_EXPECT(kF32, kF32);
+  return message(SoftmaxImpl(InlinePool{}, b.buffer<ffi::F32>(0), b.buffer<ffi::F32>(1)));
+}
+
+JAXLITE_DIRECT(JaxliteDirectQuantizeRows) {
+  JAXLITE_EXPECT(kF32, kS8, kF32);
+  return message(QuantizeRowsImpl(InlinePool{}, b.buffer<ffi::F32>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::F32>(2)));
+}
+
+// A whole program of direct calls in one call from Python (one ctypes crossing, not one
+// per kernel): steps run in order until one fails.
+typedef const char* (*DirectFn)(int64_t, void* const*, const int32_t*, const int64_t*, const int64_t*,
+                                const int64_t*, const float*);
+struct DirectStep {
+  DirectFn fn;
+  int64_t count;
+  void* const* data;
+  const int32_t* dtypes;
+  const int64_t* ranks;
+  const int64_t* dims;
+  const int64_t* iattr;
+  const float* fattr;
+};
+
+extern "C" const char* JaxliteDirectRun(const DirectStep* steps, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const DirectStep& s = steps[i];
+    if (const char* error = s.fn(s.count, s.data, s.dtypes, s.ranks, s.dims, s.iattr, s.fattr)) return error;
+  }
+  return nullptr;
+}

@@ -1,0 +1,221 @@
+"""HostPlan: a program of jaxlite's native kernels called straight from Python, without XLA.
+
+For a model as small as the digits MLP (three int8 GEMMs, ~1M multiply-adds, a few us of
+kernel work) XLA's per-call cost -- argument handling, result allocation, thunk dispatch,
+~12 us here on top of jax's dispatch -- is most of the time. When the jitted program is
+nothing but jaxlite's custom calls and reshapes, the same kernels are called here through
+ctypes (their ``JaxliteDirect...`` entry points, ``runtime/native/int8_gemm.cc``) on
+buffers allocated once: each call copies the inputs in, runs the kernels in order on the
+calling thread and returns copies of the outputs as numpy arrays, as LiteRT's interpreter
+does. The plan is read from the program's jaxpr, so it runs exactly what XLA would run
+(identical results, tested); anything else in the jaxpr and ``build`` returns None.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.extend.core import Literal
+
+from jaxlite.runtime import native
+
+# Only programs up to this many multiply-adds: the kernels run on one thread here, where XLA
+# would split big GEMMs over its pool; below it XLA's per-call cost is the larger share.
+MAX_MACS = 8 << 20
+# ... and buffers (intermediates, inputs, outputs) up to this many bytes.
+MAX_ARENA_BYTES = 64 << 20
+
+# XLA_FFI_DataType of the dtypes the kernels take
+_FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11}
+
+# target -> (integer attributes in the direct call's order, with their lengths; float ones)
+_ATTRIBUTES = {
+    native.QUANTIZED_TARGET: ((("activation", 1),), ()),
+    native.DYNAMIC_TARGET: ((("activation", 1),), ()),
+    native.MAX_POOL_TARGET: ((("window", 2), ("strides", 2), ("padding_low", 2), ("out_size", 2)), ()),
+    native.ACT_TARGET: ((("sizes", 4), ("strides", 4)), ()),
+    native.LAYER_NORM_TARGET: ((), (("epsilon", 1),)),
+    native.SOFTMAX_TARGET: ((), ()),
+    native.QUANTIZE_ROWS_TARGET: ((), ()),
+}
+_CONV_ATTRIBUTES = ((("activation", 1), ("window", 2), ("strides", 2), ("dilation", 2), ("padding_low", 2),
+                     ("out_size", 2)), ())
+_ATTRIBUTES[native.CONV_TARGET] = _ATTRIBUTES[native.DYNAMIC_CONV_TARGET] = _CONV_ATTRIBUTES
+# targets whose operand 1 is a packed weight [Kp * Npad]: rows x its size multiply-adds
+_GEMM_TARGETS = (native.QUANTIZED_TARGET, native.DYNAMIC_TARGET, native.CONV_TARGET, native.DYNAMIC_CONV_TARGET)
+# primitives that only relabel a row-major buffer's shape
+_VIEWS = ("reshape", "squeeze", "expand_dims")
+
+
+class _Step(ctypes.Structure):
+    """One kernel call of the plan (``DirectStep`` in int8_gemm.cc)."""
+    _fields_ = [("fn", ctypes.c_void_p), ("count", ctypes.c_int64), ("data", ctypes.POINTER(ctypes.c_void_p)),
+                ("dtypes", ctypes.POINTER(ctypes.c_int32)), ("ranks", ctypes.POINTER(ctypes.c_int64)),
+                ("dims", ctypes.POINTER(ctypes.c_int64)), ("iattr", ctypes.POINTER(ctypes.c_int64)),
+                ("fattr", ctypes.POINTER(ctypes.c_float))]
+
+
+class NotDirect(Exception):
+    """The program has something the plan cannot run (the reason is the message)."""
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised array at a 64-byte boundary with 64 bytes of slack after it, as XLA
+    allocates buffers (the kernels' masked vector loads never need more)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _attribute_values(params: dict, names: Sequence[tuple[str, int]], target: str) -> list:
+    attrs = dict(params["attributes"] or ())
+    values = []
+    for name, length in names:
+        if name not in attrs:
+            raise NotDirect(f"{target} without attribute {name}")
+        flat = np.asarray(getattr(attrs[name], "val", attrs[name])).reshape(-1)
+        if flat.size != length:
+            raise NotDirect(f"{target}: attribute {name} has {flat.size} values, expected {length}")
+        values.extend(flat.tolist())
+    return values
+
+
+class HostPlan:
+    """``plan(leaves)``: the program's outputs (numpy) for its input arrays, in order."""
+
+    def __init__(self, closed_jaxpr, known: dict[int, Any]):
+        """``known``: invar position -> value (weights passed to the jitted function); the
+        other invars are the inputs."""
+        self._library = native.library()
+        if self._library is None:
+            raise NotDirect("no native kernels")
+        self._keep: list = []  # arrays whose memory the steps point to
+        self._steps: list[tuple] = []
+        self._macs = 0
+        self._arena_bytes = 0
+        jaxpr = closed_jaxpr.jaxpr
+        env: dict = {}
+        self._inputs = []
+        for i, var in enumerate(jaxpr.invars):
+            if i in known:
+                env[var] = self._constant(known[i])
+            else:
+                env[var] = self._buffer(var.aval)
+                self._inputs.append(env[var])
+        for var, value in zip(jaxpr.constvars, closed_jaxpr.consts, strict=True):
+            env[var] = self._constant(value)
+        self._walk(jaxpr, env)
+        self._outputs = [self._read(env, v) for v in jaxpr.outvars]
+        if self._macs > MAX_MACS:
+            raise NotDirect(f"{self._macs} multiply-adds (> {MAX_MACS}): XLA's threads pay off")
+        if self._arena_bytes > MAX_ARENA_BYTES:
+            raise NotDirect(f"{self._arena_bytes} bytes of buffers (> {MAX_ARENA_BYTES})")
+        self._program = (_Step * max(1, len(self._steps)))(*[_Step(*step) for step in self._steps])
+        self._run = self._library.JaxliteDirectRun
+        self._run.restype = ctypes.c_char_p
+        self._lock = threading.Lock()
+
+    @classmethod
+    def build(cls, fn, *example_args, known_leaves: int = 0) -> HostPlan | None:
+        """The plan of ``fn`` traced at ``example_args`` (their first ``known_leaves``
+        leaves are fixed values: the weights), or None when it cannot run directly."""
+        leaves = jax.tree_util.tree_leaves(example_args)
+        try:
+            closed = jax.make_jaxpr(fn)(*example_args)
+            return cls(closed, {i: leaves[i] for i in range(known_leaves)})
+        except NotDirect:
+            return None
+
+    def _constant(self, value) -> np.ndarray:
+        if isinstance(value, jax.Array):
+            self._keep.append(value)  # a view of its (64-byte aligned) device buffer
+            return np.asarray(value)
+        value = np.asarray(value)
+        copy = aligned_empty(value.shape, value.dtype)
+        copy[...] = value
+        return copy
+
+    def _buffer(self, aval) -> np.ndarray:
+        buffer = aligned_empty(aval.shape, aval.dtype)
+        self._arena_bytes += buffer.nbytes
+        return buffer
+
+    @staticmethod
+    def _read(env: dict, var) -> np.ndarray:
+        if isinstance(var, Literal):
+            return np.asarray(var.val)
+        return env[var]
+
+    def _walk(self, jaxpr, env: dict) -> None:
+        for eqn in jaxpr.eqns:
+            name = eqn.primitive.name
+            ins = [self._read(env, v) for v in eqn.invars]
+            if name == "ffi_call":
+                outs = self._ffi_step(eqn, ins)
+            elif name in _VIEWS or (name == "broadcast_in_dim" and _is_view(eqn)):
+                outs = [ins[0].reshape(eqn.outvars[0].aval.shape)]
+            elif name in ("pjit", "jit"):
+                inner = eqn.params["jaxpr"]
+                inner_env = dict(zip(inner.jaxpr.invars, ins, strict=True))
+                inner_env.update(zip(inner.jaxpr.constvars, map(self._constant, inner.consts), strict=True))
+                self._walk(inner.jaxpr, inner_env)
+                outs = [self._read(inner_env, v) for v in inner.jaxpr.outvars]
+            else:
+                raise NotDirect(f"primitive {name}")
+            for var, value in zip(eqn.outvars, outs, strict=True):
+                env[var] = value
+
+    def _ffi_step(self, eqn, ins: list[np.ndarray]) -> list[np.ndarray]:
+        params = eqn.params
+        target = params["target_name"]
+        if target not in _ATTRIBUTES:
+            raise NotDirect(f"custom call {target}")
+        outs = [self._buffer(aval) for aval in params["result_avals"]]
+        buffers = [*ins, *outs]
+        if not all(b.flags.c_contiguous for b in buffers):
+            raise NotDirect(f"{target} on a strided operand")
+        if any(b.dtype not in _FFI_DTYPES for b in buffers):
+            raise NotDirect(f"{target} on dtypes {[str(b.dtype) for b in buffers]}")
+        int_names, float_names = _ATTRIBUTES[target]
+        iattr = _attribute_values(params, int_names, target)
+        fattr = _attribute_values(params, float_names, target)
+        if target in _GEMM_TARGETS:
+            self._macs += outs[0].shape[0] * ins[1].size
+        elif target == native.ACT_TARGET:
+            self._macs += int(np.prod(iattr[:4]))
+        self._keep.extend(buffers)
+        dims = [d for b in buffers for d in b.shape]
+        args = (len(buffers),
+                (ctypes.c_void_p * len(buffers))(*[b.ctypes.data for b in buffers]),
+                (ctypes.c_int32 * len(buffers))(*[_FFI_DTYPES[b.dtype] for b in buffers]),
+                (ctypes.c_int64 * len(buffers))(*[b.ndim for b in buffers]),
+                (ctypes.c_int64 * max(1, len(dims)))(*dims),
+                (ctypes.c_int64 * max(1, len(iattr)))(*iattr),
+                (ctypes.c_float * max(1, len(fattr)))(*fattr))
+        fn = getattr(self._library, f"JaxliteDirect{native.HANDLERS[target]}")
+        self._keep.append(args)
+        self._steps.append((ctypes.cast(fn, ctypes.c_void_p).value, *args))
+        return outs
+
+    def __call__(self, leaves: Sequence[Any]) -> list[np.ndarray]:
+        with self._lock:  # the buffers are the plan's: one call at a time
+            for buffer, x in zip(self._inputs, leaves, strict=True):
+                np.copyto(buffer, x)
+            error = self._run(self._program, len(self._steps))
+            if error is not None:
+                raise RuntimeError(f"jaxlite native kernel: {error.decode()}")
+            return [np.array(out) for out in self._outputs]
+
+
+def _is_view(eqn) -> bool:
+    """A broadcast_in_dim that only inserts size-1 axes (a reshape)."""
+    aval_in, aval_out = eqn.invars[0].aval, eqn.outvars[0].aval
+    dims = eqn.params["broadcast_dimensions"]
+    return aval_in.size == aval_out.size and list(dims) == sorted(dims)

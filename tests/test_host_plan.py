@@ -1,0 +1,160 @@
+"""runtime/host_plan.py: small all-native programs run without XLA -- the same kernels, the
+same results, numpy arrays out; everything else stays on the jitted path."""
+
+import ctypes
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlite
+from jaxlite.runtime import host_plan, native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="needs the native kernels (AVX-512 VNNI, g++)")
+
+
+def _mlp(rng, sizes=(64, 96, 48, 10)):
+    params = [(rng.normal(size=(a, b)).astype(np.float32) / np.sqrt(a), rng.normal(size=(b,)).astype(np.float32) * 0.1)
+              for a, b in zip(sizes, sizes[1:], strict=False)]
+
+    def fn(x):
+        for i, (w, b) in enumerate(params):
+            x = x @ w + b
+            if i < len(params) - 1:
+                x = jax.nn.relu(x)
+        return x
+    return fn
+
+
+def _cnn(rng):
+    k1 = rng.normal(size=(3, 3, 1, 8)).astype(np.float32) / 3
+    k2 = rng.normal(size=(3, 3, 8, 16)).astype(np.float32) / 8
+    w = rng.normal(size=(4 * 4 * 16, 10)).astype(np.float32) / 16
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def fn(x):
+        y = jax.nn.relu(jax.lax.conv_general_dilated(x, k1, (1, 1), "SAME", dimension_numbers=dn))
+        y = jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        y = jax.nn.relu(jax.lax.conv_general_dilated(y, k2, (1, 1), "SAME", dimension_numbers=dn))
+        return y.reshape(y.shape[0], -1) @ w
+    return fn
+
+
+def _convert(fn, x, mode, rng):
+    calibration = [(rng.normal(size=x.shape).astype(np.float32),) for _ in range(4)] if mode == "int8" else None
+    return jaxlite.convert(fn, x, quantize=mode, calibration=calibration)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "int8"])
+@pytest.mark.parametrize("make, shape", [(_mlp, (32, 64)), (_cnn, (8, 8, 8, 1))], ids=["mlp", "cnn"])
+def test_direct_runs_exactly_what_xla_runs(rng, make, shape, mode):
+    fn = make(rng)
+    x = rng.normal(size=shape).astype(np.float32)
+    model = _convert(fn, x, mode, rng)
+    direct, jitted = model.compile(), model.compile(direct=False)
+    assert direct.direct and not jitted.direct
+    out = direct(x)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == jitted(x).shape
+    np.testing.assert_array_equal(out, np.asarray(jitted(x)))  # the same kernels, bit for bit
+    ref = np.asarray(jax.jit(fn)(x))
+    assert np.linalg.norm(out - ref) <= 0.05 * np.linalg.norm(ref)
+    # jax arrays in, and a second input: nothing of the first call is left over
+    x2 = rng.normal(size=shape).astype(np.float32)
+    np.testing.assert_array_equal(direct(jnp.asarray(x2)), np.asarray(jitted(x2)))
+
+
+def test_outputs_are_fresh_arrays(rng):
+    fn = _mlp(rng)
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    exe = jaxlite.compile(fn, x, quantize="dynamic")
+    first = exe(x)
+    expected = first.copy()
+    first[:] = 0
+    np.testing.assert_array_equal(exe(x), expected)
+    assert exe(x) is not exe(x)
+
+
+def test_pytree_inputs_and_outputs(rng):
+    w = rng.normal(size=(16, 8)).astype(np.float32)
+
+    def fn(inputs):
+        return {"y": jax.nn.relu(inputs["a"] @ w), "z": inputs["b"] @ w}
+
+    args = {"a": rng.normal(size=(4, 16)).astype(np.float32), "b": rng.normal(size=(4, 16)).astype(np.float32)}
+    model = jaxlite.convert(fn, args, quantize="dynamic")
+    direct, jitted = model.compile(), model.compile(direct=False)
+    assert direct.direct
+    out, ref = direct(args), jitted(args)
+    assert set(out) == {"y", "z"}
+    for key in out:
+        np.testing.assert_array_equal(out[key], np.asarray(ref[key]))
+
+
+def test_other_inputs_take_the_jitted_path_and_its_errors(rng):
+    fn = _mlp(rng)
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    exe = jaxlite.compile(fn, x, quantize="dynamic")
+    assert exe.direct
+    # float64 is not the signature's dtype: jax.jit's own conversion (x64 off) applies
+    np.testing.assert_array_equal(np.asarray(exe(x.astype(np.float64))), exe(x))
+    with pytest.raises(jaxlite.SignatureError, match="expected float32"):
+        exe(x[:2])
+    with pytest.raises(jaxlite.SignatureError):
+        exe(x, x)
+
+
+def test_concurrent_calls_get_their_own_results(rng):
+    fn = _mlp(rng)
+    xs = [rng.normal(size=(8, 64)).astype(np.float32) for _ in range(4)]
+    exe = jaxlite.compile(fn, xs[0], quantize="int8", calibration=[(x,) for x in xs])
+    expected = [exe(x) for x in xs]
+    failures = []
+
+    def worker(i):
+        for _ in range(50):
+            if not np.array_equal(exe(xs[i]), expected[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_what_the_plan_cannot_run_stays_on_xla(rng, monkeypatch):
+    fn = _mlp(rng)
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    float_model = jaxlite.convert(fn, x)  # float dots are XLA's
+    assert not float_model.compile().direct
+    with pytest.raises(jaxlite.DeviceError, match="direct=True"):
+        float_model.compile(direct=True)
+    assert not jaxlite.convert(fn, x, quantize="dynamic").compile(native_gemm=False).direct
+    monkeypatch.setattr(host_plan, "MAX_MACS", 1000)  # big programs keep XLA's threads
+    assert not jaxlite.convert(fn, x, quantize="dynamic").compile().direct
+
+
+def test_saved_model_runs_direct(rng, tmp_path):
+    fn = _mlp(rng)
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    model = jaxlite.convert(fn, x, quantize="int8", calibration=[(x,)])
+    model.save(tmp_path / "m.jlite")
+    loaded = jaxlite.load(tmp_path / "m.jlite").compile()
+    assert loaded.direct
+    np.testing.assert_array_equal(loaded(x), model.compile()(x))
+
+
+def test_a_kernel_error_raises():
+    """A kernel's own check (here: operands of the wrong dtypes) surfaces as an exception."""
+    x = np.zeros((2, 8), np.float32)
+    plan = host_plan.HostPlan(jax.make_jaxpr(native.quantize_rows)(x), {})
+    q, scale = plan([x])
+    np.testing.assert_array_equal(q, np.zeros((2, 8), np.int8))
+    np.testing.assert_array_equal(scale, np.ones(2, np.float32))  # a zero row has scale 1
+    wrong = (ctypes.c_int32 * 3)(11, 11, 11)  # the int8 result declared float32
+    plan._program[0].dtypes = ctypes.cast(wrong, ctypes.POINTER(ctypes.c_int32))
+    with pytest.raises(RuntimeError, match="wrong operand count or dtypes"):
+        plan([x])
