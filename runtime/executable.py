@@ -162,11 +162,12 @@ class Executable:
         # A small program of native kernels only: called without XLA (runtime/host_plan.py)
         self._direct = None
         if direct is not False and native_cpu and in_treedef is not None:
-            from jaxlite.runtime.host_plan import HostPlan
+            from jaxlite.runtime.host_plan import HostPlan, worth_tracing
 
             specs = sig.in_tree.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in sig.inputs])
-            self._direct = HostPlan.build(run, self._weights, specs,
-                                          known_leaves=len(jax.tree_util.tree_leaves(self._weights)))
+            if worth_tracing(main.body.block):
+                self._direct = HostPlan.build(run, self._weights, specs,
+                                              known_leaves=len(jax.tree_util.tree_leaves(self._weights)))
             self._in_treedef = in_treedef
         if direct and self._direct is None:
             raise DeviceError("direct=True: this model's program is not all native kernels on a CPU with "

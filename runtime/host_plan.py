@@ -214,6 +214,30 @@ class HostPlan:
             return [np.array(out) for out in self._outputs]
 
 
+def worth_tracing(block) -> bool:
+    """Whether a program might qualify, judged from its IR without tracing it (tracing a
+    ResNet-18 for nothing would add to every compile): native int8 matmuls only among its
+    dots and convolutions, at most ``MAX_MACS`` multiply-adds."""
+    from jaxlite.dialects import jlax, quant
+    from jaxlite.runtime.quant_kernels import gemm_shape, params_of
+
+    macs = 0
+    for op in block.ops:
+        out = int(np.prod(op.results[0].type.get_shape())) if op.results else 0
+        if isinstance(op, quant.QuantizedMatmulOp):
+            shape = gemm_shape(op)
+            if shape is None:
+                return False
+            macs += out * shape[0]
+        elif isinstance(op, quant.DynamicActDotOp):
+            (lc, _), _ = params_of(op)["dimension_numbers"]
+            lhs = op.lhs.type.get_shape()
+            macs += out * int(np.prod([lhs[d] for d in lc]))
+        elif isinstance(op, jlax.LaxOp) and op.PRIMITIVE in ("dot_general", "conv_general_dilated"):
+            return False  # a float matmul: XLA's
+    return 0 < macs <= MAX_MACS
+
+
 def _is_view(eqn) -> bool:
     """A broadcast_in_dim that only inserts size-1 axes (a reshape)."""
     aval_in, aval_out = eqn.invars[0].aval, eqn.outvars[0].aval

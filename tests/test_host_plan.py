@@ -137,6 +137,19 @@ def test_what_the_plan_cannot_run_stays_on_xla(rng, monkeypatch):
     assert not jaxlite.convert(fn, x, quantize="dynamic").compile().direct
 
 
+def test_programs_with_xla_ops_stay_on_xla(rng):
+    """A residual add (two activations) is an XLA op: the whole program stays jitted."""
+    w = rng.normal(size=(16, 16)).astype(np.float32) / 4
+
+    def fn(x):
+        return jax.nn.relu(x @ w) + x
+
+    x = rng.normal(size=(4, 16)).astype(np.float32)
+    exe = jaxlite.compile(fn, x, quantize="dynamic")
+    assert host_plan.worth_tracing(exe.model.module.ops.first.body.block) and not exe.direct
+    np.testing.assert_allclose(np.asarray(exe(x)), np.asarray(jax.jit(fn)(x)), rtol=0.05, atol=0.05)
+
+
 def test_saved_model_runs_direct(rng, tmp_path):
     fn = _mlp(rng)
     x = rng.normal(size=(4, 64)).astype(np.float32)
