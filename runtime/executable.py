@@ -201,14 +201,15 @@ class Executable:
         return self._direct is not None
 
     def _direct_leaves(self, args) -> list | None:
-        """The input arrays when they match the signature exactly (else the jitted path
-        casts Python scalars or raises its SignatureError)."""
+        """The input arrays when they are concrete and match the signature exactly (else the
+        jitted path casts Python scalars, raises its SignatureError, or is traced)."""
         leaves, treedef = jax.tree_util.tree_flatten(args)
         if treedef != self._in_treedef:
             return None
         for x, spec in zip(leaves, self.signature.inputs, strict=True):
-            if not isinstance(x, np.ndarray | jax.Array) or x.shape != spec.shape or x.dtype != spec.dtype:
-                return None
+            if not isinstance(x, np.ndarray | jax.Array) or isinstance(x, jax.core.Tracer) \
+                    or x.shape != spec.shape or x.dtype != spec.dtype:
+                return None  # tracers too: inside jit/vmap the program must stay traceable
         return leaves
 
     def __call__(self, *args) -> Any:

@@ -120,6 +120,10 @@ def column_sums(w: np.ndarray) -> np.ndarray:
     return np.sum(w, axis=0, dtype=np.int32)
 
 
+# under jax.vmap each kernel runs once per batch element (they take fixed ranks)
+_VMAP = "sequential"
+
+
 def _optional(x):
     """An optional float32 operand: empty when absent; flattened on the host when its value
     is known while tracing (no XLA op per call)."""
@@ -147,7 +151,7 @@ def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, bias
     import jax.numpy as jnp
 
     out = jnp.int8 if out_scale is not None else jnp.float32
-    return jax.ffi.ffi_call(QUANTIZED_TARGET, jax.ShapeDtypeStruct((a.shape[0], n), out))(
+    return jax.ffi.ffi_call(QUANTIZED_TARGET, jax.ShapeDtypeStruct((a.shape[0], n), out), vmap_method=_VMAP)(
         a, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias),
         _optional(out_scale), activation=np.int32(ACTIVATIONS[activation]))
 
@@ -163,7 +167,7 @@ def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dil
 
     rows = x.shape[0] * out_size[0] * out_size[1]
     out = jnp.int8 if out_scale is not None else jnp.float32
-    return jax.ffi.ffi_call(CONV_TARGET, jax.ShapeDtypeStruct((rows, n), out))(
+    return jax.ffi.ffi_call(CONV_TARGET, jax.ShapeDtypeStruct((rows, n), out), vmap_method=_VMAP)(
         x, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias),
         _optional(out_scale), activation=np.int32(ACTIVATIONS[activation]),
         **_window_attrs(window=window, strides=strides, dilation=dilation, padding_low=padding_low,
@@ -180,7 +184,7 @@ def dynamic_conv(x, packed, colsum, n: int, w_scale, *, window, strides, dilatio
 
     rows = x.shape[0] * out_size[0] * out_size[1]
     out = jnp.int8 if out_scale is not None else jnp.float32
-    return jax.ffi.ffi_call(DYNAMIC_CONV_TARGET, jax.ShapeDtypeStruct((rows, n), out))(
+    return jax.ffi.ffi_call(DYNAMIC_CONV_TARGET, jax.ShapeDtypeStruct((rows, n), out), vmap_method=_VMAP)(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
         activation=np.int32(ACTIVATIONS[activation]),
         **_window_attrs(window=window, strides=strides, dilation=dilation, padding_low=padding_low,
@@ -193,7 +197,7 @@ def max_pool(x, *, window, strides, padding_low, out_size):
     import jax
 
     shape = (x.shape[0], *out_size, x.shape[3])
-    return jax.ffi.ffi_call(MAX_POOL_TARGET, jax.ShapeDtypeStruct(shape, x.dtype))(
+    return jax.ffi.ffi_call(MAX_POOL_TARGET, jax.ShapeDtypeStruct(shape, x.dtype), vmap_method=_VMAP)(
         x, **_window_attrs(window=window, strides=strides, padding_low=padding_low, out_size=out_size))
 
 
@@ -207,7 +211,7 @@ def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=Non
     import jax.numpy as jnp
 
     out = jnp.int8 if out_scale is not None else jnp.float32
-    return jax.ffi.ffi_call(DYNAMIC_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), out))(
+    return jax.ffi.ffi_call(DYNAMIC_TARGET, jax.ShapeDtypeStruct((x.shape[0], n), out), vmap_method=_VMAP)(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
         activation=np.int32(ACTIVATIONS[activation]))
 
@@ -220,7 +224,7 @@ def quantize_rows(x):
 
     m, k = x.shape
     return jax.ffi.ffi_call(QUANTIZE_ROWS_TARGET, (jax.ShapeDtypeStruct((m, k), jnp.int8),
-                                                  jax.ShapeDtypeStruct((m,), jnp.float32)))(x)
+                                                  jax.ShapeDtypeStruct((m,), jnp.float32)), vmap_method=_VMAP)(x)
 
 
 def dynamic_act_gemm(a, b, *, sizes=None, strides=None):
@@ -235,7 +239,7 @@ def dynamic_act_gemm(a, b, *, sizes=None, strides=None):
         sizes = (a.shape[0], a.shape[1], b.shape[1], a.shape[2])
         strides = (a.shape[1] * a.shape[2], a.shape[2], b.shape[1] * b.shape[2], b.shape[2])
     bsz, m, n, _ = sizes
-    return jax.ffi.ffi_call(ACT_TARGET, jax.ShapeDtypeStruct((bsz, m, n), jnp.float32))(
+    return jax.ffi.ffi_call(ACT_TARGET, jax.ShapeDtypeStruct((bsz, m, n), jnp.float32), vmap_method=_VMAP)(
         a, b, sizes=np.asarray(sizes, np.int64), strides=np.asarray(strides, np.int64))
 
 
@@ -244,7 +248,7 @@ def layer_norm(x, scale, bias, *, epsilon: float):
     value (every column) or none (absent)."""
     import jax
 
-    return jax.ffi.ffi_call(LAYER_NORM_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype))(
+    return jax.ffi.ffi_call(LAYER_NORM_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method=_VMAP)(
         x, _optional(scale), _optional(bias), epsilon=np.float32(epsilon))
 
 
@@ -252,4 +256,4 @@ def softmax(x):
     """``jfuse.softmax`` of float32 rows x [R, N]."""
     import jax
 
-    return jax.ffi.ffi_call(SOFTMAX_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+    return jax.ffi.ffi_call(SOFTMAX_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method=_VMAP)(x)

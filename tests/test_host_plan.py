@@ -105,6 +105,18 @@ def test_other_inputs_take_the_jitted_path_and_its_errors(rng):
         exe(x, x)
 
 
+def test_a_direct_executable_composes_with_jax_transformations(rng):
+    """Under jit or vmap the inputs are tracers: the jitted program is traced instead."""
+    fn = _mlp(rng)
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    exe = jaxlite.compile(fn, x, quantize="dynamic")
+    assert exe.direct
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: exe(v) * 2)(x)), exe(x) * 2, rtol=1e-6)
+    batched = jax.vmap(exe)(np.stack([x, x]))
+    assert batched.shape == (2, *exe(x).shape)
+    np.testing.assert_array_equal(np.asarray(batched[1]), exe(x))  # the kernels once per element
+
+
 def test_concurrent_calls_get_their_own_results(rng):
     fn = _mlp(rng)
     xs = [rng.normal(size=(8, 64)).astype(np.float32) for _ in range(4)]
