@@ -153,10 +153,7 @@ class Executable:
                 raise SignatureError(f"expected {len(sig.inputs)} input arrays, got {len(leaves)}\n"
                                      f"  expected signature: ({sig.describe_inputs()})")
             leaves = [_checked_leaf(x, spec, sig) for x, spec in zip(leaves, sig.inputs, strict=True)]
-            outs = program({**embedded, **weights}, leaves)
-            if sig.out_treedef is not None:
-                return jax.tree_util.tree_unflatten(sig.out_treedef, outs)
-            return sig.out_tree.unflatten(outs)
+            return self._outputs(program({**embedded, **weights}, leaves))
 
         self._jitted = jax.jit(run)
         # A small program of native kernels only: called without XLA (runtime/host_plan.py)
@@ -164,8 +161,8 @@ class Executable:
         if direct is not False and native_cpu and in_treedef is not None:
             from jaxlite.runtime.host_plan import HostPlan, worth_tracing
 
-            specs = sig.in_tree.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in sig.inputs])
             if worth_tracing(main.body.block):
+                specs = sig.in_tree.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in sig.inputs])
                 self._direct = HostPlan.build(run, self._weights, specs,
                                               known_leaves=len(jax.tree_util.tree_leaves(self._weights)))
             self._in_treedef = in_treedef
@@ -195,6 +192,13 @@ class Executable:
             drop_pages(array)
         return placed
 
+    def _outputs(self, leaves: list) -> Any:
+        """The output leaves in the function's output structure."""
+        sig = self.signature
+        if sig.out_treedef is not None:
+            return jax.tree_util.tree_unflatten(sig.out_treedef, leaves)
+        return sig.out_tree.unflatten(leaves)
+
     @property
     def direct(self) -> bool:
         """Whether calls run the native kernels without XLA (results are numpy arrays)."""
@@ -214,10 +218,7 @@ class Executable:
 
     def __call__(self, *args) -> Any:
         if self._direct is not None and (leaves := self._direct_leaves(args)) is not None:
-            outs = self._direct(leaves)
-            sig = self.signature
-            return jax.tree_util.tree_unflatten(sig.out_treedef, outs) if sig.out_treedef is not None \
-                else sig.out_tree.unflatten(outs)
+            return self._outputs(self._direct(leaves))
         try:
             return self._jitted(self._weights, args)
         except TypeError as e:

@@ -939,39 +939,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicActGemm, DynamicActGemmImpl<ffi::Thr
                                   .Attr<ffi::Span<const int64_t>>("sizes")
                                   .Attr<ffi::Span<const int64_t>>("strides"));
 
-// int8 rows (or input), packed weight, column sums, row scales, column scales, bias, out
-// scale -> float or int8; the epilogue's activation. Shared by the GEMM and the convolution.
-static auto QuantizedBinding() {
+// The GEMMs and convolutions with an epilogue: input (int8 rows or input: S8; float, quantized
+// in the kernel: F32), packed weight, column sums, then four float vectors -- row scales,
+// column scales, bias, out scale (S8) or weight scales, bias, out scale, calibrated input
+// scale (F32) -- -> float or int8; the epilogue's activation.
+template <ffi::DataType Input>
+static auto EpilogueBinding() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<ffi::S8>>()
-      .Arg<ffi::Buffer<ffi::S8>>()
-      .Arg<ffi::Buffer<ffi::S32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Ret<ffi::AnyBuffer>()
-      .Attr<int32_t>("activation");
+      .Arg<ffi::Buffer<Input>>()
+      .template Arg<ffi::Buffer<ffi::S8>>()
+      .template Arg<ffi::Buffer<ffi::S32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Arg<ffi::Buffer<ffi::F32>>()
+      .template Ret<ffi::AnyBuffer>()
+      .template Attr<int32_t>("activation");
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl<ffi::ThreadPool>, QuantizedBinding());
-
-// float input, packed weight, column sums, weight scales, bias, out scale, calibrated input
-// scale -> float or int8; the epilogue's activation. Shared by the dynamic GEMM and convolution.
-static auto DynamicBinding() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::S8>>()
-      .Arg<ffi::Buffer<ffi::S32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Ret<ffi::AnyBuffer>()
-      .Attr<int32_t>("activation");
-}
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedGemm, QuantizedGemmImpl<ffi::ThreadPool>, EpilogueBinding<ffi::S8>());
 
 // A convolution's window attributes, after its binding's.
 template <typename Binding>
@@ -983,9 +970,9 @@ static auto WithWindow(Binding binding) {
       .template Attr<ffi::Span<const int64_t>>("out_size");
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedConv, QuantizedConvImpl<ffi::ThreadPool>, WithWindow(QuantizedBinding()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteQuantizedConv, QuantizedConvImpl<ffi::ThreadPool>, WithWindow(EpilogueBinding<ffi::S8>()));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl<ffi::ThreadPool>, WithWindow(DynamicBinding()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicConv, DynamicConvImpl<ffi::ThreadPool>, WithWindow(EpilogueBinding<ffi::F32>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl<ffi::ThreadPool>,
                               ffi::Ffi::Bind()
@@ -997,7 +984,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteMaxPool, MaxPoolImpl<ffi::ThreadPool>,
                                   .Attr<ffi::Span<const int64_t>>("padding_low")
                                   .Attr<ffi::Span<const int64_t>>("out_size"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl<ffi::ThreadPool>, DynamicBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxliteDynamicGemm, DynamicGemmImpl<ffi::ThreadPool>, EpilogueBinding<ffi::F32>());
 
 // ---------------------------------------------------------------------------------------
 // Direct calls: the same kernels without XLA (runtime/host_plan.py), for programs so small
@@ -1043,6 +1030,7 @@ class DirectBuffers {
   XLA_FFI_Buffer buffers_[kMaxDirectBuffers];
 };
 
+constexpr char kWrongOperands[] = "jaxlite direct call: wrong operand count or dtypes";
 constexpr int32_t kS8 = XLA_FFI_DataType_S8, kS32 = XLA_FFI_DataType_S32, kF32 = XLA_FFI_DataType_F32, kAny = -1;
 
 const char* message(const ffi::Error& error) {
@@ -1059,39 +1047,53 @@ ffi::Span<const int64_t> span(const int64_t* values, int64_t count) { return {va
 #define JAXLITE_DIRECT(name)                                                                                 \
   extern "C" const char* name(int64_t count, void* const* data, const int32_t* dtypes, const int64_t* ranks, \
                               const int64_t* dims, const int64_t* iattr, const float* fattr)
-#define JAXLITE_EXPECT(...) \
+#define JAXLITE_EXPECT(...)                          \
   DirectBuffers b(count, data, dtypes, ranks, dims); \
-  if (!b.matches({__VA_ARGS__})) return "jaxlite direct call: wrong operand count or dtypes";
+  if (!b.matches({__VA_ARGS__})) return kWrongOperands;
+
+namespace {
+
+// The GEMMs and convolutions with an epilogue (EpilogueBinding): input of dtype Input,
+// packed weight, column sums, four float vectors, the result, then the activation (iattr[0]);
+// impl(buffers..., activation) is the implementation with its remaining attributes bound.
+template <ffi::DataType Input, typename Impl>
+const char* epilogue_call(const DirectBuffers& b, const int64_t* iattr, Impl impl) {
+  if (!b.matches({static_cast<int32_t>(Input), kS8, kS32, kF32, kF32, kF32, kF32, kAny})) return kWrongOperands;
+  return message(impl(b.buffer<Input>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2), b.buffer<ffi::F32>(3),
+                      b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5), b.buffer<ffi::F32>(6), b.any(7),
+                      static_cast<int32_t>(iattr[0])));
+}
+
+// A convolution's window attributes (window, strides, dilation, padding_low, out_size: 2
+// each, from iattr[1]) appended to impl's arguments.
+template <typename Impl>
+auto with_window(const int64_t* iattr, Impl impl) {
+  return [=](auto... args) {
+    return impl(args..., span(iattr + 1, 2), span(iattr + 3, 2), span(iattr + 5, 2), span(iattr + 7, 2),
+                span(iattr + 9, 2));
+  };
+}
+
+}  // namespace
+
+#define JAXLITE_BUFFERS DirectBuffers(count, data, dtypes, ranks, dims)
 
 JAXLITE_DIRECT(JaxliteDirectQuantizedGemm) {
-  JAXLITE_EXPECT(kS8, kS8, kS32, kF32, kF32, kF32, kF32, kAny);
-  return message(QuantizedGemmImpl(InlinePool{}, b.buffer<ffi::S8>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2),
-                                   b.buffer<ffi::F32>(3), b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5),
-                                   b.buffer<ffi::F32>(6), b.any(7), static_cast<int32_t>(iattr[0])));
+  return epilogue_call<ffi::S8>(JAXLITE_BUFFERS, iattr, [](auto... a) { return QuantizedGemmImpl(InlinePool{}, a...); });
 }
 
 JAXLITE_DIRECT(JaxliteDirectDynamicGemm) {
-  JAXLITE_EXPECT(kF32, kS8, kS32, kF32, kF32, kF32, kF32, kAny);
-  return message(DynamicGemmImpl(InlinePool{}, b.buffer<ffi::F32>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2),
-                                 b.buffer<ffi::F32>(3), b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5),
-                                 b.buffer<ffi::F32>(6), b.any(7), static_cast<int32_t>(iattr[0])));
+  return epilogue_call<ffi::F32>(JAXLITE_BUFFERS, iattr, [](auto... a) { return DynamicGemmImpl(InlinePool{}, a...); });
 }
 
-// iattr: activation, then window, strides, dilation, padding_low, out_size (2 each)
 JAXLITE_DIRECT(JaxliteDirectQuantizedConv) {
-  JAXLITE_EXPECT(kS8, kS8, kS32, kF32, kF32, kF32, kF32, kAny);
-  return message(QuantizedConvImpl(InlinePool{}, b.buffer<ffi::S8>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2),
-                                   b.buffer<ffi::F32>(3), b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5),
-                                   b.buffer<ffi::F32>(6), b.any(7), static_cast<int32_t>(iattr[0]), span(iattr + 1, 2),
-                                   span(iattr + 3, 2), span(iattr + 5, 2), span(iattr + 7, 2), span(iattr + 9, 2)));
+  return epilogue_call<ffi::S8>(JAXLITE_BUFFERS, iattr,
+                                with_window(iattr, [](auto... a) { return QuantizedConvImpl(InlinePool{}, a...); }));
 }
 
 JAXLITE_DIRECT(JaxliteDirectDynamicConv) {
-  JAXLITE_EXPECT(kF32, kS8, kS32, kF32, kF32, kF32, kF32, kAny);
-  return message(DynamicConvImpl(InlinePool{}, b.buffer<ffi::F32>(0), b.buffer<ffi::S8>(1), b.buffer<ffi::S32>(2),
-                                 b.buffer<ffi::F32>(3), b.buffer<ffi::F32>(4), b.buffer<ffi::F32>(5),
-                                 b.buffer<ffi::F32>(6), b.any(7), static_cast<int32_t>(iattr[0]), span(iattr + 1, 2),
-                                 span(iattr + 3, 2), span(iattr + 5, 2), span(iattr + 7, 2), span(iattr + 9, 2)));
+  return epilogue_call<ffi::F32>(JAXLITE_BUFFERS, iattr,
+                                 with_window(iattr, [](auto... a) { return DynamicConvImpl(InlinePool{}, a...); }));
 }
 
 // iattr: window, strides, padding_low, out_size (2 each)
