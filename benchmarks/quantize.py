@@ -1,8 +1,12 @@
 """Quantized models vs jax.jit float32, same run: latency ratio and file size per mode.
 
     python benchmarks/quantize.py [--threads 1|all] [--reps 30] [--only resnet]
+    python benchmarks/quantize.py --device gpu [--reps 30] [--only resnet]
 
 Without ``--threads`` it runs twice, one process each: pinned to one core, then all cores.
+With ``--device gpu`` it runs once, jax.jit and jaxlite both on the first GPU (inputs
+placed there beforehand), and adds throughput-sized batches of the MLP and the transformer:
+at the examples' batch 1-64 a GPU is bound by kernel launches, not by the int8 GEMM.
 
 Targets (issue 4, LiteRT/XNNPACK one thread in brackets): transformer dynamic <= 0.26x
 [0.26]; ResNet-18 int8 <= 0.2x [0.08]; digits CNN dynamic/int8 <= 0.3x [0.15]; MLP at
@@ -22,7 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __name__ == "__main__" and "--threads" not in sys.argv:  # both configurations, fresh processes
+DEVICE = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
+if __name__ == "__main__" and "--threads" not in sys.argv and DEVICE == "cpu":  # both configurations, fresh processes
     for threads in ("1", "all"):
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--threads", threads], check=True)
     sys.exit(0)
@@ -45,44 +50,69 @@ CASES = {
     "transformer 4L (d256, seq 128)": (lambda: transformer.factory(4, 256, 4, 128), "transformer"),
     "ResNet-18 (224x224, batch 1)": (lambda: resnet.factory(), "resnet"),
 }
+
+
+def _tiled(example: tuple, batch: int) -> tuple:
+    """(fn, args) with the example's inputs repeated to ``batch`` rows (the held-out split
+    of the digits has 359)."""
+    fn, args = example
+    return fn, tuple(np.resize(a, (batch, *a.shape[1:])) for a in args)
+
+
+GPU_CASES = {  # where a GPU's int8 GEMM has work enough to show
+    "digits MLP (batch 8192)": (lambda: _tiled(digits_mlp.factory(), 8192), "mlp-8192"),
+    "transformer 4L (batch 32)": (lambda: transformer.factory(4, 256, 4, 128, batch=32), "transformer-b32"),
+}
 MODES = ("float16", "int8-weights", "dynamic", "int8")
 WARM_BLOCK = 5  # calls in a row per function for the warm column (jaxlite/timing.py)
 
 
 def calibration_for(key: str, args: tuple) -> list[tuple]:
-    if key in ("mlp", "cnn"):
-        x = digits.load(images=key == "cnn")[0]
-        return [(x[i:i + 64],) for i in range(0, 512, 64)]
+    if key.startswith(("mlp", "cnn")):
+        x = digits.load(images=key.startswith("cnn"))[0]
+        batch = args[0].shape[0]
+        if batch > 512:  # one batch: the training images, repeated
+            return [(np.resize(x, (batch, *x.shape[1:])),)]
+        return [(x[i:i + batch],) for i in range(0, 512, batch)]
     return [args]  # random-weight models: the example input is as representative as any
 
 
 def main() -> None:
     reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 30
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
-    print(f"machine: {machine(THREADS)}; medians of {reps} interleaved calls; ratio = time / jax.jit float32; "
+    gpu = f"; device {jax.devices(DEVICE)[0].device_kind}" if DEVICE != "cpu" else ""
+    print(f"machine: {machine(THREADS)}{gpu}; medians of {reps} interleaved calls; ratio = time / jax.jit float32; "
           f"warm: the same in runs of {WARM_BLOCK} calls per function, the first of each dropped")
     print(f"{'model':32s} {'mode':15s} {'jax.jit':>9s} {'time':>9s} {'ratio':>6s} {'warm':>6s} {'file':>10s} "
           f"{'size':>6s} {'err':>8s}")
     tmp = tempfile.mkdtemp()
-    for name, (make, key) in CASES.items():
+    on_gpu = DEVICE != "cpu"
+    device = jax.devices(DEVICE)[0] if on_gpu else None
+    for name, (make, key) in ({**CASES, **GPU_CASES} if on_gpu else CASES).items():
         if only and only not in key:
             continue
         fn, args = make()
+        if on_gpu:  # jax.jit and jaxlite alike start from inputs already on the device
+            args = jax.device_put(args, device)
         float_model = jaxlite.convert(fn, *args)
         float_path = os.path.join(tmp, f"{key}.jlite")
         float_model.save(float_path)
         float_size = os.path.getsize(float_path)
-        runs = {"float32": float_model.compile()}
+        runs = {"float32": float_model.compile(device=device)}
         sizes = {"float32": float_size}
-        for mode in MODES:
-            model = jaxlite.convert(fn, *args, quantize=mode,
-                                    calibration=calibration_for(key, args) if mode == "int8" else None)
-            path = os.path.join(tmp, f"{key}.{mode}.jlite")
-            model.save(path)
-            sizes[mode] = os.path.getsize(path)
-            runs[mode] = jaxlite.load(path).compile()
         failed = {}
-        for label, (run, nbytes) in litert_runners(fn, args, calibration_for(key, args), THREADS).items():
+        for mode in MODES:
+            try:
+                model = jaxlite.convert(fn, *args, quantize=mode,
+                                        calibration=calibration_for(key, args) if mode == "int8" else None)
+                path = os.path.join(tmp, f"{key}.{mode}.jlite")
+                model.save(path)
+                sizes[mode] = os.path.getsize(path)
+                runs[mode] = jaxlite.load(path).compile(device=device)
+            except Exception as e:  # reported in the table; the other modes still run
+                failed[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+        references = {} if on_gpu else litert_runners(fn, args, calibration_for(key, args), THREADS)
+        for label, (run, nbytes) in references.items():
             if run is None:
                 failed[label] = nbytes
             else:

@@ -1,5 +1,7 @@
 """The examples on device="gpu" (skipped where jax sees no GPU)."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -34,3 +36,56 @@ def test_saved_model_runs_on_gpu(tmp_path):
     jaxlite.convert(fn, *args).save(tmp_path / "m.jlite")
     exe = jaxlite.load(tmp_path / "m.jlite").compile(device="gpu")
     assert_tree_close(jax.device_get(exe(*args)), np.asarray(jax.jit(fn)(*args)), rtol=1e-4, atol=1e-4)
+
+
+# Compiled HLO names an instruction's operands without their types ("dot(%p0, %p1)"), so
+# the types come from the operands' own definitions ("%p0 = s8[64,784]{1,0} parameter(0)").
+_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+) = (\w+)\[", re.M)
+_GEMM = re.compile(r"\b(?:dot|custom-call)\(%([\w.\-]+), %([\w.\-]+)")
+
+
+def _gemm_operand_types(exe) -> set[tuple[str, str]]:
+    """Element types of the two operands of every GEMM in the compiled program: XLA's dot
+    (also inside Triton fusions) or a cuBLAS custom call."""
+    hlo = exe.lower().compile().as_text()
+    types = dict(_DEFINITION.findall(hlo))
+    return {(types.get(a), types.get(b)) for a, b in _GEMM.findall(hlo)}
+
+
+def _relative_error(out, ref) -> float:
+    out, ref = np.asarray(jax.device_get(out)), np.asarray(jax.device_get(ref))
+    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def test_float16_computes_in_float16_on_gpu():
+    fn, args = transformer.factory()
+    exe = jaxlite.convert(fn, *args, quantize="float16").compile(device="gpu")
+    assert exe.float16_compute
+    assert ("f16", "f16") in _gemm_operand_types(exe)
+    assert _relative_error(exe(*args), jax.jit(fn)(*args)) < 5e-3
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "int8"])
+@pytest.mark.parametrize("example", [digits_mlp, digits_cnn, transformer])
+def test_int8_modes_use_xlas_int8_gemm_on_gpu(example, mode):
+    fn, args = example.factory()
+    model = jaxlite.convert(fn, *args, quantize=mode, calibration=[args] if mode == "int8" else None)
+    exe = model.compile(device="gpu")
+    assert ("s8", "s8") in _gemm_operand_types(exe), "no int8 x int8 GEMM in the compiled GPU program"
+    out = exe(*args)
+    assert all(d.platform == "gpu" for d in jax.tree_util.tree_leaves(out)[0].devices())
+    assert _relative_error(out, jax.jit(fn)(*args)) < 3e-2
+    # the same quantized arithmetic as XLA's int8 path on the CPU (integer accumulation is
+    # exact; float rescaling may round differently, so a rare activation lands one step off)
+    cpu = np.asarray(model.compile(device="cpu", native_gemm=False)(*args))
+    gpu = np.asarray(jax.device_get(out))
+    assert np.max(np.abs(gpu - cpu)) <= 1e-2 * np.max(np.abs(cpu))
+
+
+def test_quantized_model_saved_and_loaded_on_gpu_computes_the_same(tmp_path):
+    fn, args = digits_cnn.factory()
+    model = jaxlite.convert(fn, *args, quantize="dynamic")
+    before = np.asarray(jax.device_get(model.compile(device="gpu")(*args)))
+    model.save(tmp_path / "m.jlite")
+    after = np.asarray(jax.device_get(jaxlite.load(tmp_path / "m.jlite").compile(device="gpu")(*args)))
+    np.testing.assert_array_equal(after, before)
