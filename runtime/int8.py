@@ -9,6 +9,7 @@ than float32 conv on this CPU.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax.numpy as jnp
@@ -65,7 +66,29 @@ def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nda
 
 
 def int8_dot(xq, wq, dimension_numbers):
-    return lax.dot_general(xq, wq, dimension_numbers, preferred_element_type=jnp.int32)
+    """int8 x int8 -> int32 dot_general (on CUDA with the contracting size padded, below)."""
+    def plain(xq, wq):
+        return lax.dot_general(xq, wq, dimension_numbers, preferred_element_type=jnp.int32)
+    return lax.platform_dependent(xq, wq, cuda=functools.partial(_k_padded_dot, plain, dimension_numbers),
+                                  default=plain)
+
+
+# XLA's Triton GEMM emitter gets some int8 x int8 -> int32 dots wrong on CUDA: measured with
+# jaxlib 0.11.2 on an H100, K = 9 and K = 10 gave wrong sums (off by up to 7e4; the digits
+# CNN's first convolution, 3x3 over one channel, is K = 9), while K = 8, 12, 16 (cuBLAS)
+# and 27, 32, 144, 147 (Triton) were exact. Zero rows added to both operands change no sum
+# and a K that is a multiple of 4 is what cuBLAS's int8 GEMM takes.
+CUDA_INT8_K_MULTIPLE = 4
+
+
+def _k_padded_dot(plain, dimension_numbers, xq, wq):
+    (lc, rc), _ = dimension_numbers
+    k = int(np.prod([xq.shape[d] for d in lc]))
+    if not lc or k % CUDA_INT8_K_MULTIPLE == 0:
+        return plain(xq, wq)
+    extra = -xq.shape[lc[0]] % CUDA_INT8_K_MULTIPLE   # one contracting dim to a multiple of 4
+    pad = lambda a, d: jnp.pad(a, [(0, extra if i == d else 0) for i in range(a.ndim)])  # noqa: E731
+    return plain(pad(xq, lc[0]), pad(wq, rc[0]))
 
 
 def im2col_weight(wq, dimension_numbers):

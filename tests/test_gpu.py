@@ -89,3 +89,21 @@ def test_quantized_model_saved_and_loaded_on_gpu_computes_the_same(tmp_path):
     model.save(tmp_path / "m.jlite")
     after = np.asarray(jax.device_get(jaxlite.load(tmp_path / "m.jlite").compile(device="gpu")(*args)))
     np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("m, n", [(64, 16), (4096, 16), (64, 10)])
+def test_int8_dot_is_exact_on_gpu_for_every_small_k(m, n):
+    """XLA's Triton GEMM returned wrong int8 sums for K = 9 and 10 on an H100 (jaxlib
+    0.11.2); int8_dot pads K on CUDA. Every K up to 40 must give numpy's sums."""
+    from jaxlite.runtime.int8 import int8_dot
+
+    rng = np.random.default_rng(0)
+    gpu = jax.devices("gpu")[0]
+    dot = jax.jit(lambda a, b: int8_dot(a, b, (((1,), (0,)), ((), ()))))
+    wrong = []
+    for k in range(1, 41):
+        a = rng.integers(-127, 128, (m, k)).astype(np.int8)
+        b = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        if not np.array_equal(np.asarray(dot(jax.device_put(a, gpu), jax.device_put(b, gpu))), a.astype(np.int64) @ b.astype(np.int64)):
+            wrong.append(k)
+    assert not wrong, f"wrong int8 sums for K = {wrong}"

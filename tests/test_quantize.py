@@ -192,6 +192,28 @@ def test_im2col_int8_conv_is_bit_exact(case):
     np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
 
 
+@pytest.mark.parametrize("xs, ws, dims", [
+    ((64, 9), (9, 16), (((1,), (0,)), ((), ()))),               # the digits CNN's first conv, K = 9
+    ((5, 3, 3), (3, 3, 7), (((1, 2), (0, 1)), ((), ()))),       # two contracting dims, K = 9
+    ((2, 5, 10), (2, 6, 10), (((2,), (2,)), ((0,), (0,)))),     # batched, K = 10
+    ((4, 12), (12, 3), (((1,), (0,)), ((), ()))),               # K already a multiple of 4
+])
+def test_cuda_k_padding_keeps_int8_dots_exact(xs, ws, dims):
+    """The CUDA branch of int8_dot (zero-padded K, a workaround for XLA's Triton GEMM) runs
+    here on the CPU: it must compute the same sums as the plain dot."""
+    from jaxlite.runtime import int8
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(-127, 128, xs).astype(np.int8))
+    w = jnp.asarray(rng.integers(-127, 128, ws).astype(np.int8))
+    ref = lax.dot_general(x.astype(jnp.int32), w.astype(jnp.int32), dims)
+
+    def plain(a, b):
+        return lax.dot_general(a, b, dims, preferred_element_type=jnp.int32)
+    np.testing.assert_array_equal(np.asarray(int8._k_padded_dot(plain, dims, x, w)), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(int8.int8_dot(x, w, dims)), np.asarray(ref))
+
+
 def test_dynamic_dot_matches_its_definition():
     rng = np.random.default_rng(1)
     w = jnp.asarray(rng.standard_normal((16, 8)).astype(np.float32))
