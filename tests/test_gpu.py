@@ -25,16 +25,17 @@ def full_float32():
     """At the default precision, float32 matmuls on a GPU since Ampere round their inputs to
     TF32 (10-bit mantissa), and jaxlite's program (BatchNorm folded into the conv weights)
     rounds differently from jax.jit's: on an H100, 2 of 640 CNN logits came out 2e-3 apart
-    in one run of two. The float comparisons run both at full float32 precision, where the
-    optimized program must agree closely; the quantized tests below use the default."""
+    in one run of two. The float comparisons convert and trace both at full float32 precision
+    (a converted model keeps the precision it was converted under), where the optimized
+    program must agree closely; the quantized tests below use the default."""
     return jax.default_matmul_precision("highest")
 
 
 @pytest.mark.parametrize("example", [digits_mlp, digits_cnn, transformer])
 def test_examples_on_gpu(example):
     fn, args = example.factory()
-    exe = jaxlite.compile(fn, *args, device="gpu")
     with full_float32():
+        exe = jaxlite.compile(fn, *args, device="gpu")
         out, ref = exe(*args), jax.jit(fn)(*args)
     assert all(d.platform == "gpu" for d in jax.tree_util.tree_leaves(out)[0].devices())
     assert_tree_close(jax.device_get(out), np.asarray(jax.device_get(ref)), rtol=1e-4, atol=1e-4)
@@ -42,9 +43,9 @@ def test_examples_on_gpu(example):
 
 def test_saved_model_runs_on_gpu(tmp_path):
     fn, args = digits_mlp.factory()
-    jaxlite.convert(fn, *args).save(tmp_path / "m.jlite")
-    exe = jaxlite.load(tmp_path / "m.jlite").compile(device="gpu")
     with full_float32():
+        jaxlite.convert(fn, *args).save(tmp_path / "m.jlite")
+        exe = jaxlite.load(tmp_path / "m.jlite").compile(device="gpu")
         out, ref = exe(*args), jax.jit(fn)(*args)
     assert_tree_close(jax.device_get(out), np.asarray(jax.device_get(ref)), rtol=1e-4, atol=1e-4)
 
