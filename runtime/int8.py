@@ -102,20 +102,22 @@ def im2col_weight(wq, dimension_numbers):
 
 def int8_conv(xq, wq, *, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
               feature_group_count, batch_group_count, matmul=None, rhs_shape=None, **_):
-    """int8 conv_general_dilated -> int32 via im2col (falls back to XLA for dilated inputs).
+    """int8 conv_general_dilated -> int32 via im2col (XLA's own for batch groups only).
+    An input dilation (transposed convolutions) becomes interior padding of the input.
 
     ``matmul`` (int8 [rows, K*C] -> [rows, O], int32 or already rescaled) replaces the GEMM,
     for groups == 1; then ``wq`` may be None and ``rhs_shape`` gives the kernel's shape."""
     dn = dimension_numbers
     nsp = len(dn.lhs_spec) - 2
-    if any(d != 1 for d in lhs_dilation) or batch_group_count != 1:
+    if batch_group_count != 1:
         return lax.conv_general_dilated(xq, wq, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dn, feature_group_count, batch_group_count,
                                         preferred_element_type=jnp.int32)
     x = to_channels_last(xq, dn)                                                  # N, spatial..., C
     w_perm = (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0])                   # spatial..., I, O
     w_shape = tuple((rhs_shape or wq.shape)[i] for i in w_perm)
-    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding], (0, 0, 0)])
+    edges = [(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dilation, strict=True)]
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *edges, (0, 0, 0)])
     n, c = x.shape[0], x.shape[-1]
     ksize = w_shape[:nsp]
     out_sp = [(x.shape[1 + i] - rhs_dilation[i] * (ksize[i] - 1) - 1) // window_strides[i] + 1 for i in range(nsp)]

@@ -137,6 +137,9 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
             """Channels-last input (1-D as height 1), patches gathered by the kernel; a float
             x is quantized there too (per sample, or with ``x_scale``)."""
             x = int8.to_channels_last(x, dn)
+            if any(d != 1 for d in params["lhs_dilation"]):  # transposed conv: zeros between inputs
+                x = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                                [(0, 0, 0), *[(0, 0, d - 1) for d in params["lhs_dilation"]], (0, 0, 0)])
             x = x.reshape(x.shape[0], *([1] * (2 - nsp)), *x.shape[1:])
             if x.dtype == jnp.float32:
                 y = native.dynamic_conv(x, weights[packed], weights[colsum], n, col_scale, **geometry,

@@ -28,12 +28,12 @@ def _accumulate(op: quant.QuantizedMatmulOp):
 
 def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
     """(K, N) when the op's int8 product is one GEMM by a [K, N] weight matrix, else None
-    (batched dots, grouped or input-dilated convs)."""
+    (batched dots, grouped convs). An input-dilated (transposed) conv is one GEMM over the
+    interior-padded input."""
     params = params_of(op)
     w_shape = tuple(op.rhs.type.get_shape())
     if op.PRIMITIVE == "conv_general_dilated":
-        if params["feature_group_count"] != 1 or params["batch_group_count"] != 1 \
-                or any(d != 1 for d in params["lhs_dilation"]):
+        if params["feature_group_count"] != 1 or params["batch_group_count"] != 1:
             return None
         n = w_shape[params["dimension_numbers"].rhs_spec[0]]
         return int(np.prod(w_shape)) // n, n
