@@ -26,12 +26,13 @@ from jaxlite.passes.dce import DCEPass
 from jaxlite.passes.fold_affine import FoldAffinePass, FoldBatchNormPass
 from jaxlite.passes.fuse import FusePass
 from jaxlite.passes.quantize import QuantizePass
+from jaxlite.passes.split_transposed_conv import SplitTransposedConvPass
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p for p in (CanonicalizePass, CSEPass, DCEPass, FoldAffinePass, FoldBatchNormPass, FusePass,
-                        QuantizePass)
+                        SplitTransposedConvPass, QuantizePass)
 }
-DEFAULT_PIPELINE = "canonicalize,cse,dce,fold-affine,fuse,canonicalize,cse,dce"
+DEFAULT_PIPELINE = "canonicalize,cse,dce,fold-affine,fuse,split-transposed-conv,canonicalize,cse,dce"
 
 
 def parse(spec: str | Sequence[str] | None) -> list[ModulePass]:

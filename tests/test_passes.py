@@ -309,3 +309,72 @@ def test_dense_general_bias_and_scale_fold_into_one_fused_dot():
     assert ops(before)["jlax.div"] == 1 and ops(before)["jlax.add"] == 1
     assert ops(after) == Counter({"jfuse.dot": 1, "jlax.weight": 2})
     assert "tensor<1x1x3x4xf32> -> tensor<2x5x3x4xf32>" in after.ir()
+
+
+# (input shape, kernel shape, lhs_dilation, padding, dimension names, feature groups)
+TRANSPOSED_CONVS = [
+    ((2, 5, 5, 3), (3, 3, 3, 4), (2, 2), ((2, 1), (2, 1)), ("NHWC", "HWIO", "NHWC"), 1),    # flax SAME, k 3
+    ((1, 4, 6, 2), (4, 4, 2, 3), (2, 2), ((2, 2), (2, 2)), ("NHWC", "HWIO", "NHWC"), 1),    # k 4: output 2x
+    ((1, 4, 4, 2), (3, 3, 2, 3), (2, 2), ((0, 0), (1, -1)), ("NHWC", "HWIO", "NHWC"), 1),   # low/negative pads
+    ((1, 4, 4, 5), (6, 2, 3, 3), (3, 2), ((3, 4), (1, 2)), ("NCHW", "OIHW", "NCHW"), 2),    # strides 3x2, groups
+    ((2, 7, 3), (5, 3, 6), (3,), ((4, 4),), ("NWC", "WIO", "NWC"), 1),                      # 1-D, output not 3q
+]
+
+
+@pytest.mark.parametrize("case", TRANSPOSED_CONVS)
+def test_split_transposed_conv_is_exact_and_leaves_no_input_dilation(case):
+    xs, ws, dilation, padding, names, groups = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = jnp.asarray(rng.standard_normal(ws).astype(np.float32))
+    dn = jax.lax.conv_dimension_numbers(xs, ws, names)
+
+    def fn(x):
+        y = jax.lax.conv_general_dilated(x, w, (1,) * len(dilation), padding, dilation, None, dn, groups,
+                                         precision="highest")
+        return jax.nn.relu(y + 0.5)
+    before, after = convert_checked(fn, x, passes="canonicalize,fuse,split-transposed-conv,canonicalize,dce",
+                                    rtol=1e-5, atol=1e-5)
+    assert "lhs_dilation = array<i64: 1" in after.ir() and "lhs_dilation = array<i64: 2" not in after.ir() \
+        and "lhs_dilation = array<i64: 3" not in after.ir()
+    phases = int(np.prod(dilation))
+    assert ops(after)["jfuse.conv"] == phases  # bias and relu stay fused on every phase
+    # the kernel's taps are partitioned among the phases: no weight bytes added
+    assert after.weights.nbytes == before.weights.nbytes
+
+
+def test_split_transposed_conv_keeps_what_it_cannot_split():
+    """A kernel narrower than the stride would leave phases without taps; strided windows
+    are not transposed convolutions: both stay one conv with input dilation."""
+    x = np.ones((1, 5, 5, 2), np.float32)
+    w = jnp.ones((1, 1, 2, 3))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    for strides, dilation in (((1, 1), (2, 2)), ((2, 1), (2, 2))):
+        def fn(x, strides=strides, dilation=dilation):
+            return jax.lax.conv_general_dilated(x, w, strides, ((0, 0), (0, 0)), dilation, None, dn)
+        _, after = convert_checked(fn, x, passes="split-transposed-conv")
+        assert ops(after)["jlax.conv_general_dilated"] == 1
+
+
+def test_flax_conv_transpose_decoder_is_split_by_default_and_quantizes_per_phase():
+    import flax.linen as nn
+
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, z):
+            x = nn.relu(nn.ConvTranspose(8, (4, 4), strides=(2, 2))(z))
+            return nn.ConvTranspose(3, (3, 3), strides=(2, 2))(x)
+
+    z = np.random.default_rng(1).standard_normal((2, 4, 4, 6)).astype(np.float32)
+    module = Decoder()
+    variables = module.init(jax.random.PRNGKey(0), z)
+
+    def fn(z):
+        return module.apply(variables, z)
+    model = jaxlite.convert(fn, z)
+    assert ops(model)["jfuse.conv"] == 8 and "lhs_dilation = array<i64: 2" not in model.ir()
+    assert_tree_close(model.compile()(z), jax.jit(fn)(z), rtol=1e-4, atol=1e-4)
+    quantized = jaxlite.convert(fn, z, quantize="dynamic")
+    assert ops(quantized)["jquant.dynamic_conv"] == 8
+    ref = np.asarray(jax.jit(fn)(z))
+    assert np.linalg.norm(np.asarray(quantized.compile()(z)) - ref) <= 0.03 * np.linalg.norm(ref)
