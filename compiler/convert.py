@@ -6,6 +6,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from xdsl.dialects import func
+
 from jaxlite.compiler.context import print_module, verify_module
 from jaxlite.compiler.errors import ConversionError
 from jaxlite.compiler.frontend import trace
@@ -89,7 +91,8 @@ def _quantize(model: Model, mode: str, calibration, per_channel: bool, skip: tup
             raise ConversionError("quantize='int8' needs calibration data: calibration=[(x1,), (x2,), ...]")
         values = []
         for op, _w, _axis in _candidates(model.module, skip):
-            values += [op.operands[0], op.results[0]]
+            if isinstance(op.parent_op(), func.FuncOp):  # top level; loop bodies go dynamic
+                values += [op.operands[0], op.results[0]]
         ranges = activation_ranges(model, list(dict.fromkeys(values)), calibration, method)
     elif calibration is not None:
         raise ConversionError(f"calibration data is only used with quantize='int8', not {mode!r}")

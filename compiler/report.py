@@ -9,7 +9,9 @@ weight name), measures
 * **accumulated** error: the quantized model's own value there, against the float one —
   what reaches this layer from everything before it as well.
 
-Layers are listed worst local SQNR first.
+Layers are listed worst local SQNR first. Layers inside loop and branch bodies (an RNN
+cell's, run once per step) have no single output to tap; the report counts them as
+``not_listed``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class LayerError:
 class QuantizationReport:
     mode: str
     layers: list[LayerError]
+    not_listed: int = 0  # quantized layers inside loop/branch bodies
 
     def __str__(self) -> str:
         head = f"per-layer quantization error ({self.mode}), worst first"
@@ -61,6 +64,8 @@ class QuantizationReport:
         for e in self.layers:
             rows.append(f"{e.weight:{width}s} {e.op:{op_width}s} {e.sqnr_db:8.1f} {e.max_rel_error:12.4f}"
                         f" {e.accumulated_sqnr_db:12.1f} {e.accumulated_max_rel_error:11.4f}")
+        if self.not_listed:
+            rows.append(f"({self.not_listed} quantized layers inside loop or branch bodies are not listed)")
         return "\n".join([head, *rows])
 
     def to_dict(self) -> dict:
@@ -68,7 +73,7 @@ class QuantizationReport:
             {"weight": e.weight, "module": e.module_path, "op": e.op, "sqnr_db": e.sqnr_db,
              "max_rel_error": e.max_rel_error, "accumulated_sqnr_db": e.accumulated_sqnr_db,
              "accumulated_max_rel_error": e.accumulated_max_rel_error, "shape": list(e.shape)}
-            for e in self.layers]}
+            for e in self.layers], "not_listed": self.not_listed}
 
 
 def _kernel_name(op: Operation) -> str | None:
@@ -131,6 +136,14 @@ def quantization_report(float_model: Model, quant_model: Model, data: Iterable) 
     f_taps, q_taps = _taps(float_model), _taps(quant_model)
     names = [n for n, (op, _) in q_taps.items() if n in f_taps
              and (isinstance(op, quant.QuantizedMatmulOp | quant.DynamicActDotOp) or _is_low_precision(op))]
+    from jaxlite.runtime.executable import find_main
+
+    main = find_main(quant_model.module)
+    in_regions = sum(1 for op in main.walk() if isinstance(op, quant.QuantizedMatmulOp | quant.DynamicActDotOp)
+                     and op.parent_block() is not main.body.block)
+    if not names and in_regions:
+        raise ConversionError(f"the {in_regions} quantized layers of the second model are all inside loop or "
+                              "branch bodies (an RNN cell's, say): the report compares top-level layers only")
     if not names:
         raise ConversionError("no quantized layer of the second model matches a layer of the first")
     # per layer: the float output, then the float model's inputs to it
@@ -157,7 +170,7 @@ def quantization_report(float_model: Model, quant_model: Model, data: Iterable) 
                                  tuple(q_taps[n][1].type.get_shape())))
     layers.sort(key=lambda e: e.sqnr_db)
     mode = (quant_model.metadata.get("quantization") or {}).get("mode", "unknown")
-    return QuantizationReport(mode, layers)
+    return QuantizationReport(mode, layers, in_regions)
 
 
 class _ErrorSums:

@@ -20,6 +20,7 @@ from jaxlite.compiler.context import make_context, print_module, verify_module
 from jaxlite.compiler.errors import ConversionError
 from jaxlite.compiler.weights import WeightStore
 from jaxlite.passes.canonicalize import CanonicalizePass
+from jaxlite.passes.capture_constants import CaptureConstantsPass
 from jaxlite.passes.common import using_store
 from jaxlite.passes.cse import CSEPass
 from jaxlite.passes.dce import DCEPass
@@ -29,10 +30,11 @@ from jaxlite.passes.quantize import QuantizePass
 from jaxlite.passes.split_transposed_conv import SplitTransposedConvPass
 
 PASSES: dict[str, type[ModulePass]] = {
-    p.name: p for p in (CanonicalizePass, CSEPass, DCEPass, FoldAffinePass, FoldBatchNormPass, FusePass,
+    p.name: p for p in (CaptureConstantsPass, CanonicalizePass, CSEPass, DCEPass, FoldAffinePass, FoldBatchNormPass, FusePass,
                         SplitTransposedConvPass, QuantizePass)
 }
-DEFAULT_PIPELINE = "canonicalize,cse,dce,fold-affine,fuse,split-transposed-conv,canonicalize,cse,dce"
+DEFAULT_PIPELINE = ("capture-constants,canonicalize,cse,dce,fold-affine,fuse,split-transposed-conv,"
+                    "canonicalize,cse,dce")
 
 
 def parse(spec: str | Sequence[str] | None) -> list[ModulePass]:

@@ -130,20 +130,24 @@ class QuantizePass(ModulePass):
             self._static(op, ranges)
         else:
             for matmul, w, axis in list(_candidates(op, self.skip)):
-                wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
-                Rewriter.insert_op(new_ops, InsertPoint.before(matmul))
                 if self.mode == "int8-weights":
+                    wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
                     dq = quant.DequantizeOp(wq, ws, w_axis)
-                    Rewriter.insert_op(dq, InsertPoint.before(matmul))
+                    Rewriter.insert_op([*new_ops, dq], InsertPoint.before(matmul))
                     matmul.operands[1] = dq.result
                 else:
-                    params, bias, activation = _parts(matmul)
-                    cls = quant.DynamicDotOp if matmul.PRIMITIVE == "dot_general" else quant.DynamicConvOp
-                    new = cls(matmul.operands[0], wq, ws, bias, matmul.results[0].type, params, activation, w_axis)
-                    Rewriter.replace_op(matmul, new)
+                    self._dynamic(matmul, w, axis)
         if self.mode in ("dynamic", "int8"):
             self._activation_dots(op)
         dce(op)
+
+    def _dynamic(self, matmul: Operation, w: jlax.WeightOp, axis: int) -> None:
+        wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
+        Rewriter.insert_op(new_ops, InsertPoint.before(matmul))
+        params, bias, activation = _parts(matmul)
+        cls = quant.DynamicDotOp if matmul.PRIMITIVE == "dot_general" else quant.DynamicConvOp
+        new = cls(matmul.operands[0], wq, ws, bias, matmul.results[0].type, params, activation, w_axis)
+        Rewriter.replace_op(matmul, new)
 
     def _activation_dots(self, module: ModuleOp) -> None:
         """Dots between two activations have no weight to calibrate or pack: both sides
@@ -169,7 +173,8 @@ class QuantizePass(ModulePass):
     def _static(self, module: ModuleOp, ranges: dict) -> None:
         for matmul, w, axis in list(_candidates(module, self.skip)):
             x, y = matmul.operands[0], matmul.results[0]
-            if x not in ranges or y not in ranges:
+            if x not in ranges or y not in ranges:  # inside a loop (calibration sees the top level)
+                self._dynamic(matmul, w, axis)
                 continue
             wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
             sx, sy = _scalar(_scale(ranges[x])), _scalar(_scale(ranges[y]))

@@ -266,7 +266,7 @@ def _load_time_values(main, weights, expand_f16: bool) -> dict:
     from jaxlite.dialects import quant
 
     out = {}
-    for op in main.body.block.ops:  # top level only: regions keep their own kernels
+    for op in main.walk():  # loop bodies too: their kernels come from the same chooser
         if isinstance(op, quant.DequantizeOp | quant.UpcastOp):
             if isinstance(op, quant.UpcastOp) and not expand_f16:
                 continue
@@ -313,7 +313,7 @@ def _packed_weights(main, weights) -> dict:
     if not native.available():
         return {}
     out = {}
-    for op in main.body.block.ops:
+    for op in main.walk():
         if not isinstance(op, quant.QuantizedMatmulOp) or not isinstance(op.rhs.owner, WeightOp):
             continue
         shape = gemm_shape(op)

@@ -8,6 +8,7 @@ lax.switch / lax.while_loop / lax.scan.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 from collections.abc import Callable
 
@@ -40,9 +41,22 @@ def kernel_for(op: Operation) -> Kernel:
     raise NoKernelError(f"no kernel for {op.name}")
 
 
+# The kernel chooser of the program being built: the programs of loop and branch regions,
+# built while their op's kernel is made, use the same one as the block around them (the
+# native int8 kernels inside an LSTM's scan, say).
+_CHOOSER: contextvars.ContextVar[Callable[[Operation], Kernel] | None] = \
+    contextvars.ContextVar("jaxlite_kernel_chooser", default=None)
+
+
 def program_for(block, kernels: Callable[[Operation], Kernel] | None = None) -> BlockProgram:
-    """The program of a block; ``kernels`` may override the kernel of some ops."""
-    return BlockProgram(block, kernels or kernel_for)
+    """The program of a block; ``kernels`` may override the kernel of some ops (inherited
+    by the regions of its ops when not given)."""
+    chooser = kernels or _CHOOSER.get() or kernel_for
+    token = _CHOOSER.set(chooser)
+    try:
+        return BlockProgram(block, chooser)
+    finally:
+        _CHOOSER.reset(token)
 
 
 @register(jlax.LaxOp)

@@ -87,7 +87,7 @@ def test_ir_after_unknown_pass():
 
 
 def test_unknown_pass_lists_the_available_ones():
-    with pytest.raises(jaxlite.ConversionError, match="unknown pass 'bogus'; available passes: canonicalize, cse"):
+    with pytest.raises(jaxlite.ConversionError, match="unknown pass 'bogus'; available passes: canonicalize, capture-constants, cse"):
         jaxlite.convert(lambda x: x + 1, np.ones(2, np.float32), passes="canonicalize,bogus")
     with pytest.raises(jaxlite.ConversionError, match="outputs must be"):
         jaxlite.convert(lambda x: x + 1, np.ones(2, np.float32), outputs=3.5)

@@ -378,3 +378,61 @@ def test_flax_conv_transpose_decoder_is_split_by_default_and_quantizes_per_phase
     assert ops(quantized)["jquant.dynamic_conv"] == 8
     ref = np.asarray(jax.jit(fn)(z))
     assert np.linalg.norm(np.asarray(quantized.compile()(z)) - ref) <= 0.03 * np.linalg.norm(ref)
+
+
+def _rnn(cell, hidden=8, steps=5, features=4):
+    import flax.linen as nn
+
+    class Rnn(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.RNN(cell(hidden))(x)[:, -1])
+
+    x = np.random.default_rng(2).standard_normal((2, steps, features)).astype(np.float32)
+    module = Rnn()
+    variables = module.init(jax.random.PRNGKey(0), x)
+    return (lambda x: module.apply(variables, x)), x
+
+
+def test_capture_constants_reads_an_rnns_weights_inside_its_scan():
+    import flax.linen as nn
+
+    fn, x = _rnn(nn.GRUCell)
+    before, after = convert_checked(fn, x, passes="capture-constants")
+    assert "num_consts = 10" in before.ir()  # flax hands the cell's kernels and biases to the scan
+    assert "num_consts = 0" in after.ir()
+    scan = next(op for op in after.module.walk() if op.name == "jlax.scan")
+    body_dots = [op for op in scan.walk() if getattr(op, "PRIMITIVE", None) == "dot_general"]
+    assert len(body_dots) == 6 and all(op.operands[1].owner.name == "jlax.weight" for op in body_dots)
+
+
+def test_capture_constants_hoists_loop_invariant_work_out_of_the_loop():
+    """flax's OptimizedLSTMCell concatenates its gate kernels on every step: hoisted, the
+    concatenation of weights folds into one weight (default pipeline)."""
+    import flax.linen as nn
+
+    fn, x = _rnn(nn.OptimizedLSTMCell)
+    before, after = convert_checked(fn, x, passes=jaxlite.passes.DEFAULT_PIPELINE, rtol=1e-4, atol=1e-5)
+    scan = next(op for op in after.module.walk() if op.name == "jlax.scan")
+    inside = Counter(op.name for op in scan.body.block.ops)
+    dots = [op for op in scan.body.block.ops if getattr(op, "PRIMITIVE", None) == "dot_general"]
+    assert "jlax.concatenate" not in inside and len(dots) == 2
+    assert all(op.operands[1].owner.name == "jlax.weight" for op in dots)
+    before_scan = next(op for op in before.module.walk() if op.name == "jlax.scan")
+    assert Counter(op.name for op in before_scan.body.block.ops)["jlax.concatenate"] == 3
+
+
+def test_capture_constants_in_while_and_cond():
+    w = jnp.asarray(np.random.default_rng(3).standard_normal((4, 4)).astype(np.float32) * 0.3)
+
+    def fn(x):
+        def body(c):
+            i, h = c
+            return i + 1, jnp.tanh(h @ w)
+        _, h = jax.lax.while_loop(lambda c: c[0] < 3, body, (0, x))
+        return jax.lax.cond(h.sum() > 0, lambda h: h @ w, lambda h: h @ w.T, h)
+
+    before, after = convert_checked(fn, X[:, :4], passes="capture-constants")
+    assert "body_nconsts = 1" in before.ir() and "body_nconsts = 0" in after.ir()
+    cond = next(op for op in after.module.walk() if op.name == "jlax.cond")
+    assert len(cond.operands) == 2  # the index and h: the weight is read by each branch

@@ -433,6 +433,43 @@ def test_transposed_convolutions_quantize_and_run_on_the_native_kernel():
             assert "convolution(" not in hlo and hlo.count("jaxlite_") >= 3
 
 
+def test_rnn_kernels_quantize_inside_the_scan(tmp_path):
+    """An LSTM's kernels reach its scan as operands; captured (passes/capture_constants.py)
+    they are quantized like any dense layer's: int8 in the file, run by the native kernels
+    inside the loop. Before, they stayed float32 and were quantized again on every step."""
+    import flax.linen as nn
+
+    class Lstm(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.RNN(nn.OptimizedLSTMCell(64))(x)[:, -1])
+
+    x = np.random.default_rng(4).standard_normal((4, 6, 32)).astype(np.float32)
+    module = Lstm()
+    variables = module.init(jax.random.PRNGKey(0), x)
+
+    def fn(x):
+        return module.apply(variables, x)
+    ref = np.asarray(jax.jit(fn)(x))
+    float_model = jaxlite.convert(fn, x)
+    for mode in ("dynamic", "int8"):
+        model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
+        scan = next(op for op in model.module.walk() if op.name == "jlax.scan")
+        assert sum(op.name == "jquant.dynamic_dot" for op in scan.walk()) == 2  # calibration sees no step
+        model.save(tmp_path / f"{mode}.jlite")
+        assert model.weights.nbytes <= 0.3 * float_model.weights.nbytes  # was 1.0: kernels stayed float
+        exe = model.compile()
+        out = np.asarray(exe(x))
+        assert np.linalg.norm(out - ref) <= 0.03 * np.linalg.norm(ref)
+        np.testing.assert_array_equal(np.asarray(jaxlite.load(tmp_path / f"{mode}.jlite").compile()(x)), out)
+        from jaxlite.runtime import native
+        if native.available():
+            assert exe.lower().compile().as_text().count("jaxlite_dynamic_gemm") >= 2
+        report = jaxlite.quantization_report(float_model, model, [(x,)])
+        assert [e.weight for e in report.layers] == ["params.Dense_0.kernel"] and report.not_listed == 2
+        assert "2 quantized layers inside loop or branch bodies are not listed" in str(report)
+
+
 def test_big_packed_weights_are_arguments_not_constants():
     """A weight packed for the native kernel is embedded only while small: an embedded
     constant stays resident twice and XLA gains nothing from a custom call's constant."""
