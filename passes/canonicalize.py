@@ -13,6 +13,9 @@ Rewrites, repeated until nothing changes:
 * **like terms** — ``c1*a + c2*a -> (c1+c2)*a`` (so ``3*a + 4*a + 5*a -> 12*a``), also with
   ``a`` alone and with subtraction; chains ``(x*c1)*c2``, ``(x+c1)+c2``, ``(x/c1)/c2``,
   ``(x*c1)/c2`` merge into one op; ``x - c`` becomes ``x + (-c)`` and constants move right.
+* **weights to the right** — ``dot_general(w, x)`` with a weight or constant ``w`` (what
+  ``jnp.einsum("btc,tk->bkc", x, w)`` traces to) becomes ``transpose(dot_general(x, w))``,
+  the form fuse and quantize look for.
 * with ``fast-math=true`` only: ``x - x -> 0`` and ``x * 0 -> 0`` (wrong for inf/nan).
 """
 
@@ -37,7 +40,7 @@ from xdsl.rewriter import InsertPoint
 
 from jaxlite.dialects import jlax
 from jaxlite.dialects.params import decode
-from jaxlite.dialects.types import KeyType, shape_dtype
+from jaxlite.dialects.types import KeyType, shape_dtype, tensor_type
 from jaxlite.passes.common import (
     blocks_of,
     constant_array,
@@ -204,6 +207,36 @@ class ConstantsToTheRight(RewritePattern):
                                       op.results[0].type, dict(op.attributes)))
 
 
+class WeightsToTheRight(RewritePattern):
+    """dot_general(w, x) -> transpose(dot_general(x, w)) for a constant w and no batch dims."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if op.PRIMITIVE != "dot_general" or "dimension_numbers" not in op.attributes:
+            return
+        lhs, rhs = op.operands
+        (lc, rc), (lb, rb) = decode(op.attributes["dimension_numbers"])
+        if lb or rb or not _is_constant_input(lhs) or _is_constant_input(rhs):
+            return
+        lhs_free = len(shape_dtype(lhs.type)[0]) - len(lc)
+        rhs_free = len(shape_dtype(rhs.type)[0]) - len(rc)
+        out_shape, dtype = shape_dtype(op.results[0].type)
+        attrs = dict(op.attributes)
+        attrs["dimension_numbers"] = _encode(((tuple(rc), tuple(lc)), ((), ())))
+        precision = decode(attrs["precision"]) if "precision" in attrs else None
+        if isinstance(precision, tuple):
+            attrs["precision"] = _encode(tuple(reversed(precision)))
+        swapped_shape = (*out_shape[lhs_free:], *out_shape[:lhs_free])
+        dot = _new("dot_general", [rhs, lhs], tensor_type(swapped_shape, dtype), attrs)
+        perm = (*range(rhs_free, rhs_free + lhs_free), *range(rhs_free))
+        back = _new("transpose", [dot.results[0]], op.results[0].type, {"permutation": _encode(perm)})
+        rewriter.replace(op, [dot, back])
+
+
+def _is_constant_input(value: SSAValue) -> bool:
+    return isinstance(producer(value), jlax.WeightOp | jlax.ConstantOp)
+
+
 class Identities(RewritePattern):
     """x+0, x-0, x*1, x/1, -(-x) and structural ops that do nothing."""
 
@@ -366,7 +399,8 @@ class CanonicalizePass(ModulePass):
     max_iterations: int = 10
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        patterns: list[RewritePattern] = [ConstantsToTheRight(), Identities(), LikeTerms(), ConstantChains()]
+        patterns: list[RewritePattern] = [ConstantsToTheRight(), WeightsToTheRight(), Identities(), LikeTerms(),
+                                          ConstantChains()]
         if self.fast_math:
             patterns.append(FastMath())
         walker = PatternRewriteWalker(GreedyRewritePatternApplier(patterns), apply_recursively=True)

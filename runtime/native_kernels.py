@@ -115,7 +115,10 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
                 return gemm(weights, a, col_scale, rows, bias, out_scale)
             return int8.int8_conv(x, None, matmul=matmul, rhs_shape=rhs_shape, **params)
         (lc, _), _batch = params["dimension_numbers"]
-        free = x.shape[:x.ndim - len(lc)]
+        free_dims = [d for d in range(x.ndim) if d not in lc]
+        if tuple(lc) != tuple(range(x.ndim - len(lc), x.ndim)):  # contracted dims last, in order
+            x = jnp.transpose(x, (*free_dims, *lc))
+        free = x.shape[:len(free_dims)]
         a = x.reshape(int(np.prod(free)) if free else 1, -1)
         return gemm(weights, a, col_scale, None, bias, out_scale, x_scale).reshape(out_shape)
 

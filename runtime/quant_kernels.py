@@ -28,8 +28,9 @@ def _accumulate(op: quant.QuantizedMatmulOp):
 
 def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
     """(K, N) when the op's int8 product is one GEMM by a [K, N] weight matrix, else None
-    (batched dots, grouped convs). An input-dilated (transposed) conv is one GEMM over the
-    interior-padded input."""
+    (batched dots, grouped convs). A dot contracting other than the input's last dims reads
+    it transposed (runtime/native_kernels.py); an input-dilated (transposed) conv is one
+    GEMM over the interior-padded input."""
     params = params_of(op)
     w_shape = tuple(op.rhs.type.get_shape())
     if op.PRIMITIVE == "conv_general_dilated":
@@ -38,18 +39,20 @@ def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
         n = w_shape[params["dimension_numbers"].rhs_spec[0]]
         return int(np.prod(w_shape)) // n, n
     (lc, rc), (lb, rb) = params["dimension_numbers"]
-    lhs_rank = len(op.lhs.type.get_shape())
-    if lb or rb or tuple(lc) != tuple(range(lhs_rank - len(lc), lhs_rank)) or tuple(rc) != tuple(range(len(rc))):
+    if lb or rb:
         return None
-    k = int(np.prod(w_shape[:len(rc)]))
+    k = int(np.prod([w_shape[d] for d in rc]))
     return k, int(np.prod(w_shape)) // k
 
 
 def weight_2d(op: quant.QuantizedMatmulOp, wq: np.ndarray) -> np.ndarray:
-    """The [K, N] matrix of ``gemm_shape`` (which must not be None)."""
+    """The [K, N] matrix of ``gemm_shape`` (which must not be None): for a dot, the weight's
+    contracting dims first (in the order they pair with the input's), then its free dims."""
     if op.PRIMITIVE == "conv_general_dilated":
         return int8.im2col_weight(wq, params_of(op)["dimension_numbers"])
-    return wq.reshape(gemm_shape(op))
+    (_, rc), _ = params_of(op)["dimension_numbers"]
+    free = [d for d in range(wq.ndim) if d not in rc]
+    return np.transpose(wq, (*rc, *free)).reshape(gemm_shape(op))
 
 
 def out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:

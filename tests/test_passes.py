@@ -436,3 +436,19 @@ def test_capture_constants_in_while_and_cond():
     assert "body_nconsts = 1" in before.ir() and "body_nconsts = 0" in after.ir()
     cond = next(op for op in after.module.walk() if op.name == "jlax.cond")
     assert len(cond.operands) == 2  # the index and h: the weight is read by each branch
+
+
+def test_weights_move_to_the_right_of_dots():
+    """jnp.einsum may put the weight first; canonicalize swaps it into the rhs (the form fuse
+    and quantize match), the transposes cancel, outputs unchanged."""
+    w = jnp.asarray(np.random.default_rng(5).standard_normal((8, 6)).astype(np.float32))
+    x = np.random.default_rng(6).standard_normal((3, 8, 5)).astype(np.float32)
+
+    def fn(x):
+        return jnp.einsum("btc,tk->bkc", x, w)
+    before, after = convert_checked(fn, x, passes="canonicalize")
+    dot_before = next(op for op in before.module.walk() if getattr(op, "PRIMITIVE", None) == "dot_general")
+    dot_after = next(op for op in after.module.walk() if getattr(op, "PRIMITIVE", None) == "dot_general")
+    assert dot_before.operands[0].owner.name == "jlax.weight"
+    assert dot_after.operands[1].owner.name == "jlax.weight" and ops(after)["jlax.transpose"] == 1
+    assert "jquant.dynamic_dot" in jaxlite.convert(fn, x, quantize="dynamic").ir()

@@ -470,6 +470,33 @@ def test_rnn_kernels_quantize_inside_the_scan(tmp_path):
         assert "2 quantized layers inside loop or branch bodies are not listed" in str(report)
 
 
+@pytest.mark.parametrize("spec", ["btc,tk->bkc", "btc,kc->btk", "two-dims"])
+def test_dots_contracting_any_input_dims_run_on_the_native_kernel(spec):
+    """The native GEMM reads [rows, K]: an input contracted on other dims is transposed
+    first, a weight contracted on other dims is packed transposed."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 16, 12)).astype(np.float32)
+    if spec == "two-dims":   # contracting dims (2, 1) of x with (0, 1) of w, in that pairing
+        w = jnp.asarray(rng.standard_normal((12, 16, 20)).astype(np.float32) * 0.1)
+        def fn(x):
+            return lax.dot_general(x, w, (((2, 1), (0, 1)), ((), ())))
+    else:
+        k = 16 if spec.startswith("btc,tk") else 12
+        w = jnp.asarray(rng.standard_normal((k, 24) if spec == "btc,tk->bkc" else (24, k)).astype(np.float32) * 0.1)
+        def fn(x):
+            return jnp.einsum(spec, x, w)
+    ref = np.asarray(jax.jit(fn)(x))
+    for mode in ("dynamic", "int8"):
+        model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
+        native_exe = model.compile()
+        out, xla_out = np.asarray(native_exe(x)), np.asarray(model.compile(native_gemm=False)(x))
+        assert np.linalg.norm(out - ref) <= 0.03 * np.linalg.norm(ref)
+        assert np.linalg.norm(out - xla_out) <= 1e-5 * np.linalg.norm(xla_out)
+        from jaxlite.runtime import native
+        if native.available():
+            assert "jaxlite_" in native_exe.lower().compile().as_text()
+
+
 def test_big_packed_weights_are_arguments_not_constants():
     """A weight packed for the native kernel is embedded only while small: an embedded
     constant stays resident twice and XLA gains nothing from a custom call's constant."""
