@@ -218,7 +218,7 @@ def worth_tracing(block) -> bool:
     """Whether a program might qualify, judged from its IR without tracing it (tracing a
     ResNet-18 for nothing would add to every compile): native int8 matmuls only among its
     dots and convolutions, at most ``MAX_MACS`` multiply-adds."""
-    from jaxlite.dialects import jlax, quant
+    from jaxlite.dialects import fused, jlax, quant
     from jaxlite.runtime.quant_kernels import gemm_shape, params_of
 
     macs = 0
@@ -233,8 +233,11 @@ def worth_tracing(block) -> bool:
             (lc, _), _ = params_of(op)["dimension_numbers"]
             lhs = op.lhs.type.get_shape()
             macs += out * int(np.prod([lhs[d] for d in lc]))
-        elif isinstance(op, jlax.LaxOp) and op.PRIMITIVE in ("dot_general", "conv_general_dilated"):
+        elif isinstance(op, fused.FusedOp) or (
+                isinstance(op, jlax.LaxOp) and op.PRIMITIVE in ("dot_general", "conv_general_dilated")):
             return False  # a float matmul: XLA's
+        elif isinstance(op, jlax.RegionOp):
+            return False  # loops and branches stay in XLA
     return 0 < macs <= MAX_MACS
 
 

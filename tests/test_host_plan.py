@@ -183,3 +183,27 @@ def test_a_kernel_error_raises():
     plan._program[0].dtypes = ctypes.cast(wrong, ctypes.POINTER(ctypes.c_int32))
     with pytest.raises(RuntimeError, match="wrong operand count or dtypes"):
         plan([x])
+
+
+def test_loops_and_float_layers_are_judged_from_the_ir(rng):
+    """A scan (an RNN) or a float layer beside native int8 ones: no trace is spent on the
+    direct path, and the program runs jitted."""
+    w = rng.normal(size=(16, 16)).astype(np.float32) / 4
+
+    def rnn(x):
+        h, _ = jax.lax.scan(lambda h, xt: (jnp.tanh(h @ w + xt), None), jnp.zeros_like(x[0]), x)
+        return h @ w
+
+    w2, b = rng.normal(size=(16, 8)).astype(np.float32), np.ones(8, np.float32)
+
+    def mixed(x):
+        return jnp.tanh(x @ w) @ w2 + b  # the second layer kept float: a jfuse.dot
+
+    x = rng.normal(size=(5, 4, 16)).astype(np.float32)
+    exe = jaxlite.compile(rnn, x, quantize="dynamic")
+    assert not host_plan.worth_tracing(exe.model.module.ops.first.body.block) and not exe.direct
+    np.testing.assert_allclose(np.asarray(exe(x)), np.asarray(jax.jit(rnn)(x)), rtol=0.05, atol=0.05)
+    partly = jaxlite.convert(mixed, x[0], quantize="dynamic", skip=["w2"])
+    kinds = {op.name for op in partly.module.walk()}
+    assert {"jquant.dynamic_dot", "jfuse.dot"} <= kinds
+    assert not host_plan.worth_tracing(partly.module.ops.first.body.block)
