@@ -28,13 +28,14 @@ from jaxlite.passes.fold_affine import FoldAffinePass, FoldBatchNormPass
 from jaxlite.passes.fuse import FusePass
 from jaxlite.passes.quantize import QuantizePass
 from jaxlite.passes.split_transposed_conv import SplitTransposedConvPass
+from jaxlite.passes.unroll_layer_scans import UnrollLayerScansPass
 
 PASSES: dict[str, type[ModulePass]] = {
     p.name: p for p in (CaptureConstantsPass, CanonicalizePass, CSEPass, DCEPass, FoldAffinePass, FoldBatchNormPass, FusePass,
-                        SplitTransposedConvPass, QuantizePass)
+                        SplitTransposedConvPass, UnrollLayerScansPass, QuantizePass)
 }
-DEFAULT_PIPELINE = ("capture-constants,canonicalize,cse,dce,fold-affine,fuse,split-transposed-conv,"
-                    "canonicalize,cse,dce")
+DEFAULT_PIPELINE = ("capture-constants,unroll-layer-scans,canonicalize,cse,dce,fold-affine,fuse,"
+                    "split-transposed-conv,canonicalize,cse,dce")
 
 
 def parse(spec: str | Sequence[str] | None) -> list[ModulePass]:

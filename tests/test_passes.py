@@ -452,3 +452,35 @@ def test_weights_move_to_the_right_of_dots():
     assert dot_before.operands[0].owner.name == "jlax.weight"
     assert dot_after.operands[1].owner.name == "jlax.weight" and ops(after)["jlax.transpose"] == 1
     assert "jquant.dynamic_dot" in jaxlite.convert(fn, x, quantize="dynamic").ir()
+
+
+def _stacked_layers(reverse=False, layers=4, d=8):
+    rng = np.random.default_rng(8)
+    w = jnp.asarray(rng.standard_normal((layers, d, d)).astype(np.float32) / np.sqrt(d))
+    b = jnp.asarray(rng.standard_normal((layers, d)).astype(np.float32) * 0.1)
+
+    def fn(x):
+        def layer(h, wb):
+            out = jnp.tanh(h @ wb[0] + wb[1])
+            return out, out.sum(axis=0)
+        return jax.lax.scan(layer, x, (w, b), reverse=reverse)
+    return fn, rng.standard_normal((3, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_unroll_layer_scans_gives_every_layer_its_own_weights(reverse):
+    fn, x = _stacked_layers(reverse)
+    before, after = convert_checked(fn, x, passes="unroll-layer-scans,canonicalize,dce,fuse")
+    assert ops(before)["jlax.scan"] == 1 and ops(after)["jlax.scan"] == 0
+    assert ops(after)["jfuse.dot"] == 4 and ops(after)["jlax.weight"] == 8  # a kernel and a bias per layer
+    assert after.weights.nbytes == before.weights.nbytes
+
+
+def test_unroll_layer_scans_leaves_time_loops_alone():
+    """A scan over activations (time steps) is not a stack of layers."""
+    w = jnp.asarray(np.random.default_rng(9).standard_normal((8, 8)).astype(np.float32) / 3)
+
+    def fn(xs):
+        return jax.lax.scan(lambda h, x: (jnp.tanh(h @ w + x), None), jnp.zeros(8), xs)[0]
+    _, after = convert_checked(fn, np.ones((5, 8), np.float32), passes="capture-constants,unroll-layer-scans")
+    assert ops(after)["jlax.scan"] == 1

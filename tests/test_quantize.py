@@ -497,6 +497,29 @@ def test_dots_contracting_any_input_dims_run_on_the_native_kernel(spec):
             assert "jaxlite_" in native_exe.lower().compile().as_text()
 
 
+def test_scan_over_stacked_layers_quantizes_per_layer():
+    """A scan over stacked layer weights (Equinox's scan-over-layers) is unrolled
+    (passes/unroll_layer_scans.py): each layer gets its own int8 kernel, packed for the
+    native GEMM. Before, the stack stayed float32 and its slices were re-quantized per call."""
+    rng = np.random.default_rng(10)
+    w = jnp.asarray(rng.standard_normal((6, 64, 64)).astype(np.float32) / 8)
+    b = jnp.asarray(rng.standard_normal((6, 64)).astype(np.float32) * 0.1)
+
+    def fn(x):
+        return jax.lax.scan(lambda h, wb: (h + jax.nn.gelu(h @ wb[0] + wb[1]), None), x, (w, b))[0]
+    x = rng.standard_normal((16, 64)).astype(np.float32)
+    ref = np.asarray(jax.jit(fn)(x))
+    float_model = jaxlite.convert(fn, x)
+    for mode in ("dynamic", "int8"):
+        model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
+        assert model.weights.nbytes <= 0.3 * float_model.weights.nbytes
+        exe = model.compile()
+        assert np.linalg.norm(np.asarray(exe(x)) - ref) <= 0.03 * np.linalg.norm(ref)
+        from jaxlite.runtime import native
+        if native.available():
+            assert exe.lower().compile().as_text().count("custom_call_target=\"jaxlite_") >= 6
+
+
 def test_big_packed_weights_are_arguments_not_constants():
     """A weight packed for the native kernel is embedded only while small: an embedded
     constant stays resident twice and XLA gains nothing from a custom call's constant."""
