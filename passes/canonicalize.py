@@ -45,6 +45,7 @@ from jaxlite.passes.common import (
     blocks_of,
     constant_array,
     current_store,
+    is_constant,
     is_op,
     producer,
     splat_value,
@@ -216,7 +217,7 @@ class WeightsToTheRight(RewritePattern):
             return
         lhs, rhs = op.operands
         (lc, rc), (lb, rb) = decode(op.attributes["dimension_numbers"])
-        if lb or rb or not _is_constant_input(lhs) or _is_constant_input(rhs):
+        if lb or rb or not is_constant(lhs) or is_constant(rhs):
             return
         lhs_free = len(shape_dtype(lhs.type)[0]) - len(lc)
         rhs_free = len(shape_dtype(rhs.type)[0]) - len(rc)
@@ -231,10 +232,6 @@ class WeightsToTheRight(RewritePattern):
         perm = (*range(rhs_free, rhs_free + lhs_free), *range(rhs_free))
         back = _new("transpose", [dot.results[0]], op.results[0].type, {"permutation": _encode(perm)})
         rewriter.replace(op, [dot, back])
-
-
-def _is_constant_input(value: SSAValue) -> bool:
-    return isinstance(producer(value), jlax.WeightOp | jlax.ConstantOp)
 
 
 class Identities(RewritePattern):

@@ -29,10 +29,7 @@ from xdsl.traits import Pure
 
 from jaxlite.dialects import jlax
 from jaxlite.dialects.params import encode
-
-
-def _is_constant_input(value: SSAValue) -> bool:
-    return isinstance(value.owner, jlax.WeightOp | jlax.ConstantOp)
+from jaxlite.passes.common import is_constant
 
 
 def _capture(block: Block, arg_index: int, value: SSAValue) -> None:
@@ -52,7 +49,7 @@ def _rebuild(op: Operation, operands: list[SSAValue], attributes: dict) -> Opera
 
 def capture_scan(op: jlax.ScanOp) -> bool:
     nconst = op.int_param("num_consts")
-    taken = [i for i in range(nconst) if _is_constant_input(op.operands[i])]
+    taken = [i for i in range(nconst) if is_constant(op.operands[i])]
     for i in reversed(taken):
         _capture(op.body.block, i, op.operands[i])
     if not taken:
@@ -65,8 +62,8 @@ def capture_scan(op: jlax.ScanOp) -> bool:
 
 def capture_while(op: jlax.WhileOp) -> bool:
     nc, nb = op.int_param("cond_nconsts"), op.int_param("body_nconsts")
-    cond_taken = [i for i in range(nc) if _is_constant_input(op.operands[i])]
-    body_taken = [i for i in range(nc, nc + nb) if _is_constant_input(op.operands[i])]
+    cond_taken = [i for i in range(nc) if is_constant(op.operands[i])]
+    body_taken = [i for i in range(nc, nc + nb) if is_constant(op.operands[i])]
     for i in reversed(cond_taken):
         _capture(op.cond.block, i, op.operands[i])
     for i in reversed(body_taken):
@@ -83,7 +80,7 @@ def capture_while(op: jlax.WhileOp) -> bool:
 
 def capture_cond(op: jlax.CondOp) -> bool:
     """Branch operands (after the index) that are constants: every branch reads them."""
-    taken = [i for i in range(1, len(op.operands)) if _is_constant_input(op.operands[i])]
+    taken = [i for i in range(1, len(op.operands)) if is_constant(op.operands[i])]
     for i in reversed(taken):
         for region in op.branches:
             _capture(region.block, i - 1, op.operands[i])

@@ -13,6 +13,7 @@ from xdsl.ir import Block, Operation, OpResult, SSAValue
 
 from jaxlite.compiler.weights import WeightStore
 from jaxlite.dialects import jlax
+from jaxlite.dialects.types import tensor_type
 
 # Passes are xDSL ModulePasses (constructed from pipeline strings, so they hold no
 # state); the driver binds what they read here while they run: the model's WeightStore,
@@ -52,6 +53,12 @@ def current_store() -> WeightStore:
 
 def producer(value: SSAValue) -> Operation | None:
     return value.owner if isinstance(value, OpResult) else None
+
+
+def new_op(primitive: str, inputs: list[SSAValue], shape, dtype, params: dict) -> jlax.LaxOp:
+    """A jlax op of ``primitive`` with one result of ``shape``/``dtype`` and Python-valued
+    ``params`` (the op's verifier checks the shape against the primitive's)."""
+    return jlax.PRIMITIVE_OPS[primitive].create_from_params(inputs, [tensor_type(shape, dtype)], params)
 
 
 def is_constant(value: SSAValue) -> bool:

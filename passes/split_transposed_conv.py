@@ -30,6 +30,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 from jaxlite.dialects import fused, jlax
 from jaxlite.dialects.params import decode, encode
 from jaxlite.dialects.types import shape_dtype, tensor_type
+from jaxlite.passes.common import new_op
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,6 @@ def _splittable(op: Operation) -> bool:
     return True
 
 
-def _new(primitive: str, inputs: list[SSAValue], shape, dtype, params: dict) -> jlax.LaxOp:
-    return jlax.PRIMITIVE_OPS[primitive].create_from_params(inputs, [tensor_type(shape, dtype)], params)
-
-
 def split(op: Operation) -> None:
     """Replace the transposed convolution ``op`` (``_splittable``) by its phases."""
     p = _conv_params(op)
@@ -103,7 +100,7 @@ def split(op: Operation) -> None:
         start, limit, step, w_sub = [0] * len(w_shape), list(w_shape), [1] * len(w_shape), list(w_shape)
         for d, g, s, k in zip(dn.rhs_spec[2:], geo, strides, kernels, strict=True):
             start[d], limit[d], step[d], w_sub[d] = g.first_tap, k, s, g.taps
-        w_slice = _new("slice", [w], w_sub, w_dtype, {"start_indices": tuple(start), "limit_indices": tuple(limit),
+        w_slice = new_op("slice", [w], w_sub, w_dtype, {"start_indices": tuple(start), "limit_indices": tuple(limit),
                                                       "strides": tuple(step)})
         phase_shape = list(out_shape)
         for d, c in zip(dn.out_spec[2:], counts, strict=True):
@@ -129,18 +126,18 @@ def split(op: Operation) -> None:
         for rest in {k[1:] for k in results}:
             parts = []
             for r in range(s):
-                part = _new("reshape", [results[(r, *rest)]], expanded, out_dtype,
+                part = new_op("reshape", [results[(r, *rest)]], expanded, out_dtype,
                             {"new_sizes": tuple(expanded), "dimensions": None})
                 new_ops.append(part)
                 parts.append(part.results[0])
-            cat = _new("concatenate", parts, stacked, out_dtype, {"dimension": axis + 1})
-            flat = _new("reshape", [cat.results[0]], joined, out_dtype, {"new_sizes": tuple(joined), "dimensions": None})
+            cat = new_op("concatenate", parts, stacked, out_dtype, {"dimension": axis + 1})
+            flat = new_op("reshape", [cat.results[0]], joined, out_dtype, {"new_sizes": tuple(joined), "dimensions": None})
             new_ops += [cat, flat]
             merged[rest] = flat.results[0]
         results, shape = merged, joined
     value = results[()]
     if tuple(shape) != tuple(out_shape):  # outputs not a multiple of the stride: the last phases ran long
-        crop = _new("slice", [value], out_shape, out_dtype,
+        crop = new_op("slice", [value], out_shape, out_dtype,
                     {"start_indices": (0,) * len(shape), "limit_indices": tuple(out_shape), "strides": None})
         new_ops.append(crop)
         value = crop.results[0]

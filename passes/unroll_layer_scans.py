@@ -23,13 +23,10 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from jaxlite.dialects import jlax
-from jaxlite.dialects.types import shape_dtype, tensor_type
+from jaxlite.dialects.types import shape_dtype
+from jaxlite.passes.common import new_op
 
 MAX_LAYERS = 64
-
-
-def _new(primitive: str, inputs: list[SSAValue], shape, dtype, params: dict) -> jlax.LaxOp:
-    return jlax.PRIMITIVE_OPS[primitive].create_from_params(inputs, [tensor_type(shape, dtype)], params)
 
 
 def _unrollable(op: Operation) -> bool:
@@ -53,10 +50,10 @@ def unroll(scan: jlax.ScanOp) -> None:
         mapping: dict[SSAValue, SSAValue] = dict(zip(args[:nconst + ncarry], consts + carry, strict=True))
         for arg, x in zip(args[nconst + ncarry:], xs, strict=True):
             shape, dtype = shape_dtype(x.type)
-            row = _new("slice", [x], (1, *shape[1:]), dtype,
+            row = new_op("slice", [x], (1, *shape[1:]), dtype,
                        {"start_indices": (i, *[0] * (len(shape) - 1)), "limit_indices": (i + 1, *shape[1:]),
                         "strides": None})
-            item = _new("reshape", [row.results[0]], shape[1:], dtype, {"new_sizes": tuple(shape[1:]), "dimensions": None})
+            item = new_op("reshape", [row.results[0]], shape[1:], dtype, {"new_sizes": tuple(shape[1:]), "dimensions": None})
             new_ops += [row, item]
             mapping[arg] = item.results[0]
         for op in block.ops:
@@ -70,11 +67,11 @@ def unroll(scan: jlax.ScanOp) -> None:
         shape, dtype = shape_dtype(y_type)
         rows = []
         for i in range(length):
-            row = _new("reshape", [ys_at[i][j]], (1, *shape[1:]), dtype,
+            row = new_op("reshape", [ys_at[i][j]], (1, *shape[1:]), dtype,
                        {"new_sizes": (1, *shape[1:]), "dimensions": None})
             new_ops.append(row)
             rows.append(row.results[0])
-        stacked = _new("concatenate", rows, shape, dtype, {"dimension": 0})
+        stacked = new_op("concatenate", rows, shape, dtype, {"dimension": 0})
         new_ops.append(stacked)
         results.append(stacked.results[0])
     Rewriter.insert_op(new_ops, InsertPoint.before(scan))
