@@ -9,10 +9,12 @@ from collections.abc import Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import SSAValue
 
-from jaxlite.compiler.errors import ConversionError
-from jaxlite.compiler.model import Model
+from jaxlite.dialects.signature import Signature
+from jaxlite.dialects.weights import WeightStore
+from jaxlite.errors import ConversionError
 
 
 def _progress(items: list, description: str):
@@ -24,12 +26,13 @@ def _progress(items: list, description: str):
     return track(items, description=description, transient=True, disable=not sys.stderr.isatty())
 
 
-def activation_ranges(model: Model, values: Sequence[SSAValue], calibration: Iterable,
-                      method: str = "max", percentile: float = 99.99) -> dict[SSAValue, float]:
-    """max |x| of each of ``values`` (SSA values of ``model.module``'s @main body) over the
+def activation_ranges(module: ModuleOp, values: Sequence[SSAValue], *, weights: WeightStore,
+                      signature: Signature, calibration: Iterable, method: str = "max",
+                      percentile: float = 99.99) -> dict[SSAValue, float]:
+    """max |x| of each of ``values`` (SSA values of ``module``'s @main body) over the
     calibration batches; ``method="percentile"`` uses the given percentile of |x| per batch
     (the largest over batches), which ignores rare outliers."""
-    from jaxlite.runtime.executable import find_main
+    from jaxlite.dialects.module import find_main
     from jaxlite.runtime.kernels import kernel_for
     from jaxlite.runtime.program import BlockProgram
 
@@ -38,11 +41,11 @@ def activation_ranges(model: Model, values: Sequence[SSAValue], calibration: Ite
     batches = list(calibration)
     if not batches:
         raise ConversionError("calibration data is empty: give at least one example-argument tuple")
-    block = find_main(model.module).body.block
+    block = find_main(module).body.block
     program = BlockProgram(block, kernel_for, taps=values)
     n_out = len(program.results) - len(values)
-    weights = {k: jnp.asarray(v) for k, v in model.weights.arrays.items()}
-    sig = model.signature
+    arrays = {k: jnp.asarray(v) for k, v in weights.arrays.items()}
+    sig = signature
 
     @jax.jit
     def stats(weights, leaves):
@@ -62,5 +65,5 @@ def activation_ranges(model: Model, values: Sequence[SSAValue], calibration: Ite
             if tuple(np.shape(x)) != spec.shape:
                 raise ConversionError(f"calibration batch: {spec.name} has shape {np.shape(x)}, "
                                       f"the model takes {spec.describe()}")
-        ranges = np.maximum(ranges, np.asarray(jax.device_get(stats(weights, [jnp.asarray(x, s.dtype) for x, s in zip(leaves, sig.inputs, strict=True)]))))
+        ranges = np.maximum(ranges, np.asarray(jax.device_get(stats(arrays, [jnp.asarray(x, s.dtype) for x, s in zip(leaves, sig.inputs, strict=True)]))))
     return {v: float(r) for v, r in zip(values, ranges, strict=True)}

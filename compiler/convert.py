@@ -6,12 +6,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from xdsl.dialects import func
+from xdsl.utils.exceptions import VerifyException
 
-from jaxlite.compiler.context import print_module, verify_module
-from jaxlite.compiler.errors import ConversionError
 from jaxlite.compiler.frontend import trace
 from jaxlite.compiler.model import Model
+from jaxlite.dialects.module import print_module, verify_module
+from jaxlite.errors import ConversionError
+from jaxlite.passes import pipeline
+from jaxlite.passes.quantize import MODES, QuantizePass
 
 
 def _selector(outputs) -> Callable[[Any], Any] | None:
@@ -46,13 +48,14 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
     * ``print_ir_after_all`` / ``print_ir_after=NAME``: print the IR after passes (stderr
       gets a one-line statistic per pass with ``print_stats``).
     """
-    from jaxlite.passes import pipeline
-
     pass_list = pipeline.parse(pipeline.DEFAULT_PIPELINE if passes is None else passes)
     select = _selector(outputs)
     traced_fn = fn if select is None else (lambda *a: select(fn(*a)))
     traced = trace(traced_fn, example_args, names_from=fn)
-    verify_module(traced.module, "converted IR")
+    try:
+        verify_module(traced.module)
+    except VerifyException as e:
+        raise ConversionError(f"the traced IR does not verify: {e}") from None
     model = Model(traced.module, traced.weights, traced.signature)
     model.record("trace", print_module(traced.module))
     wanted = {print_ir_after} if isinstance(print_ir_after, str) else set(print_ir_after or ())
@@ -78,26 +81,13 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
 
 def _quantize(model: Model, mode: str, calibration, per_channel: bool, skip: tuple[str, ...],
               method: str, after_each) -> None:
-    from jaxlite.compiler.calibration import activation_ranges
-    from jaxlite.passes import pipeline
-    from jaxlite.passes.common import using_ranges
-    from jaxlite.passes.quantize import MODES, QuantizePass, _candidates
-
     if mode not in MODES:
         raise ConversionError(f"unknown quantize mode {mode!r}; use one of {', '.join(MODES)}")
-    ranges: dict = {}
-    if mode == "int8":
-        if calibration is None:
-            raise ConversionError("quantize='int8' needs calibration data: calibration=[(x1,), (x2,), ...]")
-        values = []
-        for op, _w, _axis in _candidates(model.module, skip):
-            if isinstance(op.parent_op(), func.FuncOp):  # top level; loop bodies go dynamic
-                values += [op.operands[0], op.results[0]]
-        ranges = activation_ranges(model, list(dict.fromkeys(values)), calibration, method)
-    elif calibration is not None:
+    if mode == "int8" and calibration is None:
+        raise ConversionError("quantize='int8' needs calibration data: calibration=[(x1,), (x2,), ...]")
+    if mode != "int8" and calibration is not None:
         raise ConversionError(f"calibration data is only used with quantize='int8', not {mode!r}")
     passes = [QuantizePass(mode=mode, per_channel=per_channel, skip=skip), *pipeline.parse("cse,dce")]
-    with using_ranges(ranges):
-        pipeline.run(model.module, model.weights, passes, after_each)
+    pipeline.run(model.module, model.pass_resources(calibration, method), passes, after_each)
     model.metadata["quantization"] = {"mode": mode, "per_channel": per_channel, "skip": list(skip),
                                       "calibration_method": method if mode == "int8" else None}

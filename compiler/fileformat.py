@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlite.compiler.errors import ModelFormatError
-from jaxlite.compiler.weights import WeightStore
+from jaxlite.dialects.weights import WeightStore
+from jaxlite.errors import ModelFormatError
 
 FORMAT_NAME = "jaxlite"
 FORMAT_VERSION = 1

@@ -22,12 +22,12 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import FunctionType, ModuleOp
 from xdsl.ir import Block, Region, SSAValue
 
-from jaxlite.compiler.errors import ConversionError, UnsupportedPrimitiveError
-from jaxlite.compiler.signature import Signature, TensorSpec, TreeSpec, key_str
-from jaxlite.compiler.weights import WeightStore
 from jaxlite.dialects import jlax
 from jaxlite.dialects.params import UnencodableParam
+from jaxlite.dialects.signature import Signature, TensorSpec, TreeSpec, key_str
 from jaxlite.dialects.types import is_key_dtype, is_supported_dtype, tensor_type
+from jaxlite.dialects.weights import WeightStore
+from jaxlite.errors import ConversionError, UnsupportedPrimitiveError
 
 # Anonymous constants up to this many elements are inlined; larger ones become weights.
 INLINE_CONSTANT_LIMIT = 64

@@ -17,9 +17,9 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Operation, SSAValue
 
-from jaxlite.compiler.errors import JaxliteError
 from jaxlite.dialects import jlax
 from jaxlite.dialects.types import shape_dtype
+from jaxlite.errors import JaxliteError
 
 GRAPHVIZ_HELP = ("Graphviz's 'dot' program is not installed: install it (Debian/Ubuntu: "
                  "apt-get install graphviz; macOS: brew install graphviz; conda: conda install graphviz), "

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 
 from xdsl.dialects.builtin import ModuleOp
 
+from jaxlite._version import __version__
 from jaxlite.compiler import fileformat
-from jaxlite.compiler.context import parse_module, print_module
-from jaxlite.compiler.errors import ModelFormatError
-from jaxlite.compiler.signature import Signature
-from jaxlite.compiler.weights import WeightStore
+from jaxlite.compiler.calibration import activation_ranges
+from jaxlite.compiler.graph import model_graph, to_html, to_svg
 from jaxlite.dialects.jlax import WeightOp
+from jaxlite.dialects.module import find_main, op_counts, parse_module, print_module
+from jaxlite.dialects.signature import Signature
 from jaxlite.dialects.types import shape_dtype
+from jaxlite.dialects.weights import WeightStore
+from jaxlite.errors import ModelFormatError
+from jaxlite.passes.common import PassResources
+from jaxlite.runtime.executable import Executable
 
 
 @dataclass
@@ -63,41 +69,41 @@ class Model:
         them without XLA, whose per-call cost would dominate it (the int8 digits MLP: 18.7
         -> 12.8 us); calls then return numpy arrays. None: where possible; False: never; True:
         required (DeviceError where not possible)."""
-        from jaxlite.runtime.executable import Executable
-
         return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm, direct)
 
     def op_counts(self) -> Counter:
-        return Counter(op.name for op in self.module.walk() if op is not self.module)
+        """Ops by name (what the IR computes: structure such as @main's return not counted)."""
+        return op_counts(self.module)
+
+    def pass_resources(self, calibration=None, calibration_method: str = "max") -> PassResources:
+        """What passes over this model read besides the IR: its weights, and with
+        ``calibration`` (example-argument tuples) the activation ranges int8 needs."""
+        if calibration is None:
+            return PassResources(self.weights)
+        batches = list(calibration)
+        return PassResources(self.weights, functools.partial(
+            activation_ranges, weights=self.weights, signature=self.signature, calibration=batches,
+            method=calibration_method))
 
     @property
     def num_parameters(self) -> int:
         return sum(int(a.size) for a in self.weights.arrays.values())
 
     def save(self, path: str | os.PathLike) -> None:
-        from jaxlite import __version__
-
         manifest = {"jaxlite_version": __version__, "signature": self.signature.to_json(),
                     "metadata": self.metadata}
         fileformat.save(path, manifest, self.ir(), self.weights)
 
     def graph(self):
         """Nodes of the model graph (see jaxlite.compiler.graph)."""
-        from jaxlite.compiler.graph import model_graph
-
         return model_graph(self.module)
 
     def _repr_svg_(self) -> str:
         """Notebook display: the graph (Graphviz when installed, else the built-in layout)."""
-        from jaxlite.compiler.graph import to_svg
-
         return to_svg(self.graph(), "jaxlite model")
 
     def _repr_html_(self) -> str:
         """Notebook display: traced IR beside the optimized IR when the history is known."""
-        from jaxlite.compiler.context import parse_module
-        from jaxlite.compiler.graph import model_graph, to_html
-
         panels = [("optimized" if self.ir_history else "model", self.graph())]
         if len(self.ir_history) > 1:
             panels.insert(0, ("traced", model_graph(parse_module(self.ir(after="trace")))))
@@ -133,12 +139,10 @@ def load(path: str | os.PathLike) -> Model:
 
 
 def _check_signature_matches(module: ModuleOp, signature: Signature, path) -> None:
-    from jaxlite.runtime.executable import find_main
-
     try:
         main = find_main(module)
-    except ValueError:
-        raise ModelFormatError(f"{path}: the IR has no func.func @main") from None
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{path}: {e}") from None
     ins = [shape_dtype(t) for t in main.function_type.inputs.data]
     outs = [shape_dtype(t) for t in main.function_type.outputs.data]
     if ins != [(s.shape, s.dtype) for s in signature.inputs] or outs != [(s.shape, s.dtype) for s in signature.outputs]:

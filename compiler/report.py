@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from xdsl.ir import Operation, SSAValue
 
-from jaxlite.compiler.errors import ConversionError
 from jaxlite.compiler.model import Model
 from jaxlite.dialects import fused, jlax, quant
+from jaxlite.errors import ConversionError
 
 _SUFFIXES = (".q", ".f16")
 ACT_DOT = "dot_general#"  # report name prefix of the dots between two activations
@@ -98,8 +98,8 @@ def _taps(model: Model) -> dict[str, tuple[Operation, SSAValue]]:
     """name -> (op, output) of every dot/conv: layers by kernel weight name, dots between
     two activations by their order (``dot_general#i``: the same in both models, since
     quantization replaces them in place)."""
+    from jaxlite.dialects.module import find_main
     from jaxlite.passes.quantize import activation_dots
-    from jaxlite.runtime.executable import find_main
 
     out = {}
     main = find_main(model.module)
@@ -113,7 +113,7 @@ def _taps(model: Model) -> dict[str, tuple[Operation, SSAValue]]:
 
 
 def _run_with_taps(model: Model, values: list[SSAValue], batches: list[tuple]):
-    from jaxlite.runtime.executable import find_main
+    from jaxlite.dialects.module import find_main
     from jaxlite.runtime.kernels import kernel_for
     from jaxlite.runtime.program import BlockProgram
 
@@ -136,7 +136,7 @@ def quantization_report(float_model: Model, quant_model: Model, data: Iterable) 
     f_taps, q_taps = _taps(float_model), _taps(quant_model)
     names = [n for n, (op, _) in q_taps.items() if n in f_taps
              and (isinstance(op, quant.QuantizedMatmulOp | quant.DynamicActDotOp) or _is_low_precision(op))]
-    from jaxlite.runtime.executable import find_main
+    from jaxlite.dialects.module import find_main
 
     main = find_main(quant_model.module)
     in_regions = sum(1 for op in main.walk() if isinstance(op, quant.QuantizedMatmulOp | quant.DynamicActDotOp)
@@ -211,7 +211,7 @@ def _static_value(value: SSAValue, model: Model):
 
 def _local_runner(op: Operation, model: Model):
     """x (the float model's input(s) of this layer) -> this quantized op's output, or None."""
-    from jaxlite.runtime import int8
+    from jaxlite.dialects import int8
     from jaxlite.runtime.kernels import kernel_for
 
     if isinstance(op, quant.DynamicActDotOp):

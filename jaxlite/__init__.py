@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from jaxlite._version import __version__
 from jaxlite.compiler.convert import convert
-from jaxlite.compiler.errors import (
+from jaxlite.compiler.model import Model, load
+from jaxlite.compiler.report import QuantizationReport, quantization_report
+from jaxlite.errors import (
     ConversionError,
     DeviceError,
     JaxliteError,
@@ -18,8 +19,6 @@ from jaxlite.compiler.errors import (
     SignatureError,
     UnsupportedPrimitiveError,
 )
-from jaxlite.compiler.model import Model, load
-from jaxlite.compiler.report import QuantizationReport, quantization_report
 
 
 def compile(fn, *example_args, device=None, **convert_options):

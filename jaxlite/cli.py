@@ -173,9 +173,9 @@ def cmd_convert(args) -> None:
 def cmd_opt(args) -> None:
     """Run a pass pipeline over a .jlite file (or IR text), like mlir-opt."""
     import jaxlite
-    from jaxlite.compiler.context import parse_module, print_module
     from jaxlite.compiler.model import Model
-    from jaxlite.compiler.weights import WeightStore
+    from jaxlite.dialects.module import parse_module, print_module
+    from jaxlite.dialects.weights import WeightStore
     from jaxlite.passes import pipeline
 
     path = Path(args.input)
@@ -199,7 +199,12 @@ def cmd_opt(args) -> None:
     from jaxlite.dialects.jlax import WeightOp
     if is_text and any(isinstance(op, WeightOp) for op in model.module.walk()):
         raise UserError("IR text refers to weights (jlax.weight); run opt on the .jlite file instead")
-    pipeline.run(model.module, model.weights, passes, after_each)
+    calibration = None
+    if args.calibration:
+        if is_text:
+            raise UserError("--calibration runs the model: give a .jlite file, not IR text")
+        calibration = read_batches(args.calibration, model.signature)
+    pipeline.run(model.module, model.pass_resources(calibration), passes, after_each)
     out = args.output
     if out is None or out == "-":
         print(print_module(model.module), end="")
@@ -223,7 +228,7 @@ def cmd_report(args) -> None:
     print(json.dumps(report.to_dict(), indent=1) if args.json else report)
     if args.node_data:
         from jaxlite.compiler.graph import model_graph
-        from jaxlite.compiler.model_explorer import node_data
+        from jaxlite.model_explorer.graph_json import node_data
 
         values = {e.weight: round(e.sqnr_db, 2) for e in report.layers}
         nodes = model_graph(quant_model.module)
@@ -272,7 +277,7 @@ def cmd_summary(args) -> None:
 def cmd_graph(args) -> None:
     import jaxlite
     from jaxlite.compiler import graph, summary
-    from jaxlite.compiler.context import parse_module
+    from jaxlite.dialects.module import parse_module
 
     model = jaxlite.load(args.model)
     nodes = graph.model_graph(model.module)
@@ -292,7 +297,7 @@ def cmd_graph(args) -> None:
     elif out.endswith(".json"):
         import json
 
-        from jaxlite.compiler.model_explorer import me_graph_dict
+        from jaxlite.model_explorer.graph_json import me_graph_dict
         Path(out).write_text(json.dumps({"graphs": [me_graph_dict(nodes)]}, indent=1))
     else:
         raise UserError("the graph output must end in .svg, .html, .dot or .json")
@@ -478,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help=".jlite model, or .mlir text without weights")
     p.add_argument("-p", "--pipeline", required=True, help='e.g. "canonicalize,cse,dce,fold-affine,fuse"')
     p.add_argument("-o", "--output", default=None, help=".jlite or .mlir to write (default: print the IR)")
+    p.add_argument("--calibration", help='representative inputs for "quantize{mode=int8}" (.npy/.npz, samples on axis 0)')
     _add_inspection_flags(p)
     p.set_defaults(run=cmd_opt)
 
@@ -539,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxlite.compiler.errors import JaxliteError
+    from jaxlite.errors import JaxliteError
 
     args = build_parser().parse_args(argv)
     try:

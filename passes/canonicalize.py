@@ -28,7 +28,6 @@ import numpy as np
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Operation, SSAValue
-from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
     PatternRewriter,
@@ -39,12 +38,13 @@ from xdsl.pattern_rewriter import (
 from xdsl.rewriter import InsertPoint
 
 from jaxlite.dialects import jlax
+from jaxlite.dialects.module import blocks_of
 from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import KeyType, shape_dtype, tensor_type
+from jaxlite.dialects.weights import WeightStore
 from jaxlite.passes.common import (
-    blocks_of,
+    ModelPass,
     constant_array,
-    current_store,
     is_constant,
     is_op,
     producer,
@@ -68,14 +68,12 @@ def _foldable(op: Operation) -> bool:
             and not any(isinstance(r.type.get_element_type(), KeyType) for r in op.results))
 
 
-def fold_constants(module: ModuleOp) -> int:
+def fold_constants(module: ModuleOp, store: WeightStore) -> int:
     """Fold every constant subgraph of every block; returns how many values were folded."""
-    return sum(_fold_block(block) for block in blocks_of(module))
+    return sum(_fold_block(block, store) for block in blocks_of(module))
 
 
-def _fold_block(block: Block) -> int:
-    from jaxlite.runtime.kernels import kernel_for
-
+def _fold_block(block: Block, store: WeightStore) -> int:
     leaf: dict[SSAValue, int] = {}
     derived: dict[SSAValue, int] = {}  # value -> bytes of the constants it is computed from
     for op in block.ops:
@@ -114,16 +112,14 @@ def _fold_block(block: Block) -> int:
         todo.extend(v.owner for v in op.operands if v in derived)
     order = [op for op in block.ops if op in needed]
     leaves = list(dict.fromkeys(v for op in order for v in op.operands if v in leaf))
-    kernels = [(kernel_for(op), op) for op in order]
 
-    def run(leaf_values):
+    def run(leaf_values):  # each op's own semantics (its jax primitive), one jit for all
         env = dict(zip(leaves, leaf_values, strict=True))
-        for kernel, op in kernels:
-            env.update(zip(op.results, kernel({}, *[env[v] for v in op.operands]), strict=True))
+        for op in order:
+            env.update(zip(op.results, op.evaluate(*[env[v] for v in op.operands]), strict=True))
         return [env[v] for v in materialize]
 
-    values = jax.device_get(jax.jit(run)([constant_array(v) for v in leaves]))
-    store = current_store()
+    values = jax.device_get(jax.jit(run)([constant_array(v, store) for v in leaves]))
     for v, arr in zip(materialize, values, strict=True):
         arr = np.asarray(arr)
         if arr.size <= INLINE_LIMIT and _from_weight(v) is None:
@@ -390,7 +386,7 @@ class FastMath(RewritePattern):
 
 
 @dataclass(frozen=True)
-class CanonicalizePass(ModulePass):
+class CanonicalizePass(ModelPass):
     name = "canonicalize"
     fast_math: bool = False
     max_iterations: int = 10
@@ -402,7 +398,7 @@ class CanonicalizePass(ModulePass):
             patterns.append(FastMath())
         walker = PatternRewriteWalker(GreedyRewritePatternApplier(patterns), apply_recursively=True)
         for _ in range(self.max_iterations):
-            folded = fold_constants(op)
+            folded = fold_constants(op, self.weights)
             rewritten = walker.rewrite_module(op)
             if not folded and not rewritten:
                 break

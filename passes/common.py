@@ -1,54 +1,56 @@
-"""What every jaxlite pass shares: the WeightStore of the model being optimized, and small
-queries on values (is it a constant, what is its array, who uses it)."""
+"""What every jaxlite pass shares: the resources a pass over a model reads besides the IR
+(its WeightStore, calibration), and small queries on values (is it a constant, what is its
+array, who uses it)."""
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Block, Operation, OpResult, SSAValue
+from xdsl.ir import Operation, OpResult, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
 
-from jaxlite.compiler.weights import WeightStore
 from jaxlite.dialects import jlax
 from jaxlite.dialects.types import tensor_type
+from jaxlite.dialects.weights import WeightStore
+from jaxlite.errors import ConversionError
 
-# Passes are xDSL ModulePasses (constructed from pipeline strings, so they hold no
-# state); the driver binds what they read here while they run: the model's WeightStore,
-# and for int8 mode the activation ranges (max |x| per SSA value) from calibration.
-_STORE: contextvars.ContextVar[WeightStore | None] = contextvars.ContextVar("jaxlite_store", default=None)
-_RANGES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("jaxlite_ranges", default=None)
-
-
-@contextlib.contextmanager
-def _bound(var: contextvars.ContextVar, value) -> Iterator:
-    token = var.set(value)
-    try:
-        yield value
-    finally:
-        var.reset(token)
+# (module, values of its @main body) -> max |x| of each value over the calibration data
+Calibrator = Callable[[ModuleOp, Sequence[SSAValue]], Mapping[SSAValue, float]]
 
 
-def using_store(store: WeightStore):
-    return _bound(_STORE, store)
+@dataclass(frozen=True)
+class PassResources:
+    """What passes over a model read besides the IR: the arrays its ``jlax.weight`` ops name,
+    and (for full-integer quantization) a way to measure activation ranges."""
+
+    weights: WeightStore
+    calibrate: Calibrator | None = None
 
 
-def using_ranges(ranges: dict):
-    return _bound(_RANGES, ranges)
+@dataclass(frozen=True)
+class ModelPass(ModulePass):
+    """A pass that reads or writes the model's weights. Its options come from the pipeline
+    string; the pipeline hands it the model's resources with ``bind`` before it runs."""
 
+    resources: PassResources | None = field(default=None, init=False, repr=False, compare=False)
 
-def current_ranges() -> dict | None:
-    return _RANGES.get()
+    def bind(self, resources: PassResources) -> Self:
+        bound = dataclasses.replace(self)
+        object.__setattr__(bound, "resources", resources)
+        return bound
 
-
-def current_store() -> WeightStore:
-    store = _STORE.get()
-    if store is None:  # a pass run without weights (IR text): an empty store
-        store = WeightStore()
-        _STORE.set(store)
-    return store
+    @property
+    def weights(self) -> WeightStore:
+        if self.resources is None:
+            raise ConversionError(f"pass {self.name!r} reads the model's weights: run it with "
+                                  "jaxlite.passes.run (or convert / jaxlite opt), which provide them")
+        return self.resources.weights
 
 
 def producer(value: SSAValue) -> Operation | None:
@@ -65,14 +67,13 @@ def is_constant(value: SSAValue) -> bool:
     return isinstance(producer(value), jlax.ConstantOp | jlax.WeightOp)
 
 
-def constant_array(value: SSAValue) -> np.ndarray | None:
+def constant_array(value: SSAValue, weights: WeightStore) -> np.ndarray | None:
     """The array of a value produced by jlax.constant or jlax.weight, else None."""
     op = producer(value)
     if isinstance(op, jlax.ConstantOp):
         return op.to_array()
     if isinstance(op, jlax.WeightOp):
-        store = current_store()
-        return np.asarray(store[op.weight_name]) if op.weight_name in store else None
+        return np.asarray(weights[op.weight_name]) if op.weight_name in weights else None
     return None
 
 
@@ -115,19 +116,8 @@ def replace_pattern(root: Operation, matched: list[Operation], new_ops: list[Ope
     """Replace a matched subgraph: ``root`` (its first op, e.g. a dot/conv) and the ops
     after it (in program order; the last one produces ``old_value``). The new ops go where
     the last matched op was, so every operand they read is already defined."""
-    from xdsl.rewriter import InsertPoint, Rewriter
-
     Rewriter.insert_op(new_ops, InsertPoint.before(matched[-1] if matched else root))
     old_value.replace_all_uses_with(new_value)
     for dead in [*reversed(matched), root]:
         dead.detach()
         dead.erase()
-
-
-def blocks_of(module: ModuleOp) -> list[Block]:
-    """Every block of the module (function bodies and control-flow regions)."""
-    out = []
-    for op in module.walk():
-        for region in op.regions:
-            out.extend(region.blocks)
-    return out

@@ -17,15 +17,15 @@ import numpy as np
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
-from xdsl.passes import ModulePass
 from xdsl.transforms.dead_code_elimination import dce
 
 from jaxlite.dialects import fused, jlax
 from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import shape_dtype, tensor_type
+from jaxlite.dialects.weights import WeightStore
 from jaxlite.passes.common import (
+    ModelPass,
     constant_array,
-    current_store,
     is_constant,
     producer,
     replace_pattern,
@@ -55,10 +55,11 @@ def feature_axes(op: Operation) -> tuple[tuple[int, ...], tuple[int, ...]] | Non
     return None
 
 
-def per_channel(value: SSAValue, out_shape: tuple[int, ...], axes: tuple[int, ...]) -> np.ndarray | None:
+def per_channel(value: SSAValue, out_shape: tuple[int, ...], axes: tuple[int, ...],
+                weights: WeightStore) -> np.ndarray | None:
     """The constant as an array of the feature shape (``out_shape`` at ``axes``) if it
     broadcasts against the output and varies only along ``axes``, else None."""
-    arr = constant_array(value)
+    arr = constant_array(value, weights)
     if arr is None or arr.dtype.kind != "f" or (arr.ndim and arr.ndim != len(out_shape)):
         return None
     if arr.ndim == 0:
@@ -70,7 +71,7 @@ def per_channel(value: SSAValue, out_shape: tuple[int, ...], axes: tuple[int, ..
     return np.broadcast_to(vec, [out_shape[a] for a in axes])
 
 
-def _fold_one(op: jlax.LaxOp) -> bool:
+def _fold_one(op: jlax.LaxOp, store: WeightStore) -> bool:
     axes = feature_axes(op)
     kernel_value = op.operands[1]
     if axes is None or not is_constant(kernel_value):
@@ -91,7 +92,7 @@ def _fold_one(op: jlax.LaxOp) -> bool:
         swapped = x is not value
         if swapped:
             x, c_value = c_value, x
-        c = per_channel(c_value, out_shape, out_axes)
+        c = per_channel(c_value, out_shape, out_axes, store)
         if c is None:
             break
         c = c.astype(np.float64)
@@ -112,8 +113,7 @@ def _fold_one(op: jlax.LaxOp) -> bool:
         value = user.results[0]
     if not chain or (len(chain) == 1 and chain[0].PRIMITIVE == "add" and np.all(a == 1)):
         return False  # nothing to fold (a plain bias add stays for the fuse pass)
-    store = current_store()
-    kernel = constant_array(kernel_value)
+    kernel = constant_array(kernel_value, store)
     scale_shape = [1] * kernel.ndim
     for k_axis, size in zip(k_axes, channels, strict=True):
         scale_shape[k_axis] = size
@@ -133,13 +133,13 @@ def _fold_one(op: jlax.LaxOp) -> bool:
 
 
 @dataclass(frozen=True)
-class FoldAffinePass(ModulePass):
+class FoldAffinePass(ModelPass):
     name = "fold-affine"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         for candidate in [o for o in op.walk() if isinstance(o, jlax.LaxOp)
                           and o.PRIMITIVE in ("dot_general", "conv_general_dilated")]:
-            _fold_one(candidate)
+            _fold_one(candidate, self.weights)
         dce(op)  # the constants the rewritten ops consumed
 
 

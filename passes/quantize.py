@@ -30,17 +30,19 @@ from dataclasses import dataclass
 
 import numpy as np
 from xdsl.context import Context
+from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
-from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 from xdsl.transforms.dead_code_elimination import dce
 
 from jaxlite.dialects import fused, jlax, quant
+from jaxlite.dialects.int8 import activation_scale, quantize_weight
 from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import shape_dtype, tensor_type
-from jaxlite.passes.common import current_ranges, current_store, producer, splat_value, users
-from jaxlite.runtime.int8 import QMAX, quantize_weight
+from jaxlite.dialects.weights import WeightStore
+from jaxlite.errors import ConversionError
+from jaxlite.passes.common import ModelPass, producer, splat_value, users
 
 MODES = ("float16", "int8-weights", "dynamic", "int8")
 _MATMULS = ("dot_general", "conv_general_dilated")
@@ -91,8 +93,8 @@ def activation_dots(module: ModuleOp):
             yield op
 
 
-def _quantized_kernel(w: jlax.WeightOp, axis: int, per_channel: bool) -> tuple[SSAValue, SSAValue, int, list[Operation]]:
-    store = current_store()
+def _quantized_kernel(store: WeightStore, w: jlax.WeightOp, axis: int,
+                      per_channel: bool) -> tuple[SSAValue, SSAValue, int, list[Operation]]:
     q, scale = quantize_weight(store[w.weight_name], axis if per_channel else None)
     name = w.weight_name
     q_op = jlax.WeightOp(store.add(q, name + ".q"), tensor_type(q.shape, np.int8))
@@ -112,7 +114,7 @@ def _scalar(value: float) -> jlax.ConstantOp:
 
 
 @dataclass(frozen=True)
-class QuantizePass(ModulePass):
+class QuantizePass(ModelPass):
     name = "quantize"
     mode: str = "dynamic"
     per_channel: bool = True
@@ -120,18 +122,15 @@ class QuantizePass(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown quantization mode {self.mode!r}; use one of {', '.join(MODES)}")
+            raise ConversionError(f"unknown quantization mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.mode == "float16":
             self._float16(op)
         elif self.mode == "int8":
-            ranges = current_ranges()
-            if ranges is None:
-                raise ValueError("int8 quantization needs activation ranges: pass calibration data")
-            self._static(op, ranges)
+            self._static(op)
         else:
             for matmul, w, axis in list(_candidates(op, self.skip)):
                 if self.mode == "int8-weights":
-                    wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
+                    wq, ws, w_axis, new_ops = _quantized_kernel(self.weights, w, axis, self.per_channel)
                     dq = quant.DequantizeOp(wq, ws, w_axis)
                     Rewriter.insert_op([*new_ops, dq], InsertPoint.before(matmul))
                     matmul.operands[1] = dq.result
@@ -142,7 +141,7 @@ class QuantizePass(ModulePass):
         dce(op)
 
     def _dynamic(self, matmul: Operation, w: jlax.WeightOp, axis: int) -> None:
-        wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
+        wq, ws, w_axis, new_ops = _quantized_kernel(self.weights, w, axis, self.per_channel)
         Rewriter.insert_op(new_ops, InsertPoint.before(matmul))
         params, bias, activation = _parts(matmul)
         cls = quant.DynamicDotOp if matmul.PRIMITIVE == "dot_general" else quant.DynamicConvOp
@@ -159,7 +158,7 @@ class QuantizePass(ModulePass):
                                                                dict(dot.attributes)))
 
     def _float16(self, module: ModuleOp) -> None:
-        store = current_store()
+        store = self.weights
         for w in [o for o in module.walk() if isinstance(o, jlax.WeightOp)]:
             arr = store[w.weight_name]
             if arr.dtype != np.float32 or any(fnmatch.fnmatchcase(w.weight_name, p) for p in self.skip):
@@ -170,19 +169,32 @@ class QuantizePass(ModulePass):
             Rewriter.insert_op([half, up], InsertPoint.after(w))
             w.result.replace_all_uses_with(up.result)
 
-    def _static(self, module: ModuleOp, ranges: dict) -> None:
-        for matmul, w, axis in list(_candidates(module, self.skip)):
+    def _activation_ranges(self, module: ModuleOp, candidates) -> dict[SSAValue, float]:
+        """max |x| of the top-level dots' and convolutions' inputs and outputs over the
+        calibration data (loop bodies run once per step: they have no single range)."""
+        calibrate = self.resources.calibrate if self.resources is not None else None
+        if calibrate is None:
+            raise ConversionError("quantize{mode=int8} needs calibration data: convert(..., calibration=[...]) "
+                                  "or jaxlite convert/opt --calibration FILE")
+        values = [v for matmul, _, _ in candidates if isinstance(matmul.parent_op(), func.FuncOp)
+                  for v in (matmul.operands[0], matmul.results[0])]
+        return dict(calibrate(module, list(dict.fromkeys(values))))
+
+    def _static(self, module: ModuleOp) -> None:
+        candidates = list(_candidates(module, self.skip))
+        ranges = self._activation_ranges(module, candidates)
+        for matmul, w, axis in candidates:
             x, y = matmul.operands[0], matmul.results[0]
             if x not in ranges or y not in ranges:  # inside a loop (calibration sees the top level)
                 self._dynamic(matmul, w, axis)
                 continue
-            wq, ws, w_axis, new_ops = _quantized_kernel(w, axis, self.per_channel)
-            sx, sy = _scalar(_scale(ranges[x])), _scalar(_scale(ranges[y]))
+            wq, ws, w_axis, new_ops = _quantized_kernel(self.weights, w, axis, self.per_channel)
+            sx, sy = _scalar(activation_scale(ranges[x])), _scalar(activation_scale(ranges[y]))
             xq = quant.QuantizeOp(x, sx.result)
             params, bias, activation = _parts(matmul)
             cls = quant.QDotOp if matmul.PRIMITIVE == "dot_general" else quant.QConvOp
             shape = shape_dtype(y.type)[0]
-            sy_out = _scalar(_scale(ranges[y]))
+            sy_out = _scalar(activation_scale(ranges[y]))
             q = cls(xq.result, wq, sx.result, ws, bias, sy_out.result, shape, params, activation, w_axis)
             dq = quant.DequantizeOp(q.result, sy.result)
             Rewriter.insert_op([*new_ops, sx, sy, sy_out, xq, q, dq], InsertPoint.before(matmul))
@@ -195,10 +207,6 @@ class QuantizePass(ModulePass):
             changed = _sink_dequantize(module) | _cancel_pairs(module)
         _float_results(module)
         _fold_input_quantize(module)
-
-
-def _scale(max_abs: float) -> float:
-    return float(max_abs) / QMAX if max_abs > 0 else 1.0
 
 
 def _scale_of(dq: quant.DequantizeOp) -> float | None:

@@ -20,12 +20,11 @@ from typing import Any
 
 import jax
 import numpy as np
-from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp
 
-from jaxlite.compiler.errors import DeviceError, SignatureError
-from jaxlite.compiler.signature import Signature, TensorSpec
 from jaxlite.dialects.jlax import WeightOp
+from jaxlite.dialects.module import find_main
+from jaxlite.dialects.signature import Signature, TensorSpec
+from jaxlite.errors import DeviceError, SignatureError
 from jaxlite.runtime import native
 from jaxlite.runtime.kernels import program_for
 
@@ -56,13 +55,6 @@ def resolve_device(device) -> jax.Device | None:
         hint = " (install jaxlite[gpu], i.e. jax's CUDA plugin, on a machine with an NVIDIA GPU)" if kind in ("gpu", "cuda") else ""
         raise DeviceError(f"no {kind} device: jax sees only {', '.join(available)}{hint}")
     return devices[0]
-
-
-def find_main(module: ModuleOp) -> func.FuncOp:
-    for op in module.ops:
-        if isinstance(op, func.FuncOp) and op.sym_name.data == "main":
-            return op
-    raise ValueError("the module has no func.func @main")
 
 
 def _describe(x) -> str:

@@ -164,7 +164,7 @@ def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, bias
 
 def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dilation, padding_low,
                    out_size, row_scale=None, bias=None, out_scale=None, activation: str = "none"):
-    """2-D convolution of int8 x [N, H, W, C] by the packed im2col weight (``runtime.int8.
+    """2-D convolution of int8 x [N, H, W, C] by the packed im2col weight (``runtime.xla_int8.
     im2col_weight``), the patches gathered in the kernel: [N * OH * OW, n] with the epilogue
     of ``quantized_gemm``. ``padding_low``: zeros before each spatial dim (the high side
     follows from ``out_size``)."""

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlite.dialects import fused, quant
-from jaxlite.runtime import int8, native
+from jaxlite.dialects import fused, int8, quant
+from jaxlite.runtime import native, xla_int8
 from jaxlite.runtime.kernels import Kernel
 from jaxlite.runtime.quant_kernels import out_axis_of_w, params_of
 
@@ -113,7 +113,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
             def matmul(a):  # im2col rows, sample-major: each sample's scale repeats per position
                 rows = None if sample_scale is None else jnp.repeat(sample_scale, a.shape[0] // sample_scale.shape[0])
                 return gemm(weights, a, col_scale, rows, bias, out_scale)
-            return int8.int8_conv(x, None, matmul=matmul, rhs_shape=rhs_shape, **params)
+            return xla_int8.int8_conv(x, None, matmul=matmul, rhs_shape=rhs_shape, **params)
         (lc, _), _batch = params["dimension_numbers"]
         free_dims = [d for d in range(x.ndim) if d not in lc]
         if tuple(lc) != tuple(range(x.ndim - len(lc), x.ndim)):  # contracted dims last, in order
@@ -139,7 +139,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         def conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale, x_scale=None):
             """Channels-last input (1-D as height 1), patches gathered by the kernel; a float
             x is quantized there too (per sample, or with ``x_scale``)."""
-            x = int8.to_channels_last(x, dn)
+            x = xla_int8.to_channels_last(x, dn)
             if any(d != 1 for d in params["lhs_dilation"]):  # transposed conv: zeros between inputs
                 x = jax.lax.pad(x, jnp.zeros((), x.dtype),
                                 [(0, 0, 0), *[(0, 0, d - 1) for d in params["lhs_dilation"]], (0, 0, 0)])
@@ -151,7 +151,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
                 rows = None if sample_scale is None else jnp.repeat(sample_scale, out_size[0] * out_size[1])
                 y = native.quantized_conv(x, weights[packed], weights[colsum], n, col_scale, **geometry,
                                           row_scale=rows, **epilogue(bias, out_scale))
-            return int8.from_channels_last(y.reshape(x.shape[0], *[out_shape[d] for d in dn.out_spec[2:]], n), dn)
+            return xla_int8.from_channels_last(y.reshape(x.shape[0], *[out_shape[d] for d in dn.out_spec[2:]], n), dn)
 
     if is_dynamic:
         if not is_conv:  # rows are quantized inside the kernel

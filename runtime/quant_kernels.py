@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlite.dialects import fused, quant
+from jaxlite.dialects import fused, int8, quant
 from jaxlite.dialects.params import decode_all
-from jaxlite.runtime import int8
+from jaxlite.runtime import xla_int8
 from jaxlite.runtime.kernels import Kernel, register
 
 
@@ -22,8 +22,8 @@ def _accumulate(op: quant.QuantizedMatmulOp):
     params = params_of(op)
     if op.PRIMITIVE == "dot_general":
         dims = params["dimension_numbers"]
-        return lambda weights, xq, wq: int8.int8_dot(xq, wq, dims)
-    return lambda weights, xq, wq: int8.int8_conv(xq, wq, **params)
+        return lambda weights, xq, wq: xla_int8.int8_dot(xq, wq, dims)
+    return lambda weights, xq, wq: xla_int8.int8_conv(xq, wq, **params)
 
 
 def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
@@ -49,7 +49,7 @@ def weight_2d(op: quant.QuantizedMatmulOp, wq: np.ndarray) -> np.ndarray:
     """The [K, N] matrix of ``gemm_shape`` (which must not be None): for a dot, the weight's
     contracting dims first (in the order they pair with the input's), then its free dims."""
     if op.PRIMITIVE == "conv_general_dilated":
-        return int8.im2col_weight(wq, params_of(op)["dimension_numbers"])
+        return xla_int8.im2col_weight(wq, params_of(op)["dimension_numbers"])
     (_, rc), _ = params_of(op)["dimension_numbers"]
     free = [d for d in range(wq.ndim) if d not in rc]
     return np.transpose(wq, (*rc, *free)).reshape(gemm_shape(op))
@@ -149,7 +149,7 @@ def _dynamic_act_dot(op: quant.DynamicActDotOp) -> Kernel:
 
     def run(weights, x, y):
         x, y, xs, ys = act_dot_scales(x, y, op)
-        acc = int8.int8_dot(int8.quantize(x, xs), int8.quantize(y, ys), (((2,), (2,)), ((0,), (0,))))
+        acc = xla_int8.int8_dot(int8.quantize(x, xs), int8.quantize(y, ys), (((2,), (2,)), ((0,), (0,))))
         return ((acc.astype(jnp.float32) * xs * jnp.swapaxes(ys, 1, 2)).reshape(out_shape),)
     return run
 

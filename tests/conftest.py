@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import jaxlite
-from jaxlite.compiler.context import parse_module, print_module
+from jaxlite.dialects.module import parse_module, print_module
 
 
 def assert_tree_close(out, ref, rtol=1e-5, atol=1e-6):

@@ -223,7 +223,7 @@ def test_model_explorer_adapter_and_node_data(tmp_path):
     import json
 
     from jaxlite.compiler.graph import model_graph
-    from jaxlite.compiler.model_explorer import me_graph_dict, node_data
+    from jaxlite.model_explorer.graph_json import me_graph_dict, node_data
 
     cnn, f, _ = _models(tmp_path)
     x = np.random.default_rng(0).standard_normal((128, 8, 8, 1)).astype(np.float32)

@@ -107,7 +107,7 @@ def test_quantized_model_saved_and_loaded_on_gpu_computes_the_same(tmp_path):
 def test_int8_dot_is_exact_on_gpu_for_every_small_k(m, n):
     """XLA's Triton GEMM returned wrong int8 sums for K = 9 and 10 on an H100 (jaxlib
     0.11.2); int8_dot pads K on CUDA. Every K up to 40 must give numpy's sums."""
-    from jaxlite.runtime.int8 import int8_dot
+    from jaxlite.runtime.xla_int8 import int8_dot
 
     rng = np.random.default_rng(0)
     gpu = jax.devices("gpu")[0]

@@ -11,8 +11,8 @@ from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
 
 import jaxlite
-from jaxlite.compiler.context import parse_module, print_module
 from jaxlite.dialects import jlax
+from jaxlite.dialects.module import parse_module, print_module
 from jaxlite.dialects.params import EnumAttr
 from jaxlite.examples import digits_cnn, transformer
 

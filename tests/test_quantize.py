@@ -10,9 +10,11 @@ from jax import lax
 
 import jaxlite
 from conftest import assert_tree_close
-from jaxlite.compiler.context import parse_module, print_module
+from jaxlite.dialects.int8 import quantize_weight
+from jaxlite.dialects.module import parse_module, print_module
 from jaxlite.examples import digits, digits_cnn, digits_mlp, transformer
-from jaxlite.runtime.int8 import int8_conv, quantize_weight
+from jaxlite.runtime import xla_int8
+from jaxlite.runtime.xla_int8 import int8_conv
 
 
 def test_seed_worked_example_symmetric_int8():
@@ -205,8 +207,6 @@ def test_im2col_int8_conv_is_bit_exact(case):
 def test_cuda_k_padding_keeps_int8_dots_exact(xs, ws, dims):
     """The CUDA branch of int8_dot (zero-padded K, a workaround for XLA's Triton GEMM) runs
     here on the CPU: it must compute the same sums as the plain dot."""
-    from jaxlite.runtime import int8
-
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(-127, 128, xs).astype(np.int8))
     w = jnp.asarray(rng.integers(-127, 128, ws).astype(np.int8))
@@ -214,8 +214,8 @@ def test_cuda_k_padding_keeps_int8_dots_exact(xs, ws, dims):
 
     def plain(a, b):
         return lax.dot_general(a, b, dims, preferred_element_type=jnp.int32)
-    np.testing.assert_array_equal(np.asarray(int8._k_padded_dot(plain, dims, x, w)), np.asarray(ref))
-    np.testing.assert_array_equal(np.asarray(int8.int8_dot(x, w, dims)), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(xla_int8._k_padded_dot(plain, dims, x, w)), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(xla_int8.int8_dot(x, w, dims)), np.asarray(ref))
 
 
 def test_dynamic_dot_matches_its_definition():
@@ -326,8 +326,8 @@ def test_native_gemm_epilogue_matches_the_xla_formula(activation):
     """Row/column scales, bias, activation and the int8 requantize, against the same float
     operations in XLA (the formula of runtime.quant_kernels)."""
     native = _native_or_skip()
+    from jaxlite.dialects import int8
     from jaxlite.dialects.fused import ACTIVATIONS
-    from jaxlite.runtime import int8
 
     rng = np.random.default_rng(1)
     for m, k, n in GEMM_SHAPES:
@@ -338,7 +338,7 @@ def test_native_gemm_epilogue_matches_the_xla_formula(activation):
         out_scale = np.float32(0.05)
 
         def reference(a, w, row, col, bias, out_scale):
-            acc = int8.int8_dot(a, w, (((1,), (0,)), ((), ()))).astype(jnp.float32)
+            acc = xla_int8.int8_dot(a, w, (((1,), (0,)), ((), ()))).astype(jnp.float32)
             y = ACTIVATIONS[activation](acc * row[:, None] * col + bias)
             return y, int8.quantize(y, out_scale)
 
@@ -357,7 +357,7 @@ def test_native_gemm_epilogue_matches_the_xla_formula(activation):
 
 def test_native_dynamic_gemm_quantizes_rows_like_xla():
     native = _native_or_skip()
-    from jaxlite.runtime import int8
+    from jaxlite.dialects import int8
 
     rng = np.random.default_rng(2)
     for m, k, n in GEMM_SHAPES:
@@ -368,7 +368,7 @@ def test_native_dynamic_gemm_quantizes_rows_like_xla():
 
         def reference(x, wq, w_scale):
             s = int8.safe_scale(jnp.max(jnp.abs(x), axis=1, keepdims=True))
-            acc = int8.int8_dot(int8.quantize(x, s), wq, (((1,), (0,)), ((), ()))).astype(jnp.float32)
+            acc = xla_int8.int8_dot(int8.quantize(x, s), wq, (((1,), (0,)), ((), ()))).astype(jnp.float32)
             return acc * s * w_scale
 
         got = jax.jit(native.dynamic_gemm, static_argnums=4)(x, packed, colsum, w_scale, n)

@@ -1,4 +1,6 @@
-"""The exceptions a user of jaxlite can see; each message says what to do about it."""
+"""The exceptions a user of jaxlite can see; each message says what to do about it.
+
+A leaf module: it imports nothing from jaxlite, so every layer may raise these."""
 
 
 class JaxliteError(Exception):

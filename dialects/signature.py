@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
-from jaxlite.compiler.errors import ModelFormatError
 from jaxlite.dialects.types import dtype_name, parse_dtype
+from jaxlite.errors import ModelFormatError
 
 
 @dataclass(frozen=True)

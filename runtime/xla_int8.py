@@ -1,4 +1,4 @@
-"""int8 kernels: symmetric (de)quantization, int8 GEMM and int8 convolution.
+"""int8 GEMM and int8 convolution on XLA (the portable path of the quantized ops).
 
 XLA:CPU's int8 x int8 -> int32 dot_general is faster than float32 (1.4-2x here), but its own int8
 convolution is ~25x *slower* than float32. So convolutions are lowered to shifted,
@@ -15,54 +15,6 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-QMAX = 127
-
-
-def expand_shape(ndim: int, axis: int) -> tuple[int, ...]:
-    """The shape that makes a per-channel scale vector broadcast along ``axis`` of an ndim
-    array (``()``: a per-tensor scale, axis -1)."""
-    if axis < 0:
-        return ()
-    return tuple(-1 if d == axis else 1 for d in range(ndim))
-
-
-def expand(scale, ndim: int, axis: int):
-    """A per-channel scale vector shaped to broadcast along ``axis`` of an ndim array."""
-    return jnp.reshape(scale, expand_shape(ndim, axis))
-
-
-def quantize(x, scale):
-    """Activations at run time: round_half_even(x * (1 / scale)) clamped to +-127. A
-    multiply, not ``x / scale`` (the weights' formula, applied once at conversion): a vector
-    division is ~10x the cost of a multiply on x86, and was ~15% of the digits CNN's int8
-    run in the native epilogue. The native kernels compute the same float32 reciprocal, so
-    both paths agree bit for bit; against ``x / scale`` a value may land one step apart
-    where x / scale is within an ulp of a rounding boundary."""
-    inv = 1.0 / jnp.asarray(scale, jnp.float32)
-    return jnp.clip(jnp.round(x * inv), -QMAX, QMAX).astype(jnp.int8)
-
-
-def safe_scale(max_abs):
-    """max|x| / 127, with 1 where the block is all zeros (q = 0 either way)."""
-    return jnp.where(max_abs > 0, max_abs / QMAX, 1.0).astype(jnp.float32)
-
-
-def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric max-abs int8 of a weight, per channel along ``axis`` (None: per tensor)."""
-    w = np.asarray(w, np.float32)
-    if axis is None:
-        m = np.max(np.abs(w)).reshape(())
-        scale = np.where(m > 0, m / QMAX, 1.0).astype(np.float32)
-        q = np.clip(np.round(w / scale), -QMAX, QMAX).astype(np.int8)
-        return q, scale.reshape(())
-    others = tuple(i for i in range(w.ndim) if i != axis)
-    m = np.max(np.abs(w), axis=others) if others else np.abs(w)
-    scale = np.where(m > 0, m / QMAX, 1.0).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
-    return q, scale
 
 
 def int8_dot(xq, wq, dimension_numbers):

@@ -1,0 +1,67 @@
+"""The int8 scheme every quantized op follows: symmetric, zero point 0, q in [-127, 127].
+
+Weights: scale = max|w| / 127 (per output channel or per tensor), q = clip(round(w / scale)),
+computed once at conversion (numpy). Activations at run time: q = clip(round(x * (1 / scale)))
+-- a multiply by the float32 reciprocal, not a division: the native kernels compute exactly
+this, so both runtime paths agree bit for bit (a division may land one step apart where
+x / scale is within an ulp of a rounding boundary). The activation formulas take numpy or
+jax arrays alike (jax.numpy accepts both), so the passes, the runtime and the report share them.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+QMAX = 127
+
+
+def expand_shape(ndim: int, axis: int) -> tuple[int, ...]:
+    """The shape that makes a per-channel scale vector broadcast along ``axis`` of an ndim
+    array (``()``: a per-tensor scale, axis -1)."""
+    if axis < 0:
+        return ()
+    return tuple(-1 if d == axis else 1 for d in range(ndim))
+
+
+def expand(scale, ndim: int, axis: int):
+    """A per-channel scale vector shaped to broadcast along ``axis`` of an ndim array."""
+    return jnp.reshape(scale, expand_shape(ndim, axis))
+
+
+def quantize(x, scale):
+    """Activations: round_half_even(x * (1 / scale)) clamped to +-127, as int8."""
+    inv = 1.0 / jnp.asarray(scale, jnp.float32)
+    return jnp.clip(jnp.round(x * inv), -QMAX, QMAX).astype(jnp.int8)
+
+
+def dequantize(q, scale, axis: int):
+    """float32 ``q * scale``, the scale per channel along ``axis`` (-1: per tensor); numpy in,
+    numpy out (a weight expanded at load), jax in, jax out."""
+    xp = np if isinstance(q, np.ndarray) and isinstance(scale, np.ndarray) else jnp
+    return q.astype(np.float32) * xp.reshape(scale, expand_shape(q.ndim, axis))
+
+
+def safe_scale(max_abs):
+    """max|x| / 127, with 1 where the block is all zeros (q = 0 either way)."""
+    return jnp.where(max_abs > 0, max_abs / QMAX, 1.0).astype(jnp.float32)
+
+
+def activation_scale(max_abs: float) -> float:
+    """The calibrated scale of an activation whose range is ``max_abs``."""
+    return float(max_abs) / QMAX if max_abs > 0 else 1.0
+
+
+def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric max-abs int8 of a weight, per channel along ``axis`` (None: per tensor)."""
+    w = np.asarray(w, np.float32)
+    if axis is None:
+        m = np.max(np.abs(w)).reshape(())
+        scale = np.where(m > 0, m / QMAX, 1.0).astype(np.float32)
+        q = np.clip(np.round(w / scale), -QMAX, QMAX).astype(np.int8)
+        return q, scale.reshape(())
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    m = np.max(np.abs(w), axis=others) if others else np.abs(w)
+    scale = np.where(m > 0, m / QMAX, 1.0).astype(np.float32)
+    q = np.clip(np.round(w / scale.reshape(expand_shape(w.ndim, axis))), -QMAX, QMAX).astype(np.int8)
+    return q, scale
