@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlite.runtime import native  # noqa: E402
+from jaxlite.runtime import native_calls as native  # noqa: E402
 
 # (M, K, N, activation, per layer): q/k/v/out projections, MLP in (GELU) and out
 SHAPES = [(128, 256, 256, "none", 4), (128, 256, 1024, "gelu_tanh", 1), (128, 1024, 256, "none", 1)]

@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlite.runtime import native  # noqa: E402
+from jaxlite.runtime import native_calls as native  # noqa: E402
 
 TARGETS = {"QUANTIZED_TARGET": "JaxliteQuantizedGemm", "DYNAMIC_TARGET": "JaxliteDynamicGemm",
            "ACT_TARGET": "JaxliteDynamicActGemm", "CONV_TARGET": "JaxliteQuantizedConv"}

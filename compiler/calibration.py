@@ -4,25 +4,23 @@ reads or writes."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rich.progress import track
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import SSAValue
 
 from jaxlite.dialects.signature import Signature
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import ConversionError
+from jaxlite.runtime.taps import tapped_program
 
 
 def _progress(items: list, description: str):
-    try:
-        from rich.progress import track
-    except ImportError:  # rich is optional: no bar
-        return items
-    import sys
     return track(items, description=description, transient=True, disable=not sys.stderr.isatty())
 
 
@@ -32,28 +30,19 @@ def activation_ranges(module: ModuleOp, values: Sequence[SSAValue], *, weights: 
     """max |x| of each of ``values`` (SSA values of ``module``'s @main body) over the
     calibration batches; ``method="percentile"`` uses the given percentile of |x| per batch
     (the largest over batches), which ignores rare outliers."""
-    from jaxlite.dialects.module import find_main
-    from jaxlite.runtime.kernels import kernel_for
-    from jaxlite.runtime.program import BlockProgram
-
     if method not in ("max", "percentile"):
         raise ConversionError(f"calibration method must be 'max' or 'percentile', got {method!r}")
     batches = list(calibration)
     if not batches:
         raise ConversionError("calibration data is empty: give at least one example-argument tuple")
-    block = find_main(module).body.block
-    program = BlockProgram(block, kernel_for, taps=values)
-    n_out = len(program.results) - len(values)
-    arrays = {k: jnp.asarray(v) for k, v in weights.arrays.items()}
-    sig = signature
 
-    @jax.jit
-    def stats(weights, leaves):
-        taps = program(weights, leaves)[n_out:]
+    def stats(taps):
         if method == "max":
             return [jnp.max(jnp.abs(t)) for t in taps]
         return [jnp.percentile(jnp.abs(t).reshape(-1), percentile) for t in taps]
 
+    run = tapped_program(module, weights, values, stats)
+    sig = signature
     ranges = np.zeros(len(values))
     for batch in _progress(batches, "calibrating"):
         args = batch if isinstance(batch, tuple) else (batch,)
@@ -65,5 +54,6 @@ def activation_ranges(module: ModuleOp, values: Sequence[SSAValue], *, weights: 
             if tuple(np.shape(x)) != spec.shape:
                 raise ConversionError(f"calibration batch: {spec.name} has shape {np.shape(x)}, "
                                       f"the model takes {spec.describe()}")
-        ranges = np.maximum(ranges, np.asarray(jax.device_get(stats(arrays, [jnp.asarray(x, s.dtype) for x, s in zip(leaves, sig.inputs, strict=True)]))))
+        found = jax.device_get(run([jnp.asarray(x, s.dtype) for x, s in zip(leaves, sig.inputs, strict=True)]))
+        ranges = np.maximum(ranges, np.asarray(found))
     return {v: float(r) for v, r in zip(values, ranges, strict=True)}

@@ -56,20 +56,22 @@ class Model:
 
     def compile(self, device=None, float16_compute: bool | None = None,
                 embed_weights_bytes: int | None = None, native_gemm: bool = True,
-                direct: bool | None = None):
+                direct: bool | None = None, targets=None):
         """An Executable running this model on ``device`` (None, "cpu" or "gpu").
 
         ``float16_compute`` (float16 models): dot/conv in float16 with float32
         accumulation; default on GPU, while on CPU weights are upcast once at load.
         ``embed_weights_bytes``: weights up to this total (smallest first, default 16 MiB)
         are compiled into the executable as constants — faster calls, more memory.
-        ``native_gemm``: int8 GEMMs through jaxlite's AVX-512 VNNI kernel on CPUs that
-        have it (identical results; False: XLA's int8 dot_general).
+        ``native_gemm``: jaxlite's native CPU kernels where the CPU runs them (identical
+        int8 products; False: XLA's code only).
         ``direct``: a small program (<= 8M multiply-adds) that is only native kernels runs
         them without XLA, whose per-call cost would dominate it (the int8 digits MLP: 18.7
         -> 12.8 us); calls then return numpy arrays. None: where possible; False: never; True:
-        required (DeviceError where not possible)."""
-        return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm, direct)
+        required (DeviceError where not possible).
+        ``targets``: kernel targets in order of preference (``jaxlite.runtime.
+        available_targets()``); default: what this machine and device have, ``xla`` last."""
+        return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm, direct, targets)
 
     def op_counts(self) -> Counter:
         """Ops by name (what the IR computes: structure such as @main's return not counted)."""

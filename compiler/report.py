@@ -26,8 +26,12 @@ import numpy as np
 from xdsl.ir import Operation, SSAValue
 
 from jaxlite.compiler.model import Model
-from jaxlite.dialects import fused, jlax, quant
+from jaxlite.dialects import fused, int8, jlax, quant
+from jaxlite.dialects.module import find_main
 from jaxlite.errors import ConversionError
+from jaxlite.passes.quantize import activation_dots
+from jaxlite.runtime.lowering import reference_kernel
+from jaxlite.runtime.taps import tapped_program
 
 _SUFFIXES = (".q", ".f16")
 ACT_DOT = "dot_general#"  # report name prefix of the dots between two activations
@@ -98,9 +102,6 @@ def _taps(model: Model) -> dict[str, tuple[Operation, SSAValue]]:
     """name -> (op, output) of every dot/conv: layers by kernel weight name, dots between
     two activations by their order (``dot_general#i``: the same in both models, since
     quantization replaces them in place)."""
-    from jaxlite.dialects.module import find_main
-    from jaxlite.passes.quantize import activation_dots
-
     out = {}
     main = find_main(model.module)
     act = set(activation_dots(main))
@@ -113,18 +114,11 @@ def _taps(model: Model) -> dict[str, tuple[Operation, SSAValue]]:
 
 
 def _run_with_taps(model: Model, values: list[SSAValue], batches: list[tuple]):
-    from jaxlite.dialects.module import find_main
-    from jaxlite.runtime.kernels import kernel_for
-    from jaxlite.runtime.program import BlockProgram
-
-    program = BlockProgram(find_main(model.module).body.block, kernel_for, taps=values)
-    n_out = len(program.results) - len(values)
-    weights = {k: jnp.asarray(v) for k, v in model.weights.arrays.items()}
-    run = jax.jit(lambda w, leaves: program(w, leaves)[n_out:])
+    run = tapped_program(model.module, model.weights, values)
     sig = model.signature
     for batch in batches:
         leaves = sig.in_tree.flatten(batch, "data")
-        yield [np.asarray(t) for t in jax.device_get(run(weights, [jnp.asarray(x, s.dtype) for x, s in zip(leaves, sig.inputs, strict=True)]))]
+        yield [np.asarray(t) for t in jax.device_get(run([jnp.asarray(x, s.dtype) for x, s in zip(leaves, sig.inputs, strict=True)]))]
 
 
 def quantization_report(float_model: Model, quant_model: Model, data: Iterable) -> QuantizationReport:
@@ -136,7 +130,6 @@ def quantization_report(float_model: Model, quant_model: Model, data: Iterable) 
     f_taps, q_taps = _taps(float_model), _taps(quant_model)
     names = [n for n, (op, _) in q_taps.items() if n in f_taps
              and (isinstance(op, quant.QuantizedMatmulOp | quant.DynamicActDotOp) or _is_low_precision(op))]
-    from jaxlite.dialects.module import find_main
 
     main = find_main(quant_model.module)
     in_regions = sum(1 for op in main.walk() if isinstance(op, quant.QuantizedMatmulOp | quant.DynamicActDotOp)
@@ -194,8 +187,6 @@ class _ErrorSums:
 
 def _static_value(value: SSAValue, model: Model):
     """The array of an operand computed from weights and constants only, else None."""
-    from jaxlite.runtime.kernels import kernel_for
-
     op = value.owner
     if isinstance(op, jlax.WeightOp):
         return np.asarray(model.weights[op.weight_name])
@@ -205,26 +196,24 @@ def _static_value(value: SSAValue, model: Model):
         inputs = [_static_value(v, model) for v in op.operands]
         if any(x is None for x in inputs):
             return None
-        return np.asarray(kernel_for(op)({}, *inputs)[0])
+        return np.asarray(op.evaluate(*inputs)[0])
     return None
 
 
 def _local_runner(op: Operation, model: Model):
     """x (the float model's input(s) of this layer) -> this quantized op's output, or None."""
-    from jaxlite.dialects import int8
-    from jaxlite.runtime.kernels import kernel_for
-
+    kernel = reference_kernel(op).run
     if isinstance(op, quant.DynamicActDotOp):
-        both = jax.jit(lambda x, y: kernel_for(op)({}, x, y)[0])
+        both = jax.jit(lambda x, y: kernel({}, x, y)[0])
         return lambda x, y: np.asarray(both(jnp.asarray(x), jnp.asarray(y)))
     rest = [_static_value(v, model) for v in op.operands[1:]]
     if any(x is None for x in rest):
         return None
-    kernel = jax.jit(lambda x: kernel_for(op)({}, x, *rest)[0])
+    layer = jax.jit(lambda x: kernel({}, x, *rest)[0])
     if isinstance(op, quant.StaticMatmulOp):
         x_scale = jnp.reshape(rest[1], ())
-        return lambda x: np.asarray(kernel(int8.quantize(jnp.asarray(x), x_scale)))
-    return lambda x: np.asarray(kernel(jnp.asarray(x)))
+        return lambda x: np.asarray(layer(int8.quantize(jnp.asarray(x), x_scale)))
+    return lambda x: np.asarray(layer(jnp.asarray(x)))
 
 
 def _is_low_precision(op: Operation) -> bool:

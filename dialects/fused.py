@@ -98,7 +98,7 @@ class FusedOp(IRDLOperation):
 
     def evaluate(self, lhs, rhs, bias=None):
         fn = jlax.evaluate(self.PRIMITIVE, jlax._params_key(self.primitive_params()), self.OPTIONAL_PARAMS)
-        return fused_epilogue(fn(lhs, rhs)[0], bias, self.activation)
+        return [fused_epilogue(fn(lhs, rhs)[0], bias, self.activation)]
 
 
 def fused_epilogue(y, bias, activation: str):
@@ -208,7 +208,7 @@ class LayerNormOp(IRDLOperation):
                 values[-1] if self.bias is not None else None)
 
     def evaluate(self, x, *values):
-        return layer_norm(x, *self.vectors(values), epsilon=self.epsilon)
+        return [layer_norm(x, *self.vectors(values), epsilon=self.epsilon)]
 
 
 @irdl_op_definition
@@ -228,7 +228,7 @@ class SoftmaxOp(IRDLOperation):
         _check_float_rows(self)
 
     def evaluate(self, x):
-        return softmax(x)
+        return [softmax(x)]
 
 
 ROW_OPS = (LayerNormOp, SoftmaxOp)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 from xdsl.dialects.builtin import I8, I32, Float32Type, IntAttr, StringAttr, TensorType
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
@@ -37,10 +38,8 @@ from xdsl.irdl import (
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
-from jaxlite.dialects import fused, jlax
+from jaxlite.dialects import fused, int8, jlax
 from jaxlite.dialects.types import shape_dtype, tensor_type
-
-QMAX = 127
 
 
 def _axis(op: IRDLOperation) -> int:
@@ -81,6 +80,9 @@ class QuantizeOp(IRDLOperation):
         if shape_dtype(self.input.type)[0] != shape_dtype(self.result.type)[0]:
             raise VerifyException("jquant.quantize: result shape differs from input shape")
 
+    def evaluate(self, x, scale):
+        return [int8.quantize(x, int8.expand(scale, x.ndim, _axis(self)))]
+
 
 @irdl_op_definition
 class DequantizeOp(IRDLOperation):
@@ -101,6 +103,9 @@ class DequantizeOp(IRDLOperation):
         if shape_dtype(self.input.type)[0] != shape_dtype(self.result.type)[0]:
             raise VerifyException("jquant.dequantize: result shape differs from input shape")
 
+    def evaluate(self, q, scale):
+        return [int8.dequantize(q, scale, _axis(self))]
+
 
 @irdl_op_definition
 class UpcastOp(IRDLOperation):
@@ -119,6 +124,9 @@ class UpcastOp(IRDLOperation):
         shape, dtype = shape_dtype(self.input.type)
         if dtype.name not in ("float16", "bfloat16") or shape != shape_dtype(self.result.type)[0]:
             raise VerifyException("jquant.upcast: float16/bfloat16 in, float32 of the same shape out")
+
+    def evaluate(self, w):
+        return [w.astype(np.float32)]
 
 
 class QuantizedMatmulOp(IRDLOperation):

@@ -4,7 +4,7 @@ For a model as small as the digits MLP (three int8 GEMMs, ~1M multiply-adds, a f
 kernel work) XLA's per-call cost -- argument handling, result allocation, thunk dispatch,
 ~12 us here on top of jax's dispatch -- is most of the time. When the jitted program is
 nothing but jaxlite's custom calls and reshapes, the same kernels are called here through
-ctypes (their ``JaxliteDirect...`` entry points, ``runtime/native/int8_gemm.cc``) on
+ctypes (their ``JaxliteDirect<Name>`` entry points, ``runtime/native/bindings.h``) on
 buffers allocated once: each call copies the inputs in, runs the kernels in order on the
 calling thread and returns copies of the outputs as numpy arrays, as LiteRT's interpreter
 does. The plan is read from the program's jaxpr, so it runs exactly what XLA would run
@@ -22,7 +22,9 @@ import jax
 import numpy as np
 from jax.extend.core import Literal
 
-from jaxlite.runtime import native
+from jaxlite.dialects import fused, jlax, quant
+from jaxlite.runtime import native_calls
+from jaxlite.runtime.quant_kernels import gemm_shape, params_of
 
 # Only programs up to this many multiply-adds: the kernels run on one thread here, where XLA
 # would split big GEMMs over its pool; below it XLA's per-call cost is the larger share.
@@ -32,32 +34,18 @@ MAX_ARENA_BYTES = 64 << 20
 
 # XLA_FFI_DataType of the dtypes the kernels take
 _FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11}
-
-# target -> (integer attributes in the direct call's order, with their lengths; float ones)
-_ATTRIBUTES = {
-    native.QUANTIZED_TARGET: ((("activation", 1),), ()),
-    native.DYNAMIC_TARGET: ((("activation", 1),), ()),
-    native.MAX_POOL_TARGET: ((("window", 2), ("strides", 2), ("padding_low", 2), ("out_size", 2)), ()),
-    native.ACT_TARGET: ((("sizes", 4), ("strides", 4)), ()),
-    native.LAYER_NORM_TARGET: ((), (("epsilon", 1),)),
-    native.SOFTMAX_TARGET: ((), ()),
-    native.QUANTIZE_ROWS_TARGET: ((), ()),
-}
-_CONV_ATTRIBUTES = ((("activation", 1), ("window", 2), ("strides", 2), ("dilation", 2), ("padding_low", 2),
-                     ("out_size", 2)), ())
-_ATTRIBUTES[native.CONV_TARGET] = _ATTRIBUTES[native.DYNAMIC_CONV_TARGET] = _CONV_ATTRIBUTES
-# targets whose operand 1 is a packed weight [Kp * Npad]: rows x its size multiply-adds
-_GEMM_TARGETS = (native.QUANTIZED_TARGET, native.DYNAMIC_TARGET, native.CONV_TARGET, native.DYNAMIC_CONV_TARGET)
+# kernels whose operand 1 is a packed weight [Kp * Npad]: rows x its size multiply-adds
+_GEMM_KERNELS = ("QuantizedGemm", "DynamicGemm", "QuantizedConv", "DynamicConv")
 # primitives that only relabel a row-major buffer's shape
 _VIEWS = ("reshape", "squeeze", "expand_dims")
 
 
 class _Step(ctypes.Structure):
-    """One kernel call of the plan (``DirectStep`` in int8_gemm.cc)."""
+    """One kernel call of the plan (``DirectStep`` in native/direct_run.cc)."""
     _fields_ = [("fn", ctypes.c_void_p), ("count", ctypes.c_int64), ("data", ctypes.POINTER(ctypes.c_void_p)),
                 ("dtypes", ctypes.POINTER(ctypes.c_int32)), ("ranks", ctypes.POINTER(ctypes.c_int64)),
                 ("dims", ctypes.POINTER(ctypes.c_int64)), ("iattr", ctypes.POINTER(ctypes.c_int64)),
-                ("fattr", ctypes.POINTER(ctypes.c_float))]
+                ("n_iattr", ctypes.c_int64), ("fattr", ctypes.POINTER(ctypes.c_float)), ("n_fattr", ctypes.c_int64)]
 
 
 class NotDirect(Exception):
@@ -74,28 +62,15 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def _attribute_values(params: dict, names: Sequence[tuple[str, int]], target: str) -> list:
-    attrs = dict(params["attributes"] or ())
-    values = []
-    for name, length in names:
-        if name not in attrs:
-            raise NotDirect(f"{target} without attribute {name}")
-        flat = np.asarray(getattr(attrs[name], "val", attrs[name])).reshape(-1)
-        if flat.size != length:
-            raise NotDirect(f"{target}: attribute {name} has {flat.size} values, expected {length}")
-        values.extend(flat.tolist())
-    return values
-
-
 class HostPlan:
     """``plan(leaves)``: the program's outputs (numpy) for its input arrays, in order."""
 
     def __init__(self, closed_jaxpr, known: dict[int, Any]):
         """``known``: invar position -> value (weights passed to the jitted function); the
         other invars are the inputs."""
-        self._library = native.library()
-        if self._library is None:
+        if not native_calls.available():
             raise NotDirect("no native kernels")
+        self._library = native_calls.library()
         self._keep: list = []  # arrays whose memory the steps point to
         self._steps: list[tuple] = []
         self._macs = 0
@@ -118,8 +93,7 @@ class HostPlan:
         if self._arena_bytes > MAX_ARENA_BYTES:
             raise NotDirect(f"{self._arena_bytes} bytes of buffers (> {MAX_ARENA_BYTES})")
         self._program = (_Step * max(1, len(self._steps)))(*[_Step(*step) for step in self._steps])
-        self._run = self._library.JaxliteDirectRun
-        self._run.restype = ctypes.c_char_p
+        self._run = self._library.run
         self._lock = threading.Lock()
 
     @classmethod
@@ -175,7 +149,8 @@ class HostPlan:
     def _ffi_step(self, eqn, ins: list[np.ndarray]) -> list[np.ndarray]:
         params = eqn.params
         target = params["target_name"]
-        if target not in _ATTRIBUTES:
+        kernel = self._library.by_target(target)
+        if kernel is None:
             raise NotDirect(f"custom call {target}")
         outs = [self._buffer(aval) for aval in params["result_avals"]]
         buffers = [*ins, *outs]
@@ -183,13 +158,14 @@ class HostPlan:
             raise NotDirect(f"{target} on a strided operand")
         if any(b.dtype not in _FFI_DTYPES for b in buffers):
             raise NotDirect(f"{target} on dtypes {[str(b.dtype) for b in buffers]}")
-        int_names, float_names = _ATTRIBUTES[target]
-        iattr = _attribute_values(params, int_names, target)
-        fattr = _attribute_values(params, float_names, target)
-        if target in _GEMM_TARGETS:
+        try:
+            iattr, fattr = kernel.direct_attributes(dict(params["attributes"] or ()))
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise NotDirect(f"{target}: attributes {e}") from None
+        if kernel.name in _GEMM_KERNELS:
             self._macs += outs[0].shape[0] * ins[1].size
-        elif target == native.ACT_TARGET:
-            self._macs += int(np.prod(iattr[:4]))
+        elif kernel.name == "DynamicActGemm":
+            self._macs += int(np.prod(iattr[1:5]))  # sizes: its length, then B, M, N, K
         self._keep.extend(buffers)
         dims = [d for b in buffers for d in b.shape]
         args = (len(buffers),
@@ -197,11 +173,10 @@ class HostPlan:
                 (ctypes.c_int32 * len(buffers))(*[_FFI_DTYPES[b.dtype] for b in buffers]),
                 (ctypes.c_int64 * len(buffers))(*[b.ndim for b in buffers]),
                 (ctypes.c_int64 * max(1, len(dims)))(*dims),
-                (ctypes.c_int64 * max(1, len(iattr)))(*iattr),
-                (ctypes.c_float * max(1, len(fattr)))(*fattr))
-        fn = getattr(self._library, f"JaxliteDirect{native.HANDLERS[target]}")
+                (ctypes.c_int64 * max(1, len(iattr)))(*iattr), len(iattr),
+                (ctypes.c_float * max(1, len(fattr)))(*fattr), len(fattr))
         self._keep.append(args)
-        self._steps.append((ctypes.cast(fn, ctypes.c_void_p).value, *args))
+        self._steps.append((kernel.direct, *args))
         return outs
 
     def __call__(self, leaves: Sequence[Any]) -> list[np.ndarray]:
@@ -218,9 +193,6 @@ def worth_tracing(block) -> bool:
     """Whether a program might qualify, judged from its IR without tracing it (tracing a
     ResNet-18 for nothing would add to every compile): native int8 matmuls only among its
     dots and convolutions, at most ``MAX_MACS`` multiply-adds."""
-    from jaxlite.dialects import fused, jlax, quant
-    from jaxlite.runtime.quant_kernels import gemm_shape, params_of
-
     macs = 0
     for op in block.ops:
         out = int(np.prod(op.results[0].type.get_shape())) if op.results else 0

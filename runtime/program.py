@@ -10,15 +10,15 @@ values become extra inputs of the op that holds the region.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xdsl.dialects import func
 from xdsl.ir import Block, Operation, SSAValue
 
 from jaxlite.dialects import jlax
 
-Kernel = Callable[..., Sequence[Any]]  # (weights, *inputs) -> outputs
-KernelFactory = Callable[[Operation, "BlockProgram | None"], tuple[Kernel, list[SSAValue]]]
+if TYPE_CHECKING:
+    from jaxlite.runtime.registry import Kernel
 
 _TERMINATORS = (func.ReturnOp, jlax.YieldOp)
 
@@ -76,7 +76,7 @@ class BlockProgram:
             inputs = list(op.operands) + captures_of(op)
             for r in op.results:
                 slot[r] = len(slot)
-            steps.append((kernel_for(op), [slot[v] for v in inputs], [slot[r] for r in op.results]))
+            steps.append((kernel_for(op).run, [slot[v] for v in inputs], [slot[r] for r in op.results]))
         self.num_slots = len(slot)
         self.results = results
         # liveness: free each slot after the step that reads it last

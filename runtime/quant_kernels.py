@@ -1,14 +1,20 @@
-"""Kernels of the ``jquant`` ops (registered into runtime.kernels)."""
+"""The ``jquant`` ops on the ``xla`` target (XLA's int8 dot_general, convolutions as im2col),
+weights stored in low precision expanded once at load, and the ``xla-float16`` target
+(dots and convolutions computed in float16: the GPU's default for float16 models)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlite.dialects import fused, int8, quant
-from jaxlite.dialects.params import decode_all
+from jaxlite.dialects import fused, int8, jlax, quant
+from jaxlite.dialects.params import decode_all, encode
 from jaxlite.runtime import xla_int8
-from jaxlite.runtime.kernels import Kernel, register
+from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
+
+XLA_FLOAT16 = register_target(
+    "xla-float16", "dots and convolutions on float16 weights computed in float16 with float32 "
+                   "accumulation (default on GPUs; compile(float16_compute=True) elsewhere)")
 
 
 def params_of(op: quant.QuantizedMatmulOp) -> dict:
@@ -72,28 +78,68 @@ def out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
 
 
 @register(quant.QuantizeOp)
-def _quantize(op: quant.QuantizeOp) -> Kernel:
-    axis = op.attributes["axis"].data
-    return lambda weights, x, scale: (int8.quantize(x, int8.expand(scale, x.ndim, axis)),)
+def _quantize(op: quant.QuantizeOp, ctx: LoweringContext):
+    return lambda weights, *xs: op.evaluate(*xs)
 
 
-@register(quant.DequantizeOp)
-def _dequantize(op: quant.DequantizeOp) -> Kernel:
-    axis = op.attributes["axis"].data
-    return lambda weights, q, scale: (q.astype(jnp.float32) * int8.expand(scale, q.ndim, axis),)
+@register(quant.DequantizeOp, quant.UpcastOp)
+def _from_low_precision(op: quant.DequantizeOp | quant.UpcastOp, ctx: LoweringContext):
+    """A weight stored in low precision but used as float32 (int8-weights, float16 on CPU):
+    expanded once when the model is placed, as TFLite does at load, not on every call."""
+    sources = [v.owner for v in op.operands]
+    if not all(isinstance(w, jlax.WeightOp) for w in sources):
+        return lambda weights, *xs: op.evaluate(*xs)
+    names = [w.weight_name for w in sources]
+
+    def make():
+        return np.asarray(op.evaluate(*[np.asarray(ctx.weight(n)) for n in names])[0])
+
+    shape = tuple(op.results[0].type.get_shape())
+    name = ctx.derive(f"{names[0]}@float32", int(np.prod(shape)) * 4, make)
+    return Kernel(lambda weights, *_: (weights[name],), unread=frozenset(range(len(names))))
 
 
-@register(quant.UpcastOp)
-def _upcast(op: quant.UpcastOp) -> Kernel:
-    return lambda weights, w: (w.astype(jnp.float32),)
+@register(quant.UpcastOp, target="xla-float16")
+def _upcast_in_float16_programs(op: quant.UpcastOp, ctx: LoweringContext):
+    """Kept as an op (no float32 copy at load): the float16 dots read the weight itself."""
+    return lambda weights, *xs: op.evaluate(*xs)
+
+
+def _float16_weight(op) -> str | None:
+    """The float16 weight a dot/conv reads through jquant.upcast as its kernel, else None."""
+    up = op.operands[1].owner
+    if isinstance(up, quant.UpcastOp) and isinstance(up.input.owner, jlax.WeightOp) \
+            and str(up.input.type.get_element_type()) == "f16":
+        return up.input.owner.weight_name
+    return None
+
+
+@register(fused.FusedOp, target="xla-float16")
+@register(jlax.PRIMITIVE_OPS["dot_general"], jlax.PRIMITIVE_OPS["conv_general_dilated"], target="xla-float16")
+def _float16_matmul(op, ctx: LoweringContext):
+    """Compute in float16 with float32 accumulation on a float16 weight."""
+    name = _float16_weight(op)
+    if name is None:
+        return None
+    is_fused = isinstance(op, fused.FusedOp)
+    params = dict(op.primitive_params() if is_fused else op.attributes)
+    params["preferred_element_type"] = encode(jnp.dtype(jnp.float32))
+    fn = jlax.evaluate(op.PRIMITIVE, jlax._params_key(params), op.OPTIONAL_PARAMS)
+    activation = op.activation if is_fused else "none"
+    half = jnp.dtype(jnp.float16)
+
+    def run(weights, lhs, _rhs_f32, bias=None):
+        y = fn(lhs.astype(half), weights[name].astype(half))[0]
+        return (fused.fused_epilogue(y, bias, activation),)
+    return Kernel(run, unread=frozenset({1}))
 
 
 @register(quant.DynamicMatmulOp)
-def _dynamic(op: quant.DynamicMatmulOp) -> Kernel:
+def _dynamic(op: quant.DynamicMatmulOp, ctx: LoweringContext):
     return _dynamic_kernel(op, _accumulate(op))
 
 
-def _dynamic_kernel(op: quant.DynamicMatmulOp, acc_fn) -> Kernel:
+def _dynamic_kernel(op: quant.DynamicMatmulOp, acc_fn):
     params = params_of(op)
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
@@ -144,7 +190,7 @@ def act_dot_scales(x, y, op: quant.DynamicActDotOp):
 
 
 @register(quant.DynamicActDotOp)
-def _dynamic_act_dot(op: quant.DynamicActDotOp) -> Kernel:
+def _dynamic_act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
     *_, out_shape = act_dot_layout(op)
 
     def run(weights, x, y):
@@ -155,11 +201,11 @@ def _dynamic_act_dot(op: quant.DynamicActDotOp) -> Kernel:
 
 
 @register(quant.StaticMatmulOp)
-def _static(op: quant.StaticMatmulOp) -> Kernel:
+def _static(op: quant.StaticMatmulOp, ctx: LoweringContext):
     return _static_kernel(op, _accumulate(op))
 
 
-def _static_kernel(op: quant.StaticMatmulOp, acc_fn) -> Kernel:
+def _static_kernel(op: quant.StaticMatmulOp, acc_fn):
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
     w_out_axis = out_axis_of_w(op, out_ndim)

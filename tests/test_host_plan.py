@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import jaxlite
-from jaxlite.runtime import host_plan, native
+from jaxlite.runtime import host_plan
+from jaxlite.runtime import native_calls as native
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="needs the native kernels (AVX-512 VNNI, g++)")
+pytestmark = pytest.mark.skipif(not native.available(), reason="needs jaxlite's native CPU kernels (AVX-512 VNNI)")
 
 
 def _mlp(rng, sizes=(64, 96, 48, 10)):
@@ -181,7 +182,7 @@ def test_a_kernel_error_raises():
     np.testing.assert_array_equal(scale, np.ones(2, np.float32))  # a zero row has scale 1
     wrong = (ctypes.c_int32 * 3)(11, 11, 11)  # the int8 result declared float32
     plan._program[0].dtypes = ctypes.cast(wrong, ctypes.POINTER(ctypes.c_int32))
-    with pytest.raises(RuntimeError, match="wrong operand count or dtypes"):
+    with pytest.raises(RuntimeError, match="operands or attributes do not match the kernel"):
         plan([x])
 
 

@@ -1,12 +1,15 @@
-"""``jquant`` matmuls through the native VNNI kernels (runtime.native), epilogue included.
+"""The ``cpu-avx512vnni`` target: jaxlite's native kernels (runtime/native_calls.py) on CPUs
+with AVX-512 VNNI.
 
 An int8 dot whose weight is one [K, N] matrix (``quant_kernels.gemm_shape``), or a
 convolution (patches gathered by the kernel), becomes one custom call that also applies the
 rescale, the bias and the activation while the accumulators are in registers, and, for
-full-integer models, requantizes to int8 -- so no int32 tensor ever reaches memory. A bias
-that varies along rows is left to XLA (with the activation after it). The float operations
-are those of the XLA kernels in ``quant_kernels``, in the same order. ``jquant.dynamic_act_dot``
-(two activations) is one call on a [B, M, K] x [B, N, K] layout.
+full-integer models, requantizes to int8 -- so no int32 tensor ever reaches memory. Its
+weight is packed once, when the model is placed. A bias that varies along rows is left to
+XLA (with the activation after it). The float operations are those of the XLA kernels in
+``quant_kernels``, in the same order. ``jquant.dynamic_act_dot`` (two activations) is one
+call on a [B, M, K] x [B, N, K] layout; max pooling next to int8 layers, LayerNorm and
+softmax are single calls too.
 """
 
 from __future__ import annotations
@@ -15,10 +18,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlite.dialects import fused, int8, quant
-from jaxlite.runtime import native, xla_int8
-from jaxlite.runtime.kernels import Kernel
-from jaxlite.runtime.quant_kernels import out_axis_of_w, params_of
+from jaxlite.dialects import fused, int8, jlax, quant
+from jaxlite.dialects.params import decode
+from jaxlite.runtime import native_calls as native
+from jaxlite.runtime import xla_int8
+from jaxlite.runtime.quant_kernels import (
+    act_dot_layout,
+    gemm_shape,
+    out_axis_of_w,
+    params_of,
+    weight_2d,
+)
+from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
+
+CPU_AVX512_VNNI = register_target(
+    "cpu-avx512vnni", "jaxlite's int8 GEMM/convolution, pooling and row kernels for AVX-512 VNNI",
+    native.unavailable)
+# A packed weight is compiled into the program as a constant only while it is this small:
+# XLA does nothing with a custom call's constant operand, so embedding saves only the
+# argument's dispatch (~1 us each) and keeps the bytes resident twice (a 67M-parameter
+# dynamic model: steady RSS 1.9x its int8 weights embedded, 1.0x passed).
+EMBED_PACKED_MAX_BYTES = 1024 * 1024
 
 
 def _column_axes(op: quant.QuantizedMatmulOp) -> tuple[int, ...]:
@@ -55,7 +75,25 @@ def _per_column(x, out_shape: tuple[int, ...], cols: tuple[int, ...]):
     return xp.broadcast_to(x, [out_shape[d] for d in cols]).reshape(-1)
 
 
-def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int) -> Kernel:
+@register(quant.QuantizedMatmulOp, target="cpu-avx512vnni")
+def _quantized_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
+    """An int8 dot/conv on a weight that is one [K, N] GEMM matrix: packed at placement."""
+    if not isinstance(op.rhs.owner, jlax.WeightOp) or (shape := gemm_shape(op)) is None:
+        return None
+    name = op.rhs.owner.weight_name
+    k, n = shape
+
+    def make(part: int):  # 0: packed weight, 1: column sums
+        w2d = weight_2d(op, np.asarray(ctx.weight(name)))
+        return native.packed_weight(w2d) if part == 0 else native.column_sums(w2d)
+
+    nbytes = native.packed_bytes(k, n)
+    packed = ctx.derive(f"{name}@vnni", nbytes, lambda: make(0), embeddable=nbytes <= EMBED_PACKED_MAX_BYTES)
+    colsum = ctx.derive(f"{name}@colsum", 4 * n, lambda: make(1))
+    return Kernel(native_kernel(op, packed, colsum, n), unread=frozenset({1}))
+
+
+def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int):
     """Kernel of ``op`` whose [K, n] weight lives packed under ``packed``/``colsum``."""
     params = params_of(op)
     out_shape = tuple(op.result.type.get_shape())
@@ -207,12 +245,11 @@ def _strides_of(shape, batch_dims, row_dims, contract_dims) -> tuple[int, int] |
     return batch, rows or k
 
 
-def native_act_dot_kernel(op: quant.DynamicActDotOp) -> Kernel:
+@register(quant.DynamicActDotOp, target="cpu-avx512vnni")
+def _act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
     """``jquant.dynamic_act_dot`` as one native call on the [B, M, K] / [B, N, K] layout,
     each operand read in place where strides can express it (attention's q and k: no
     transposes), else transposed first."""
-    from jaxlite.runtime.quant_kernels import act_dot_layout, params_of
-
     lhs_perm, rhs_perm, (b, m, n, k), out_shape = act_dot_layout(op)
     (lc, rc), (lb, rb) = params_of(op)["dimension_numbers"]
     views = []
@@ -233,17 +270,13 @@ def native_act_dot_kernel(op: quant.DynamicActDotOp) -> Kernel:
     return run
 
 
-def native_max_pool_kernel(op) -> Kernel | None:
+@register(jlax.PRIMITIVE_OPS["reduce_window_max"], target="cpu-avx512vnni")
+def _max_pool(op: jlax.LaxOp, ctx: LoweringContext):
     """``reduce_window_max`` over the two middle axes of a 4-D array (a 2-D max-pool,
     channels last) as one native call where its input is int8 or comes from a native int8
     matmul, else None. Next to native kernels a custom call runs inline, where the XLA
     loop fusion would be handed to a pool thread (pinned, digits CNN int8: 117 -> 98 us);
     in a float model XLA's pooling fuses with its neighbours and stays (397 vs 420 us)."""
-    from jaxlite.dialects import jlax
-    from jaxlite.dialects.params import decode
-
-    if not isinstance(op, jlax.LaxOp) or op.PRIMITIVE != "reduce_window_max":
-        return None
     params = {k: decode(v) for k, v in op.attributes.items()}
     window, strides, padding = params["window_dimensions"], params["window_strides"], params["padding"]
     in_type = op.operands[0].type
@@ -261,10 +294,11 @@ def native_max_pool_kernel(op) -> Kernel | None:
     return lambda weights, x: (native.max_pool(x, **geometry),)
 
 
-def native_row_kernel(op) -> Kernel | None:
+@register(*fused.ROW_OPS, target="cpu-avx512vnni")
+def _rows(op, ctx: LoweringContext):
     """``jfuse.layer_norm`` / ``jfuse.softmax`` on float32 as one native call over the rows
-    of the last axis, else None."""
-    if not isinstance(op, fused.ROW_OPS) or str(op.input.type.get_element_type()) != "f32":
+    of the last axis."""
+    if str(op.input.type.get_element_type()) != "f32":
         return None
     shape = tuple(op.input.type.get_shape())
     rows = (int(np.prod(shape[:-1])), shape[-1])

@@ -1,0 +1,93 @@
+"""Lowering: the kernel of every op of a program, chosen from the registry by target order.
+
+For each op, the targets are tried in the Executable's order and, within a target, the rules
+of the op's class and then of its base classes; the first rule that returns a kernel wins
+(``xla`` always has one). Rules may derive arrays from the model's weights at load time
+(``derive``: a packed copy for a native GEMM, a float copy of a weight stored in low
+precision), and lower the blocks of control-flow regions with the same targets
+(``program``). Afterwards ``read_weights`` says which weights some kernel reads: the others
+are never placed on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from xdsl.ir import Block, Operation
+
+from jaxlite.dialects.jlax import WeightOp
+from jaxlite.dialects.weights import WeightStore
+from jaxlite.runtime import cpu_kernels, quant_kernels, xla_kernels  # noqa: F401  (register their rules)
+from jaxlite.runtime.program import BlockProgram
+from jaxlite.runtime.registry import Kernel, rules_for
+
+
+class NoKernelError(LookupError):
+    pass
+
+
+class Lowering:
+    """Kernels for the ops of one model on one platform, by the given target order."""
+
+    def __init__(self, targets: Sequence[str], weights: WeightStore | None = None, platform: str = "cpu"):
+        self.targets = tuple(targets)
+        self.weights = weights if weights is not None else WeightStore()
+        self.platform = platform
+        self.kernels: dict[Operation, Kernel] = {}
+        # name -> (bytes, make, embeddable) of the arrays rules derived from weights
+        self.derived: dict[str, tuple[int, Callable[[], Any], bool]] = {}
+        self._read: set[str] = set()
+
+    # --- what rules may ask (registry.LoweringContext) ---
+
+    def weight(self, name: str):
+        """A weight's host array (for deriving arrays from it)."""
+        self._read.add(name)
+        return self.weights[name]
+
+    def take_weights_read(self) -> set[str]:
+        """The weights ``weight`` handed out since the last call (their host copies may go)."""
+        read, self._read = self._read, set()
+        return read
+
+    def derive(self, name: str, nbytes: int, make: Callable[[], Any], *, embeddable: bool = True) -> str:
+        """Name an array made from the weights when the model is placed (once per name)."""
+        self.derived.setdefault(name, (nbytes, make, embeddable))
+        return name
+
+    def program(self, block: Block) -> BlockProgram:
+        return BlockProgram(block, self.kernel)
+
+    # --- results ---
+
+    def kernel(self, op: Operation) -> Kernel:
+        if op not in self.kernels:
+            self.kernels[op] = self._choose(op)
+        return self.kernels[op]
+
+    def _choose(self, op: Operation) -> Kernel:
+        for target in self.targets:
+            for rule in rules_for(op, target):
+                made = rule(op, self)
+                if made is not None:
+                    return made if isinstance(made, Kernel) else Kernel(made)
+        raise NoKernelError(f"no kernel for {op.name} among targets {', '.join(self.targets)}")
+
+    def read_weights(self) -> set[str]:
+        """Names of the weights whose value some lowered kernel reads."""
+        names = set()
+        for op, kernel in self.kernels.items():
+            for index, operand in enumerate(op.operands):
+                if index not in kernel.unread and isinstance(operand.owner, WeightOp):
+                    names.add(operand.owner.weight_name)
+        return names
+
+
+def reference_kernel(op: Operation) -> Kernel:
+    """The portable (XLA) kernel of one op, outside any program (the quantization report
+    runs single layers with it)."""
+    return Lowering(("xla",)).kernel(op)
+
+
+__all__ = ["Lowering", "NoKernelError", "reference_kernel"]

@@ -1,0 +1,110 @@
+// What every jaxlite CPU kernel shares: the FFI types, the attribute names (the kernels'
+// signatures are their only description: bindings.h derives both the XLA FFI handler and
+// the direct host call from them), activations, per-thread scratch and the thread helpers
+// that split work over XLA's intra-op pool (or run it inline on the caller's thread).
+#pragma once
+
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace jaxlite {
+
+namespace ffi = xla::ffi;
+
+// Attribute names, as the Python side passes them to jax.ffi.ffi_call.
+inline constexpr char kActivation[] = "activation";
+inline constexpr char kWindow[] = "window";
+inline constexpr char kStrides[] = "strides";
+inline constexpr char kDilation[] = "dilation";
+inline constexpr char kPaddingLow[] = "padding_low";
+inline constexpr char kOutSize[] = "out_size";
+inline constexpr char kSizes[] = "sizes";
+inline constexpr char kEpsilon[] = "epsilon";
+
+using Ints = ffi::Span<const int64_t>;
+template <const char* Name>
+using IntsAttr = ffi::Attr<Ints, Name>;
+using ActivationAttr = ffi::Attr<int32_t, kActivation>;
+
+enum Activation : int32_t {
+  kNone = 0, kRelu = 1, kRelu6 = 2, kSigmoid = 3, kTanh = 4, kSilu = 5, kGeluTanh = 6, kGeluErf = 7, kLast = kGeluErf
+};
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+}
+
+// Scratch buffers per thread (slot 0: the GEMM's A rows, slot 1: a padded conv input or a
+// packed right-hand side), reused across calls: no page faults on every call.
+inline uint8_t* scratch(size_t bytes, int slot = 0) {
+  thread_local std::vector<uint8_t> buffers[2];
+  if (buffers[slot].size() < bytes) buffers[slot].resize(bytes);
+  return buffers[slot].data();
+}
+
+// Runs work on the caller's thread only (parallel_for never schedules with one thread):
+// the pool of the direct host calls (runtime/host_plan.py).
+struct InlinePool {
+  int64_t num_threads() const { return 1; }
+  template <typename F>
+  void Schedule(F&&) {}
+};
+
+// Threads worth using: the pool's, but no more than the CPUs this process may run on (a
+// process pinned to one core must not split work it can only time-slice).
+template <typename Pool>
+int64_t usable_threads(Pool& pool) {
+  static const int64_t cpus = [] {
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set)) : 1;
+  }();
+  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), cpus));
+}
+
+// Waits for the other threads' chunks: spins briefly, then yields the core.
+inline void wait_until(const std::atomic<int64_t>& done, int64_t target) {
+  for (int spins = 0; done.load(std::memory_order_acquire) < target; ++spins) {
+    if (spins < 4096) _mm_pause();
+    else std::this_thread::yield();
+  }
+}
+
+// Runs fn(0), ..., fn(count - 1) on `threads` threads: the caller and pool tasks claim
+// items from a shared counter, so the call finishes even when every pool thread is busy
+// elsewhere; tasks that start late find no item left and touch nothing but the counters
+// (kept alive by the shared_ptr).
+template <typename Pool, typename F>
+void parallel_for(Pool& pool, int64_t threads, int64_t count, F fn) {
+  if (threads <= 1) {
+    for (int64_t i = 0; i < count; ++i) fn(i);
+    return;
+  }
+  struct Progress { std::atomic<int64_t> next{0}, done{0}; };
+  auto progress = std::make_shared<Progress>();
+  auto work = [progress, count, fn] {
+    for (int64_t i; (i = progress->next.fetch_add(1, std::memory_order_relaxed)) < count;) {
+      fn(i);
+      progress->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  wait_until(progress->done, count);
+}
+
+// Splits the GEMM over the intra-op thread pool when it is big enough to pay for it (a few
+
+}  // namespace jaxlite

@@ -1,0 +1,221 @@
+// The int8 GEMM (see gemm.h) and the three kernels that are one GEMM: int8 rows
+// (QuantizedGemm), float rows quantized on the fly (DynamicGemm), and the product of two
+// float activations (DynamicActGemm, attention).
+#include "gemm.h"
+
+#include "bindings.h"
+
+namespace jaxlite {
+
+namespace {
+
+// ROWS rows of A (unsigned, row stride lda) against PANELS consecutive 32-column panels;
+// every accumulator stays in a register (ROWS * 2 * PANELS <= 24).
+template <int ROWS, int PANELS>
+inline void tile(const uint8_t* __restrict a, int64_t lda, const int8_t* __restrict panel,
+                 int64_t k4, int64_t m0, int64_t n0, int64_t n_end, const Epilogue& epi) {
+  constexpr int V = 2 * PANELS;
+  const int64_t panel_bytes = k4 * 128;
+  __m512i acc[ROWS][V];
+#pragma GCC unroll 16
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < V; ++j) acc[r][j] = _mm512_setzero_si512();
+  for (int64_t kk = 0; kk < k4; ++kk) {
+    __m512i b[V];
+#pragma GCC unroll 4
+    for (int p = 0; p < PANELS; ++p) {
+      b[2 * p] = _mm512_loadu_si512(panel + p * panel_bytes + kk * 128);
+      b[2 * p + 1] = _mm512_loadu_si512(panel + p * panel_bytes + kk * 128 + 64);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) {
+      int32_t av;
+      std::memcpy(&av, a + r * lda + kk * 4, 4);
+      const __m512i va = _mm512_set1_epi32(av);
+#pragma GCC unroll 4
+      for (int j = 0; j < V; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], va, b[j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < V; ++j) {
+    const int64_t n = n0 + 16 * j;
+    const int64_t left = n_end - n;
+    if (left <= 0) break;
+    const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) epi(m0 + r, n, acc[r][j], mask);
+  }
+}
+
+template <int PANELS>
+inline void tile_rows(int rows, const uint8_t* a, int64_t lda, const int8_t* panel, int64_t k4,
+                      int64_t m0, int64_t n0, int64_t n_end, const Epilogue& epi) {
+#define JAXLITE_TILE(R) \
+  case R: tile<R, PANELS>(a, lda, panel, k4, m0, n0, n_end, epi); break;
+  if constexpr (PANELS == 2) {
+    switch (rows) { JAXLITE_TILE(6) JAXLITE_TILE(5) JAXLITE_TILE(4) JAXLITE_TILE(3) JAXLITE_TILE(2) JAXLITE_TILE(1) }
+  } else {
+    switch (rows) {
+      JAXLITE_TILE(12) JAXLITE_TILE(11) JAXLITE_TILE(10) JAXLITE_TILE(9) JAXLITE_TILE(8) JAXLITE_TILE(7)
+      JAXLITE_TILE(6) JAXLITE_TILE(5) JAXLITE_TILE(4) JAXLITE_TILE(3) JAXLITE_TILE(2) JAXLITE_TILE(1)
+    }
+  }
+#undef JAXLITE_TILE
+}
+
+// Column panels [p_begin, p_end) for every row: pairs of panels in tiles of up to 6 rows,
+// a last odd panel in tiles of up to 12 (the register budget of both is 24 accumulators).
+// Rows are spread evenly over the tiles (128 rows: 18 x 6 + 4 x 5, not 21 x 6 + 2), so no
+// tile runs nearly empty.
+template <int PANELS>
+void row_tiles(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* panel, int64_t n0, int64_t n_end,
+               const Epilogue& epi) {
+  constexpr int64_t MAX_ROWS = PANELS == 2 ? 6 : 12;
+  const int64_t tiles = (M + MAX_ROWS - 1) / MAX_ROWS;
+  if (tiles == 0) return;
+  const int64_t base = M / tiles, extra = M % tiles;
+  for (int64_t t = 0, i = 0; t < tiles; ++t) {
+    const int64_t rows = base + (t < extra ? 1 : 0);
+    tile_rows<PANELS>(static_cast<int>(rows), au + i * Kp, Kp, panel, Kp / 4, i, n0, n_end, epi);
+    i += rows;
+  }
+}
+
+}  // namespace
+
+void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
+                 int64_t p_begin, int64_t p_end, const Epilogue& epi) {
+  const int64_t k4 = Kp / 4;
+  int64_t p = p_begin;
+  for (; p + 2 <= p_end; p += 2)
+    row_tiles<2>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 2) * 32), epi);
+  if (p < p_end)
+    row_tiles<1>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
+}
+
+uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp) {
+  uint8_t* au = scratch(M * Kp);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t i = 0; i < M; ++i) {
+    std::memset(au + i * Kp + K, 128, Kp - K);
+    for (int64_t k = 0; k < K; k += 64) {
+      const int64_t left = K - k;
+      const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+      const __m512i v = _mm512_maskz_loadu_epi8(mask, A + i * K + k);
+      _mm512_mask_storeu_epi8(au + i * Kp + k, mask, _mm512_xor_si512(v, flip));
+    }
+  }
+  return au;
+}
+
+uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, float fixed_scale,
+                        int64_t lda) {
+  uint8_t* au = scratch(M * Kp);
+  for (int64_t i = 0; i < M; ++i) {
+    const float* row = A + i * (lda ? lda : K);
+    float s = fixed_scale;
+    if (s <= 0.0f) row_scale[i] = s = symmetric_scale(row, K);
+    std::memset(au + i * Kp + K, 128, Kp - K);
+    quantize_copy(au + i * Kp, row, K, _mm512_set1_ps(1.0f / s));
+  }
+  return au;
+}
+
+void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
+                       int32_t* colsum, float* scale) {
+  const int64_t k4 = Kp / 4, panels = (N + 31) / 32;
+  std::memset(packed, 0, panels * k4 * 128);
+  alignas(64) int8_t q[16];
+  for (int64_t n = 0; n < N; ++n) {
+    const float* row = B + n * ldb;
+    const float s = scale[n] = symmetric_scale(row, K);
+    const __m512 inv_s = _mm512_set1_ps(1.0f / s);
+    int8_t* col = packed + (n / 32) * k4 * 128 + (n % 32) * 4;
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mask = tail_mask(K - k);
+      const __m512i qi = _mm512_maskz_mov_epi32(mask, quantize_epi32(_mm512_maskz_loadu_ps(mask, row + k), inv_s));
+      sum = _mm512_add_epi32(sum, qi);
+      _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
+      for (int64_t g = 0; g < 4 && k + 4 * g < K; ++g) std::memcpy(col + ((k / 4) + g) * 128, q + 4 * g, 4);
+    }
+    colsum[n] = _mm512_reduce_add_epi32(sum);
+  }
+}
+
+// int8 rows a [M, K] times the packed weight; row_scale (M or 0 values), bias (N or 0) and
+// out_scale (1: an int8 result, or 0) are optional.
+template <typename Pool>
+ffi::Error QuantizedGemm(Pool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed, ffi::Buffer<ffi::S32> colsum,
+                         ffi::Buffer<ffi::F32> row_scale, ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
+                         ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out, ActivationAttr activation) {
+  const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
+  const int64_t Kp = (K + 3) / 4 * 4;
+  const uint8_t* au = unsigned_rows(a.typed_data(), M, K, Kp);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, optional(row_scale), col_scale, bias, out_scale, out,
+                      *activation);
+}
+
+// Dynamic range: float A quantized per row on the fly, then the float epilogue with the
+// row scales (out = ((acc * row_scale) * w_scale + bias) -> activation).
+// With x_scale (a calibrated scale) every row is quantized with it instead, and the
+// epilogue has no row scale.
+template <typename Pool>
+ffi::Error DynamicGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed, ffi::Buffer<ffi::S32> colsum,
+                       ffi::Buffer<ffi::F32> w_scale, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
+                       ffi::Buffer<ffi::F32> x_scale, ffi::Result<ffi::AnyBuffer> out, ActivationAttr activation) {
+  const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
+  const int64_t Kp = (K + 3) / 4 * 4;
+  const float fixed = fixed_scale(x_scale);
+  if (fixed < 0.0f) return ffi::Error::InvalidArgument("x_scale must be > 0");
+  std::vector<float> row_scale(fixed > 0.0f ? 0 : M);
+  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, row_scale.data(), fixed);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale,
+                      bias, out_scale, out, *activation);
+}
+
+// A batch of products of two float activations, A [B, M, K] x B [B, N, K]^T -> [B, M, N]:
+// A's rows and B's rows both quantized on the fly (one scale each), B packed per batch,
+// out = (acc * a_scale[m]) * b_scale[n]. The operands are read in place through strides
+// (batch, row; K contiguous), so attention's heads need no transposes: q and k come
+// straight from their [seq, heads, head_dim] projections. Batches are spread over the
+// thread pool.
+template <typename Pool>
+ffi::Error DynamicActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out,
+                          IntsAttr<kSizes> sizes_attr, IntsAttr<kStrides> strides_attr) {
+  const Ints sizes = *sizes_attr, strides = *strides_attr;
+  if (sizes.size() != 4 || strides.size() != 4)
+    return ffi::Error::InvalidArgument("jaxlite_dynamic_act_gemm: sizes [B, M, N, K], strides [4]");
+  const int64_t batches = sizes[0], M = sizes[1], N = sizes[2], K = sizes[3];
+  const int64_t a_batch = strides[0], a_row = strides[1], b_batch = strides[2], b_row = strides[3];
+  const auto fits = [K](int64_t elements, int64_t n_batch, int64_t b_stride, int64_t rows, int64_t r_stride) {
+    return b_stride >= 0 && r_stride >= K && (n_batch - 1) * b_stride + (rows - 1) * r_stride + K <= elements;
+  };
+  if (batches < 1 || M < 1 || N < 1 || K < 1 || !fits(a.element_count(), batches, a_batch, M, a_row) ||
+      !fits(b.element_count(), batches, b_batch, N, b_row) ||
+      static_cast<int64_t>(out->element_count()) != batches * M * N)
+    return ffi::Error::InvalidArgument("jaxlite_dynamic_act_gemm: sizes and strides do not fit the operands");
+  const int64_t Kp = (K + 3) / 4 * 4, panels = (N + 31) / 32;
+  const float* A = a.typed_data();
+  const float* Bm = b.typed_data();
+  float* C = out->typed_data();
+  auto one = [=](int64_t i) {
+    std::vector<float> row_scale(M), col_scale(N);
+    std::vector<int32_t> colsum(N);
+    const uint8_t* au = quantized_rows(A + i * a_batch, M, K, Kp, row_scale.data(), 0.0f, a_row);
+    int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32, 1));
+    quantize_and_pack(Bm + i * b_batch, N, K, b_row, Kp, packed, colsum.data(), col_scale.data());
+    const Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N};
+    gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
+  };
+  const int64_t threads = std::min<int64_t>({usable_threads(pool), batches, batches * M * Kp * N / (1 << 19)});
+  parallel_for(pool, threads, batches, one);
+  return ffi::Error::Success();
+}
+
+}  // namespace jaxlite
+
+JAXLITE_EXPORT(QuantizedGemm)
+JAXLITE_EXPORT(DynamicGemm)
+JAXLITE_EXPORT(DynamicActGemm)

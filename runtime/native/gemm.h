@@ -1,0 +1,134 @@
+// The int8 GEMM: acc[M,N] (int32) = A[M,K] (int8) x W[K,N] (int8), exactly as
+// lax.dot_general(..., preferred_element_type=int32), followed by an epilogue applied while
+// the accumulators are still in registers:
+//
+//   float out:  activation((float(acc) * row_scale[m]) * col_scale[n] + bias[n])
+//   int8 out:   that value requantized: clamp(round_half_even(v * (1 / out_scale)), -127, 127)
+//
+// W is packed once at load (runtime/native_calls.py): panels of 32 columns, k in groups of 4,
+// the layout vpdpbusd reads. vpdpbusd multiplies unsigned by signed bytes, so A is shifted
+// to A+128 (a bit flip) and 128 * colsum(W) is subtracted from the accumulator.
+#pragma once
+
+#include "math.h"
+
+namespace jaxlite {
+
+struct Epilogue {
+  const int32_t* colsum;
+  const float* row_scale;  // nullptr: none
+  const float* col_scale;
+  const float* bias;       // nullptr: none
+  int32_t activation;
+  float out_inv_scale;     // > 0: requantize to int8 (1 / out_scale)
+  void* out;
+  int64_t ldo;
+
+  // The epilogue of the rows from m0 on, indexed from 0 (a block of rows on one thread).
+  Epilogue from_row(int64_t m0) const {
+    Epilogue e = *this;
+    if (e.row_scale != nullptr) e.row_scale += m0;
+    if (out_inv_scale > 0.0f) e.out = static_cast<int8_t*>(out) + m0 * ldo;
+    else e.out = static_cast<float*>(out) + m0 * ldo;
+    return e;
+  }
+
+  inline void operator()(int64_t m, int64_t n, __m512i acc, __mmask16 mask) const {
+    acc = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, colsum + n), 7));
+    __m512 v = _mm512_cvtepi32_ps(acc);
+    if (row_scale != nullptr) v = _mm512_mul_ps(v, _mm512_set1_ps(row_scale[m]));
+    v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, col_scale + n));
+    if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, bias + n));
+    if (activation != kNone) v = activate(v, activation);
+    if (out_inv_scale > 0.0f) {
+      _mm_mask_storeu_epi8(static_cast<int8_t*>(out) + m * ldo + n, mask,
+                           _mm512_cvtepi32_epi8(quantize_epi32(v, _mm512_set1_ps(out_inv_scale))));
+    } else {
+      _mm512_mask_storeu_ps(static_cast<float*>(out) + m * ldo + n, mask, v);
+    }
+  }
+};
+
+// Column panels [p_begin, p_end) of the packed weight for every row of the unsigned A.
+void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
+                 int64_t p_begin, int64_t p_end, const Epilogue& epi);
+
+// int8 A -> A + 128 as unsigned bytes, K padded to Kp with 128 (i.e. zero), in scratch.
+uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp);
+
+// float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row; q =
+// round_half_even(a * (1 / scale)) clamped to +-127, the float operations of the XLA path),
+// stored as q + 128 with K padded to Kp, in scratch. With fixed_scale > 0 every row uses
+// that scale (a calibrated input quantize folded into the GEMM) and row_scale is not
+// written. Rows are lda floats apart (0: K, packed).
+uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale,
+                        float fixed_scale = 0.0f, int64_t lda = 0);
+
+// Quantizes each of the N rows of float B [N, K] (scale = max|row| / 127, as for A; rows
+// ldb floats apart) and packs them as the weight layout's columns: panels of 32, k in
+// groups of 4, zero padded.
+void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
+                       int32_t* colsum, float* scale);
+
+// Splits the GEMM over the intra-op thread pool when it is big enough to pay for it (a few
+// chunks per thread, for balance): over panel pairs, and also over blocks of rows when
+// there are too few pairs -- a convolution with 64 output channels (ResNet's first stage,
+// 3136 rows) or 32 (the digits CNN) is one pair and would otherwise run on one thread.
+template <typename Pool>
+void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
+          const Epilogue& epi, Pool& pool) {
+  constexpr int64_t kMinRows = 48;  // per row block: 8 tiles of 6
+  const int64_t panels = (N + 31) / 32;
+  const int64_t pairs = (panels + 1) / 2;
+  const int64_t macs = M * Kp * N;
+  // Row blocks only for big GEMMs (>= 32M MACs, ~170 us on one core): on the digits CNN's second
+  // convolution (4.7M) splitting rows made the model 30% slower on two cores, on ResNet's
+  // first stage (116M) 10% faster.
+  const int64_t max_row_blocks = macs >= (int64_t{1} << 25) ? std::max<int64_t>(1, M / kMinRows) : 1;
+  const int64_t threads = std::min<int64_t>({usable_threads(pool), pairs * max_row_blocks, macs / (1 << 20)});
+  if (threads <= 1) {
+    gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
+    return;
+  }
+  const int64_t col_chunks = std::min<int64_t>(pairs, 4 * threads);
+  const int64_t row_chunks = std::min<int64_t>(max_row_blocks, (4 * threads + col_chunks - 1) / col_chunks);
+  parallel_for(pool, threads, col_chunks * row_chunks, [=](int64_t c) {
+    const int64_t rc = c / col_chunks, cc = c % col_chunks;
+    const int64_t b = std::min(panels, pairs * cc / col_chunks * 2);
+    const int64_t e = std::min(panels, pairs * (cc + 1) / col_chunks * 2);
+    const int64_t m0 = M * rc / row_chunks, m1 = M * (rc + 1) / row_chunks;
+    gemm_panels(au + m0 * Kp, m1 - m0, Kp, packed, N, b, e, epi.from_row(m0));
+  });
+}
+
+inline const float* optional(ffi::Buffer<ffi::F32>& b) {
+  return b.element_count() == 0 ? nullptr : b.typed_data();
+}
+
+// The calibrated scale of a float-input call: 0 where x_scale is empty (quantize on the
+// fly), else its value; -1 when that is not > 0.
+inline float fixed_scale(ffi::Buffer<ffi::F32>& x_scale) {
+  if (x_scale.element_count() == 0) return 0.0f;
+  const float s = x_scale.typed_data()[0];
+  return s > 0.0f ? s : -1.0f;
+}
+
+// The float epilogue: float [M,N], or int8 when out_scale is given. row_scale (size M or
+// 0), bias (N or 0) and out_scale (1 or 0) are optional.
+template <typename Pool>
+ffi::Error EpilogueGemm(Pool& pool, const uint8_t* au, int64_t M, int64_t Kp, int64_t N,
+                        ffi::Buffer<ffi::S8>& packed, ffi::Buffer<ffi::S32>& colsum, const float* row_scale,
+                        ffi::Buffer<ffi::F32>& col_scale, ffi::Buffer<ffi::F32>& bias,
+                        ffi::Buffer<ffi::F32>& out_scale, ffi::Result<ffi::AnyBuffer>& out, int32_t activation) {
+  if (activation < kNone || activation > kLast) return ffi::Error::InvalidArgument("unknown activation");
+  const bool requantize = out_scale.element_count() != 0;
+  if (requantize != (out->element_type() == ffi::DataType::S8))
+    return ffi::Error::InvalidArgument("an int8 result needs out_scale, a float one must not have it");
+  const float inv = requantize ? 1.0f / out_scale.typed_data()[0] : 0.0f;
+  const Epilogue epi{colsum.typed_data(), row_scale, col_scale.typed_data(), optional(bias), activation, inv,
+                     out->untyped_data(), N};
+  gemm(au, M, Kp, packed.typed_data(), N, epi, pool);
+  return ffi::Error::Success();
+}
+
+}  // namespace jaxlite

@@ -1,0 +1,165 @@
+// Vector math of the kernels (AVX-512): the activations of dialects/fused.py and the int8
+// scheme of dialects/int8.py, with the same float operations as the XLA path.
+#pragma once
+
+#include "common.h"
+
+namespace jaxlite {
+
+// exp(x) to ~1 ulp (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n).
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 sigmoid_ps(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// tanh(x): the rational approximation XLA and Eigen use for float32 (tanh(x) = x where
+// |x| < 0.0004, +-1 from |x| >= 7.9053). One division, no exp.
+inline __m512 tanh_ps(__m512 x_in) {
+  const __m512 x = _mm512_min_ps(_mm512_max_ps(x_in, _mm512_set1_ps(-7.90531110763549805f)),
+                                 _mm512_set1_ps(7.90531110763549805f));
+  const __mmask16 tiny = _mm512_cmp_ps_mask(_mm512_abs_ps(x_in), _mm512_set1_ps(0.0004f), _CMP_LT_OQ);
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(-2.76076847742355e-16f), _mm512_set1_ps(2.00018790482477e-13f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(-8.60467152213735e-11f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(5.12229709037114e-08f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(1.48572235717979e-05f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(6.37261928875436e-04f));
+  p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(4.89352455891786e-03f));
+  p = _mm512_mul_ps(x, p);
+  __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(1.19825839466702e-06f), _mm512_set1_ps(1.18534705686654e-04f));
+  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(2.26843463243900e-03f));
+  q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(4.89352518554385e-03f));
+  const __m512 t = _mm512_mask_mov_ps(_mm512_div_ps(p, q), tiny, x_in);
+  // beyond the clamp tanh is +-1 in float32: exactly, so that 1 + tanh(x) is exactly 0
+  const __mmask16 saturated = _mm512_cmp_ps_mask(_mm512_abs_ps(x_in), _mm512_set1_ps(7.90531110763549805f),
+                                                 _CMP_GE_OQ);
+  const __m512 sign_one = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(
+      _mm512_castps_si512(x_in), _mm512_set1_epi32(0x80000000), _mm512_set1_epi32(0x3f800000), 0xEA));
+  return _mm512_mask_mov_ps(t, saturated, sign_one);
+}
+
+// erf(x): the rational approximation XLA and Eigen use for float32 (x clamped to +-4).
+inline __m512 erf_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.10102402082508e-06f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-5.69250639462346e-05f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-7.34990630326855e-04f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.95459980854025e-03f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.60960333262415e-02f));
+  p = _mm512_mul_ps(p, x);
+  __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-2.13374055278905e-04f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.68282697438203e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-7.37332916720468e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.42647390514189e-02f));
+  return _mm512_div_ps(p, q);
+}
+
+// The activations of dialects/fused.py, in jax.nn's operation order.
+inline __m512 activate(__m512 v, int32_t activation) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  switch (activation) {
+    case kRelu: return _mm512_max_ps(v, zero);
+    case kRelu6: return _mm512_min_ps(_mm512_max_ps(v, zero), _mm512_set1_ps(6.0f));
+    case kSigmoid: return sigmoid_ps(v);
+    case kTanh: return tanh_ps(v);
+    case kSilu: return _mm512_mul_ps(v, sigmoid_ps(v));
+    case kGeluTanh: {
+      // x * 0.5 * (1 + tanh(z)), z = sqrt(2/pi) * (x + 0.044715 x^3), computed as the equal
+      // x / (1 + exp(-2z)): ~20 vector ops where the tanh form takes ~30 and a division (the
+      // epilogue of a transformer's first MLP GEMM was a third of its time). rcp14 and one
+      // Newton step give the reciprocal to ~1 ulp; where exp(-2z) overflows the result is 0.
+      const __m512 two_z = _mm512_mul_ps(v, _mm512_fmadd_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(0.0713548162726f),
+                                                           _mm512_set1_ps(1.5957691216057308f)));
+      const __m512 d = _mm512_add_ps(one, exp_ps(_mm512_sub_ps(zero, two_z)));
+      __m512 r = _mm512_rcp14_ps(d);
+      r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+      return _mm512_mul_ps(v, r);
+    }
+    case kGeluErf:  // x * (erf(x / sqrt(2)) + 1) / 2
+      return _mm512_div_ps(
+          _mm512_mul_ps(v, _mm512_add_ps(erf_ps(_mm512_div_ps(v, _mm512_set1_ps(1.4142135623730951f))), one)),
+          _mm512_set1_ps(2.0f));
+    default: return v;
+  }
+}
+
+// round_half_even(x * inv_s) clamped to +-127 as int32, inv_s = 1 / s: the XLA path's
+// quantize (dialects/int8.py: a multiply, since a zmm division costs ~10x as much). Clamping
+// before rounding is the same (+-127 are integers), and cvtps_epi32 rounds half to even.
+inline __m512i quantize_epi32(__m512 x, __m512 inv_s) {
+  const __m512 q = _mm512_mul_ps(x, inv_s);
+  return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f)));
+}
+
+// 64 floats -> round_half_even(x * inv_s) clamped to +-127, plus 128, as 64 bytes in order:
+// two saturating packs and one dword permute instead of four vpmovdb (2 uops each on Zen 4).
+inline __m512i unsigned_bytes64(const float* x, __m512 inv_s) {
+  const __m512i q0 = quantize_epi32(_mm512_loadu_ps(x), inv_s);
+  const __m512i q1 = quantize_epi32(_mm512_loadu_ps(x + 16), inv_s);
+  const __m512i q2 = quantize_epi32(_mm512_loadu_ps(x + 32), inv_s);
+  const __m512i q3 = quantize_epi32(_mm512_loadu_ps(x + 48), inv_s);
+  // per 128-bit lane l: q0[4l..4l+3], q1[4l..], q2[4l..], q3[4l..] (values fit: no saturation)
+  const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(q0, q1), _mm512_packs_epi32(q2, q3));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), _mm512_set1_epi8(static_cast<char>(0x80)));
+}
+
+// max|x[0:n]| / 127, or 1 where x is all zeros (q = 0 either way): the XLA path's safe_scale.
+inline float symmetric_scale(const float* x, int64_t n) {
+  __m512 vmax = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+  if (k < n) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - k), x + k)));
+  const float m = _mm512_reduce_max_ps(vmax);
+  return m > 0.0f ? m / 127.0f : 1.0f;
+}
+
+// dst[0:n] = round_half_even(src[0:n] * inv_s) clamped to +-127, plus 128: 64 at a time,
+// then whole vectors (plain loads and stores: masked ones are slow), then a masked tail.
+inline void quantize_copy(uint8_t* dst, const float* src, int64_t n, __m512 inv_s) {
+  const __m512i offset = _mm512_set1_epi32(128);
+  int64_t k = 0;
+  for (; k + 64 <= n; k += 64) _mm512_storeu_si512(dst + k, unsigned_bytes64(src + k, inv_s));
+  for (; k + 16 <= n; k += 16) {
+    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_loadu_ps(src + k), inv_s), offset);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm512_cvtepi32_epi8(u));
+  }
+  if (k < n) {
+    const __mmask16 mask = tail_mask(n - k);
+    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_maskz_loadu_ps(mask, src + k), inv_s), offset);
+    _mm_mask_storeu_epi8(dst + k, mask, _mm512_cvtepi32_epi8(u));
+  }
+}
+
+
+// dst[0:n] = src[0:n] + 128 (int8 -> unsigned), by 64-byte masked chunks.
+inline void flip_copy(uint8_t* dst, const int8_t* src, int64_t n) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t k = 0; k < n; k += 64) {
+    const int64_t left = n - k;
+    const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+    _mm512_mask_storeu_epi8(dst + k, mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, src + k), flip));
+  }
+}
+
+}  // namespace jaxlite

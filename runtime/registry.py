@@ -1,0 +1,90 @@
+"""The kernel registry: each op's implementations, registered per target.
+
+A *target* is one way to run ops -- XLA's generic code (``xla``), jaxlite's native CPU
+kernels for an ISA (``cpu-avx512vnni``), float16 arithmetic (``xla-float16``) -- with a check
+of whether this machine can use it. A *rule* turns one IR op into a ``Kernel`` for its
+target, or declines (returns None) when it cannot run that op (a shape the native kernel
+does not take). An Executable has an ordered list of targets; each op gets the kernel of
+the first target whose rule accepts it (``lowering.Lowering``), in the spirit of jax's
+``register_lowering(prim, rule, platform=...)``. Adding a kernel is registering a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from xdsl.ir import Block, Operation
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """``run(weights, *operand values) -> result values`` (traced once under jax.jit)."""
+
+    run: Callable[..., Sequence[Any]]
+    # operands the kernel never reads (their values reach it another way, e.g. a weight
+    # packed at load): a weight read only through such operands is not placed on the device
+    unread: frozenset[int] = frozenset()
+
+
+class LoweringContext(Protocol):
+    """What a rule may ask of the program being built (implemented by ``Lowering``)."""
+
+    platform: str  # "cpu" or "gpu"
+
+    def weight(self, name: str): ...
+    def derive(self, name: str, nbytes: int, make: Callable[[], Any], *, embeddable: bool = True) -> str: ...
+    def program(self, block: Block): ...
+
+
+Rule = Callable[[Operation, LoweringContext], "Kernel | Callable | None"]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    # None where this machine can use the target, else why not (one line)
+    unavailable: Callable[[], str | None] = field(default=lambda: None, compare=False)
+
+
+TARGETS: dict[str, Target] = {}
+_RULES: dict[tuple[type[Operation], str], Rule] = {}
+
+
+def register_target(name: str, description: str, unavailable: Callable[[], str | None] = lambda: None) -> Target:
+    target = TARGETS[name] = Target(name, description, unavailable)
+    return target
+
+
+def register(*op_types: type[Operation], target: str = "xla"):
+    """Decorator: ``rule(op, ctx)`` implements ops of ``op_types`` (and their subclasses)
+    on ``target``."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; register it first")
+
+    def deco(rule: Rule) -> Rule:
+        for t in op_types:
+            _RULES[(t, target)] = rule
+        return rule
+    return deco
+
+
+def rules_for(op: Operation, target: str) -> list[Rule]:
+    """The rules of ``target`` that may implement ``op``, most specific op class first."""
+    return [rule for cls in type(op).__mro__ if (rule := _RULES.get((cls, target))) is not None]
+
+
+def target_status() -> list[tuple[Target, str | None]]:
+    """(target, None or why it is unavailable) for every registered target."""
+    return [(t, t.unavailable()) for t in TARGETS.values()]
+
+
+def available_targets() -> list[str]:
+    """Names of the targets this machine can use, most specific first (``xla`` last)."""
+    names = [t.name for t, why in target_status() if why is None]
+    return sorted(names, key=lambda n: (n == "xla", n.startswith("xla")))
+
+
+XLA = register_target("xla", "XLA's generic code for every op (CPU and GPU): the portable path")
