@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   jaxlite report cnn.jlite cnn_int8.jlite --data x_test.npy
   jaxlite ir mlp.jlite
   jaxlite run mlp.jlite --input x.npy --output y.npy
+  jaxlite doctor
   jaxlite demo
 """
 
@@ -399,6 +400,16 @@ def cmd_run(args) -> None:
         print(f"wrote {args.output}")
 
 
+def cmd_doctor(args) -> None:
+    """The CPU, its features and each kernel target: what compile() will use here."""
+    from jaxlite import doctor
+
+    rows = doctor.report()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:{width}s}  {value}")
+
+
 def cmd_demo(args) -> None:
     """Convert the digits CNN, quantize it every way, save, load, run: sizes, accuracy, speed."""
     import tempfile
@@ -538,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random", action="store_true", help="random inputs even against a factory")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_compare)
+
+    p = sub.add_parser("doctor", help="the CPU, its ISA features and the kernel targets jaxlite can use here")
+    p.set_defaults(run=cmd_doctor)
 
     p = sub.add_parser("demo", help="convert, quantize, save, load and run the digits CNN; print sizes, accuracy, speed")
     p.set_defaults(run=cmd_demo)

@@ -86,7 +86,9 @@ def parse(spec: str | Sequence[str] | None) -> list[ModulePass]:
         try:
             (parsed,) = xdsl_parse_pipeline(item)
         except (Exception, ArgSpecParseError) as e:  # xDSL's ArgSpecParseError is a BaseException
-            raise ConversionError(f"cannot parse pass {item!r}: {_one_line(e)}") from None
+            hint = ' (option values other than names and numbers go in quotes: skip="params.Dense_2*")' \
+                if "{" in item else ""
+            raise ConversionError(f"cannot parse pass {item!r}: {_one_line(e)}{hint}") from None
         cls = PASSES.get(parsed.name)
         if cls is None:
             raise ConversionError(f"unknown pass {parsed.name!r}; available passes: {', '.join(sorted(PASSES))}")

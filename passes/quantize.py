@@ -174,7 +174,7 @@ class QuantizePass(ModelPass):
         calibration data (loop bodies run once per step: they have no single range)."""
         calibrate = self.resources.calibrate if self.resources is not None else None
         if calibrate is None:
-            raise ConversionError("quantize{mode=int8} needs calibration data: convert(..., calibration=[...]) "
+            raise ConversionError("int8 mode needs calibration data: convert(..., calibration=[...]) "
                                   "or jaxlite convert/opt --calibration FILE")
         values = [v for matmul, _, _ in candidates if isinstance(matmul.parent_op(), func.FuncOp)
                   for v in (matmul.operands[0], matmul.results[0])]

@@ -132,8 +132,10 @@ def unavailable() -> str | None:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"built for Linux on x86-64, this is {platform.system()} on {platform.machine()}"
     missing = ISA - cpu.features()
+    if missing - cpu.detected_features():
+        return f"this CPU lacks {', '.join(sorted(missing - cpu.detected_features()))}"
     if missing:
-        return f"this CPU lacks {', '.join(sorted(missing))}"
+        return f"JAXLITE_CPU_FEATURES excludes {', '.join(sorted(missing))}"
     loaded = _load()
     return loaded if isinstance(loaded, str) else None
 

@@ -76,15 +76,19 @@ def rules_for(op: Operation, target: str) -> list[Rule]:
     return [rule for cls in type(op).__mro__ if (rule := _RULES.get((cls, target))) is not None]
 
 
+def _specific_first(name: str) -> tuple[bool, bool]:
+    return name == "xla", name.startswith("xla")
+
+
 def target_status() -> list[tuple[Target, str | None]]:
-    """(target, None or why it is unavailable) for every registered target."""
-    return [(t, t.unavailable()) for t in TARGETS.values()]
+    """(target, None or why it is unavailable) for every registered target, most specific
+    first (``xla`` last)."""
+    return [(t, t.unavailable()) for t in sorted(TARGETS.values(), key=lambda t: _specific_first(t.name))]
 
 
 def available_targets() -> list[str]:
     """Names of the targets this machine can use, most specific first (``xla`` last)."""
-    names = [t.name for t, why in target_status() if why is None]
-    return sorted(names, key=lambda n: (n == "xla", n.startswith("xla")))
+    return [t.name for t, why in target_status() if why is None]
 
 
 XLA = register_target("xla", "XLA's generic code for every op (CPU and GPU): the portable path")

@@ -1,0 +1,110 @@
+"""The structure docs/ARCHITECTURE.md describes: layers that import one way, kernels built
+at install and chosen by target, `jaxlite doctor`."""
+
+import os
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jaxlite
+from jaxlite import cli
+from jaxlite.examples import digits_mlp
+from jaxlite.runtime import available_targets, cpu, native_calls, target_status
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("compiler", "dialects", "passes", "runtime")
+
+
+def test_import_contracts_hold():
+    """pyproject's import-linter contracts: jaxlite > compiler > passes | runtime >
+    dialects, errors and version as leaves, no cycles (also run by .ci/run)."""
+    from importlinter.cli import lint_imports
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        assert lint_imports(no_cache=True) == 0
+    finally:
+        os.chdir(cwd)
+
+
+def test_every_layer_is_seen_with_its_modules():
+    """The contract is only as good as the graph: each layer must be found with the modules
+    it has on disk (a layer missing from the graph would pass any contract)."""
+    import grimp
+
+    graph = grimp.build_graph("jaxlite", cache_dir=None)
+    for layer in LAYERS:
+        on_disk = {p.stem for p in (ROOT / layer).glob("*.py") if p.stem != "__init__"}
+        seen = {m.rsplit(".", 1)[-1] for m in graph.find_children(f"jaxlite.{layer}")}
+        assert len(on_disk) >= 4 and on_disk <= seen, f"{layer}: {sorted(on_disk - seen)} not in the graph"
+
+
+def test_no_ambient_state_in_passes():
+    """Passes receive the weights and calibration as fields (ModelPass.bind), never through
+    context variables."""
+    for path in (ROOT / "passes").glob("*.py"):
+        assert not re.search(r"\bcontextvars?\b|ContextVar", path.read_text()), path.name
+
+
+def test_native_kernels_come_from_the_installed_build():
+    """Built when the package was installed: loading them compiles nothing and writes no cache."""
+    if native_calls.unavailable() is not None:
+        pytest.skip(native_calls.unavailable())
+    assert native_calls.library().path.parent == Path(native_calls.__file__).parent
+    assert {k.target for k in native_calls.library().kernels.values()} >= {
+        "jaxlite_quantized_gemm", "jaxlite_dynamic_gemm", "jaxlite_layer_norm"}
+    gemm = native_calls.kernel("QuantizedGemm")
+    assert gemm.inputs[:3] == ("s8", "s8", "s32") and gemm.attributes == (("activation", "i32"),)
+    assert native_calls.kernel("DynamicActGemm").attributes == (("sizes", "i64s"), ("strides", "i64s"))
+
+
+def test_targets_are_listed_specific_first_and_xla_last():
+    names = available_targets()
+    assert names[-1] == "xla" and "xla-float16" in names
+    statuses = dict((t.name, why) for t, why in target_status())
+    assert statuses["xla"] is None and set(names) == {n for n, why in statuses.items() if why is None}
+    if native_calls.unavailable() is None:
+        assert names[0] == "cpu-avx512vnni"
+
+
+def test_capping_the_cpu_features_leaves_the_portable_path(monkeypatch):
+    """JAXLITE_CPU_FEATURES tests the other paths on a machine that has more: without the
+    ISA the native target is unavailable and compile() runs XLA's kernels, same products."""
+    fn, args = digits_mlp.factory(8)
+    model = jaxlite.convert(fn, *args, quantize="dynamic")
+    native = model.compile()
+    monkeypatch.setenv("JAXLITE_CPU_FEATURES", "avx2,fma")
+    assert "cpu-avx512vnni" not in available_targets()
+    if cpu.detected_features() >= native_calls.ISA:
+        assert "JAXLITE_CPU_FEATURES excludes" in native_calls.unavailable()
+    portable = model.compile()
+    assert portable.targets == ("xla",) and not portable.direct
+    np.testing.assert_allclose(np.asarray(portable(*args)), np.asarray(native(*args)), rtol=2e-5, atol=2e-5)
+
+
+def test_compile_takes_an_explicit_target_order():
+    fn, args = digits_mlp.factory(8)
+    model = jaxlite.convert(fn, *args, quantize="dynamic")
+    exe = model.compile(targets=["xla"])
+    assert exe.targets == ("xla",) and exe.targets == model.compile(native_gemm=False).targets
+    np.testing.assert_allclose(np.asarray(exe(*args)), np.asarray(jax.jit(fn)(*args)), rtol=0.05, atol=0.05)
+    with pytest.raises(jaxlite.DeviceError, match="unknown target 'cpu-sse'"):
+        model.compile(targets=["cpu-sse"])
+    if native_calls.unavailable() is not None:
+        with pytest.raises(jaxlite.DeviceError, match="not available here"):
+            model.compile(targets=["cpu-avx512vnni"])
+
+
+def test_doctor_names_the_cpu_and_every_target(capsys):
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert cpu.model_name() in out and "target xla " in out and "available" in out
+    for target, why in target_status():
+        assert f"target {target.name}" in out
+        if why is not None:
+            assert f"unavailable: {why}" in out
+    assert "compile() on cpu" in out
