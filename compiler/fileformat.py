@@ -7,12 +7,17 @@
 
 Weights are stored uncompressed, so loading maps them straight from the file (np.memmap)
 instead of reading them into memory. Saving writes a temporary file and renames it.
+
+Versions: 2 writes the inherent parameters of jfuse/jquant ops as typed properties
+(``activation = #jfuse<activation relu>``, ``axis = 1 : i64``); version 1 files (strings
+and ``#builtin.int<1>``) are upgraded as they load.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -24,7 +29,8 @@ from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import ModelFormatError
 
 FORMAT_NAME = "jaxlite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 IR_MEMBER = "model.mlir"
 MAX_TEXT_MEMBER = 256 * 1024 * 1024  # manifest / IR text larger than this is refused
@@ -57,6 +63,14 @@ def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightS
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def upgrade_ir_text(text: str, version: int) -> str:
+    """The IR text of a version-``version`` file in the current syntax."""
+    if version == 1:
+        text = re.sub(r'\bactivation = "([a-z0-9_]+)"', r"activation = #jfuse<activation \1>", text)
+        text = re.sub(r"\b(w_axis|axis) = #builtin\.int<(-?\d+)>", r"\1 = \2 : i64", text)
+    return text
 
 
 def _safe_member(name: str) -> bool:
@@ -136,10 +150,10 @@ def load(path: str | os.PathLike) -> tuple[dict, str, WeightStore]:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise ModelFormatError(f"{source}: manifest.json does not describe a jaxlite model")
         version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ModelFormatError(f"{source}: unknown format version {version!r} "
-                                   f"(this jaxlite reads version {FORMAT_VERSION})")
-        ir_text = _read_text(zf, IR_MEMBER, source)
+                                   f"(this jaxlite reads versions {', '.join(map(str, READABLE_VERSIONS))})")
+        ir_text = upgrade_ir_text(_read_text(zf, IR_MEMBER, source), version)
         table = manifest.get("weights")
         if not isinstance(table, dict):
             raise ModelFormatError(f"{source}: manifest.json has no weight table")

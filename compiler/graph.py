@@ -109,13 +109,14 @@ def _op_node(op: Operation, node_id: str, source, folded) -> Node:
             attrs[f"operand {k}"] = folded[v]
             if folded[v].startswith("@"):
                 weight_names.append(folded[v][1:].split(" : ")[0])
-    for key, value in op.attributes.items():
-        attrs[key] = _short(value)
+    for key, value in {**op.properties, **op.attributes}.items():
+        if key != "operandSegmentSizes":
+            attrs[key] = _short(value)
     if op.regions:
         attrs["regions"] = f"{len(op.regions)} (control flow)"
     label = op.name.split(".", 1)[1] if "." in op.name else op.name
-    if "activation" in op.attributes and op.attributes["activation"].data != "none":
-        label += f" + {op.attributes['activation'].data}"
+    if getattr(op, "activation", "none") != "none":
+        label += f" + {op.activation}"
     node = Node(node_id, op.name, label, attrs, [source[v] for v in op.operands if v in source],
                 [_type(r) for r in op.results], _namespace(weight_names))
     return node

@@ -2,8 +2,8 @@
 
 ``jfuse.dot`` and ``jfuse.conv`` (dot/conv + bias + activation) carry the attributes of the
 jlax op they replace (``dot_general`` / ``conv_general_dilated``), an optional bias operand
-(added with the same broadcasting a jaxpr ``add`` uses) and an ``activation``. Quantized
-kernels later reuse the same epilogue.
+(added with the same broadcasting a jaxpr ``add`` uses) and an ``activation`` property
+(``#jfuse<activation relu>``). Quantized kernels later reuse the same epilogue.
 
 ``jfuse.layer_norm`` and ``jfuse.softmax`` work on the rows of the last axis: what flax /
 jax.nn trace into 8-16 elementwise and reduction ops (each its own XLA fusion or worse)
@@ -13,28 +13,50 @@ is one pass over the rows here, and one native call on CPU.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from xdsl.dialects.builtin import FloatAttr, StringAttr, TensorType
-from xdsl.ir import Attribute, Dialect, SSAValue
+from xdsl.dialects.builtin import Float64Type, FloatAttr, TensorType
+from xdsl.dialects.utils import EnumAttribute
+from xdsl.ir import Attribute, Dialect, SpacedOpaqueSyntaxAttribute, SSAValue
 from xdsl.irdl import (
     AttrSizedOperandSegments,
     IRDLOperation,
+    ParsePropInAttrDict,
+    irdl_attr_definition,
     irdl_op_definition,
     operand_def,
     opt_operand_def,
+    prop_def,
     result_def,
     traits_def,
 )
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
+from xdsl.utils.str_enum import StrEnum
 
-from jaxlite.dialects import jlax
-from jaxlite.dialects.params import decode, encode
+from jaxlite.dialects.primitive import PrimitiveOp, dot_and_conv
 from jaxlite.dialects.types import shape_dtype
+
+
+class Activation(StrEnum):
+    NONE = "none"
+    RELU = "relu"
+    RELU6 = "relu6"
+    SIGMOID = "sigmoid"
+    TANH = "tanh"
+    SILU = "silu"
+    GELU_TANH = "gelu_tanh"
+    GELU_ERF = "gelu_erf"
+
+
+@irdl_attr_definition
+class ActivationAttr(EnumAttribute[Activation], SpacedOpaqueSyntaxAttribute):
+    """``#jfuse<activation relu>``: the activation a fused or quantized op applies last."""
+
+    name = "jfuse.activation"
+
 
 # name -> function of the pre-activation value; each is exactly the op sequence jax.nn traces
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -49,45 +71,30 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-class FusedOp(IRDLOperation):
+class FusedOp(PrimitiveOp):
     """Base: lhs, rhs, optional bias -> activation(primitive(lhs, rhs) + bias)."""
-
-    PRIMITIVE: ClassVar[str]
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]]
 
     lhs = operand_def(TensorType)
     rhs = operand_def(TensorType)
     bias = opt_operand_def(TensorType)
     result = result_def(TensorType)
+    activation_attr = prop_def(ActivationAttr, prop_name="activation")
     traits = traits_def(Pure())
-    irdl_options = (AttrSizedOperandSegments(as_property=True),)
+    irdl_options = (AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict())
     assembly_format = ("$lhs `,` $rhs (`bias` $bias^)? attr-dict `:` type($lhs) `,` type($rhs) "
                        "(`,` type($bias)^)? `->` type($result)")
 
     def __init__(self, lhs: SSAValue, rhs: SSAValue, bias: SSAValue | None, result_type: Attribute,
                  params: dict[str, Attribute], activation: str = "none"):
-        super().__init__(operands=[lhs, rhs, bias], result_types=[result_type],
-                         attributes={**params, "activation": StringAttr(activation)})
+        super().__init__(operands=[lhs, rhs, bias], result_types=[result_type], attributes=dict(params),
+                         properties={"activation": ActivationAttr(Activation(activation))})
 
     @property
     def activation(self) -> str:
-        return self.attributes["activation"].data
-
-    def primitive_params(self) -> dict[str, Attribute]:
-        return {k: v for k, v in self.attributes.items() if k != "activation"}
+        return self.activation_attr.data.value
 
     def verify_(self) -> None:
-        act = self.attributes.get("activation")
-        if not isinstance(act, StringAttr) or act.data not in ACTIVATIONS:
-            raise VerifyException(f"{self.name}: activation must be one of {sorted(ACTIVATIONS)}")
-        key = jlax._params_key(self.primitive_params())
-        expected = jlax._infer_types(self.name, self.PRIMITIVE, self.OPTIONAL_PARAMS, key,
-                                     (self.lhs.type, self.rhs.type))
-        if isinstance(expected, str):
-            raise VerifyException(f"{self.name}: {expected}")
-        if expected != (self.result.type,):
-            raise VerifyException(f"{self.name}: result type {self.result.type} does not match "
-                                  f"{self.PRIMITIVE} of the operands ({expected[0]})")
+        self.verify_primitive((self.lhs.type, self.rhs.type), (self.result.type,))
         if self.bias is not None:
             out_shape, out_dtype = shape_dtype(self.result.type)
             b_shape, b_dtype = shape_dtype(self.bias.type)
@@ -96,9 +103,8 @@ class FusedOp(IRDLOperation):
             if not ok:
                 raise VerifyException(f"{self.name}: bias {self.bias.type} does not broadcast to {self.result.type}")
 
-    def evaluate(self, lhs, rhs, bias=None):
-        fn = jlax.evaluate(self.PRIMITIVE, jlax._params_key(self.primitive_params()), self.OPTIONAL_PARAMS)
-        return [fused_epilogue(fn(lhs, rhs)[0], bias, self.activation)]
+    def evaluate(self, lhs, rhs, bias=None) -> list:
+        return [fused_epilogue(self.bind(lhs, rhs)[0], bias, self.activation)]
 
 
 def fused_epilogue(y, bias, activation: str):
@@ -107,22 +113,9 @@ def fused_epilogue(y, bias, activation: str):
     return ACTIVATIONS[activation](y)
 
 
-@irdl_op_definition
-class FusedDotOp(FusedOp):
-    """``activation(dot_general(lhs, rhs) + bias)``."""
-
-    name = "jfuse.dot"
-    PRIMITIVE: ClassVar[str] = "dot_general"
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["dot_general"]
-
-
-@irdl_op_definition
-class FusedConvOp(FusedOp):
-    """``activation(conv_general_dilated(lhs, rhs) + bias)``."""
-
-    name = "jfuse.conv"
-    PRIMITIVE: ClassVar[str] = "conv_general_dilated"
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["conv_general_dilated"]
+FusedDotOp, FusedConvOp = dot_and_conv(
+    FusedOp, {"dot_general": ("FusedDotOp", "jfuse.dot"), "conv_general_dilated": ("FusedConvOp", "jfuse.conv")},
+    "``activation({}(lhs, rhs) + bias)``.")
 
 
 def layer_norm(x, scale=None, bias=None, *, epsilon: float):
@@ -181,23 +174,23 @@ class LayerNormOp(IRDLOperation):
     scale = opt_operand_def(TensorType)
     bias = opt_operand_def(TensorType)
     result = result_def(TensorType)
+    epsilon_attr = prop_def(FloatAttr[Float64Type], prop_name="epsilon")
     traits = traits_def(Pure())
-    irdl_options = (AttrSizedOperandSegments(as_property=True),)
+    irdl_options = (AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict())
     assembly_format = ("$input (`scale` $scale^)? (`bias` $bias^)? attr-dict `:` type($input) "
                        "(`,` type($scale)^)? (`,` type($bias)^)? `->` type($result)")
 
     def __init__(self, x: SSAValue, scale: SSAValue | None, bias: SSAValue | None, epsilon: float):
         super().__init__(operands=[x, scale, bias], result_types=[x.type],
-                         attributes={"epsilon": encode(float(epsilon))})
+                         properties={"epsilon": FloatAttr(float(epsilon), Float64Type())})
 
     @property
     def epsilon(self) -> float:
-        return float(decode(self.attributes["epsilon"]))
+        return float(self.epsilon_attr.value.data)
 
     def verify_(self) -> None:
-        eps = self.attributes.get("epsilon")
-        if not isinstance(eps, FloatAttr) or not eps.value.data >= 0:
-            raise VerifyException(f"{self.name}: needs a float attribute 'epsilon' >= 0")
+        if not self.epsilon >= 0:
+            raise VerifyException(f"{self.name}: epsilon must be >= 0, got {self.epsilon}")
         _check_float_rows(self)
         _check_row_vector(self, self.scale, "scale")
         _check_row_vector(self, self.bias, "bias")
@@ -232,5 +225,5 @@ class SoftmaxOp(IRDLOperation):
 
 
 ROW_OPS = (LayerNormOp, SoftmaxOp)
-JFuse = Dialect("jfuse", [FusedDotOp, FusedConvOp, LayerNormOp, SoftmaxOp], [])
+JFuse = Dialect("jfuse", [FusedDotOp, FusedConvOp, LayerNormOp, SoftmaxOp], [ActivationAttr])
 FUSED_FOR: dict[str, type[FusedOp]] = {"dot_general": FusedDotOp, "conv_general_dilated": FusedConvOp}

@@ -14,18 +14,17 @@ jax about a shape or a dtype. Besides the primitive ops the dialect has:
 
 from __future__ import annotations
 
-import functools
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import jax
 import numpy as np
-from jax import lax
-from jax._src import core as jax_core
 from xdsl.dialects.builtin import (
+    I1,
+    I64,
     BytesAttr,
     DenseIntOrFPElementsAttr,
+    IntegerAttr,
     SymbolRefAttr,
     TensorType,
 )
@@ -35,6 +34,7 @@ from xdsl.irdl import (
     IRDLOperation,
     ParamAttrConstraint,
     VarConstraint,
+    attr_def,
     irdl_op_definition,
     prop_def,
     region_def,
@@ -50,6 +50,7 @@ from xdsl.traits import ConstantLike, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
 from jaxlite.dialects import params as P
+from jaxlite.dialects.primitive import MATMUL_OPTIONAL, PrimitiveOp
 from jaxlite.dialects.types import KeyType, dtype_of, shape_dtype, tensor_type
 
 # ---------------------------------------------------------------------------------------
@@ -82,8 +83,7 @@ ELEMENTWISE_BINARY: dict[str, tuple[str, ...]] = {
 }
 STRUCTURAL: dict[str, tuple[str, ...]] = {
     "select_n": (), "clamp": (),
-    "dot_general": ("precision", "preferred_element_type", "out_sharding"),
-    "conv_general_dilated": ("precision", "preferred_element_type", "out_sharding"),
+    **MATMUL_OPTIONAL,
     "reduce_sum": ("out_sharding",), "reduce_max": (), "reduce_min": (), "reduce_prod": (),
     "reduce_and": (), "reduce_or": (), "reduce_xor": (),
     "argmax": (), "argmin": (),
@@ -115,65 +115,12 @@ DROPPED_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _find_primitives() -> dict[str, jax_core.Primitive]:
-    import importlib
-    import pkgutil
-
-    import jax._src.lax as lax_pkg
-
-    found: dict[str, jax_core.Primitive] = {}
-    for info in pkgutil.walk_packages(lax_pkg.__path__, "jax._src.lax."):
-        try:
-            mod = importlib.import_module(info.name)
-        except Exception:  # optional backends (e.g. GPU-only modules)
-            continue
-        for v in vars(mod).values():
-            if isinstance(v, jax_core.Primitive):
-                found.setdefault(v.name, v)
-    from jax._src import ad_util
-    from jax._src.random import prng, threefry2x32
-
-    for mod in (ad_util, prng, threefry2x32):
-        for v in vars(mod).values():
-            if isinstance(v, jax_core.Primitive):
-                found.setdefault(v.name, v)
-    return found
-
-
-@functools.cache
-def primitives() -> dict[str, jax_core.Primitive]:
-    """jax's primitive objects by name (looked up once, lazily)."""
-    return _find_primitives()
-
-
-def _scatter_kernel(fn: Callable) -> Callable[..., Any]:
-    def kernel(operand, indices, updates, **params):
-        return fn(operand, indices, updates, params["dimension_numbers"],
-                  indices_are_sorted=params["indices_are_sorted"],
-                  unique_indices=params["unique_indices"], mode=params["mode"])
-    return kernel
-
-
-# Primitives whose evaluation goes through a public lax function rather than bind.
-_CUSTOM_EVAL: dict[str, Callable[..., Any]] = {
-    "scatter": _scatter_kernel(lax.scatter),
-    "scatter-add": _scatter_kernel(lax.scatter_add),
-    "scatter-sub": _scatter_kernel(lax.scatter_sub),
-    "scatter-mul": _scatter_kernel(lax.scatter_mul),
-    "scatter-min": _scatter_kernel(lax.scatter_min),
-    "scatter-max": _scatter_kernel(lax.scatter_max),
-}
-
-
 def op_name(primitive: str) -> str:
     return "jlax." + primitive.replace("-", "_")
 
 
-class LaxOp(IRDLOperation):
+class LaxOp(PrimitiveOp):
     """Abstract base of the ops that mirror one jax primitive each."""
-
-    PRIMITIVE: ClassVar[str]
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = ()
 
     inputs = var_operand_def(TensorType)
     outputs = var_result_def(TensorType)
@@ -197,74 +144,12 @@ class LaxOp(IRDLOperation):
             attrs[k] = P.encode(v)
         return cls(inputs, result_types, attrs)
 
-    def params(self) -> dict[str, Any]:
-        """The primitive's parameters, decoded (None restored for the omitted ones)."""
-        out = {k: None for k in self.OPTIONAL_PARAMS}
-        out.update(P.decode_all(self.attributes))
-        return out
-
-    def evaluate(self, *args):
-        """Apply the jax primitive (inside a trace or eagerly); always returns a list."""
-        return evaluate(self.PRIMITIVE, _params_key(self.attributes), self.OPTIONAL_PARAMS)(*args)
+    def evaluate(self, *args) -> list:
+        """What the op computes: its jax primitive, applied (always a list)."""
+        return self.bind(*args)
 
     def verify_(self) -> None:
-        in_types = tuple(o.type for o in self.operands)
-        out_types = tuple(r.type for r in self.results)
-        expected = _infer_types(self.name, self.PRIMITIVE, self.OPTIONAL_PARAMS,
-                                _params_key(self.attributes), in_types)
-        if isinstance(expected, str):
-            raise VerifyException(f"{self.name}: {expected}")
-        if expected != out_types:
-            show = ", ".join(str(t) for t in expected)
-            got = ", ".join(str(t) for t in out_types)
-            raise VerifyException(f"{self.name}: result types ({got}) do not match what the "
-                                  f"primitive computes from its operands ({show})")
-
-
-def _params_key(attributes: dict[str, Attribute]) -> tuple:
-    return tuple(sorted(attributes.items(), key=lambda kv: kv[0]))
-
-
-@functools.lru_cache(maxsize=8192)
-def evaluate(primitive: str, params_key: tuple, optional: tuple[str, ...]) -> Callable[..., list]:
-    params = {k: None for k in optional}
-    params.update({k: P.decode(v) for k, v in params_key})
-    if primitive in _CUSTOM_EVAL:
-        fn = _CUSTOM_EVAL[primitive]
-
-        def run_custom(*args):
-            return [fn(*args, **params)]
-
-        return run_custom
-    prim = primitives()[primitive]
-
-    def run_bind(*args):
-        out = prim.bind(*args, **params)
-        return list(out) if prim.multiple_results else [out]
-
-    return run_bind
-
-
-@functools.lru_cache(maxsize=16384)
-def _infer_types(name, primitive, optional, params_key, in_types) -> tuple | str:
-    """Result types by jax's own shape rule, or an error message."""
-    try:
-        avals = [jax.ShapeDtypeStruct(*shape_dtype(t)) for t in in_types]
-        fn = evaluate(primitive, params_key, optional)
-        outs = jax.eval_shape(fn, *avals) if primitive in _CUSTOM_EVAL else _abstract_eval(primitive, params_key, optional, avals)
-        return tuple(tensor_type(o.shape, o.dtype) for o in outs)
-    except Exception as e:  # any shape-rule failure is an invalid op
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"invalid operands or attributes: {first}"
-
-
-def _abstract_eval(primitive, params_key, optional, avals):
-    params = {k: None for k in optional}
-    params.update({k: P.decode(v) for k, v in params_key})
-    prim = primitives()[primitive]
-    shaped = [jax_core.ShapedArray(a.shape, a.dtype) for a in avals]
-    out, _effects = prim.abstract_eval(*shaped, **params)
-    return list(out) if prim.multiple_results else [out]
+        self.verify_primitive([o.type for o in self.operands], [r.type for r in self.results])
 
 
 def _make_op_class(primitive: str, optional: tuple[str, ...]) -> type[LaxOp]:
@@ -407,20 +292,15 @@ def _block_types(region: Region) -> tuple[tuple, tuple]:
 
 
 class RegionOp(IRDLOperation):
-    """Base of control-flow ops: inputs, results and integer parameters as attributes."""
+    """Base of control-flow ops: inputs, results, and integer parameters as typed attributes."""
 
     inputs = var_operand_def(TensorType)
     outputs = var_result_def(TensorType)
     traits = traits_def(Pure())
 
-    def int_param(self, key: str) -> int:
-        attr = self.attributes.get(key)
-        if attr is None:
-            raise VerifyException(f"{self.name}: missing attribute {key}")
-        value = P.decode(attr)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise VerifyException(f"{self.name}: attribute {key} must be an integer")
-        return value
+
+def _int(attr: IntegerAttr) -> int:
+    return attr.value.data
 
 
 @irdl_op_definition
@@ -462,6 +342,8 @@ class WhileOp(RegionOp):
     name = "jlax.while"
     cond = region_def()
     body = region_def()
+    cond_nconsts_attr = attr_def(IntegerAttr[I64], attr_name="cond_nconsts")
+    body_nconsts_attr = attr_def(IntegerAttr[I64], attr_name="body_nconsts")
 
     def __init__(self, operands, result_types, cond: Region, body: Region, cond_nconsts: int,
                  body_nconsts: int):
@@ -470,8 +352,16 @@ class WhileOp(RegionOp):
                          attributes={"cond_nconsts": P.encode(cond_nconsts),
                                      "body_nconsts": P.encode(body_nconsts)})
 
+    @property
+    def cond_nconsts(self) -> int:
+        return _int(self.cond_nconsts_attr)
+
+    @property
+    def body_nconsts(self) -> int:
+        return _int(self.body_nconsts_attr)
+
     def verify_(self) -> None:
-        nc, nb = self.int_param("cond_nconsts"), self.int_param("body_nconsts")
+        nc, nb = self.cond_nconsts, self.body_nconsts
         types = tuple(o.type for o in self.inputs)
         if len(types) < nc + nb:
             raise VerifyException("jlax.while: fewer operands than constants")
@@ -496,6 +386,11 @@ class ScanOp(RegionOp):
 
     name = "jlax.scan"
     body = region_def()
+    num_consts_attr = attr_def(IntegerAttr[I64], attr_name="num_consts")
+    num_carry_attr = attr_def(IntegerAttr[I64], attr_name="num_carry")
+    length_attr = attr_def(IntegerAttr[I64], attr_name="length")
+    reverse_attr = attr_def(IntegerAttr[I1], attr_name="reverse")
+    unroll_attr = attr_def(IntegerAttr[I64], attr_name="unroll")
 
     def __init__(self, operands, result_types, body: Region, *, num_consts: int, num_carry: int,
                  length: int, reverse: bool, unroll: int):
@@ -507,14 +402,27 @@ class ScanOp(RegionOp):
                                      "unroll": P.encode(unroll)})
 
     @property
+    def num_consts(self) -> int:
+        return _int(self.num_consts_attr)
+
+    @property
+    def num_carry(self) -> int:
+        return _int(self.num_carry_attr)
+
+    @property
+    def length(self) -> int:
+        return _int(self.length_attr)
+
+    @property
     def reverse(self) -> bool:
-        return bool(P.decode(self.attributes["reverse"]))
+        return bool(_int(self.reverse_attr))
+
+    @property
+    def unroll(self) -> int:
+        return _int(self.unroll_attr)
 
     def verify_(self) -> None:
-        nconst, ncarry, length = (self.int_param(k) for k in ("num_consts", "num_carry", "length"))
-        self.int_param("unroll")
-        if "reverse" not in self.attributes:
-            raise VerifyException("jlax.scan: missing attribute reverse")
+        nconst, ncarry, length = self.num_consts, self.num_carry, self.length
         types = tuple(o.type for o in self.inputs)
         consts, carry, xs = types[:nconst], types[nconst:nconst + ncarry], types[nconst + ncarry:]
         x_slices = []

@@ -2,7 +2,8 @@
 
 Scales are operands (``jlax.weight`` for weights, ``jlax.constant`` for calibrated
 activation scales), never inline arrays, so per-channel scales of big layers do not flood
-dumps. ``axis`` is the axis a per-channel scale runs along (-1: one scale per tensor).
+dumps. ``axis`` is the axis a per-channel scale runs along (-1: one scale per tensor); it and
+the matmuls' ``activation`` and ``w_axis`` are typed properties (``axis = 1 : i64``).
 
 * ``jquant.quantize %x, %scale``   f32 -> i8: ``clip(round(x / scale), -127, 127)``
 * ``jquant.dequantize %q, %scale`` i8 -> f32: ``q * scale``
@@ -24,29 +25,30 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from xdsl.dialects.builtin import I8, I32, Float32Type, IntAttr, StringAttr, TensorType
+from xdsl.dialects.builtin import I8, I32, I64, Float32Type, IntegerAttr, TensorType, i64
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
     AttrSizedOperandSegments,
     IRDLOperation,
+    ParsePropInAttrDict,
     irdl_op_definition,
     operand_def,
     opt_operand_def,
+    prop_def,
     result_def,
     traits_def,
 )
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
-from jaxlite.dialects import fused, int8, jlax
+from jaxlite.dialects import int8
+from jaxlite.dialects.fused import Activation, ActivationAttr
+from jaxlite.dialects.primitive import MATMUL_OPTIONAL, PrimitiveOp, dot_and_conv
 from jaxlite.dialects.types import shape_dtype, tensor_type
 
 
-def _axis(op: IRDLOperation) -> int:
-    attr = op.attributes.get("axis")
-    if not isinstance(attr, IntAttr):
-        raise VerifyException(f"{op.name}: needs an integer attribute 'axis' (-1 for per-tensor)")
-    return attr.data
+def _i64(value: int) -> IntegerAttr:
+    return IntegerAttr(int(value), i64)
 
 
 def _check_scale(op: IRDLOperation, value_type: Attribute, scale: SSAValue, axis: int) -> None:
@@ -61,50 +63,54 @@ def _check_scale(op: IRDLOperation, value_type: Attribute, scale: SSAValue, axis
         raise VerifyException(f"{op.name}: per-channel scale {scale.type} does not match axis {axis} of {value_type}")
 
 
+class ScaledOp(IRDLOperation):
+    """Base of quantize / dequantize: an input and its scale along ``axis``."""
+
+    scale = operand_def(TensorType[Float32Type])
+    axis_attr = prop_def(IntegerAttr[I64], prop_name="axis")
+    traits = traits_def(Pure())
+    irdl_options = (ParsePropInAttrDict(),)
+    assembly_format = "$input `,` $scale attr-dict `:` type($input) `,` type($scale) `->` type($result)"
+
+    def __init__(self, x: SSAValue, scale: SSAValue, axis: int, result_dtype: str):
+        shape, _ = shape_dtype(x.type)
+        super().__init__(operands=[x, scale], result_types=[tensor_type(shape, result_dtype)],
+                         properties={"axis": _i64(axis)})
+
+    @property
+    def axis(self) -> int:
+        return self.axis_attr.value.data
+
+    def verify_(self) -> None:
+        _check_scale(self, self.input.type, self.scale, self.axis)
+        if shape_dtype(self.input.type)[0] != shape_dtype(self.result.type)[0]:
+            raise VerifyException(f"{self.name}: result shape differs from input shape")
+
+
 @irdl_op_definition
-class QuantizeOp(IRDLOperation):
+class QuantizeOp(ScaledOp):
     name = "jquant.quantize"
     input = operand_def(TensorType[Float32Type])
-    scale = operand_def(TensorType[Float32Type])
     result = result_def(TensorType[I8])
-    traits = traits_def(Pure())
-    assembly_format = "$input `,` $scale attr-dict `:` type($input) `,` type($scale) `->` type($result)"
 
     def __init__(self, x: SSAValue, scale: SSAValue, axis: int = -1):
-        shape, _ = shape_dtype(x.type)
-        super().__init__(operands=[x, scale], result_types=[tensor_type(shape, "int8")],
-                         attributes={"axis": IntAttr(axis)})
-
-    def verify_(self) -> None:
-        _check_scale(self, self.input.type, self.scale, _axis(self))
-        if shape_dtype(self.input.type)[0] != shape_dtype(self.result.type)[0]:
-            raise VerifyException("jquant.quantize: result shape differs from input shape")
+        super().__init__(x, scale, axis, "int8")
 
     def evaluate(self, x, scale):
-        return [int8.quantize(x, int8.expand(scale, x.ndim, _axis(self)))]
+        return [int8.quantize(x, int8.expand(scale, x.ndim, self.axis))]
 
 
 @irdl_op_definition
-class DequantizeOp(IRDLOperation):
+class DequantizeOp(ScaledOp):
     name = "jquant.dequantize"
     input = operand_def(TensorType[I8] | TensorType[I32])
-    scale = operand_def(TensorType[Float32Type])
     result = result_def(TensorType[Float32Type])
-    traits = traits_def(Pure())
-    assembly_format = "$input `,` $scale attr-dict `:` type($input) `,` type($scale) `->` type($result)"
 
     def __init__(self, q: SSAValue, scale: SSAValue, axis: int = -1):
-        shape, _ = shape_dtype(q.type)
-        super().__init__(operands=[q, scale], result_types=[tensor_type(shape, "float32")],
-                         attributes={"axis": IntAttr(axis)})
-
-    def verify_(self) -> None:
-        _check_scale(self, self.input.type, self.scale, _axis(self))
-        if shape_dtype(self.input.type)[0] != shape_dtype(self.result.type)[0]:
-            raise VerifyException("jquant.dequantize: result shape differs from input shape")
+        super().__init__(q, scale, axis, "float32")
 
     def evaluate(self, q, scale):
-        return [int8.dequantize(q, scale, _axis(self))]
+        return [int8.dequantize(q, scale, self.axis)]
 
 
 @irdl_op_definition
@@ -129,41 +135,32 @@ class UpcastOp(IRDLOperation):
         return [w.astype(np.float32)]
 
 
-class QuantizedMatmulOp(IRDLOperation):
+class QuantizedMatmulOp(PrimitiveOp):
     """Base of the int8 dot/conv ops: the attributes of the float op they replace
-    (dimension numbers, strides, ...), ``activation``, and ``w_axis`` (the kernel's
-    output-feature axis, along which ``w_scale`` runs)."""
+    (dimension numbers, strides, ...), the ``activation`` applied last, and ``w_axis`` (the
+    kernel's output-feature axis, along which ``w_scale`` runs; -1: per tensor)."""
 
-    PRIMITIVE: ClassVar[str]
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]]
-    SPECIAL: ClassVar[tuple[str, ...]] = ("activation", "w_axis")
+    activation_attr = prop_def(ActivationAttr, prop_name="activation")
+    w_axis_attr = prop_def(IntegerAttr[I64], prop_name="w_axis")
+    traits = traits_def(Pure())
+    irdl_options = (AttrSizedOperandSegments(as_property=True), ParsePropInAttrDict())
 
-    def primitive_params(self) -> dict[str, Attribute]:
-        return {k: v for k, v in self.attributes.items() if k not in self.SPECIAL}
+    def _properties(self, activation: str, w_axis: int) -> dict[str, Attribute]:
+        return {"activation": ActivationAttr(Activation(activation)), "w_axis": _i64(w_axis)}
 
     @property
     def activation(self) -> str:
-        return self.attributes["activation"].data
+        return self.activation_attr.data.value
 
     @property
     def w_axis(self) -> int:
-        return self.attributes["w_axis"].data
+        return self.w_axis_attr.value.data
 
-    def _verify_common(self, lhs_type, rhs_type, result_float_type) -> None:
-        act = self.attributes.get("activation")
-        if not isinstance(act, StringAttr) or act.data not in fused.ACTIVATIONS:
-            raise VerifyException(f"{self.name}: activation must be one of {sorted(fused.ACTIVATIONS)}")
-        if not isinstance(self.attributes.get("w_axis"), IntAttr):
-            raise VerifyException(f"{self.name}: needs an integer attribute 'w_axis'")
+    def _verify_common(self, lhs_type, rhs_type, result_type) -> None:
         if shape_dtype(rhs_type)[1].name != "int8":
             raise VerifyException(f"{self.name}: the kernel must be int8, got {rhs_type}")
         as_float = [tensor_type(shape_dtype(t)[0], "float32") for t in (lhs_type, rhs_type)]
-        key = jlax._params_key(self.primitive_params())
-        expected = jlax._infer_types(self.name, self.PRIMITIVE, self.OPTIONAL_PARAMS, key, tuple(as_float))
-        if isinstance(expected, str):
-            raise VerifyException(f"{self.name}: {expected}")
-        if shape_dtype(expected[0])[0] != shape_dtype(result_float_type)[0]:
-            raise VerifyException(f"{self.name}: result shape does not match {self.PRIMITIVE} of the operands")
+        self.verify_primitive(as_float, (result_type,), shapes_only=True)
         _check_scale(self, rhs_type, self.w_scale, self.w_axis)
 
 
@@ -173,36 +170,23 @@ class DynamicMatmulOp(QuantizedMatmulOp):
     w_scale = operand_def(TensorType[Float32Type])
     bias = opt_operand_def(TensorType[Float32Type])
     result = result_def(TensorType[Float32Type])
-    traits = traits_def(Pure())
-    irdl_options = (AttrSizedOperandSegments(as_property=True),)
     assembly_format = ("$lhs `,` $rhs `,` $w_scale (`bias` $bias^)? attr-dict `:` type($lhs) `,` "
                        "type($rhs) `,` type($w_scale) (`,` type($bias)^)? `->` type($result)")
 
     def __init__(self, lhs, rhs, w_scale, bias, result_type, params: dict[str, Attribute],
                  activation: str, w_axis: int):
-        super().__init__(operands=[lhs, rhs, w_scale, bias], result_types=[result_type],
-                         attributes={**params, "activation": StringAttr(activation), "w_axis": IntAttr(w_axis)})
+        super().__init__(operands=[lhs, rhs, w_scale, bias], result_types=[result_type], attributes=dict(params),
+                         properties=self._properties(activation, w_axis))
 
     def verify_(self) -> None:
         self._verify_common(self.lhs.type, self.rhs.type, self.result.type)
 
 
-@irdl_op_definition
-class DynamicDotOp(DynamicMatmulOp):
-    """int8 dot_general with per-row dynamic activation quantization."""
-
-    name = "jquant.dynamic_dot"
-    PRIMITIVE: ClassVar[str] = "dot_general"
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["dot_general"]
-
-
-@irdl_op_definition
-class DynamicConvOp(DynamicMatmulOp):
-    """int8 convolution (im2col + one int8 GEMM) with per-sample dynamic activation scales."""
-
-    name = "jquant.dynamic_conv"
-    PRIMITIVE: ClassVar[str] = "conv_general_dilated"
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["conv_general_dilated"]
+DynamicDotOp, DynamicConvOp = dot_and_conv(
+    DynamicMatmulOp, {"dot_general": ("DynamicDotOp", "jquant.dynamic_dot"),
+                      "conv_general_dilated": ("DynamicConvOp", "jquant.dynamic_conv")},
+    "int8 {} with activations quantized on the fly (per row for dots, per sample for "
+    "convolutions), int8 x int8 -> int32, rescaled, + bias, activation -> f32.")
 
 
 class StaticMatmulOp(QuantizedMatmulOp):
@@ -216,8 +200,6 @@ class StaticMatmulOp(QuantizedMatmulOp):
     bias = opt_operand_def(TensorType[Float32Type])
     out_scale = opt_operand_def(TensorType[Float32Type])
     result = result_def(TensorType[I8] | TensorType[Float32Type])
-    traits = traits_def(Pure())
-    irdl_options = (AttrSizedOperandSegments(as_property=True),)
     assembly_format = ("$lhs `,` $rhs `,` $x_scale `,` $w_scale (`bias` `(` $bias^ `:` type($bias) `)`)? "
                        "(`out_scale` `(` $out_scale^ `:` type($out_scale) `)`)? attr-dict `:` "
                        "type($lhs) `,` type($rhs) `,` type($x_scale) `,` type($w_scale) `->` type($result)")
@@ -225,8 +207,8 @@ class StaticMatmulOp(QuantizedMatmulOp):
     def __init__(self, lhs, rhs, x_scale, w_scale, bias, out_scale, result_shape, params, activation, w_axis):
         dtype = "int8" if out_scale is not None else "float32"
         super().__init__(operands=[lhs, rhs, x_scale, w_scale, bias, out_scale],
-                         result_types=[tensor_type(result_shape, dtype)],
-                         attributes={**params, "activation": StringAttr(activation), "w_axis": IntAttr(w_axis)})
+                         result_types=[tensor_type(result_shape, dtype)], attributes=dict(params),
+                         properties=self._properties(activation, w_axis))
 
     def verify_(self) -> None:
         self._verify_common(self.lhs.type, self.rhs.type, self.result.type)
@@ -236,31 +218,19 @@ class StaticMatmulOp(QuantizedMatmulOp):
             raise VerifyException(f"{self.name}: the result is int8 exactly when out_scale is given")
 
 
-@irdl_op_definition
-class QDotOp(StaticMatmulOp):
-    """int8 x int8 -> int32 dot_general with calibrated scales; int8 or f32 result."""
-
-    name = "jquant.qdot"
-    PRIMITIVE: ClassVar[str] = "dot_general"
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["dot_general"]
+QDotOp, QConvOp = dot_and_conv(
+    StaticMatmulOp, {"dot_general": ("QDotOp", "jquant.qdot"), "conv_general_dilated": ("QConvOp", "jquant.qconv")},
+    "int8 x int8 -> int32 {} with calibrated scales; an int8 (requantized with out_scale) "
+    "or float32 result.")
 
 
 @irdl_op_definition
-class QConvOp(StaticMatmulOp):
-    """int8 convolution (im2col + int8 GEMM) with calibrated scales; int8 or f32 result."""
-
-    name = "jquant.qconv"
-    PRIMITIVE: ClassVar[str] = "conv_general_dilated"
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["conv_general_dilated"]
-
-
-@irdl_op_definition
-class DynamicActDotOp(IRDLOperation):
+class DynamicActDotOp(PrimitiveOp):
     """dot_general between two float activations, both quantized on the fly (see above)."""
 
     name = "jquant.dynamic_act_dot"
     PRIMITIVE: ClassVar[str] = "dot_general"
-    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = jlax.SUPPORTED["dot_general"]
+    OPTIONAL_PARAMS: ClassVar[tuple[str, ...]] = MATMUL_OPTIONAL["dot_general"]
     lhs = operand_def(TensorType[Float32Type])
     rhs = operand_def(TensorType[Float32Type])
     result = result_def(TensorType[Float32Type])
@@ -270,17 +240,8 @@ class DynamicActDotOp(IRDLOperation):
     def __init__(self, lhs: SSAValue, rhs: SSAValue, result_type: Attribute, params: dict[str, Attribute]):
         super().__init__(operands=[lhs, rhs], result_types=[result_type], attributes=dict(params))
 
-    def primitive_params(self) -> dict[str, Attribute]:
-        return dict(self.attributes)
-
     def verify_(self) -> None:
-        key = jlax._params_key(self.primitive_params())
-        expected = jlax._infer_types(self.name, self.PRIMITIVE, self.OPTIONAL_PARAMS, key,
-                                     (self.lhs.type, self.rhs.type))
-        if isinstance(expected, str):
-            raise VerifyException(f"{self.name}: {expected}")
-        if shape_dtype(expected[0])[0] != shape_dtype(self.result.type)[0]:
-            raise VerifyException(f"{self.name}: result shape does not match dot_general of the operands")
+        self.verify_primitive((self.lhs.type, self.rhs.type), (self.result.type,), shapes_only=True)
 
 
 JQuant = Dialect("jquant", [QuantizeOp, DequantizeOp, UpcastOp, DynamicDotOp, DynamicConvOp, DynamicActDotOp,

@@ -48,7 +48,7 @@ def _rebuild(op: Operation, operands: list[SSAValue], attributes: dict) -> Opera
 
 
 def capture_scan(op: jlax.ScanOp) -> bool:
-    nconst = op.int_param("num_consts")
+    nconst = op.num_consts
     taken = [i for i in range(nconst) if is_constant(op.operands[i])]
     for i in reversed(taken):
         _capture(op.body.block, i, op.operands[i])
@@ -61,7 +61,7 @@ def capture_scan(op: jlax.ScanOp) -> bool:
 
 
 def capture_while(op: jlax.WhileOp) -> bool:
-    nc, nb = op.int_param("cond_nconsts"), op.int_param("body_nconsts")
+    nc, nb = op.cond_nconsts, op.body_nconsts
     cond_taken = [i for i in range(nc) if is_constant(op.operands[i])]
     body_taken = [i for i in range(nc, nc + nb) if is_constant(op.operands[i])]
     for i in reversed(cond_taken):

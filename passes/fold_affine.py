@@ -19,40 +19,16 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 from xdsl.transforms.dead_code_elimination import dce
 
-from jaxlite.dialects import fused, jlax
-from jaxlite.dialects.params import decode
+from jaxlite.dialects import jlax
 from jaxlite.dialects.types import shape_dtype, tensor_type
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.passes.common import (
     ModelPass,
     constant_array,
     is_constant,
-    producer,
     replace_pattern,
     sole_user,
 )
-
-
-def feature_axes(op: Operation) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """(output feature axes, the kernel's output-feature axes) of a dot/conv with a kernel
-    rhs: one axis each for Dense and Conv, several for flax's DenseGeneral (attention's
-    [d_model, heads, head_dim] projections)."""
-    prim = op.PRIMITIVE
-    attrs = op.primitive_params() if isinstance(op, fused.FusedOp) else op.attributes
-    if prim == "conv_general_dilated":
-        if decode(attrs["batch_group_count"]) != 1:
-            return None
-        dn = decode(attrs["dimension_numbers"])
-        return (dn.out_spec[1],), (dn.rhs_spec[0],)
-    if prim == "dot_general":
-        (lc, rc), (lb, rb) = decode(attrs["dimension_numbers"])
-        rhs_rank = len(shape_dtype(op.operands[1].type)[0])
-        free = tuple(d for d in range(rhs_rank) if d not in rc and d not in rb)
-        if lb or rb or not free:
-            return None
-        out_rank = len(shape_dtype(op.results[0].type)[0])
-        return tuple(range(out_rank - len(free), out_rank)), free
-    return None
 
 
 def per_channel(value: SSAValue, out_shape: tuple[int, ...], axes: tuple[int, ...],
@@ -72,7 +48,7 @@ def per_channel(value: SSAValue, out_shape: tuple[int, ...], axes: tuple[int, ..
 
 
 def _fold_one(op: jlax.LaxOp, store: WeightStore) -> bool:
-    axes = feature_axes(op)
+    axes = op.feature_axes()
     kernel_value = op.operands[1]
     if axes is None or not is_constant(kernel_value):
         return False
@@ -148,4 +124,4 @@ class FoldBatchNormPass(FoldAffinePass):
     name = "fold-batchnorm"
 
 
-__all__ = ["FoldAffinePass", "FoldBatchNormPass", "feature_axes", "per_channel", "producer"]
+__all__ = ["FoldAffinePass", "FoldBatchNormPass", "per_channel"]

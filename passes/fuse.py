@@ -34,7 +34,6 @@ from jaxlite.passes.common import (
     splat_value,
     users,
 )
-from jaxlite.passes.fold_affine import feature_axes
 from jaxlite.passes.fuse_rows import fuse_rows
 
 
@@ -156,7 +155,7 @@ def _defined_before(a: Operation, b: Operation) -> bool:
 
 
 def _fuse_one(op: jlax.LaxOp) -> bool:
-    axes = feature_axes(op)
+    axes = op.feature_axes()
     y = op.results[0]
     if shape_dtype(y.type)[1].kind != "f":
         return False

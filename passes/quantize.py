@@ -38,7 +38,6 @@ from xdsl.transforms.dead_code_elimination import dce
 
 from jaxlite.dialects import fused, jlax, quant
 from jaxlite.dialects.int8 import activation_scale, quantize_weight
-from jaxlite.dialects.params import decode
 from jaxlite.dialects.types import shape_dtype, tensor_type
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import ConversionError
@@ -51,18 +50,8 @@ _MATMULS = ("dot_general", "conv_general_dilated")
 def kernel_axis(op: Operation) -> int | None:
     """The kernel's output-feature axis (per-channel scales run along it), or None when
     the op is not a plain weight matmul (batched dots between activations)."""
-    prim = op.PRIMITIVE
-    attrs = op.primitive_params() if isinstance(op, fused.FusedOp) else op.attributes
-    if prim == "conv_general_dilated":
-        if decode(attrs["batch_group_count"]) != 1:
-            return None
-        return decode(attrs["dimension_numbers"]).rhs_spec[0]
-    (lc, rc), (lb, rb) = decode(attrs["dimension_numbers"])
-    if lb or rb:
-        return None
-    rhs_rank = len(shape_dtype(op.operands[1].type)[0])
-    free = [d for d in range(rhs_rank) if d not in rc]
-    return free[-1] if free else None
+    axes = op.feature_axes()
+    return axes[1][-1] if axes is not None else None
 
 
 def _candidates(module: ModuleOp, skip: tuple[str, ...]):
@@ -105,7 +94,7 @@ def _quantized_kernel(store: WeightStore, w: jlax.WeightOp, axis: int,
 def _parts(op: Operation) -> tuple[dict, SSAValue | None, str]:
     """(primitive attributes, bias, activation) of a dot/conv, fused or not."""
     if isinstance(op, fused.FusedOp):
-        return op.primitive_params(), op.bias, op.activation
+        return dict(op.attributes), op.bias, op.activation
     return dict(op.attributes), None, "none"
 
 
@@ -210,7 +199,7 @@ class QuantizePass(ModelPass):
 
 
 def _scale_of(dq: quant.DequantizeOp) -> float | None:
-    return splat_value(dq.scale) if dq.attributes["axis"].data == -1 else None
+    return splat_value(dq.scale) if dq.axis == -1 else None
 
 
 def _cancel_pairs(module: ModuleOp) -> bool:
@@ -240,7 +229,7 @@ def _float_results(module: ModuleOp) -> None:
                 or _scale_of(dq) is None or _scale_of(dq) != splat_value(q.out_scale):
             continue
         new = type(q)(q.lhs, q.rhs, q.x_scale, q.w_scale, q.bias, None, shape_dtype(q.result.type)[0],
-                      q.primitive_params(), q.activation, q.w_axis)
+                      dict(q.attributes), q.activation, q.w_axis)
         Rewriter.insert_op(new, InsertPoint.before(q))
         dq.result.replace_all_uses_with(new.result)
         dq.detach()
@@ -256,7 +245,7 @@ def _fold_input_quantize(module: ModuleOp) -> None:
     e.g. at a model's input)."""
     for q in [o for o in module.walk() if isinstance(o, quant.QuantizeOp)]:
         uses = list(q.result.uses)
-        if len(uses) != 1 or q.attributes["axis"].data != -1:
+        if len(uses) != 1 or q.axis != -1:
             continue
         use = uses[0]
         mm = use.operation

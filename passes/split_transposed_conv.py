@@ -28,7 +28,7 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from jaxlite.dialects import fused, jlax
-from jaxlite.dialects.params import decode, encode
+from jaxlite.dialects.params import encode
 from jaxlite.dialects.types import shape_dtype, tensor_type
 from jaxlite.passes.common import new_op
 
@@ -54,15 +54,10 @@ def phase_geometry(size: int, kernel: int, stride: int, padding: tuple[int, int]
     return PhaseGeometry(t0, taps, (low, high))
 
 
-def _conv_params(op: Operation) -> dict:
-    attrs = op.primitive_params() if isinstance(op, fused.FusedOp) else op.attributes
-    return {k: decode(v) for k, v in attrs.items()}
-
-
 def _splittable(op: Operation) -> bool:
     if not (isinstance(op, jlax.LaxOp | fused.FusedConvOp) and op.PRIMITIVE == "conv_general_dilated"):
         return False
-    p = _conv_params(op)
+    p = op.params()
     dn = p["dimension_numbers"]
     kernel = shape_dtype(op.operands[1].type)[0]
     taps = [kernel[d] for d in dn.rhs_spec[2:]]
@@ -80,7 +75,7 @@ def _splittable(op: Operation) -> bool:
 
 def split(op: Operation) -> None:
     """Replace the transposed convolution ``op`` (``_splittable``) by its phases."""
-    p = _conv_params(op)
+    p = op.params()
     dn = p["dimension_numbers"]
     x, w = op.operands[0], op.operands[1]
     x_shape = shape_dtype(x.type)[0]
@@ -105,7 +100,7 @@ def split(op: Operation) -> None:
         phase_shape = list(out_shape)
         for d, c in zip(dn.out_spec[2:], counts, strict=True):
             phase_shape[d] = c
-        attrs = dict(op.primitive_params() if isinstance(op, fused.FusedOp) else op.attributes)
+        attrs = dict(op.attributes)
         attrs["padding"] = encode(tuple(g.padding for g in geo))
         attrs["lhs_dilation"] = encode((1,) * len(strides))
         result_type = tensor_type(phase_shape, out_dtype)

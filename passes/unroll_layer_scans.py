@@ -32,13 +32,13 @@ MAX_LAYERS = 64
 def _unrollable(op: Operation) -> bool:
     if not isinstance(op, jlax.ScanOp):
         return False
-    nconst, ncarry, length = (op.int_param(k) for k in ("num_consts", "num_carry", "length"))
+    nconst, ncarry, length = op.num_consts, op.num_carry, op.length
     xs = op.operands[nconst + ncarry:]
     return 0 < length <= MAX_LAYERS and any(isinstance(x.owner, jlax.WeightOp) for x in xs)
 
 
 def unroll(scan: jlax.ScanOp) -> None:
-    nconst, ncarry, length = (scan.int_param(k) for k in ("num_consts", "num_carry", "length"))
+    nconst, ncarry, length = scan.num_consts, scan.num_carry, scan.length
     operands = list(scan.operands)
     consts, carry, xs = operands[:nconst], operands[nconst:nconst + ncarry], operands[nconst + ncarry:]
     block = scan.body.block

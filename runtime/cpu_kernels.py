@@ -19,14 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlite.dialects import fused, int8, jlax, quant
-from jaxlite.dialects.params import decode
 from jaxlite.runtime import native_calls as native
 from jaxlite.runtime import xla_int8
 from jaxlite.runtime.quant_kernels import (
     act_dot_layout,
     gemm_shape,
     out_axis_of_w,
-    params_of,
     weight_2d,
 )
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
@@ -44,11 +42,9 @@ EMBED_PACKED_MAX_BYTES = 1024 * 1024
 def _column_axes(op: quant.QuantizedMatmulOp) -> tuple[int, ...]:
     """Axes of the result that the GEMM's N columns span (the weight's output dims)."""
     out_ndim = len(op.result.type.get_shape())
-    params = params_of(op)
     if op.PRIMITIVE == "conv_general_dilated":
-        return (params["dimension_numbers"].out_spec[1],)
-    (_, rc), _ = params["dimension_numbers"]
-    free = len(op.rhs.type.get_shape()) - len(rc)
+        return (op.conv_dims().out_spec[1],)
+    free = len(op.dot_dims().rhs_free)
     return tuple(range(out_ndim - free, out_ndim))
 
 
@@ -95,7 +91,7 @@ def _quantized_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
 
 def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int):
     """Kernel of ``op`` whose [K, n] weight lives packed under ``packed``/``colsum``."""
-    params = params_of(op)
+    params = op.params()
     out_shape = tuple(op.result.type.get_shape())
     out_ndim = len(out_shape)
     cols = _column_axes(op)
@@ -152,7 +148,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
                 rows = None if sample_scale is None else jnp.repeat(sample_scale, a.shape[0] // sample_scale.shape[0])
                 return gemm(weights, a, col_scale, rows, bias, out_scale)
             return xla_int8.int8_conv(x, None, matmul=matmul, rhs_shape=rhs_shape, **params)
-        (lc, _), _batch = params["dimension_numbers"]
+        lc = op.dot_dims().lhs_contract
         free_dims = [d for d in range(x.ndim) if d not in lc]
         if tuple(lc) != tuple(range(x.ndim - len(lc), x.ndim)):  # contracted dims last, in order
             x = jnp.transpose(x, (*free_dims, *lc))
@@ -251,10 +247,10 @@ def _act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
     each operand read in place where strides can express it (attention's q and k: no
     transposes), else transposed first."""
     lhs_perm, rhs_perm, (b, m, n, k), out_shape = act_dot_layout(op)
-    (lc, rc), (lb, rb) = params_of(op)["dimension_numbers"]
+    d = op.dot_dims()
     views = []
-    for shape, perm, contract, batch in ((tuple(op.lhs.type.get_shape()), lhs_perm, lc, lb),
-                                         (tuple(op.rhs.type.get_shape()), rhs_perm, rc, rb)):
+    for shape, perm, contract, batch in ((tuple(op.lhs.type.get_shape()), lhs_perm, d.lhs_contract, d.lhs_batch),
+                                         (tuple(op.rhs.type.get_shape()), rhs_perm, d.rhs_contract, d.rhs_batch)):
         free = [d for d in perm if d not in contract and d not in batch]
         views.append(_strides_of(shape, list(batch), free, list(contract)))
 
@@ -277,7 +273,7 @@ def _max_pool(op: jlax.LaxOp, ctx: LoweringContext):
     matmul, else None. Next to native kernels a custom call runs inline, where the XLA
     loop fusion would be handed to a pool thread (pinned, digits CNN int8: 117 -> 98 us);
     in a float model XLA's pooling fuses with its neighbours and stays (397 vs 420 us)."""
-    params = {k: decode(v) for k, v in op.attributes.items()}
+    params = op.params()
     window, strides, padding = params["window_dimensions"], params["window_strides"], params["padding"]
     in_type = op.operands[0].type
     dtype = str(in_type.get_element_type())

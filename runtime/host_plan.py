@@ -24,7 +24,7 @@ from jax.extend.core import Literal
 
 from jaxlite.dialects import fused, jlax, quant
 from jaxlite.runtime import native_calls
-from jaxlite.runtime.quant_kernels import gemm_shape, params_of
+from jaxlite.runtime.quant_kernels import gemm_shape
 
 # Only programs up to this many multiply-adds: the kernels run on one thread here, where XLA
 # would split big GEMMs over its pool; below it XLA's per-call cost is the larger share.
@@ -202,9 +202,8 @@ def worth_tracing(block) -> bool:
                 return False
             macs += out * shape[0]
         elif isinstance(op, quant.DynamicActDotOp):
-            (lc, _), _ = params_of(op)["dimension_numbers"]
             lhs = op.lhs.type.get_shape()
-            macs += out * int(np.prod([lhs[d] for d in lc]))
+            macs += out * int(np.prod([lhs[d] for d in op.dot_dims().lhs_contract]))
         elif isinstance(op, fused.FusedOp) or (
                 isinstance(op, jlax.LaxOp) and op.PRIMITIVE in ("dot_general", "conv_general_dilated")):
             return False  # a float matmul: XLA's

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlite.dialects import fused, int8, jlax, quant
-from jaxlite.dialects.params import decode_all, encode
+from jaxlite.dialects.params import encode
 from jaxlite.runtime import xla_int8
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
 
@@ -17,15 +17,9 @@ XLA_FLOAT16 = register_target(
                    "accumulation (default on GPUs; compile(float16_compute=True) elsewhere)")
 
 
-def params_of(op: quant.QuantizedMatmulOp) -> dict:
-    params = {k: None for k in op.OPTIONAL_PARAMS}
-    params.update(decode_all(op.primitive_params()))
-    return params
-
-
 def _accumulate(op: quant.QuantizedMatmulOp):
     """(weights, xq, wq) -> int32 accumulator, with XLA's int8 dot_general."""
-    params = params_of(op)
+    params = op.params()
     if op.PRIMITIVE == "dot_general":
         dims = params["dimension_numbers"]
         return lambda weights, xq, wq: xla_int8.int8_dot(xq, wq, dims)
@@ -37,17 +31,17 @@ def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
     (batched dots, grouped convs). A dot contracting other than the input's last dims reads
     it transposed (runtime/native_kernels.py); an input-dilated (transposed) conv is one
     GEMM over the interior-padded input."""
-    params = params_of(op)
     w_shape = tuple(op.rhs.type.get_shape())
     if op.PRIMITIVE == "conv_general_dilated":
+        params = op.params()
         if params["feature_group_count"] != 1 or params["batch_group_count"] != 1:
             return None
-        n = w_shape[params["dimension_numbers"].rhs_spec[0]]
+        n = w_shape[op.conv_dims().rhs_spec[0]]
         return int(np.prod(w_shape)) // n, n
-    (lc, rc), (lb, rb) = params["dimension_numbers"]
-    if lb or rb:
+    dims = op.dot_dims()
+    if dims.has_batch:
         return None
-    k = int(np.prod([w_shape[d] for d in rc]))
+    k = int(np.prod([w_shape[d] for d in dims.rhs_contract]))
     return k, int(np.prod(w_shape)) // k
 
 
@@ -55,10 +49,9 @@ def weight_2d(op: quant.QuantizedMatmulOp, wq: np.ndarray) -> np.ndarray:
     """The [K, N] matrix of ``gemm_shape`` (which must not be None): for a dot, the weight's
     contracting dims first (in the order they pair with the input's), then its free dims."""
     if op.PRIMITIVE == "conv_general_dilated":
-        return xla_int8.im2col_weight(wq, params_of(op)["dimension_numbers"])
-    (_, rc), _ = params_of(op)["dimension_numbers"]
-    free = [d for d in range(wq.ndim) if d not in rc]
-    return np.transpose(wq, (*rc, *free)).reshape(gemm_shape(op))
+        return xla_int8.im2col_weight(wq, op.conv_dims())
+    dims = op.dot_dims()
+    return np.transpose(wq, (*dims.rhs_contract, *dims.rhs_free)).reshape(gemm_shape(op))
 
 
 def out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
@@ -66,15 +59,10 @@ def out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
     w_axis = op.w_axis
     if w_axis < 0:
         return -1
-    params = params_of(op)
     if op.PRIMITIVE == "conv_general_dilated":
-        return params["dimension_numbers"].out_spec[1]
-    (lc, rc), (lb, rb) = params["dimension_numbers"]
-    rhs_ndim = len(op.rhs.type.get_shape())
-    lhs_ndim = len(op.lhs.type.get_shape())
-    lhs_free = [d for d in range(lhs_ndim) if d not in lc and d not in lb]
-    rhs_free = [d for d in range(rhs_ndim) if d not in rc and d not in rb]
-    return len(lb) + len(lhs_free) + rhs_free.index(w_axis)
+        return op.conv_dims().out_spec[1]
+    dims = op.dot_dims()
+    return len(dims.lhs_batch) + len(dims.lhs_free) + dims.rhs_free.index(w_axis)
 
 
 @register(quant.QuantizeOp)
@@ -121,15 +109,11 @@ def _float16_matmul(op, ctx: LoweringContext):
     name = _float16_weight(op)
     if name is None:
         return None
-    is_fused = isinstance(op, fused.FusedOp)
-    params = dict(op.primitive_params() if is_fused else op.attributes)
-    params["preferred_element_type"] = encode(jnp.dtype(jnp.float32))
-    fn = jlax.evaluate(op.PRIMITIVE, jlax._params_key(params), op.OPTIONAL_PARAMS)
-    activation = op.activation if is_fused else "none"
-    half = jnp.dtype(jnp.float16)
+    activation = op.activation if isinstance(op, fused.FusedOp) else "none"
+    half, accumulate = jnp.dtype(jnp.float16), encode(jnp.dtype(jnp.float32))
 
     def run(weights, lhs, _rhs_f32, bias=None):
-        y = fn(lhs.astype(half), weights[name].astype(half))[0]
+        y = op.bind(lhs.astype(half), weights[name].astype(half), preferred_element_type=accumulate)[0]
         return (fused.fused_epilogue(y, bias, activation),)
     return Kernel(run, unread=frozenset({1}))
 
@@ -140,15 +124,13 @@ def _dynamic(op: quant.DynamicMatmulOp, ctx: LoweringContext):
 
 
 def _dynamic_kernel(op: quant.DynamicMatmulOp, acc_fn):
-    params = params_of(op)
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
     w_out_axis = out_axis_of_w(op, out_ndim)
     if op.PRIMITIVE == "dot_general":
-        (lc, _), _batch = params["dimension_numbers"]
-        reduce_axes = tuple(lc)  # one scale per row: max |x| over the contracting dims
+        reduce_axes = op.dot_dims().lhs_contract  # one scale per row: max |x| over the contracting dims
     else:
-        batch_axis = params["dimension_numbers"].lhs_spec[0]
+        batch_axis = op.conv_dims().lhs_spec[0]
         lhs_ndim = len(op.lhs.type.get_shape())
         reduce_axes = tuple(d for d in range(lhs_ndim) if d != batch_axis)
 
@@ -159,7 +141,7 @@ def _dynamic_kernel(op: quant.DynamicMatmulOp, acc_fn):
             row = jnp.squeeze(x_scale, axis=reduce_axes)
             row = row.reshape(row.shape + (1,) * (out_ndim - row.ndim))
         else:                               # per sample: batch dim of the result
-            n_axis = params["dimension_numbers"].out_spec[0]
+            n_axis = op.conv_dims().out_spec[0]
             row = int8.expand(x_scale.reshape(-1), out_ndim, n_axis)
         y = acc * row * int8.expand(w_scale, out_ndim, w_out_axis)
         return (fused.fused_epilogue(y, bias, activation),)
@@ -170,13 +152,12 @@ def act_dot_layout(op: quant.DynamicActDotOp):
     """(lhs perm, rhs perm, (B, M, N, K) sizes, result shape): the transposes that make a
     dot between activations a batch of [M, K] x [N, K]^T products (dot_general's result
     order is batch, lhs free, rhs free)."""
-    (lc, rc), (lb, rb) = params_of(op)["dimension_numbers"]
+    d = op.dot_dims()
     ls, rs = tuple(op.lhs.type.get_shape()), tuple(op.rhs.type.get_shape())
-    lf = [d for d in range(len(ls)) if d not in lc and d not in lb]
-    rf = [d for d in range(len(rs)) if d not in rc and d not in rb]
-    size = lambda shape, dims: int(np.prod([shape[d] for d in dims]))  # noqa: E731
-    sizes = (size(ls, lb), size(ls, lf), size(rs, rf), size(ls, lc))
-    return (*lb, *lf, *lc), (*rb, *rf, *rc), sizes, tuple(op.result.type.get_shape())
+    size = lambda shape, dims: int(np.prod([shape[i] for i in dims]))  # noqa: E731
+    sizes = (size(ls, d.lhs_batch), size(ls, d.lhs_free), size(rs, d.rhs_free), size(ls, d.lhs_contract))
+    return ((*d.lhs_batch, *d.lhs_free, *d.lhs_contract), (*d.rhs_batch, *d.rhs_free, *d.rhs_contract), sizes,
+            tuple(op.result.type.get_shape()))
 
 
 def act_dot_scales(x, y, op: quant.DynamicActDotOp):

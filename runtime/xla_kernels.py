@@ -61,7 +61,7 @@ def _cond(op: jlax.CondOp, ctx: LoweringContext):
 @register(jlax.WhileOp)
 def _while(op: jlax.WhileOp, ctx: LoweringContext):
     cond_p, body_p = ctx.program(op.cond.block), ctx.program(op.body.block)
-    nc, nb = op.int_param("cond_nconsts"), op.int_param("body_nconsts")
+    nc, nb = op.cond_nconsts, op.body_nconsts
     n = len(op.operands)
     outer = captures_of(op)
 
@@ -82,8 +82,8 @@ def _while(op: jlax.WhileOp, ctx: LoweringContext):
 @register(jlax.ScanOp)
 def _scan(op: jlax.ScanOp, ctx: LoweringContext):
     body_p = ctx.program(op.body.block)
-    nconst, ncarry = op.int_param("num_consts"), op.int_param("num_carry")
-    length, unroll, reverse = op.int_param("length"), op.int_param("unroll"), op.reverse
+    nconst, ncarry = op.num_consts, op.num_carry
+    length, unroll, reverse = op.length, op.unroll, op.reverse
     n = len(op.operands)
     outer = captures_of(op)
 

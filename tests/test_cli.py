@@ -31,7 +31,7 @@ def test_convert_ir_run_round_trip(tmp_path):
     assert "wrote" in r.stdout and model_path.is_file()
 
     r = run("ir", str(model_path))
-    assert r.returncode == 0 and "jfuse.dot" in r.stdout and "activation = \"tanh\"" in r.stdout
+    assert r.returncode == 0 and "jfuse.dot" in r.stdout and "activation = #jfuse<activation tanh>" in r.stdout
     assert "jlax.weight @W" in r.stdout
 
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)

@@ -3,6 +3,7 @@
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +57,7 @@ def test_no_pickle_in_file(saved):
         assert names[:2] == ["manifest.json", "model.mlir"]
         assert all(n.endswith(".npy") for n in names[2:])
         manifest = json.loads(zf.read("manifest.json"))
-    assert manifest["format"] == "jaxlite" and manifest["format_version"] == 1
+    assert manifest["format"] == "jaxlite" and manifest["format_version"] == fileformat.FORMAT_VERSION == 2
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -235,3 +236,21 @@ def test_forged_sizes_in_central_directory(saved, tmp_path):
     p.write_bytes(bytes(data))
     with pytest.raises(jaxlite.ModelFormatError):
         jaxlite.load(p)
+
+
+@pytest.mark.parametrize("mode", ["float32", "int8-weights", "dynamic", "int8"])
+def test_version_1_files_still_load_and_compute_the_same(mode, tmp_path):
+    """Files written by format version 1 (jaxlite before typed properties: tests/data/v1_*,
+    a conv-ReLU, LayerNorm, GELU and dense model) load, run to the outputs the writing
+    version computed, and save again as the current version."""
+    data = Path(__file__).parent / "data"
+    expected = np.load(data / "v1_expected.npz")
+    model = jaxlite.load(data / f"v1_{mode}.jlite")
+    out = np.asarray(model.compile(native_gemm=False)(expected["x"]))
+    np.testing.assert_array_equal(out, expected[mode.replace("-", "_")])
+    assert "#jfuse<activation gelu_tanh>" in model.ir() and "#builtin.int" not in model.ir()
+    model.save(tmp_path / "again.jlite")
+    with zipfile.ZipFile(tmp_path / "again.jlite") as zf:
+        assert json.loads(zf.read("manifest.json"))["format_version"] == 2
+    np.testing.assert_array_equal(np.asarray(jaxlite.load(tmp_path / "again.jlite").compile(native_gemm=False)(
+        expected["x"])), out)

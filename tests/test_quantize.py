@@ -85,7 +85,7 @@ def test_full_integer_graph_keeps_int8_between_layers():
     assert "-> tensor<64x10xf32>\n    func.return" in text
     assert "jquant.qconv %0," in text and "tensor<64x8x8x1xf32>, tensor<3x3x1x16xi8>" in text
     assert "jlax.reduce_window_max" in text and "tensor<64x4x4x16xi8>" in text  # int8 max-pool
-    assert "jfuse" not in text and "xf32> -> tensor<64x512xi8>" not in text
+    assert "jfuse." not in text and "xf32> -> tensor<64x512xi8>" not in text  # no jfuse op left
     assert "(tensor<64x4x4x32xi8>) -> tensor<64x512xi8>" in text                # int8 reshape
 
 
