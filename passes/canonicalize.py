@@ -39,7 +39,7 @@ from xdsl.rewriter import InsertPoint
 
 from jaxlite.dialects import jlax
 from jaxlite.dialects.module import blocks_of
-from jaxlite.dialects.params import decode
+from jaxlite.dialects.params import encode
 from jaxlite.dialects.types import KeyType, shape_dtype, tensor_type
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.passes.common import (
@@ -212,83 +212,136 @@ class WeightsToTheRight(RewritePattern):
         if op.PRIMITIVE != "dot_general" or "dimension_numbers" not in op.attributes:
             return
         lhs, rhs = op.operands
-        (lc, rc), (lb, rb) = decode(op.attributes["dimension_numbers"])
-        if lb or rb or not is_constant(lhs) or is_constant(rhs):
+        dims = op.dot_dims()
+        if dims.has_batch or not is_constant(lhs) or is_constant(rhs):
             return
-        lhs_free = len(shape_dtype(lhs.type)[0]) - len(lc)
-        rhs_free = len(shape_dtype(rhs.type)[0]) - len(rc)
+        lhs_free, rhs_free = len(dims.lhs_free), len(dims.rhs_free)
         out_shape, dtype = shape_dtype(op.results[0].type)
         attrs = dict(op.attributes)
-        attrs["dimension_numbers"] = _encode(((tuple(rc), tuple(lc)), ((), ())))
-        precision = decode(attrs["precision"]) if "precision" in attrs else None
+        attrs["dimension_numbers"] = encode(((dims.rhs_contract, dims.lhs_contract), ((), ())))
+        precision = op.params()["precision"]
         if isinstance(precision, tuple):
-            attrs["precision"] = _encode(tuple(reversed(precision)))
+            attrs["precision"] = encode(tuple(reversed(precision)))
         swapped_shape = (*out_shape[lhs_free:], *out_shape[:lhs_free])
         dot = _new("dot_general", [rhs, lhs], tensor_type(swapped_shape, dtype), attrs)
         perm = (*range(rhs_free, rhs_free + lhs_free), *range(rhs_free))
-        back = _new("transpose", [dot.results[0]], op.results[0].type, {"permutation": _encode(perm)})
+        back = _new("transpose", [dot.results[0]], op.results[0].type, {"permutation": encode(perm)})
         rewriter.replace(op, [dot, back])
 
 
-class Identities(RewritePattern):
-    """x+0, x-0, x*1, x/1, -(-x) and structural ops that do nothing."""
+class AddZero(RewritePattern):
+    """x + 0 -> x, x - 0 -> x."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if _binary(op, "add", "sub") and splat_value(op.operands[1]) == 0:
+            _forward(rewriter, op, op.operands[0])
+
+
+class MulOne(RewritePattern):
+    """x * 1 -> x, x / 1 -> x."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if _binary(op, "mul", "div") and splat_value(op.operands[1]) == 1:
+            _forward(rewriter, op, op.operands[0])
+
+
+class DoubleNegation(RewritePattern):
+    """-(-x) -> x."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if op.PRIMITIVE == "neg" and is_op(inner := producer(op.operands[0]), "neg"):
+            _forward(rewriter, op, inner.operands[0])
+
+
+class ConstantSelector(RewritePattern):
+    """select_n(c, x0, x1, ...) -> x_c for a constant selector (jnp.var's dof check)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if op.PRIMITIVE != "select_n" or (which := splat_value(op.operands[0])) is None:
+            return
+        if 0 <= int(which) < len(op.operands) - 1:
+            _forward(rewriter, op, op.operands[1 + int(which)])
+
+
+class NoOpConversion(RewritePattern):
+    """convert / reshape / squeeze / identity broadcast to the type it already has -> x."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if op.PRIMITIVE not in ("convert_element_type", "reshape", "broadcast_in_dim", "squeeze") \
+                or len(op.operands) != 1 or op.operands[0].type != op.results[0].type:
+            return
+        if op.PRIMITIVE == "broadcast_in_dim" and op.params()["broadcast_dimensions"] != tuple(
+                range(len(shape_dtype(op.operands[0].type)[0]))):
+            return
+        _forward(rewriter, op, op.operands[0])
+
+
+class NoOpWindow(RewritePattern):
+    """slice / pad / rev / reductions that keep the type and move nothing -> x."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
         p = op.PRIMITIVE
-        ops = op.operands
-        if p in ("add", "sub") and len(ops) == 2 and splat_value(ops[1]) == 0:
-            _forward(rewriter, op, ops[0])
-        elif p in ("mul", "div") and len(ops) == 2 and splat_value(ops[1]) == 1:
-            _forward(rewriter, op, ops[0])
-        elif p == "select_n" and splat_value(ops[0]) is not None and 0 <= int(splat_value(ops[0])) < len(ops) - 1:
-            _forward(rewriter, op, ops[1 + int(splat_value(ops[0]))])  # a constant selector (jnp.var's dof check)
-        elif p == "neg" and is_op(producer(ops[0]), "neg"):
-            _forward(rewriter, op, producer(ops[0]).operands[0])
-        elif p in ("convert_element_type", "reshape", "broadcast_in_dim", "squeeze") \
-                and len(ops) == 1 and ops[0].type == op.results[0].type:
-            if p == "broadcast_in_dim" and decode(op.attributes["broadcast_dimensions"]) != tuple(
-                    range(len(shape_dtype(ops[0].type)[0]))):
-                return
-            _forward(rewriter, op, ops[0])
-        elif p == "transpose":
-            perm = decode(op.attributes["permutation"])
-            if perm == tuple(range(len(perm))):
-                _forward(rewriter, op, ops[0])
-            elif is_op(producer(ops[0]), "transpose"):
-                inner = producer(ops[0])
-                first = decode(inner.attributes["permutation"])
-                composed = tuple(first[i] for i in perm)
-                if composed == tuple(range(len(composed))):
-                    _forward(rewriter, op, inner.operands[0])
-                else:
-                    rewriter.replace(op, _new("transpose", [inner.operands[0]], op.results[0].type,
-                                              {"permutation": _encode(composed)}))
-        elif p == "reshape" and is_op(producer(ops[0]), "reshape") and "dimensions" not in op.attributes \
-                and "dimensions" not in producer(ops[0]).attributes:
-            rewriter.replace(op, _new("reshape", [producer(ops[0]).operands[0]], op.results[0].type,
-                                      dict(op.attributes)))
-        elif p == "broadcast_in_dim" and is_op(producer(ops[0]), "broadcast_in_dim"):
-            inner = producer(ops[0])
-            d_inner = decode(inner.attributes["broadcast_dimensions"])
-            d_outer = decode(op.attributes["broadcast_dimensions"])
-            attrs = dict(op.attributes)
-            attrs["broadcast_dimensions"] = _encode(tuple(d_outer[i] for i in d_inner))
-            rewriter.replace(op, _new("broadcast_in_dim", [inner.operands[0]], op.results[0].type, attrs))
-        elif p in ("slice", "pad", "rev", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod") \
-                and ops[0].type == op.results[0].type:
-            if p == "slice" and any(s not in (None, 1) for s in (decode(op.attributes.get("strides")) or ())):
-                return
-            if p == "pad" and any(c != (0, 0, 0) for c in decode(op.attributes["padding_config"])):
-                return
-            if p == "rev" and decode(op.attributes["dimensions"]):
-                return
-            _forward(rewriter, op, ops[0])
+        if p not in ("slice", "pad", "rev", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod") \
+                or op.operands[0].type != op.results[0].type:
+            return
+        params = op.params()
+        if p == "slice" and any(s not in (None, 1) for s in (params.get("strides") or ())):
+            return
+        if p == "pad" and any(c != (0, 0, 0) for c in params["padding_config"]):
+            return
+        if p == "rev" and params["dimensions"]:
+            return
+        _forward(rewriter, op, op.operands[0])
 
 
-def _encode(value):
-    from jaxlite.dialects.params import encode
-    return encode(value)
+class TransposeChain(RewritePattern):
+    """transpose by the identity -> x; transpose(transpose(x)) -> one transpose (or x)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if op.PRIMITIVE != "transpose":
+            return
+        perm = op.params()["permutation"]
+        if perm == tuple(range(len(perm))):
+            _forward(rewriter, op, op.operands[0])
+        elif is_op(inner := producer(op.operands[0]), "transpose"):
+            first = inner.params()["permutation"]
+            composed = tuple(first[i] for i in perm)
+            if composed == tuple(range(len(composed))):
+                _forward(rewriter, op, inner.operands[0])
+            else:
+                rewriter.replace(op, _new("transpose", [inner.operands[0]], op.results[0].type,
+                                          {"permutation": encode(composed)}))
+
+
+class ReshapeChain(RewritePattern):
+    """reshape(reshape(x)) -> reshape(x)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if op.PRIMITIVE == "reshape" and is_op(inner := producer(op.operands[0]), "reshape") \
+                and "dimensions" not in op.attributes and "dimensions" not in inner.attributes:
+            rewriter.replace(op, _new("reshape", [inner.operands[0]], op.results[0].type, dict(op.attributes)))
+
+
+class BroadcastChain(RewritePattern):
+    """broadcast_in_dim(broadcast_in_dim(x)) -> one broadcast_in_dim."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if op.PRIMITIVE != "broadcast_in_dim" or not is_op(inner := producer(op.operands[0]), "broadcast_in_dim"):
+            return
+        d_inner = inner.params()["broadcast_dimensions"]
+        d_outer = op.params()["broadcast_dimensions"]
+        attrs = dict(op.attributes)
+        attrs["broadcast_dimensions"] = encode(tuple(d_outer[i] for i in d_inner))
+        rewriter.replace(op, _new("broadcast_in_dim", [inner.operands[0]], op.results[0].type, attrs))
 
 
 def _term(value: SSAValue) -> tuple[SSAValue, float] | None:
@@ -381,24 +434,24 @@ class FastMath(RewritePattern):
             rewriter.replace(op, zero)
             return
         broadcast = _new("broadcast_in_dim", [zero.results[0]], op.results[0].type,
-                         {"shape": _encode(shape), "broadcast_dimensions": _encode(())})
+                         {"shape": encode(shape), "broadcast_dimensions": encode(())})
         rewriter.replace(op, [zero, broadcast])
+
+
+PATTERNS: tuple[type[RewritePattern], ...] = (
+    ConstantsToTheRight, WeightsToTheRight, AddZero, MulOne, DoubleNegation, ConstantSelector, NoOpConversion,
+    NoOpWindow, TransposeChain, ReshapeChain, BroadcastChain, LikeTerms, ConstantChains)
 
 
 @dataclass(frozen=True)
 class CanonicalizePass(ModelPass):
     name = "canonicalize"
     fast_math: bool = False
-    max_iterations: int = 10
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        patterns: list[RewritePattern] = [ConstantsToTheRight(), WeightsToTheRight(), Identities(), LikeTerms(),
-                                          ConstantChains()]
-        if self.fast_math:
-            patterns.append(FastMath())
-        walker = PatternRewriteWalker(GreedyRewritePatternApplier(patterns), apply_recursively=True)
-        for _ in range(self.max_iterations):
-            folded = fold_constants(op, self.weights)
-            rewritten = walker.rewrite_module(op)
-            if not folded and not rewritten:
-                break
+        """The patterns and constant folding, alternated by one walker until neither
+        changes anything (folding runs between walks: it takes whole blocks at once)."""
+        patterns = [p() for p in PATTERNS] + ([FastMath()] if self.fast_math else [])
+        PatternRewriteWalker(GreedyRewritePatternApplier(patterns), apply_recursively=True,
+                             post_walk_func=lambda region, listener: fold_constants(op, self.weights) > 0
+                             ).rewrite_module(op)

@@ -33,6 +33,13 @@ from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
+from xdsl.pattern_rewriter import (
+    GreedyRewritePatternApplier,
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
 from xdsl.rewriter import InsertPoint, Rewriter
 from xdsl.transforms.dead_code_elimination import dce
 
@@ -191,70 +198,63 @@ class QuantizePass(ModelPass):
             ranges[dq.result] = ranges[y]  # consumers now read the dequantized value
             matmul.detach()
             matmul.erase()
-        changed = True
-        while changed:
-            changed = _sink_dequantize(module) | _cancel_pairs(module)
-        _float_results(module)
-        _fold_input_quantize(module)
+        # int8 from layer to layer: dequantize sinks through what commutes with it and
+        # cancels against the next quantize; then float ends and int8 starts fold into the
+        # quantized ops (only once the chains are settled, hence a second walk)
+        for patterns in ([SinkDequantize(), CancelRequantize()], [FloatResult(), FoldInputQuantize()]):
+            PatternRewriteWalker(GreedyRewritePatternApplier(patterns)).rewrite_module(module)
 
 
 def _scale_of(dq: quant.DequantizeOp) -> float | None:
     return splat_value(dq.scale) if dq.axis == -1 else None
 
 
-def _cancel_pairs(module: ModuleOp) -> bool:
+class CancelRequantize(RewritePattern):
     """quantize(dequantize(a, s), s) -> a."""
-    changed = False
-    for q in [o for o in module.walk() if isinstance(o, quant.QuantizeOp)]:
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, q: quant.QuantizeOp, rewriter: PatternRewriter):
         dq = producer(q.input)
         if isinstance(dq, quant.DequantizeOp) and shape_dtype(dq.input.type)[1] == np.int8 \
                 and _scale_of(dq) is not None and _scale_of(dq) == splat_value(q.scale):
-            q.result.replace_all_uses_with(dq.input)
-            q.detach()
-            q.erase()
-            changed = True
-    if changed:
-        dce(module)
-    return changed
+            rewriter.replace(q, [], [dq.input])
 
 
-def _float_results(module: ModuleOp) -> None:
+class FloatResult(RewritePattern):
     """dequantize(qdot(..., out_scale=s), s) -> qdot(...) with a float result, where the int8
     result has no other reader: once the int8 chains are settled, a dequantize still right
     after a quantized op means float is wanted (a residual add, the model's output), and the
     kernel's epilogue writes it directly -- one op and one rounding fewer."""
-    for dq in [o for o in module.walk() if isinstance(o, quant.DequantizeOp)]:
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, dq: quant.DequantizeOp, rewriter: PatternRewriter):
         q = producer(dq.input)
         if not isinstance(q, quant.StaticMatmulOp) or q.out_scale is None or len(users(q.result)) != 1 \
                 or _scale_of(dq) is None or _scale_of(dq) != splat_value(q.out_scale):
-            continue
+            return
         new = type(q)(q.lhs, q.rhs, q.x_scale, q.w_scale, q.bias, None, shape_dtype(q.result.type)[0],
                       dict(q.attributes), q.activation, q.w_axis)
-        Rewriter.insert_op(new, InsertPoint.before(q))
-        dq.result.replace_all_uses_with(new.result)
-        dq.detach()
-        dq.erase()
-        q.detach()
-        q.erase()
-    dce(module)
+        rewriter.insert(new, InsertPoint.before(q))
+        rewriter.replace(dq, [], [new.result])
+        rewriter.erase(q)
 
 
-def _fold_input_quantize(module: ModuleOp) -> None:
+class FoldInputQuantize(RewritePattern):
     """qdot(quantize(x, s), ..., x_scale=s) -> qdot(x, ...) where nothing else reads the int8
     copy: the kernel quantizes x with s as it reads it (an XLA op and its int8 tensor fewer,
     e.g. at a model's input)."""
-    for q in [o for o in module.walk() if isinstance(o, quant.QuantizeOp)]:
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, q: quant.QuantizeOp, rewriter: PatternRewriter):
         uses = list(q.result.uses)
         if len(uses) != 1 or q.axis != -1:
-            continue
+            return
         use = uses[0]
         mm = use.operation
         if not isinstance(mm, quant.StaticMatmulOp) or use.index != 0 \
                 or splat_value(mm.x_scale) is None or splat_value(mm.x_scale) != splat_value(q.scale):
-            continue
-        mm.operands[0] = q.input
-        q.detach()
-        q.erase()
+            return
+        rewriter.replace(q, [], [q.input])
 
 
 # ops through which a per-tensor dequantize commutes (positive scale, zero point 0)
@@ -262,39 +262,34 @@ _COMMUTING = {"reshape", "transpose", "reduce_window_max", "squeeze", "broadcast
               "rev", "concatenate", "max", "expand_dims", "copy"}
 
 
-def _sink_dequantize(module: ModuleOp) -> bool:
-    """T(dequantize(a, s)) -> dequantize(T(a), s) for T that commutes with it."""
-    changed = False
-    for op in [o for o in module.walk() if isinstance(o, jlax.LaxOp) and o.PRIMITIVE in _COMMUTING]:
-        if op.parent is None:
-            continue
+class SinkDequantize(RewritePattern):
+    """T(dequantize(a, s)) -> dequantize(T(a), s) for T that commutes with it (relu as
+    max(dq(a), 0) included)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
+        if op.PRIMITIVE not in _COMMUTING:
+            return
         dqs = [producer(v) for v in op.operands]
-        if op.PRIMITIVE == "max":  # relu: max(dq(a), 0)
+        relu = op.PRIMITIVE == "max"
+        if relu:
             if len(dqs) != 2 or not isinstance(dqs[0], quant.DequantizeOp) or splat_value(op.operands[1]) != 0:
-                continue
+                return
             dqs = dqs[:1]
-            zero = jlax.ConstantOp.from_array(np.zeros((), np.int8))
-            Rewriter.insert_op(zero, InsertPoint.before(op))
-            inputs = [dqs[0].input, zero.result]
-        else:
-            if not all(isinstance(d, quant.DequantizeOp) for d in dqs):
-                continue
-            inputs = [d.input for d in dqs]
+        elif not all(isinstance(d, quant.DequantizeOp) for d in dqs):
+            return
         scales = {_scale_of(d) for d in dqs}
         if len(scales) != 1 or None in scales or any(shape_dtype(d.input.type)[1] != np.int8 for d in dqs):
-            continue
-        shape = shape_dtype(op.results[0].type)[0]
-        int_op = type(op)(inputs, [tensor_type(shape, np.int8)], dict(op.attributes))
-        scale_value = dqs[0].scale
-        new_dq = quant.DequantizeOp(int_op.results[0], scale_value)
-        Rewriter.insert_op([int_op, new_dq], InsertPoint.before(op))
-        op.results[0].replace_all_uses_with(new_dq.result)
-        op.detach()
-        op.erase()
-        changed = True
-    if changed:
-        dce(module)
-    return changed
+            return
+        new_ops: list[Operation] = []
+        inputs = [d.input for d in dqs]
+        if relu:
+            zero = jlax.ConstantOp.from_array(np.zeros((), np.int8))
+            new_ops.append(zero)
+            inputs.append(zero.result)
+        int_op = type(op)(inputs, [tensor_type(shape_dtype(op.results[0].type)[0], np.int8)], dict(op.attributes))
+        new_ops += [int_op, quant.DequantizeOp(int_op.results[0], dqs[0].scale)]
+        rewriter.replace(op, new_ops, [new_ops[-1].results[0]])
 
 
 __all__ = ["QuantizePass", "MODES", "activation_dots", "kernel_axis", "users"]
