@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from xdsl.utils.exceptions import VerifyException
 
 from jaxlite.compiler.frontend import trace
-from jaxlite.compiler.model import Model
+from jaxlite.compiler.model import Model, print_ir_after_step
 from jaxlite.dialects.module import print_module, verify_module
 from jaxlite.errors import ConversionError
 from jaxlite.passes import pipeline
@@ -58,36 +57,24 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
         raise ConversionError(f"the traced IR does not verify: {e}") from None
     model = Model(traced.module, traced.weights, traced.signature)
     model.record("trace", print_module(traced.module))
+    printing = dict(print_ir_after_all=print_ir_after_all, print_ir_after=print_ir_after, print_stats=print_stats)
     wanted = {print_ir_after} if isinstance(print_ir_after, str) else set(print_ir_after or ())
     if print_ir_after_all or "trace" in wanted:
-        print(f"// -----// IR after trace //----- //\n{model.ir()}", file=sys.stdout)
-
-    def after_each(name, module, stats):
-        text = print_module(module)
-        model.record(name, text)
-        model.pass_stats.append(stats)
-        if print_stats:
-            print(stats.line(), file=sys.stderr)
-        if print_ir_after_all or name in wanted:
-            print(f"// -----// IR after {name} //----- //\n{text}", file=sys.stdout)
-
-    pipeline.run(model.module, model.weights, pass_list, after_each)
-    if quantize is not None:
-        _quantize(model, quantize, calibration, per_channel, tuple(skip or ()), calibration_method, after_each)
-    elif calibration is not None:
-        raise ConversionError("calibration data is only used with quantize='int8'")
-    return model
-
-
-def _quantize(model: Model, mode: str, calibration, per_channel: bool, skip: tuple[str, ...],
-              method: str, after_each) -> None:
-    if mode not in MODES:
-        raise ConversionError(f"unknown quantize mode {mode!r}; use one of {', '.join(MODES)}")
-    if mode == "int8" and calibration is None:
+        print_ir_after_step("trace", model.ir())
+    model.run_passes(pass_list, **printing)
+    if quantize is None:
+        if calibration is not None:
+            raise ConversionError("calibration data is only used with quantize='int8'")
+        return model
+    if quantize not in MODES:
+        raise ConversionError(f"unknown quantize mode {quantize!r}; use one of {', '.join(MODES)}")
+    if quantize == "int8" and calibration is None:
         raise ConversionError("quantize='int8' needs calibration data: calibration=[(x1,), (x2,), ...]")
-    if mode != "int8" and calibration is not None:
-        raise ConversionError(f"calibration data is only used with quantize='int8', not {mode!r}")
-    passes = [QuantizePass(mode=mode, per_channel=per_channel, skip=skip), *pipeline.parse("cse,dce")]
-    pipeline.run(model.module, model.pass_resources(calibration, method), passes, after_each)
-    model.metadata["quantization"] = {"mode": mode, "per_channel": per_channel, "skip": list(skip),
-                                      "calibration_method": method if mode == "int8" else None}
+    if quantize != "int8" and calibration is not None:
+        raise ConversionError(f"calibration data is only used with quantize='int8', not {quantize!r}")
+    skip = tuple(skip or ())
+    model.run_passes([QuantizePass(mode=quantize, per_channel=per_channel, skip=skip), *pipeline.parse("cse,dce")],
+                     calibration=calibration, calibration_method=calibration_method, **printing)
+    model.metadata["quantization"] = {"mode": quantize, "per_channel": per_channel, "skip": list(skip),
+                                      "calibration_method": calibration_method if quantize == "int8" else None}
+    return model

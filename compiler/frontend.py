@@ -29,9 +29,6 @@ from jaxlite.dialects.types import is_key_dtype, is_supported_dtype, tensor_type
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import ConversionError, UnsupportedPrimitiveError
 
-# Anonymous constants up to this many elements are inlined; larger ones become weights.
-INLINE_CONSTANT_LIMIT = 64
-
 _CALL_PRIMITIVES = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
                     "custom_vjp_call", "custom_vjp_call_jaxpr", "checkpoint", "remat",
                     "remat2", "custom_lin"}
@@ -163,7 +160,7 @@ class _Lowerer:
         key = array_key(value)
         arr = np.asarray(value).view(np.ndarray)  # zero-copy for numpy and CPU jax arrays
         named = self.names.get(key)
-        if named is None and arr.size <= INLINE_CONSTANT_LIMIT:
+        if named is None and arr.size <= jlax.INLINE_CONSTANT_ELEMENTS:
             op = jlax.ConstantOp.from_array(arr)
         else:
             if key not in self._weight_by_key:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xdsl.dialects.builtin import ModuleOp
@@ -19,7 +21,9 @@ from jaxlite.dialects.signature import Signature
 from jaxlite.dialects.types import shape_dtype
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import ModelFormatError
+from jaxlite.passes import pipeline
 from jaxlite.passes.common import PassResources
+from jaxlite.passes.pipeline import PassStats
 from jaxlite.runtime.executable import Executable
 
 
@@ -73,6 +77,28 @@ class Model:
         available_targets()``); default: what this machine and device have, ``xla`` last."""
         return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm, direct, targets)
 
+    def run_passes(self, passes, *, calibration=None, calibration_method: str = "max",
+                   print_ir_after_all: bool = False, print_ir_after: str | Sequence[str] | None = None,
+                   print_stats: bool = False) -> list[PassStats]:
+        """Run a pass pipeline (a string, names, or pass instances) over this model in
+        place, recording the IR after each pass (``ir(after=...)``). ``calibration``: the
+        example-argument tuples int8 quantization measures ranges on. Prints the IR after
+        every pass or the named ones, and one statistic line per pass on stderr."""
+        wanted = {print_ir_after} if isinstance(print_ir_after, str) else set(print_ir_after or ())
+
+        def after_each(name, module, stats):
+            text = print_module(module)
+            self.record(name, text)
+            self.pass_stats.append(stats)
+            if print_stats:
+                print(stats.line(), file=sys.stderr)
+            if print_ir_after_all or name in wanted:
+                print_ir_after_step(name, text)
+
+        if isinstance(passes, str) or (passes and isinstance(passes[0], str)):
+            passes = pipeline.parse(passes)
+        return pipeline.run(self.module, self.pass_resources(calibration, calibration_method), passes, after_each)
+
     def op_counts(self) -> Counter:
         """Ops by name (what the IR computes: structure such as @main's return not counted)."""
         return op_counts(self.module)
@@ -117,6 +143,11 @@ class Model:
         n_ops = sum(self.op_counts().values())
         return (f"<jaxlite.Model ({ins}) -> ({outs}); {n_ops} ops, "
                 f"{self.num_parameters:,} parameters in {len(self.weights)} weights>")
+
+
+def print_ir_after_step(name: str, text: str) -> None:
+    """The IR after a pipeline step, under mlir-opt's banner."""
+    print(f"// -----// IR after {name} //----- //\n{text}", file=sys.stdout)
 
 
 def load(path: str | os.PathLike) -> Model:

@@ -191,6 +191,11 @@ class WeightOp(IRDLOperation):
         return self.ref.root_reference.data
 
 
+# Arrays up to this many elements are written inline as jlax.constant (literals, shapes,
+# tiny tables); bigger ones are weights, out of line.
+INLINE_CONSTANT_ELEMENTS = 64
+
+
 @irdl_op_definition
 class ConstantOp(IRDLOperation):
     """A small inline constant: jaxpr literals, shapes and tiny tables."""

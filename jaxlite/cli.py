@@ -1,7 +1,8 @@
 """The ``jaxlite`` command line: convert, ir, run, demo.
 
 User errors (missing file, bad FACTORY, wrong input, damaged model) print one line and exit
-with status 1; ``--debug`` shows the traceback instead.
+with status 1; ``--debug`` shows the traceback instead. Each command imports jax and jaxlite
+when it runs (not at the top of this module), so ``jaxlite --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def cmd_opt(args) -> None:
     """Run a pass pipeline over a .jlite file (or IR text), like mlir-opt."""
     import jaxlite
     from jaxlite.compiler.model import Model
+    from jaxlite.dialects.jlax import WeightOp
     from jaxlite.dialects.module import parse_module, print_module
     from jaxlite.dialects.weights import WeightStore
     from jaxlite.passes import pipeline
@@ -189,15 +191,6 @@ def cmd_opt(args) -> None:
     else:
         model = jaxlite.load(path)
     passes = pipeline.parse(args.pipeline)
-    wanted = set(args.print_ir_after or ())
-
-    def after_each(name, module, stats):
-        if args.stats:
-            print(stats.line(), file=sys.stderr)
-        if args.print_ir_after_all or name in wanted:
-            print(f"// -----// IR after {name} //----- //\n{print_module(module)}")
-
-    from jaxlite.dialects.jlax import WeightOp
     if is_text and any(isinstance(op, WeightOp) for op in model.module.walk()):
         raise UserError("IR text refers to weights (jlax.weight); run opt on the .jlite file instead")
     calibration = None
@@ -205,7 +198,8 @@ def cmd_opt(args) -> None:
         if is_text:
             raise UserError("--calibration runs the model: give a .jlite file, not IR text")
         calibration = read_batches(args.calibration, model.signature)
-    pipeline.run(model.module, model.pass_resources(calibration), passes, after_each)
+    model.run_passes(passes, calibration=calibration, print_ir_after_all=args.print_ir_after_all,
+                     print_ir_after=args.print_ir_after, print_stats=args.stats)
     out = args.output
     if out is None or out == "-":
         print(print_module(model.module), end="")

@@ -52,7 +52,6 @@ from jaxlite.passes.common import (
     users,
 )
 
-INLINE_LIMIT = 64  # folded results up to this many elements become jlax.constant
 _NOT_FOLDABLE = {"platform_index", "optimization_barrier"}
 
 
@@ -95,7 +94,7 @@ def _fold_block(block: Block, store: WeightStore) -> int:
             continue
         seen.add(v)
         size, nbytes = _nbytes(v)
-        if size <= INLINE_LIMIT or nbytes <= derived[v]:
+        if size <= jlax.INLINE_CONSTANT_ELEMENTS or nbytes <= derived[v]:
             materialize.append(v)
         else:  # folding would store more than it saves: fold the operands instead
             stack.extend(x for x in v.owner.operands if x in derived)
@@ -122,7 +121,7 @@ def _fold_block(block: Block, store: WeightStore) -> int:
     values = jax.device_get(jax.jit(run)([constant_array(v, store) for v in leaves]))
     for v, arr in zip(materialize, values, strict=True):
         arr = np.asarray(arr)
-        if arr.size <= INLINE_LIMIT and _from_weight(v) is None:
+        if arr.size <= jlax.INLINE_CONSTANT_ELEMENTS and _from_weight(v) is None:
             new = jlax.ConstantOp.from_array(arr)
         else:
             new = jlax.WeightOp(store.add(arr, _hint(v)), v.type)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,8 +66,6 @@ def _describe(x) -> str:
 
 def _jax_type_error(e: TypeError) -> str:
     """jax's message for a non-array argument, in one line with the argument's path."""
-    import re
-
     text = str(e)
     path = re.search(r"at path (\S+?)\.?$", text.splitlines()[0])
     kind = re.search(r"of type <class '([^']+)'>", text)
