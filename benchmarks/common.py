@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import sys
 
 from jaxlite.timing import interleaved_medians  # noqa: F401  (re-exported for the scripts)
@@ -33,11 +32,13 @@ def configure_threads(argv: list[str]) -> str:
 
 
 def machine(threads: str) -> str:
+    """The CPU (model, cores, ISA features), thread setting, jax, and jaxlite's kernel targets."""
     import jax
 
-    cpu = platform.processor() or platform.machine()
-    return (f"{cpu}, {os.cpu_count()} cores, threads={threads}, jax {jax.__version__}, "
-            f"backend {jax.default_backend()}, python {sys.version.split()[0]}")
+    from jaxlite.runtime import available_targets, cpu
+
+    return (f"{cpu.describe()}; threads={threads}, jax {jax.__version__}, backend {jax.default_backend()}, "
+            f"python {sys.version.split()[0]}; jaxlite targets: {', '.join(available_targets())}")
 
 
 def peak_rss_mb() -> float:

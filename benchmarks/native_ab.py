@@ -3,7 +3,8 @@
     python benchmarks/native_ab.py OLD.so [--reps 400]
 
 This machine's speed swings 30-50% between processes, which hides kernel changes of a few
-percent. So the other build (a ``~/.cache/jaxlite/int8_gemm-*.so`` from an earlier commit) is
+percent. So the other build (the ``runtime/_kernels_avx512vnni*.so`` of another checkout, or an
+``int8_gemm-*.so`` that jaxlite before the install-time build compiled into ~/.cache) is
 loaded beside the current one under ``old_*`` FFI targets and the two are called alternately
 on the same arrays: GEMMs of the benchmark models' shapes (transformer, ResNet/CNN convs as
 GEMMs, the digits MLP), both float-input (dynamic) and int8-input, and the attention dot.
@@ -15,6 +16,7 @@ The current build against itself reads 0.99-1.00 on every row here: that is the 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import shutil
 import sys
@@ -32,22 +34,24 @@ import numpy as np  # noqa: E402
 
 from jaxlite.runtime import native_calls as native  # noqa: E402
 
-TARGETS = {"QUANTIZED_TARGET": "JaxliteQuantizedGemm", "DYNAMIC_TARGET": "JaxliteDynamicGemm",
-           "ACT_TARGET": "JaxliteDynamicActGemm", "CONV_TARGET": "JaxliteQuantizedConv"}
+KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv")
+# (batch, height, width, in channels, out channels) of 3x3 SAME convolutions: the digits CNN's
+CONVS = [(64, 8, 8, 1, 16), (64, 4, 4, 16, 32)]
 SHAPES = [(128, 256, 256, "none"), (128, 256, 1024, "gelu_tanh"), (128, 1024, 256, "none"),
           (1024, 144, 32, "relu"), (4096, 9, 16, "relu"), (64, 64, 128, "relu"), (64, 64, 10, "none")]
 
 
 @contextmanager
 def old_targets():
-    saved = {name: getattr(native, name) for name in TARGETS}
-    for name, value in saved.items():
-        setattr(native, name, "old_" + value)
+    """While tracing: this checkout's kernel calls name the other build's FFI targets."""
+    kernels = native.library().kernels
+    saved = {name: kernels[name] for name in KERNELS}
+    for name, kernel in saved.items():
+        kernels[name] = dataclasses.replace(kernel, prefix="old_jaxlite_")
     try:
         yield
     finally:
-        for name, value in saved.items():
-            setattr(native, name, value)
+        kernels.update(saved)
 
 
 def compare(label: str, make, arg, reps: int) -> None:
@@ -82,8 +86,8 @@ def run() -> None:
     copy = os.path.join(tempfile.mkdtemp(), "old.so")  # a second copy loads as its own library
     shutil.copy(sys.argv[1], copy)
     lib = ctypes.CDLL(copy, mode=os.RTLD_LOCAL)
-    for name, symbol in TARGETS.items():
-        jax.ffi.register_ffi_target("old_" + getattr(native, name), jax.ffi.pycapsule(getattr(lib, symbol)),
+    for name in KERNELS:
+        jax.ffi.register_ffi_target("old_" + native.kernel(name).target, jax.ffi.pycapsule(getattr(lib, f"Jaxlite{name}")),
                                     platform="cpu")
     rng = np.random.default_rng(0)
     for m, k, n, act in SHAPES:
@@ -99,6 +103,19 @@ def run() -> None:
         compare(f"int8 {m}x{k}x{n} {act}",
                 lambda x, p=packed, c=colsum, s=scale, n=n, a=act: native.quantized_gemm(
                     x, p, c, n, s, out_scale=jnp.float32(0.05), activation=a), xq, reps)
+    for b, h, w_, c, o in CONVS:
+        wq = rng.integers(-127, 128, (9 * c, o)).astype(np.int8)
+        packed, colsum = native.pack(wq)
+        scale = jnp.full((o,), 0.01, jnp.float32)
+        geometry = dict(window=(3, 3), strides=(1, 1), dilation=(1, 1), padding_low=(1, 1), out_size=(h, w_))
+        x = jnp.asarray(rng.standard_normal((b, h, w_, c)).astype(np.float32))
+        compare(f"dynamic conv {b}x{h}x{w_}x{c}->{o} relu",
+                lambda x, p=packed, cs=colsum, s=scale, o=o, g=geometry: native.dynamic_conv(
+                    x, p, cs, o, s, activation="relu", **g), x, reps)
+        xq = jnp.asarray(rng.integers(-127, 128, (b, h, w_, c)).astype(np.int8))
+        compare(f"int8 conv {b}x{h}x{w_}x{c}->{o} relu",
+                lambda x, p=packed, cs=colsum, s=scale, o=o, g=geometry: native.quantized_conv(
+                    x, p, cs, o, s, out_scale=jnp.float32(0.05), activation="relu", **g), xq, reps)
     heads = jnp.asarray(rng.standard_normal((4, 128, 64)).astype(np.float32))
     compare("act 4x128x64x128", lambda a: native.dynamic_act_gemm(a, a), heads, reps)
 

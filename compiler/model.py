@@ -70,8 +70,8 @@ class Model:
         ``native_gemm``: jaxlite's native CPU kernels where the CPU runs them (identical
         int8 products; False: XLA's code only).
         ``direct``: a small program (<= 8M multiply-adds) that is only native kernels runs
-        them without XLA, whose per-call cost would dominate it (the int8 digits MLP: 18.7
-        -> 12.8 us); calls then return numpy arrays. None: where possible; False: never; True:
+        them without XLA, whose per-call cost would dominate it; calls then return numpy
+        arrays. None: where possible; False: never; True:
         required (DeviceError where not possible).
         ``targets``: kernel targets in order of preference (``jaxlite.runtime.
         available_targets()``); default: what this machine and device have, ``xla`` last."""

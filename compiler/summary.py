@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import zipfile
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from jaxlite.compiler.model import Model
+from jaxlite.dialects.module import op_counts
 
 
 def summarize(model: Model, path: str | Path | None = None) -> dict:
     """Inputs/outputs, op counts by kind, parameters and bytes by dtype, file composition."""
-    ops = Counter(op.name for op in model.module.walk() if op.name not in
-                  ("builtin.module", "func.func", "func.return", "jlax.weight", "jlax.constant", "jlax.yield"))
+    ops = op_counts(model.module, data=False)
     by_dtype: dict[str, list[int]] = {}
     for arr in model.weights.arrays.values():
         entry = by_dtype.setdefault(np.dtype(arr.dtype).name, [0, 0])

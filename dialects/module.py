@@ -21,6 +21,8 @@ from jaxlite.errors import ModelFormatError
 
 # ops that structure a module rather than compute: not counted as "ops" anywhere
 STRUCTURAL_OPS = frozenset({"builtin.module", "func.func", "func.return", "jlax.yield"})
+# ops that only name data (weights, inline constants)
+DATA_OPS = frozenset({"jlax.weight", "jlax.constant"})
 
 
 def make_context() -> Context:
@@ -82,7 +84,9 @@ def blocks_of(module: ModuleOp) -> list[Block]:
     return out
 
 
-def op_counts(module: ModuleOp) -> Counter:
-    """Ops by name, structure (module, function, return, yield) not counted: the one way
-    jaxlite counts ops (pass statistics, summaries, the Model's repr)."""
-    return Counter(op.name for op in module.walk() if op.name not in STRUCTURAL_OPS)
+def op_counts(module: ModuleOp, *, data: bool = True) -> Counter:
+    """Ops by name, structure (module, function, return, yield) not counted -- nor, with
+    ``data=False``, the ops that only name weights and constants: the one way jaxlite counts
+    ops (pass statistics, summaries, the Model's repr)."""
+    skip = STRUCTURAL_OPS if data else STRUCTURAL_OPS | DATA_OPS
+    return Counter(op.name for op in module.walk() if op.name not in skip)

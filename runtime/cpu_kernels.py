@@ -34,8 +34,7 @@ CPU_AVX512_VNNI = register_target(
     native.unavailable)
 # A packed weight is compiled into the program as a constant only while it is this small:
 # XLA does nothing with a custom call's constant operand, so embedding saves only the
-# argument's dispatch (~1 us each) and keeps the bytes resident twice (a 67M-parameter
-# dynamic model: steady RSS 1.9x its int8 weights embedded, 1.0x passed).
+# argument's dispatch and keeps the bytes resident twice.
 EMBED_PACKED_MAX_BYTES = 1024 * 1024
 
 
@@ -271,8 +270,8 @@ def _max_pool(op: jlax.LaxOp, ctx: LoweringContext):
     """``reduce_window_max`` over the two middle axes of a 4-D array (a 2-D max-pool,
     channels last) as one native call where its input is int8 or comes from a native int8
     matmul, else None. Next to native kernels a custom call runs inline, where the XLA
-    loop fusion would be handed to a pool thread (pinned, digits CNN int8: 117 -> 98 us);
-    in a float model XLA's pooling fuses with its neighbours and stays (397 vs 420 us)."""
+    loop fusion would be handed to a pool thread; in a float model XLA's pooling fuses with
+    its neighbours and stays."""
     params = op.params()
     window, strides, padding = params["window_dimensions"], params["window_strides"], params["padding"]
     in_type = op.operands[0].type

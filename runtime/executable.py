@@ -1,13 +1,11 @@
 """Executable: a compiled model, callable like the function it was converted from.
 
 The whole program is one ``jax.jit``. Weights are placed on the device once. Small ones are
-closed over (XLA embeds them as constants: each argument costs ~3 us of dispatch here, a
-tiny model would pay more for its weights than for its math, and XLA prepares constant
-kernels at compile time: ResNet-18's 45 MB embedded ran 41.2 ms against 45.2 ms as
-arguments, jax.jit 44.0 ms, one thread); the rest are passed as arguments, since embedding
-a 400 MB model took 7.4 s to compile and +1.1 GB of memory against 0.18 s as arguments,
-and embedded weights stay resident twice (a 64 MiB budget doubled a quantized model's
-steady RSS). ``embed_weights_bytes`` moves the line. Which kernel runs each op comes from
+closed over (XLA embeds them as constants: no per-argument dispatch, which a tiny model
+would pay more for than for its math, and constant kernels prepared at compile time); the
+rest are passed as arguments, since embedding big models costs compile time and keeps the
+weights resident twice (figures: docs/ARCHITECTURE.md). ``embed_weights_bytes`` moves the
+line. Which kernel runs each op comes from
 the registry, by the Executable's target order (runtime/lowering.py). The call path checks
 the arguments against the signature (one pytree flatten and a shape/dtype compare) and
 calls the jitted function.

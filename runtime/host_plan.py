@@ -1,8 +1,8 @@
 """HostPlan: a program of jaxlite's native kernels called straight from Python, without XLA.
 
-For a model as small as the digits MLP (three int8 GEMMs, ~1M multiply-adds, a few us of
-kernel work) XLA's per-call cost -- argument handling, result allocation, thunk dispatch,
-~12 us here on top of jax's dispatch -- is most of the time. When the jitted program is
+For a model as small as the digits MLP (three int8 GEMMs, ~1M multiply-adds) XLA's per-call
+cost -- argument handling, result allocation, thunk dispatch, on top of jax's dispatch -- is
+most of the time (figures: docs/ARCHITECTURE.md). When the jitted program is
 nothing but jaxlite's custom calls and reshapes, the same kernels are called here through
 ctypes (their ``JaxliteDirect<Name>`` entry points, ``runtime/native/bindings.h``) on
 buffers allocated once: each call copies the inputs in, runs the kernels in order on the

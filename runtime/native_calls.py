@@ -46,11 +46,12 @@ class NativeKernel:
     outputs: tuple[str, ...]
     attributes: tuple[tuple[str, str], ...]     # (name, kind): kind "i32", "f32" or "i64s"
     direct: int                                 # address of JaxliteDirect<Name>
+    prefix: str = "jaxlite_"                    # of the custom-call target name
 
     @property
     def target(self) -> str:
         """The custom-call target name: jaxlite_quantized_gemm, ..."""
-        return "jaxlite_" + re.sub(r"(?<!^)(?=[A-Z])", "_", self.name).lower()
+        return self.prefix + re.sub(r"(?<!^)(?=[A-Z])", "_", self.name).lower()
 
     @staticmethod
     def parse(name: str, signature: str, direct: int) -> NativeKernel:

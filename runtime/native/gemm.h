@@ -81,9 +81,8 @@ void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_
   const int64_t panels = (N + 31) / 32;
   const int64_t pairs = (panels + 1) / 2;
   const int64_t macs = M * Kp * N;
-  // Row blocks only for big GEMMs (>= 32M MACs, ~170 us on one core): on the digits CNN's second
-  // convolution (4.7M) splitting rows made the model 30% slower on two cores, on ResNet's
-  // first stage (116M) 10% faster.
+  // Row blocks only for big GEMMs (>= 32M MACs): below, splitting rows cost more than it gained
+  // (measured: docs/ARCHITECTURE.md).
   const int64_t max_row_blocks = macs >= (int64_t{1} << 25) ? std::max<int64_t>(1, M / kMinRows) : 1;
   const int64_t threads = std::min<int64_t>({usable_threads(pool), pairs * max_row_blocks, macs / (1 << 20)});
   if (threads <= 1) {
