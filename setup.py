@@ -58,8 +58,12 @@ def native_extensions() -> list[Extension]:
     return [
         Extension("jaxlite.runtime._cpu_features", [f"{NATIVE}/cpu_features.c"], extra_compile_args=["-O2"]),
         Extension("jaxlite.runtime._kernels_avx512vnni", KERNEL_SOURCES, language="c++",
-                  depends=[f"{NATIVE}/{h}" for h in ("common.h", "math.h", "gemm.h", "window.h", "bindings.h")],
-                  extra_compile_args=["-std=c++17", "-O3", *ISA_FLAGS, "-Wall", "-Wno-maybe-uninitialized"]),
+                  depends=[f"{NATIVE}/{h}" for h in ("common.h", "vector_math.h", "gemm.h", "window.h", "bindings.h",
+                                                      "exports.map")],
+                  extra_compile_args=["-std=c++17", "-O3", *ISA_FLAGS, "-Wall", "-Wno-maybe-uninitialized",
+                                      # only the extern "C" entry points are exported (JAXLITE_API)
+                                      "-fvisibility=hidden", "-fvisibility-inlines-hidden"],
+                  extra_link_args=[f"-Wl,--version-script={NATIVE}/exports.map"]),
     ]
 
 

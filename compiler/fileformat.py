@@ -1,4 +1,4 @@
-"""The ``.jlite`` model file: one uncompressed zip holding
+"""The ``.jlite`` model file: one zip holding
 
 * ``manifest.json`` -- format name and version, jaxlite version, signature, weight table;
 * ``model.mlir``    -- the IR as text (parseable by xDSL with jaxlite's dialects);

@@ -74,7 +74,8 @@ class Model:
         arrays. None: where possible; False: never; True:
         required (DeviceError where not possible).
         ``targets``: kernel targets in order of preference (``jaxlite.runtime.
-        available_targets()``); default: what this machine and device have, ``xla`` last."""
+        available_targets()``; instead of ``native_gemm``/``float16_compute``); default:
+        what this machine and device have, ``xla`` last."""
         return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm, direct, targets)
 
     def run_passes(self, passes, *, calibration=None, calibration_method: str = "max",

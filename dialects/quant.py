@@ -5,7 +5,7 @@ activation scales), never inline arrays, so per-channel scales of big layers do 
 dumps. ``axis`` is the axis a per-channel scale runs along (-1: one scale per tensor); it and
 the matmuls' ``activation`` and ``w_axis`` are typed properties (``axis = 1 : i64``).
 
-* ``jquant.quantize %x, %scale``   f32 -> i8: ``clip(round(x / scale), -127, 127)``
+* ``jquant.quantize %x, %scale``   f32 -> i8: ``clip(round(x * (1 / scale)), -127, 127)``
 * ``jquant.dequantize %q, %scale`` i8 -> f32: ``q * scale``
 * ``jquant.upcast %w``             f16 -> f32 (float16 storage)
 * ``jquant.dynamic_dot`` / ``jquant.dynamic_conv``: float activations quantized per row

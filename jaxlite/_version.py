@@ -1,3 +1,3 @@
 """jaxlite's version (a leaf module: every layer may import it)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

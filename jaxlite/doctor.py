@@ -16,7 +16,8 @@ def report() -> list[tuple[str, str]]:
     rows = [("jaxlite", __version__), ("jax", f"{jax.__version__} (devices: {', '.join(_devices())})"),
             ("CPU", cpu.describe())]
     for target, why in target_status():
-        rows.append((f"target {target.name}", "available" if why is None else f"unavailable: {why}"))
+        rows.append((f"target {target.name}", ("available" if why is None else f"unavailable: {why}")
+                     + f" -- {target.description}"))
     platform = jax.default_backend()
     rows.append((f"compile() on {platform}", "targets " + ", ".join(choose_targets(platform))
                  + (" (float16 models add xla-float16)" if platform == "gpu" else "")))

@@ -42,6 +42,7 @@ from jaxlite.dialects.module import blocks_of
 from jaxlite.dialects.params import encode
 from jaxlite.dialects.types import KeyType, shape_dtype, tensor_type
 from jaxlite.dialects.weights import WeightStore
+from jaxlite.errors import ConversionError
 from jaxlite.passes.common import (
     ModelPass,
     constant_array,
@@ -437,6 +438,7 @@ class FastMath(RewritePattern):
         rewriter.replace(op, [zero, broadcast])
 
 
+MAX_WALKS = 1000  # a model needs a handful; more means two rewrites undo each other
 PATTERNS: tuple[type[RewritePattern], ...] = (
     ConstantsToTheRight, WeightsToTheRight, AddZero, MulOne, DoubleNegation, ConstantSelector, NoOpConversion,
     NoOpWindow, TransposeChain, ReshapeChain, BroadcastChain, LikeTerms, ConstantChains)
@@ -449,8 +451,19 @@ class CanonicalizePass(ModelPass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         """The patterns and constant folding, alternated by one walker until neither
-        changes anything (folding runs between walks: it takes whole blocks at once)."""
+        changes anything (folding runs between walks: it takes whole blocks at once). Every
+        round removes or moves ops towards a normal form; a rewrite loop would be a bug, and
+        is reported as one rather than cut short."""
         patterns = [p() for p in PATTERNS] + ([FastMath()] if self.fast_math else [])
+        walks = 0
+
+        def fold(region, listener) -> bool:
+            nonlocal walks
+            walks += 1
+            if walks > MAX_WALKS:
+                raise ConversionError(f"canonicalize did not reach a fixed point in {MAX_WALKS} walks "
+                                      "(two rewrites undo each other): please report this model")
+            return fold_constants(op, self.weights) > 0
+
         PatternRewriteWalker(GreedyRewritePatternApplier(patterns), apply_recursively=True,
-                             post_walk_func=lambda region, listener: fold_constants(op, self.weights) > 0
-                             ).rewrite_module(op)
+                             post_walk_func=fold).rewrite_module(op)

@@ -83,8 +83,11 @@ def _quantized_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
         return native.packed_weight(w2d) if part == 0 else native.column_sums(w2d)
 
     nbytes = native.packed_bytes(k, n)
-    packed = ctx.derive(f"{name}@vnni", nbytes, lambda: make(0), embeddable=nbytes <= EMBED_PACKED_MAX_BYTES)
-    colsum = ctx.derive(f"{name}@colsum", 4 * n, lambda: make(1))
+    # the [K, N] layout depends on how the op contracts the weight: one packed copy per layout
+    layout = op.conv_dims().rhs_spec if op.PRIMITIVE == "conv_general_dilated" else op.dot_dims().rhs_contract
+    key = f"{name}@{','.join(map(str, layout))}"
+    packed = ctx.derive(f"{key}@vnni", nbytes, lambda: make(0), embeddable=nbytes <= EMBED_PACKED_MAX_BYTES)
+    colsum = ctx.derive(f"{key}@colsum", 4 * n, lambda: make(1))
     return Kernel(native_kernel(op, packed, colsum, n), unread=frozenset({1}))
 
 
@@ -100,7 +103,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     is_dynamic = isinstance(op, quant.DynamicMatmulOp)
     has_bias = op.bias is not None
     native_bias = not has_bias or _varies_only_by_column(tuple(op.bias.type.get_shape()), out_shape, cols)
-    native_act = native_bias and activation in native.ACTIVATIONS
+    native_act = native_bias and native.activation_code(activation) is not None
     requantize = not is_dynamic and op.out_scale is not None
     rhs_shape = tuple(op.rhs.type.get_shape())  # the int8 weight itself is not placed
     # the float input of several dynamic dots (attention's q, k, v): quantized once

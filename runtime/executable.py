@@ -90,18 +90,19 @@ def _checked_leaf(x, spec: TensorSpec, sig: Signature):
 def choose_targets(platform: str, targets: Sequence[str] | None = None, *, float16_compute: bool = False,
                    native: bool = True) -> tuple[str, ...]:
     """The target order of an Executable on ``platform`` ("cpu" or "gpu"): the given
-    ``targets`` (checked), else this platform's available targets (the CPU's native ones
-    unless ``native`` is False), ``xla-float16`` first with ``float16_compute``; ``xla``
-    always last."""
+    ``targets`` (checked: known, available, for this platform), else this platform's
+    available targets (the CPU's native ones unless ``native`` is False), ``xla-float16``
+    first with ``float16_compute``; ``xla`` always last."""
     available = available_targets()
     if targets is not None:
-        unknown = [t for t in targets if t not in TARGETS]
-        if unknown:
-            raise DeviceError(f"unknown target {unknown[0]!r}; targets: {', '.join(TARGETS)}")
-        missing = [t for t in targets if t not in available]
-        if missing:
-            raise DeviceError(f"target {missing[0]!r} is not available here: {TARGETS[missing[0]].unavailable()} "
-                              "(jaxlite doctor lists the targets)")
+        for t in targets:
+            if t not in TARGETS:
+                raise DeviceError(f"unknown target {t!r}; targets: {', '.join(TARGETS)}")
+            if t not in available:
+                raise DeviceError(f"target {t!r} is not available here: {TARGETS[t].unavailable()} "
+                                  "(jaxlite doctor lists the targets)")
+            if not t.startswith(("xla", f"{platform}-")):
+                raise DeviceError(f"target {t!r} does not run on the {platform} device")
         chosen = list(targets)
     else:
         chosen = [t for t in available if native and t.startswith(f"{platform}-")]
@@ -123,11 +124,15 @@ class Executable:
         self.model = model
         self.device = resolve_device(device)
         platform = self.device.platform if self.device is not None else jax.default_backend()
+        if targets is not None and (float16_compute is not None or not native_gemm):
+            raise DeviceError("give either targets= or native_gemm= / float16_compute=, not both "
+                              "(targets= says it all: e.g. targets=['xla-float16', 'xla'])")
         self.float16_compute = platform == "gpu" if float16_compute is None else bool(float16_compute)
         self.targets = choose_targets(platform, targets, float16_compute=self.float16_compute, native=native_gemm)
+        self.float16_compute = "xla-float16" in self.targets
         self.signature: Signature = model.signature
         main = find_main(model.module)
-        lowering = Lowering(self.targets, model.weights, platform)
+        lowering = Lowering(self.targets, model.weights)
         program = lowering.program(main.body.block)
         # name -> (bytes, producer of the host array, may be a constant): arrays derived at
         # load (expanded, packed) are made one at a time and dropped once on the device

@@ -158,14 +158,15 @@ class HostPlan:
             raise NotDirect(f"{target} on a strided operand")
         if any(b.dtype not in _FFI_DTYPES for b in buffers):
             raise NotDirect(f"{target} on dtypes {[str(b.dtype) for b in buffers]}")
+        attributes = dict(params["attributes"] or ())
         try:
-            iattr, fattr = kernel.direct_attributes(dict(params["attributes"] or ()))
+            iattr, fattr = kernel.direct_attributes(attributes)
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise NotDirect(f"{target}: attributes {e}") from None
         if kernel.name in _GEMM_KERNELS:
             self._macs += outs[0].shape[0] * ins[1].size
         elif kernel.name == "DynamicActGemm":
-            self._macs += int(np.prod(iattr[1:5]))  # sizes: its length, then B, M, N, K
+            self._macs += int(np.prod(np.asarray(getattr(attributes["sizes"], "val", attributes["sizes"]))))
         self._keep.extend(buffers)
         dims = [d for b in buffers for d in b.shape]
         args = (len(buffers),

@@ -28,12 +28,11 @@ class NoKernelError(LookupError):
 
 
 class Lowering:
-    """Kernels for the ops of one model on one platform, by the given target order."""
+    """Kernels for the ops of one model, by the given target order."""
 
-    def __init__(self, targets: Sequence[str], weights: WeightStore | None = None, platform: str = "cpu"):
+    def __init__(self, targets: Sequence[str], weights: WeightStore | None = None):
         self.targets = tuple(targets)
         self.weights = weights if weights is not None else WeightStore()
-        self.platform = platform
         self.kernels: dict[Operation, Kernel] = {}
         # name -> (bytes, make, embeddable) of the arrays rules derived from weights
         self.derived: dict[str, tuple[int, Callable[[], Any], bool]] = {}
@@ -75,12 +74,15 @@ class Lowering:
         raise NoKernelError(f"no kernel for {op.name} among targets {', '.join(self.targets)}")
 
     def read_weights(self) -> set[str]:
-        """Names of the weights whose value some lowered kernel reads."""
+        """Names of the weights whose value is read: by a kernel, a terminator (a weight
+        returned as it is) or anything else -- all but those every use of which is an
+        operand its kernel never reads (replaced by a derived array)."""
         names = set()
-        for op, kernel in self.kernels.items():
-            for index, operand in enumerate(op.operands):
-                if index not in kernel.unread and isinstance(operand.owner, WeightOp):
-                    names.add(operand.owner.weight_name)
+        for op in self.kernels:
+            if isinstance(op, WeightOp) and not all(
+                    use.operation in self.kernels and use.index in self.kernels[use.operation].unread
+                    for use in op.result.uses):
+                names.add(op.weight_name)
         return names
 
 

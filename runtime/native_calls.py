@@ -26,15 +26,13 @@ import numpy as np
 from jaxlite.runtime import cpu
 
 LIBRARY = "_kernels_avx512vnni"
-ISA = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni"})
+ISA = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma"})  # setup.py's flags
 KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv", "MaxPool",
            "LayerNorm", "Softmax", "QuantizeRows")
-# activations the GEMM epilogues apply themselves: those of dialects/fused.py (relu and relu6
-# exactly, the others to float32 rounding)
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "sigmoid": 3, "tanh": 4, "silu": 5, "gelu_tanh": 6, "gelu_erf": 7}
 # under jax.vmap each kernel runs once per batch element (they take fixed ranks)
 _VMAP = "sequential"
 _ATTRIBUTE_TYPES = {"i32": np.int32, "f32": np.float32, "i64s": np.int64}
+_DTYPES = {"s8": np.dtype(np.int8), "s32": np.dtype(np.int32), "f32": np.dtype(np.float32)}
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class NativeKernel:
 
     name: str                                   # e.g. "QuantizedGemm"
     inputs: tuple[str, ...]                     # element type per operand: "s8", "s32", "f32", "any"
-    outputs: tuple[str, ...]
+    outputs: tuple[str, ...]                    # element type per result
     attributes: tuple[tuple[str, str], ...]     # (name, kind): kind "i32", "f32" or "i64s"
     direct: int                                 # address of JaxliteDirect<Name>
     prefix: str = "jaxlite_"                    # of the custom-call target name
@@ -69,10 +67,14 @@ class NativeKernel:
         return NativeKernel(name, tuple(inputs), tuple(outputs), tuple(attributes), direct)
 
     def __call__(self, *operands, results, **attributes):
-        """The kernel as a jax custom call (``results``: a ShapeDtypeStruct or a tuple)."""
+        """The kernel as a jax custom call (``results``: a ShapeDtypeStruct or a tuple),
+        operands and attributes checked against the signature first."""
         if len(operands) != len(self.inputs) or set(attributes) != {n for n, _ in self.attributes}:
             raise TypeError(f"{self.name} takes {len(self.inputs)} operands and attributes "
                             f"{[n for n, _ in self.attributes]}, got {len(operands)} and {sorted(attributes)}")
+        for i, (x, kind) in enumerate(zip(operands, self.inputs, strict=True)):
+            if kind != "any" and np.dtype(x.dtype) != _DTYPES[kind]:
+                raise TypeError(f"{self.name}: operand {i} must be {_DTYPES[kind].name}, got {np.dtype(x.dtype).name}")
         encoded = {n: np.asarray(attributes[n], np.int64).reshape(-1) if kind == "i64s"
                    else _ATTRIBUTE_TYPES[kind](attributes[n]) for n, kind in self.attributes}
         return jax.ffi.ffi_call(self.target, results, vmap_method=_VMAP)(*operands, **encoded)
@@ -94,11 +96,16 @@ class NativeKernel:
 
 
 class NativeLibrary:
-    """The loaded kernel library: its kernels by name, registered with jax's FFI."""
+    """The loaded kernel library: its kernels by name, registered with jax's FFI, and the
+    activations its GEMM epilogues apply (name -> code; relu and relu6 exactly, the others
+    to float32 rounding)."""
 
     def __init__(self, path):
         self.path = path
         self.handle = ctypes.CDLL(str(path))
+        names = self.handle.JaxliteActivations
+        names.restype = ctypes.c_char_p
+        self.activations = {name: code for code, name in enumerate(names().decode().split(","))}
         self.kernels: dict[str, NativeKernel] = {}
         for name in KERNELS:
             signature = getattr(self.handle, f"JaxliteSignature{name}")
@@ -108,6 +115,7 @@ class NativeLibrary:
             handler = jax.ffi.pycapsule(getattr(self.handle, f"Jaxlite{name}"))
             jax.ffi.register_ffi_target(kernel.target, handler, platform="cpu")
         self.run = self.handle.JaxliteDirectRun
+        self.run.argtypes = [ctypes.c_void_p, ctypes.c_int64]
         self.run.restype = ctypes.c_char_p
 
     def by_target(self, target: str) -> NativeKernel | None:
@@ -117,9 +125,6 @@ class NativeLibrary:
 @functools.cache
 def _load() -> NativeLibrary | str:
     path = cpu.extension_path(LIBRARY)
-    if path is None:
-        return ("not built: install jaxlite from its source with a C++17 compiler (pip install .), "
-                "not with JAXLITE_BUILD_NATIVE=0")
     try:
         return NativeLibrary(path)
     except Exception as e:  # a library from another build, a jaxlib whose FFI refuses it
@@ -132,6 +137,9 @@ def unavailable() -> str | None:
         return "disabled by JAXLITE_NATIVE=0"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"built for Linux on x86-64, this is {platform.system()} on {platform.machine()}"
+    if cpu.extension_path(LIBRARY) is None or cpu.extension_path("_cpu_features") is None:
+        return ("not built: install jaxlite from its source with a C++17 compiler (pip install .), "
+                "not with JAXLITE_BUILD_NATIVE=0")
     missing = ISA - cpu.features()
     if missing - cpu.detected_features():
         return f"this CPU lacks {', '.join(sorted(missing - cpu.detected_features()))}"
@@ -155,6 +163,11 @@ def library() -> NativeLibrary:
 
 def kernel(name: str) -> NativeKernel:
     return library().kernels[name]
+
+
+def activation_code(activation: str) -> int | None:
+    """The epilogue's code of an activation, or None where the kernels do not apply it."""
+    return library().activations.get(activation) if available() else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,7 +223,7 @@ def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, bias
     requantized to int8 by ``out_scale`` (round half to even, clamped to +-127)."""
     return kernel("QuantizedGemm")(
         a, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias), _optional(out_scale),
-        results=_result((a.shape[0], n), out_scale), activation=ACTIVATIONS[activation])
+        results=_result((a.shape[0], n), out_scale), activation=library().activations[activation])
 
 
 def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None, x_scale=None,
@@ -221,7 +234,7 @@ def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=Non
     with it instead, and the epilogue has no row scale."""
     return kernel("DynamicGemm")(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
-        results=_result((x.shape[0], n), out_scale), activation=ACTIVATIONS[activation])
+        results=_result((x.shape[0], n), out_scale), activation=library().activations[activation])
 
 
 def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dilation, padding_low,
@@ -233,7 +246,7 @@ def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dil
     rows = x.shape[0] * out_size[0] * out_size[1]
     return kernel("QuantizedConv")(
         x, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias), _optional(out_scale),
-        results=_result((rows, n), out_scale), activation=ACTIVATIONS[activation], window=window,
+        results=_result((rows, n), out_scale), activation=library().activations[activation], window=window,
         strides=strides, dilation=dilation, padding_low=padding_low, out_size=out_size)
 
 
@@ -245,7 +258,7 @@ def dynamic_conv(x, packed, colsum, n: int, w_scale, *, window, strides, dilatio
     rows = x.shape[0] * out_size[0] * out_size[1]
     return kernel("DynamicConv")(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
-        results=_result((rows, n), out_scale), activation=ACTIVATIONS[activation], window=window,
+        results=_result((rows, n), out_scale), activation=library().activations[activation], window=window,
         strides=strides, dilation=dilation, padding_low=padding_low, out_size=out_size)
 
 

@@ -11,6 +11,7 @@ from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.dialects.params import encode
 from jaxlite.runtime import xla_int8
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
+from jaxlite.runtime.xla_kernels import evaluated
 
 XLA_FLOAT16 = register_target(
     "xla-float16", "dots and convolutions on float16 weights computed in float16 with float32 "
@@ -29,7 +30,7 @@ def _accumulate(op: quant.QuantizedMatmulOp):
 def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
     """(K, N) when the op's int8 product is one GEMM by a [K, N] weight matrix, else None
     (batched dots, grouped convs). A dot contracting other than the input's last dims reads
-    it transposed (runtime/native_kernels.py); an input-dilated (transposed) conv is one
+    it transposed (runtime/cpu_kernels.py); an input-dilated (transposed) conv is one
     GEMM over the interior-padded input."""
     w_shape = tuple(op.rhs.type.get_shape())
     if op.PRIMITIVE == "conv_general_dilated":
@@ -65,32 +66,29 @@ def out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
     return len(dims.lhs_batch) + len(dims.lhs_free) + dims.rhs_free.index(w_axis)
 
 
-@register(quant.QuantizeOp)
-def _quantize(op: quant.QuantizeOp, ctx: LoweringContext):
-    return lambda weights, *xs: op.evaluate(*xs)
-
-
 @register(quant.DequantizeOp, quant.UpcastOp)
 def _from_low_precision(op: quant.DequantizeOp | quant.UpcastOp, ctx: LoweringContext):
     """A weight stored in low precision but used as float32 (int8-weights, float16 on CPU):
     expanded once when the model is placed, as TFLite does at load, not on every call."""
     sources = [v.owner for v in op.operands]
     if not all(isinstance(w, jlax.WeightOp) for w in sources):
-        return lambda weights, *xs: op.evaluate(*xs)
+        return evaluated(op)
     names = [w.weight_name for w in sources]
 
     def make():
         return np.asarray(op.evaluate(*[np.asarray(ctx.weight(n)) for n in names])[0])
 
     shape = tuple(op.results[0].type.get_shape())
-    name = ctx.derive(f"{names[0]}@float32", int(np.prod(shape)) * 4, make)
+    axis = f"@{op.axis}" if isinstance(op, quant.DequantizeOp) else ""
+    name = ctx.derive(f"{'|'.join(names)}{axis}@float32", int(np.prod(shape)) * 4, make)
     return Kernel(lambda weights, *_: (weights[name],), unread=frozenset(range(len(names))))
 
 
 @register(quant.UpcastOp, target="xla-float16")
 def _upcast_in_float16_programs(op: quant.UpcastOp, ctx: LoweringContext):
-    """Kept as an op (no float32 copy at load): the float16 dots read the weight itself."""
-    return lambda weights, *xs: op.evaluate(*xs)
+    """A float16 weight is kept as an op (no float32 copy at load): the float16 dots read the
+    weight itself. Other upcasts (bfloat16) are expanded at load as on ``xla``."""
+    return evaluated(op) if str(op.input.type.get_element_type()) == "f16" else None
 
 
 def _float16_weight(op) -> str | None:

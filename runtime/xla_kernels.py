@@ -12,22 +12,32 @@ import itertools
 
 import jax.numpy as jnp
 from jax import lax
+from xdsl.ir import Operation
 
-from jaxlite.dialects import fused, jlax
+from jaxlite.dialects import jlax
 from jaxlite.dialects.params import decode
 from jaxlite.runtime.program import captures_of
 from jaxlite.runtime.registry import LoweringContext, register
 
 
-@register(jlax.LaxOp, fused.FusedOp, fused.LayerNormOp, fused.SoftmaxOp)
-def _evaluate(op, ctx: LoweringContext):
+def evaluated(op: Operation):
+    """The kernel that runs what ``op.evaluate`` computes."""
     return lambda weights, *xs: op.evaluate(*xs)
+
+
+@register(Operation)
+def _evaluate(op: Operation, ctx: LoweringContext):
+    """Any op with semantics of its own (``evaluate``) runs them; the others have specific
+    rules (below) or no kernel."""
+    return evaluated(op) if hasattr(op, "evaluate") else None
 
 
 @register(jlax.WeightOp)
 def _weight(op: jlax.WeightOp, ctx: LoweringContext):
     name = op.weight_name
-    return lambda weights: (weights.get(name),)  # absent: no kernel reads it (Lowering.read_weights)
+    # None where the weight was not placed: then every reader takes it another way
+    # (Lowering.read_weights places all others)
+    return lambda weights: (weights.get(name),)
 
 
 @register(jlax.ConstantOp)

@@ -6,11 +6,13 @@ import re
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxlite
 from jaxlite import cli
+from jaxlite.dialects.fused import Activation
 from jaxlite.examples import digits_mlp
 from jaxlite.runtime import available_targets, cpu, native_calls, target_status
 
@@ -60,6 +62,10 @@ def test_native_kernels_come_from_the_installed_build():
     gemm = native_calls.kernel("QuantizedGemm")
     assert gemm.inputs[:3] == ("s8", "s8", "s32") and gemm.attributes == (("activation", "i32"),)
     assert native_calls.kernel("DynamicActGemm").attributes == (("sizes", "i64s"), ("strides", "i64s"))
+    assert list(native_calls.library().activations) == [a.value for a in Activation]  # C++ and the dialect agree
+    with pytest.raises(TypeError, match="operand 0 must be int8, got float32"):
+        native_calls.quantized_gemm(np.zeros((2, 4), np.float32), *native_calls.pack(np.zeros((4, 3), np.int8)), 3,
+                                    np.ones(3, np.float32))
 
 
 def test_targets_are_listed_specific_first_and_xla_last():
@@ -94,6 +100,9 @@ def test_compile_takes_an_explicit_target_order():
     np.testing.assert_allclose(np.asarray(exe(*args)), np.asarray(jax.jit(fn)(*args)), rtol=0.05, atol=0.05)
     with pytest.raises(jaxlite.DeviceError, match="unknown target 'cpu-sse'"):
         model.compile(targets=["cpu-sse"])
+    with pytest.raises(jaxlite.DeviceError, match="either targets= or native_gemm="):
+        model.compile(targets=["xla"], native_gemm=False)
+    assert model.compile(targets=["xla-float16", "xla"]).float16_compute
     if native_calls.unavailable() is not None:
         with pytest.raises(jaxlite.DeviceError, match="not available here"):
             model.compile(targets=["cpu-avx512vnni"])
@@ -108,3 +117,24 @@ def test_doctor_names_the_cpu_and_every_target(capsys):
         if why is not None:
             assert f"unavailable: {why}" in out
     assert "compile() on cpu" in out
+
+
+def test_weights_returned_or_yielded_as_they_are_are_placed():
+    """A weight no kernel reads but the program returns (or a branch yields) is still placed."""
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.standard_normal((80, 4)).astype(np.float32))
+    w2 = jnp.asarray(rng.standard_normal((80, 4)).astype(np.float32))
+    x = rng.standard_normal((80, 4)).astype(np.float32)
+
+    def returns_weight(x):
+        return x * 2, w
+
+    def branch_yields_weights(x):
+        return jax.lax.cond(x.sum() > 0, lambda: w, lambda: w2) + x
+
+    for fn in (returns_weight, branch_yields_weights):
+        for quantize in (None, "dynamic"):
+            exe = jaxlite.convert(fn, x, quantize=quantize).compile()
+            out, ref = jax.tree_util.tree_leaves(exe(x)), jax.tree_util.tree_leaves(jax.jit(fn)(x))
+            for o, r in zip(out, ref, strict=True):
+                np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-6)

@@ -14,6 +14,7 @@
 
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "common.h"
 
@@ -36,9 +37,12 @@ class DirectCall {
              const int64_t* iattr, int64_t n_iattr, const float* fattr, int64_t n_fattr)
       : count_(count), iattr_(iattr), n_iattr_(n_iattr), fattr_(fattr), n_fattr_(n_fattr) {
     ok_ = count >= 0 && count <= kMaxDirectBuffers && n_iattr >= 0 && n_fattr >= 0;
-    for (int64_t i = 0, offset = 0; ok_ && i < count; offset += ranks[i], ++i)
+    for (int64_t i = 0, offset = 0; ok_ && i < count; offset += ranks[i], ++i) {
+      ok_ = ranks[i] >= 0;
       buffers_[i] = XLA_FFI_Buffer{XLA_FFI_Buffer_STRUCT_SIZE, nullptr, static_cast<XLA_FFI_DataType>(dtypes[i]),
                                    data[i], ranks[i], const_cast<int64_t*>(dims + offset)};
+    }
+    if (!ok_) count_ = 0;  // hand out nothing
   }
 
   // Every operand and attribute consumed, each of the declared type.
@@ -144,8 +148,27 @@ inline const char* error_message(const ffi::Error& error) {
 
 inline constexpr char kWrongOperands[] = "jaxlite direct call: operands or attributes do not match the kernel";
 
+template <typename T>
+struct IsResult : std::false_type {};
+template <typename T>
+struct IsResult<ffi::Result<T>> : std::true_type {};
+template <typename T>
+struct IsAttr : std::false_type {};
+template <typename T, const char* Name>
+struct IsAttr<ffi::Attr<T, Name>> : std::true_type {};
+
+// Operands, then results, then attributes: the order of a direct call's arrays.
+template <typename... Params>
+constexpr bool in_call_order() {
+  constexpr int kind[] = {0, (IsAttr<Params>::value ? 3 : IsResult<Params>::value ? 2 : 1)...};
+  for (size_t i = 1; i < sizeof(kind) / sizeof(int); ++i)
+    if (kind[i] < kind[i - 1]) return false;
+  return true;
+}
+
 template <typename... Params>
 const char* run_direct(ffi::Error (*kernel)(InlinePool, Params...), DirectCall& call) {
+  static_assert(in_call_order<Params...>(), "a kernel takes its operands, then results, then attributes");
   std::tuple<Params...> args{Param<Params>::read(call)...};  // braces: read in order
   if (!call.ok()) return kWrongOperands;
   return error_message(std::apply([kernel](auto&... a) { return kernel(InlinePool{}, a...); }, args));
@@ -160,15 +183,19 @@ std::string describe(ffi::Error (*)(InlinePool, Params...)) {
 
 }  // namespace jaxlite
 
+// The library's entry points: the only symbols it exports (built with -fvisibility=hidden).
+#define JAXLITE_API extern "C" __attribute__((visibility("default")))
+
 #define JAXLITE_EXPORT(Name)                                                                                    \
+  JAXLITE_API XLA_FFI_Error* Jaxlite##Name(XLA_FFI_CallFrame* call_frame);                                      \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(Jaxlite##Name, jaxlite::Name<xla::ffi::ThreadPool>);                            \
-  extern "C" const char* JaxliteDirect##Name(int64_t count, void* const* data, const int32_t* dtypes,           \
-                                             const int64_t* ranks, const int64_t* dims, const int64_t* iattr,   \
-                                             int64_t n_iattr, const float* fattr, int64_t n_fattr) {            \
+  JAXLITE_API const char* JaxliteDirect##Name(int64_t count, void* const* data, const int32_t* dtypes,          \
+                                              const int64_t* ranks, const int64_t* dims, const int64_t* iattr,  \
+                                              int64_t n_iattr, const float* fattr, int64_t n_fattr) {           \
     jaxlite::DirectCall call(count, data, dtypes, ranks, dims, iattr, n_iattr, fattr, n_fattr);                 \
     return jaxlite::run_direct(&jaxlite::Name<jaxlite::InlinePool>, call);                                      \
   }                                                                                                             \
-  extern "C" const char* JaxliteSignature##Name() {                                                             \
+  JAXLITE_API const char* JaxliteSignature##Name() {                                                            \
     static const std::string text = jaxlite::describe(&jaxlite::Name<jaxlite::InlinePool>);                     \
     return text.c_str();                                                                                        \
   }

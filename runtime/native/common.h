@@ -42,6 +42,10 @@ using ActivationAttr = ffi::Attr<int32_t, kActivation>;
 enum Activation : int32_t {
   kNone = 0, kRelu = 1, kRelu6 = 2, kSigmoid = 3, kTanh = 4, kSilu = 5, kGeluTanh = 6, kGeluErf = 7, kLast = kGeluErf
 };
+// Their names in code order, as dialects/fused.py spells them (read by runtime/native_calls.py).
+inline constexpr char kActivationNames[] = "none,relu,relu6,sigmoid,tanh,silu,gelu_tanh,gelu_erf";
+constexpr int count_names(const char* s) { return *s == 0 ? 1 : (*s == ',') + count_names(s + 1); }
+static_assert(count_names(kActivationNames) == kLast + 1, "one name per activation");
 
 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
@@ -104,7 +108,5 @@ void parallel_for(Pool& pool, int64_t threads, int64_t count, F fn) {
   work();
   wait_until(progress->done, count);
 }
-
-// Splits the GEMM over the intra-op thread pool when it is big enough to pay for it (a few
 
 }  // namespace jaxlite

@@ -2,6 +2,8 @@
 // Python: one ctypes crossing, not one per kernel. Steps run in order until one fails.
 #include <cstdint>
 
+#include "common.h"
+
 extern "C" {
 
 typedef const char* (*DirectFn)(int64_t, void* const*, const int32_t*, const int64_t*, const int64_t*,
@@ -20,7 +22,7 @@ struct DirectStep {
   int64_t n_fattr;
 };
 
-const char* JaxliteDirectRun(const DirectStep* steps, int64_t count) {
+__attribute__((visibility("default"))) const char* JaxliteDirectRun(const DirectStep* steps, int64_t count) {
   for (int64_t i = 0; i < count; ++i) {
     const DirectStep& s = steps[i];
     if (const char* error = s.fn(s.count, s.data, s.dtypes, s.ranks, s.dims, s.iattr, s.n_iattr, s.fattr, s.n_fattr))
@@ -28,5 +30,8 @@ const char* JaxliteDirectRun(const DirectStep* steps, int64_t count) {
   }
   return nullptr;
 }
+
+// The activations of the GEMM epilogues, by code (jaxlite::Activation), comma-separated.
+__attribute__((visibility("default"))) const char* JaxliteActivations() { return jaxlite::kActivationNames; }
 
 }  // extern "C"

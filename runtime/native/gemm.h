@@ -10,7 +10,7 @@
 // to A+128 (a bit flip) and 128 * colsum(W) is subtracted from the accumulator.
 #pragma once
 
-#include "math.h"
+#include "vector_math.h"
 
 namespace jaxlite {
 

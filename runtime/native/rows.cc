@@ -3,7 +3,7 @@
 // each row while it is in cache, rows split over the thread pool when there are many. As
 // XLA fusions each is four ops, two of them reductions.
 #include "bindings.h"
-#include "math.h"
+#include "vector_math.h"
 
 namespace jaxlite {
 
