@@ -15,15 +15,40 @@ from jaxlite.passes import pipeline
 from jaxlite.passes.quantize import MODES, QuantizePass
 
 
+class _OutputChoiceError(Exception):
+    """An ``outputs=`` index or key that does not name an output (raised while tracing)."""
+
+
+def _pick(out, key):
+    """Output ``key`` of a function's result: an index into a tuple/list, a key of a dict;
+    a single array is the only output, so only index 0 selects it (whole)."""
+    if isinstance(key, bool) or not isinstance(key, int | str):
+        raise _OutputChoiceError(f"outputs: {key!r} is neither an index nor a key")
+    if not isinstance(out, tuple | list | dict):
+        if key == 0:
+            return out
+        raise _OutputChoiceError(f"outputs={key!r}: the function returns a single {type(out).__name__}, "
+                                 "which only outputs=0 selects")
+    if isinstance(out, dict):
+        if key not in out:
+            raise _OutputChoiceError(f"outputs={key!r}: no such key; the function returns keys "
+                                     f"{', '.join(map(repr, out))}")
+        return out[key]
+    if not isinstance(key, int) or not -len(out) <= key < len(out):
+        raise _OutputChoiceError(f"outputs={key!r}: the function returns {len(out)} outputs (indices 0 to "
+                                 f"{len(out) - 1})")
+    return out[key]
+
+
 def _selector(outputs) -> Callable[[Any], Any] | None:
     """``outputs``: a function of the output pytree, an index/key, or a sequence of them."""
     if outputs is None or callable(outputs):
         return outputs
     if isinstance(outputs, int | str):
-        return lambda out: out[outputs]
+        return lambda out: _pick(out, outputs)
     if isinstance(outputs, Sequence):
         keys = list(outputs)
-        return lambda out: tuple(out[k] for k in keys)
+        return lambda out: tuple(_pick(out, k) for k in keys)
     raise ConversionError(f"outputs must be a function, an index/key or a list of them, got {outputs!r}")
 
 
@@ -50,7 +75,12 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
     pass_list = pipeline.parse(pipeline.DEFAULT_PIPELINE if passes is None else passes)
     select = _selector(outputs)
     traced_fn = fn if select is None else (lambda *a: select(fn(*a)))
-    traced = trace(traced_fn, example_args, names_from=fn)
+    try:
+        traced = trace(traced_fn, example_args, names_from=fn)
+    except ConversionError as e:
+        if isinstance(e.__cause__, _OutputChoiceError):
+            raise ConversionError(str(e.__cause__)) from None
+        raise
     try:
         verify_module(traced.module)
     except VerifyException as e:
@@ -72,7 +102,11 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
         raise ConversionError("quantize='int8' needs calibration data: calibration=[(x1,), (x2,), ...]")
     if quantize != "int8" and calibration is not None:
         raise ConversionError(f"calibration data is only used with quantize='int8', not {quantize!r}")
+    if isinstance(skip, str):  # one pattern, not its characters
+        skip = (skip,)
     skip = tuple(skip or ())
+    if not all(isinstance(p, str) for p in skip):
+        raise ConversionError(f"skip must be a pattern or a list of patterns (strings), got {skip!r}")
     model.run_passes([QuantizePass(mode=quantize, per_channel=per_channel, skip=skip), *pipeline.parse("cse,dce")],
                      calibration=calibration, calibration_method=calibration_method, **printing)
     model.metadata["quantization"] = {"mode": quantize, "per_channel": per_channel, "skip": list(skip),

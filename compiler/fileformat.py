@@ -28,7 +28,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxlite.dialects.weights import WeightStore
-from jaxlite.errors import ModelFormatError
+from jaxlite.errors import ModelFormatError, SaveError
 
 FORMAT_NAME = "jaxlite"
 FORMAT_VERSION = 2
@@ -59,7 +59,12 @@ def _stored_as(array: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightStore) -> None:
-    path = Path(path)
+    """Write the model file atomically and durably: into a temporary file beside the target
+    (fsynced), renamed over it, then the directory fsynced -- a crash leaves the old file or
+    the new one, never a torn one. A symlink is written through (its target is replaced), an
+    existing file keeps its permissions, and temporary files that killed saves left behind
+    are removed. Errors name the target (``SaveError``)."""
+    target = Path(os.path.realpath(path))
     table = {}
     members = []
     for i, (name, array) in enumerate(weights.arrays.items()):
@@ -67,23 +72,72 @@ def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightS
         table[name] = {"member": member, "dtype": array.dtype.name, "shape": list(array.shape)}
         members.append((member, array))
     manifest = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights": table}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    _remove_stale_temporaries(target)
     try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            # text members are deflated (IR text compresses ~7x); weights stay stored for mmap
-            zf.writestr(MANIFEST, json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
-            zf.writestr(IR_MEMBER, ir_text, compress_type=zipfile.ZIP_DEFLATED)
-            for member, array in members:
-                with zf.open(member, "w", force_zip64=True) as out:
-                    np.lib.format.write_array(out, _storable(np.ascontiguousarray(array)), allow_pickle=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
+        mode = target.stat().st_mode & 0o7777 if target.exists() else None
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise SaveError(f"cannot save {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                # text members are deflated (IR text compresses ~7x); weights stay stored for mmap
+                zf.writestr(MANIFEST, json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+                zf.writestr(IR_MEMBER, ir_text, compress_type=zipfile.ZIP_DEFLATED)
+                for member, array in members:
+                    with zf.open(member, "w", force_zip64=True) as out:
+                        np.lib.format.write_array(out, _storable(np.ascontiguousarray(array)), allow_pickle=False)
+            raw.flush()
+            os.fsync(raw.fileno())
+        if mode is None:  # mkstemp makes 0600; a new model file is an ordinary file
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+        _fsync_directory(target.parent)
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise SaveError(f"cannot save {path}: {e.strerror or e}") from e
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the platform allows opening directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Temporary files of earlier saves of ``target`` whose process is gone (killed mid-save)."""
+    pattern = re.compile(re.escape(f".{target.name}.") + r"(\d+)\.[^.]+\.tmp")
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:  # no such process: nobody is writing it any more
+            try:
+                entry.unlink()
+            except OSError:
+                pass
+        except (PermissionError, OverflowError, OSError):
+            continue
 
 
 def upgrade_ir_text(text: str, version: int) -> str:

@@ -127,6 +127,11 @@ def quantization_report(float_model: Model, quant_model: Model, data: Iterable) 
     batches = [b if isinstance(b, tuple) else (b,) for b in data]
     if not batches:
         raise ConversionError("quantization_report needs at least one batch of data")
+    f_sig, q_sig = float_model.signature, quant_model.signature
+    if f_sig.describe_inputs() != q_sig.describe_inputs() or \
+            [s.describe() for s in f_sig.outputs] != [s.describe() for s in q_sig.outputs]:
+        raise ConversionError(f"the two models are not the same model quantized: the first takes "
+                              f"({f_sig.describe_inputs()}), the second ({q_sig.describe_inputs()})")
     f_taps, q_taps = _taps(float_model), _taps(quant_model)
     names = [n for n, (op, _) in q_taps.items() if n in f_taps
              and (isinstance(op, quant.QuantizedMatmulOp | quant.DynamicActDotOp) or _is_low_precision(op))]

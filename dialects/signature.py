@@ -8,7 +8,9 @@ so loading needs none of the user's classes; custom nodes come back as dicts).
 from __future__ import annotations
 
 import collections
+import re
 import keyword
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,12 @@ class TensorSpec:
 
     def describe(self) -> str:
         return f"{self.dtype.name}[{','.join(map(str, self.shape))}]"
+
+    @property
+    def short_name(self) -> str:
+        """The last component of the name's path: ``u`` for ``inp['u']``, ``x`` for ``t[1].x``."""
+        m = re.search(r"(?:\['([^']*)'\]|\[\"([^\"]*)\"\]|\.(\w+)|\[(\d+)\])$", self.name)
+        return next(g for g in m.groups() if g is not None) if m else self.name
 
     def to_json(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": dtype_name(self.dtype)}
@@ -116,6 +124,8 @@ class TreeSpec:
 
         Raises ValueError naming the first place where ``value`` does not fit."""
         if self.kind == "leaf":
+            if value is None or isinstance(value, tuple | list | dict):
+                raise ValueError(f"{path or 'value'}: expected an array, got {_describe(value)}")
             return [value]
         if self.kind == "none":
             if value is not None:
@@ -211,6 +221,29 @@ class Signature:
         if sig.in_tree.num_leaves != len(sig.inputs) or sig.out_tree.num_leaves != len(sig.outputs):
             raise ModelFormatError("manifest: signature leaves do not match its pytree structure")
         return sig
+
+    def match_named(self, names: Sequence[str]) -> list[str] | None:
+        """The given array names in input order, matched by the rule everywhere named arrays
+        meet a model's inputs (an .npz file, a dataset's columns): a name matches an input
+        whose signature name it equals (``inp['u']``) or whose last path component it is
+        (``u``). None when the names are numpy's positional ``arr_0, arr_1, ...`` (np.savez
+        without names): then they go in order. ValueError when names match some inputs but
+        not all, or more than one input."""
+        if list(names) == [f"arr_{i}" for i in range(len(names))]:
+            return None
+        chosen = []
+        for spec in self.inputs:
+            candidates = [n for n in names if n == spec.name] or [n for n in names if n == spec.short_name]
+            if len(candidates) != 1:
+                problem = "no array" if not candidates else f"{len(candidates)} arrays"
+                raise ValueError(f"{problem} named for input {spec.name}: the arrays are named "
+                                 f"{', '.join(names)}; name each after an input ({self.describe_inputs()}) "
+                                 "or its last part, or save them unnamed in input order")
+            chosen.append(candidates[0])
+        extra = [n for n in names if n not in chosen]
+        if extra:
+            raise ValueError(f"arrays {', '.join(extra)} match no input of the model ({self.describe_inputs()})")
+        return chosen
 
     def describe_inputs(self) -> str:
         return ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)

@@ -19,6 +19,7 @@ from jaxlite.errors import (
     DeviceError,
     JaxliteError,
     ModelFormatError,
+    SaveError,
     SignatureError,
     UnsupportedPrimitiveError,
 )
@@ -47,5 +48,5 @@ def compile(fn, *example_args, device=None, **convert_options):
 
 __all__ = [
     "convert", "compile", "load", "Model", "quantization_report", "QuantizationReport", "JaxliteError", "UnsupportedPrimitiveError",
-    "ModelFormatError", "SignatureError", "DeviceError", "ConversionError", "__version__",
+    "ModelFormatError", "SaveError", "SignatureError", "DeviceError", "ConversionError", "__version__",
 ]

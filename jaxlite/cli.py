@@ -91,23 +91,34 @@ def load_factory(spec: str):
     return fn, tuple(args)
 
 
+def load_arrays(path: str, signature, what: str = "input") -> list[np.ndarray]:
+    """The arrays of a .npy (one input) or .npz file, in the model's input order: .npz
+    arrays matched to inputs by name (``Signature.match_named``: an input's name or its last
+    part, e.g. ``u`` for ``inp['u']``), or in order when saved unnamed."""
+    if not Path(path).is_file():
+        raise UserError(f"no such {what} file: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            return [data]
+        with data:
+            arrays = {name: data[name] for name in data.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise UserError(f"{path} holds Python objects (refused: arrays of numbers only)") from None
+        raise UserError(f"cannot read {path} as .npy/.npz: {e}") from None
+    except Exception as e:
+        raise UserError(f"cannot read {path} as .npy/.npz: {e}") from None
+    try:
+        order = signature.match_named(list(arrays))
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    return list(arrays.values()) if order is None else [arrays[name] for name in order]
+
+
 def _read_inputs(paths: list[str], model) -> list:
     specs = model.signature.inputs
-    arrays = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise UserError(f"no such input file: {p}")
-        try:
-            data = np.load(p, allow_pickle=False)
-        except Exception as e:
-            raise UserError(f"cannot read {p} as .npy/.npz: {e}") from None
-        if isinstance(data, np.lib.npyio.NpzFile):
-            names = data.files
-            by_name = [s.name for s in specs]
-            keys = by_name if all(n in names for n in by_name) else names
-            arrays.extend(data[k] for k in keys)
-        else:
-            arrays.append(data)
+    arrays = [a for p in paths for a in load_arrays(p, model.signature)]
     if len(arrays) != len(specs):
         raise UserError(f"the model takes {len(specs)} input arrays "
                         f"({model.signature.describe_inputs()}), got {len(arrays)}")
@@ -127,30 +138,33 @@ def _print_after(args) -> list[str] | None:
 
 def read_batches(path: str, signature) -> list[tuple]:
     """Batches of example arguments from a .npy (single input) or .npz (one array per input,
-    by input name or in order): samples along axis 0, cut into the model's batch size."""
-    if not Path(path).is_file():
-        raise UserError(f"no such data file: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise UserError(f"cannot read {path} as .npy/.npz: {e}") from None
+    see ``load_arrays``): samples along axis 0, cut into the model's batch size."""
     specs = signature.inputs
-    if isinstance(data, np.lib.npyio.NpzFile):
-        names = [s.name for s in specs]
-        keys = names if all(n in data.files for n in names) else data.files
-        arrays = [data[k] for k in keys]
-    else:
-        arrays = [data]
+    arrays = load_arrays(path, signature, "data")
     if len(arrays) != len(specs):
         raise UserError(f"{path} holds {len(arrays)} arrays, the model takes {len(specs)} inputs")
+    if any(a.ndim == 0 for a in arrays):
+        raise UserError(f"{path}: arrays need samples along axis 0")
     batch = specs[0].shape[0] if specs[0].shape else 1
-    n = min(len(a) for a in arrays) // batch * batch
-    if n == 0:
-        raise UserError(f"{path} holds fewer samples than one batch of {batch}")
+    samples = min(len(a) for a in arrays)
+    if samples == 0:
+        raise UserError(f"{path} holds no samples")
     out = []
-    for i in range(0, n, batch):
-        leaves = [a[i:i + batch].astype(s.dtype).reshape(s.shape) for a, s in zip(arrays, specs, strict=True)]
+    for i in range(0, samples, batch):
+        leaves = []
+        for a, s in zip(arrays, specs, strict=True):
+            part = a[i:min(i + batch, samples)]
+            if len(part) < batch:  # the model's batch is fixed: pad the last one with its last sample
+                part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])
+            try:
+                leaves.append(part.astype(s.dtype).reshape(s.shape))
+            except ValueError:
+                raise UserError(f"{path}: samples of shape {a.shape[1:]} do not fit input {s.name} "
+                                f"({s.describe()})") from None
         out.append(tuple(signature.in_tree.unflatten(leaves)))
+    if samples % batch:
+        print(f"{path}: {samples} samples in {len(out)} batches of {batch} (the last padded with "
+              f"{batch - samples % batch} copies of its last sample)", file=sys.stderr)
     return out
 
 
@@ -564,6 +578,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxlite: error: {e}".splitlines()[0] if isinstance(e, OSError) else f"jaxlite: error: {e}",
               file=sys.stderr)
         return 1
+    except Exception as e:  # a case jaxlite does not check for yet: still no traceback by default
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"jaxlite: internal error: {type(e).__name__}: {first[:300]} (--debug shows the traceback; "
+              "please report it)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -33,3 +33,7 @@ class DeviceError(JaxliteError, RuntimeError):
 
 class ConversionError(JaxliteError, ValueError):
     """convert() was given something it cannot trace (bad arguments, bad options)."""
+
+
+class SaveError(JaxliteError, OSError):
+    """A model could not be written (the message names the file and the reason)."""

@@ -26,6 +26,7 @@ zero point 0; per output channel by default):
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,27 @@ def kernel_axis(op: Operation) -> int | None:
     return axes[1][-1] if axes is not None else None
 
 
-def _candidates(module: ModuleOp, skip: tuple[str, ...]):
+class SkipPatterns:
+    """The ``skip`` patterns of one quantize run, remembering which matched something."""
+
+    def __init__(self, patterns: tuple[str, ...]):
+        self.patterns = patterns
+        self.used: set[str] = set()
+
+    def __call__(self, *names: str) -> bool:
+        """Whether any pattern matches any of ``names`` (a weight name, an op name)."""
+        hits = {p for p in self.patterns for name in names if fnmatch.fnmatchcase(name, p)}
+        self.used |= hits
+        return bool(hits)
+
+    def warn_unused(self) -> None:
+        for pattern in self.patterns:
+            if pattern not in self.used:
+                warnings.warn(f"quantize: skip pattern {pattern!r} matches no weight or op name of this model "
+                              "(see jaxlite summary or model.weights for the names)", UserWarning, stacklevel=2)
+
+
+def _candidates(module: ModuleOp, skip: SkipPatterns):
     for op in list(module.walk()):
         is_matmul = (isinstance(op, fused.FusedOp) or (isinstance(op, jlax.LaxOp) and op.PRIMITIVE in _MATMULS))
         if not is_matmul:
@@ -71,7 +92,7 @@ def _candidates(module: ModuleOp, skip: tuple[str, ...]):
             continue
         if shape_dtype(op.operands[0].type)[1] != np.float32:
             continue
-        if any(fnmatch.fnmatchcase(w.weight_name, p) or fnmatch.fnmatchcase(op.name, p) for p in skip):
+        if skip(w.weight_name, op.name):
             continue
         axis = kernel_axis(op)
         if axis is None:
@@ -119,12 +140,13 @@ class QuantizePass(ModelPass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         if self.mode not in MODES:
             raise ConversionError(f"unknown quantization mode {self.mode!r}; use one of {', '.join(MODES)}")
+        skip = SkipPatterns(self.skip)
         if self.mode == "float16":
-            self._float16(op)
+            self._float16(op, skip)
         elif self.mode == "int8":
-            self._static(op)
+            self._static(op, skip)
         else:
-            for matmul, w, axis in list(_candidates(op, self.skip)):
+            for matmul, w, axis in list(_candidates(op, skip)):
                 if self.mode == "int8-weights":
                     wq, ws, w_axis, new_ops = _quantized_kernel(self.weights, w, axis, self.per_channel)
                     dq = quant.DequantizeOp(wq, ws, w_axis)
@@ -133,7 +155,8 @@ class QuantizePass(ModelPass):
                 else:
                     self._dynamic(matmul, w, axis)
         if self.mode in ("dynamic", "int8"):
-            self._activation_dots(op)
+            self._activation_dots(op, skip)
+        skip.warn_unused()
         dce(op)
 
     def _dynamic(self, matmul: Operation, w: jlax.WeightOp, axis: int) -> None:
@@ -144,20 +167,19 @@ class QuantizePass(ModelPass):
         new = cls(matmul.operands[0], wq, ws, bias, matmul.results[0].type, params, activation, w_axis)
         Rewriter.replace_op(matmul, new)
 
-    def _activation_dots(self, module: ModuleOp) -> None:
+    def _activation_dots(self, module: ModuleOp, skip: SkipPatterns) -> None:
         """Dots between two activations have no weight to calibrate or pack: both sides
         are quantized on the fly, in ``int8`` mode too."""
         for dot in list(activation_dots(module)):
-            if not any(fnmatch.fnmatchcase(name, p) for p in self.skip
-                       for name in (dot.name, quant.DynamicActDotOp.name)):
+            if not skip(dot.name, quant.DynamicActDotOp.name):
                 Rewriter.replace_op(dot, quant.DynamicActDotOp(*dot.operands, dot.results[0].type,
                                                                dict(dot.attributes)))
 
-    def _float16(self, module: ModuleOp) -> None:
+    def _float16(self, module: ModuleOp, skip: SkipPatterns) -> None:
         store = self.weights
         for w in [o for o in module.walk() if isinstance(o, jlax.WeightOp)]:
             arr = store[w.weight_name]
-            if arr.dtype != np.float32 or any(fnmatch.fnmatchcase(w.weight_name, p) for p in self.skip):
+            if arr.dtype != np.float32 or skip(w.weight_name):
                 continue
             half = jlax.WeightOp(store.add(np.asarray(arr).astype(np.float16), w.weight_name + ".f16"),
                                  tensor_type(arr.shape, np.float16))
@@ -176,8 +198,8 @@ class QuantizePass(ModelPass):
                   for v in (matmul.operands[0], matmul.results[0])]
         return dict(calibrate(module, list(dict.fromkeys(values))))
 
-    def _static(self, module: ModuleOp) -> None:
-        candidates = list(_candidates(module, self.skip))
+    def _static(self, module: ModuleOp, skip: SkipPatterns) -> None:
+        candidates = list(_candidates(module, skip))
         ranges = self._activation_ranges(module, candidates)
         for matmul, w, axis in candidates:
             x, y = matmul.operands[0], matmul.results[0]
