@@ -6,14 +6,23 @@ computed once at conversion (numpy). Activations at run time: q = clip(round(x *
 this, so both runtime paths agree bit for bit (a division may land one step apart where
 x / scale is within an ulp of a rounding boundary). The activation formulas take numpy or
 jax arrays alike (jax.numpy accepts both), so the passes, the runtime and the report share them.
+
+Not a number: the symmetric range leaves code -128 unused, so it stands for a non-finite
+value (NaN or +-Inf). Quantizing one gives -128, dequantizing -128 gives NaN, and every int8
+op keeps it: a matmul row that reads one is not a number, max pooling lets it win. A scale
+measured on the fly over values that include a non-finite one is NaN. So a quantized model
+turns NaN/Inf inputs into NaN outputs, where the float model has NaN/Inf, instead of
+plausible numbers.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 QMAX = 127
+NAN_CODE = -128
 
 
 def expand_shape(ndim: int, axis: int) -> tuple[int, ...]:
@@ -30,21 +39,37 @@ def expand(scale, ndim: int, axis: int):
 
 
 def quantize(x, scale):
-    """Activations: round_half_even(x * (1 / scale)) clamped to +-127, as int8."""
+    """Activations: round_half_even(x * (1 / scale)) clamped to +-127, as int8; NAN_CODE
+    where x is not finite. (Under a NaN scale -- a dynamic row holding a non-finite value --
+    the codes are meaningless: the NaN scale makes the row's result NaN.)"""
     inv = 1.0 / jnp.asarray(scale, jnp.float32)
-    return jnp.clip(jnp.round(x * inv), -QMAX, QMAX).astype(jnp.int8)
+    q = jnp.clip(jnp.round(x * inv), -QMAX, QMAX)
+    return jnp.where(jnp.isfinite(x), jnp.nan_to_num(q), NAN_CODE).astype(jnp.int8)
 
 
 def dequantize(q, scale, axis: int):
-    """float32 ``q * scale``, the scale per channel along ``axis`` (-1: per tensor); numpy in,
-    numpy out (a weight expanded at load), jax in, jax out."""
+    """float32 ``q * scale``, the scale per channel along ``axis`` (-1: per tensor), NaN for
+    NAN_CODE; numpy in, numpy out (a weight expanded at load), jax in, jax out."""
     xp = np if isinstance(q, np.ndarray) and isinstance(scale, np.ndarray) else jnp
-    return q.astype(np.float32) * xp.reshape(scale, expand_shape(q.ndim, axis))
+    value = q.astype(np.float32) * xp.reshape(scale, expand_shape(q.ndim, axis))
+    return xp.where(q == NAN_CODE, np.float32(np.nan), value) if q.dtype == np.int8 else value
 
 
 def safe_scale(max_abs):
-    """max|x| / 127, with 1 where the block is all zeros (q = 0 either way)."""
-    return jnp.where(max_abs > 0, max_abs / QMAX, 1.0).astype(jnp.float32)
+    """max|x| / 127, with 1 where the block is all zeros (q = 0 either way), NaN where it
+    holds a non-finite value (max |x| is then Inf or NaN)."""
+    return jnp.where(jnp.isfinite(max_abs), jnp.where(max_abs > 0, max_abs / QMAX, 1.0), jnp.nan).astype(jnp.float32)
+
+
+def ordered(q):
+    """int8 codes -> uint8 in which NAN_CODE is the largest ((q + 127) mod 256), so that a
+    max over them lets a non-finite value win, as a float max does with NaN."""
+    return lax.bitcast_convert_type(q, jnp.uint8) + jnp.uint8(QMAX)
+
+
+def from_ordered(u):
+    """The inverse of ``ordered``."""
+    return lax.bitcast_convert_type(u - jnp.uint8(QMAX), jnp.int8)
 
 
 def activation_scale(max_abs: float) -> float:

@@ -5,8 +5,8 @@ activation scales), never inline arrays, so per-channel scales of big layers do 
 dumps. ``axis`` is the axis a per-channel scale runs along (-1: one scale per tensor); it and
 the matmuls' ``activation`` and ``w_axis`` are typed properties (``axis = 1 : i64``).
 
-* ``jquant.quantize %x, %scale``   f32 -> i8: ``clip(round(x * (1 / scale)), -127, 127)``
-* ``jquant.dequantize %q, %scale`` i8 -> f32: ``q * scale``
+* ``jquant.quantize %x, %scale``   f32 -> i8: ``clip(round(x * (1 / scale)), -127, 127)``, -128 for NaN/Inf
+* ``jquant.dequantize %q, %scale`` i8 -> f32: ``q * scale``, NaN for -128
 * ``jquant.upcast %w``             f16 -> f32 (float16 storage)
 * ``jquant.dynamic_dot`` / ``jquant.dynamic_conv``: float activations quantized per row
   (dot) or per sample (conv) on the fly, int8 x int8 -> int32, rescaled, + bias,
@@ -18,10 +18,15 @@ the matmuls' ``activation`` and ``w_axis`` are typed properties (``axis = 1 : i6
 * ``jquant.qdot`` / ``jquant.qconv``: int8 activations with a calibrated scale, int8
   weights, int32 accumulation, + bias, activation; the result is requantized to int8 when
   an output scale is given (``out_scale``), else f32.
+* ``jquant.max`` / ``jquant.reduce_window_max``: a max (relu) or max-pool on int8 codes.
+
+Code -128 stands for a non-finite value (dialects/int8.py): quantize gives it, dequantize
+turns it into NaN, the matmuls make a row that reads it NaN, the code ops let it win.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -37,11 +42,13 @@ from xdsl.irdl import (
     prop_def,
     result_def,
     traits_def,
+    var_operand_def,
+    var_result_def,
 )
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
-from jaxlite.dialects import int8
+from jaxlite.dialects import int8, jlax
 from jaxlite.dialects.fused import Activation, ActivationAttr
 from jaxlite.dialects.primitive import MATMUL_OPTIONAL, PrimitiveOp, dot_and_conv
 from jaxlite.dialects.types import shape_dtype, tensor_type
@@ -244,5 +251,43 @@ class DynamicActDotOp(PrimitiveOp):
         self.verify_primitive((self.lhs.type, self.rhs.type), (self.result.type,), shapes_only=True)
 
 
+class CodeOp(PrimitiveOp):
+    """An op on int8 codes of one scale (which it keeps), as the lax primitive of the same
+    name computes it, except that NAN_CODE orders above every other code: a non-finite
+    value wins a max, as NaN does in float. What a max or max-pool of dequantized values
+    becomes once the dequantize moves below it (passes/quantize.py)."""
+
+    inputs = var_operand_def(TensorType[I8])
+    outputs = var_result_def(TensorType[I8])
+    traits = traits_def(Pure())
+    assembly_format = "$inputs attr-dict `:` functional-type($inputs, $outputs)"
+
+    def __init__(self, inputs: Sequence[SSAValue], result_types: Sequence[Attribute],
+                 params: dict[str, Attribute]):
+        super().__init__(operands=[list(inputs)], result_types=[list(result_types)], attributes=dict(params))
+
+    def evaluate(self, *codes) -> list:
+        return [int8.from_ordered(r) for r in self.bind(*[int8.ordered(q) for q in codes])]
+
+    def verify_(self) -> None:
+        self.verify_primitive([o.type for o in self.operands], [r.type for r in self.results])
+
+
+def _code_op(primitive: str, cls_name: str) -> type[CodeOp]:
+    cls = type(cls_name, (CodeOp,), {
+        "name": f"jquant.{primitive}", "PRIMITIVE": primitive,
+        "OPTIONAL_PARAMS": jlax.PRIMITIVE_OPS[primitive].OPTIONAL_PARAMS, "__module__": __name__,
+        "__qualname__": cls_name, "__doc__": f"``lax.{primitive}`` on int8 codes (see CodeOp).",
+        "__annotations__": {"PRIMITIVE": ClassVar[str], "OPTIONAL_PARAMS": ClassVar[tuple[str, ...]]},
+    })
+    return irdl_op_definition(cls)
+
+
+CodeMaxOp = _code_op("max", "CodeMaxOp")
+CodeReduceWindowMaxOp = _code_op("reduce_window_max", "CodeReduceWindowMaxOp")
+# the lax primitives whose jquant code op exists
+CODE_OPS: dict[str, type[CodeOp]] = {"max": CodeMaxOp, "reduce_window_max": CodeReduceWindowMaxOp}
+
+
 JQuant = Dialect("jquant", [QuantizeOp, DequantizeOp, UpcastOp, DynamicDotOp, DynamicConvOp, DynamicActDotOp,
-                            QDotOp, QConvOp], [])
+                            QDotOp, QConvOp, CodeMaxOp, CodeReduceWindowMaxOp], [])

@@ -286,7 +286,8 @@ _COMMUTING = {"reshape", "transpose", "reduce_window_max", "squeeze", "broadcast
 
 class SinkDequantize(RewritePattern):
     """T(dequantize(a, s)) -> dequantize(T(a), s) for T that commutes with it (relu as
-    max(dq(a), 0) included)."""
+    max(dq(a), 0) included). A max becomes the jquant code op, in which the non-finite
+    code wins as NaN does in float."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: jlax.LaxOp, rewriter: PatternRewriter):
@@ -309,7 +310,8 @@ class SinkDequantize(RewritePattern):
             zero = jlax.ConstantOp.from_array(np.zeros((), np.int8))
             new_ops.append(zero)
             inputs.append(zero.result)
-        int_op = type(op)(inputs, [tensor_type(shape_dtype(op.results[0].type)[0], np.int8)], dict(op.attributes))
+        int_type = type(op) if op.PRIMITIVE not in quant.CODE_OPS else quant.CODE_OPS[op.PRIMITIVE]
+        int_op = int_type(inputs, [tensor_type(shape_dtype(op.results[0].type)[0], np.int8)], dict(op.attributes))
         new_ops += [int_op, quant.DequantizeOp(int_op.results[0], dqs[0].scale)]
         rewriter.replace(op, new_ops, [new_ops[-1].results[0]])
 

@@ -268,18 +268,18 @@ def _act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
     return run
 
 
-@register(jlax.PRIMITIVE_OPS["reduce_window_max"], target="cpu-avx512vnni")
-def _max_pool(op: jlax.LaxOp, ctx: LoweringContext):
+@register(quant.CodeReduceWindowMaxOp, jlax.PRIMITIVE_OPS["reduce_window_max"], target="cpu-avx512vnni")
+def _max_pool(op: jlax.LaxOp | quant.CodeReduceWindowMaxOp, ctx: LoweringContext):
     """``reduce_window_max`` over the two middle axes of a 4-D array (a 2-D max-pool,
-    channels last) as one native call where its input is int8 or comes from a native int8
-    matmul, else None. Next to native kernels a custom call runs inline, where the XLA
-    loop fusion would be handed to a pool thread; in a float model XLA's pooling fuses with
-    its neighbours and stays."""
+    channels last) as one native call where its input is int8 codes (NaN's code wins, as
+    NaN does in the float kernel) or comes from a native int8 matmul, else None. Next to
+    native kernels a custom call runs inline, where the XLA loop fusion would be handed to
+    a pool thread; in a float model XLA's pooling fuses with its neighbours and stays."""
     params = op.params()
     window, strides, padding = params["window_dimensions"], params["window_strides"], params["padding"]
-    in_type = op.operands[0].type
-    dtype = str(in_type.get_element_type())
-    if dtype != "i8" and not (dtype == "f32" and isinstance(op.operands[0].owner, quant.QuantizedMatmulOp)):
+    if not isinstance(op, quant.CodeReduceWindowMaxOp) and not (
+            str(op.operands[0].type.get_element_type()) == "f32"
+            and isinstance(op.operands[0].owner, quant.QuantizedMatmulOp)):
         return None
     if len(window) != 4 \
             or any(d != 1 for d in (*params["base_dilation"], *params["window_dilation"])) \

@@ -5,13 +5,14 @@ weights stored in low precision expanded once at load, and the ``xla-float16`` t
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.dialects.params import encode
 from jaxlite.runtime import xla_int8
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
-from jaxlite.runtime.xla_kernels import evaluated
+from jaxlite.runtime.xla_kernels import evaluated, window_extremum
 
 XLA_FLOAT16 = register_target(
     "xla-float16", "dots and convolutions on float16 weights computed in float16 with float32 "
@@ -184,12 +185,48 @@ def _static(op: quant.StaticMatmulOp, ctx: LoweringContext):
     return _static_kernel(op, _accumulate(op))
 
 
+def reads_nan_code(op: quant.StaticMatmulOp):
+    """xq -> where the result reads a NAN_CODE input (bool, broadcastable to the result): a
+    dot's rows that hold one among their contracted values; a convolution's output
+    positions whose window (padding, strides and dilations as the op's) covers one, in any
+    channel -- a superset for grouped convolutions."""
+    out_ndim = len(op.result.type.get_shape())
+    if op.PRIMITIVE == "dot_general":
+        dims = op.dot_dims()
+        rows = (*dims.lhs_batch, *dims.lhs_free)
+
+        def dot_rows(xq):
+            bad = jnp.transpose(xq == int8.NAN_CODE, (*rows, *dims.lhs_contract))
+            bad = jnp.any(bad, axis=tuple(range(len(rows), xq.ndim)))
+            return bad.reshape(bad.shape + (1,) * (out_ndim - bad.ndim))
+        return dot_rows
+
+    params = op.params()
+    dn = op.conv_dims()
+    w_shape = tuple(op.rhs.type.get_shape())
+    if params["batch_group_count"] != 1:  # batch groups mix samples: any code poisons all
+        return lambda xq: jnp.any(xq == int8.NAN_CODE)
+    lhs_layout = (dn.lhs_spec[0], *dn.lhs_spec[2:])
+    out_layout = np.argsort((dn.out_spec[0], *dn.out_spec[2:], dn.out_spec[1]))
+
+    def conv_positions(xq):
+        bad = jnp.transpose(jnp.any(xq == int8.NAN_CODE, axis=dn.lhs_spec[1]).astype(jnp.int8),
+                            np.argsort(np.argsort(lhs_layout)))  # [N, spatial...]
+        bad = lax.reduce_window(bad, np.int8(0), lax.max, (1, *[w_shape[d] for d in dn.rhs_spec[2:]]),
+                                (1, *params["window_strides"]), ((0, 0), *params["padding"]),
+                                base_dilation=(1, *params["lhs_dilation"]),
+                                window_dilation=(1, *params["rhs_dilation"]))
+        return jnp.transpose(bad[..., None] > 0, out_layout)
+    return conv_positions
+
+
 def _static_kernel(op: quant.StaticMatmulOp, acc_fn):
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
     w_out_axis = out_axis_of_w(op, out_ndim)
     has_bias = op.bias is not None
     requantize = op.out_scale is not None
+    nan_rows = reads_nan_code(op)
 
     def run(weights, xq, wq, x_scale, w_scale, *rest):
         bias = rest[0] if has_bias else None
@@ -197,9 +234,19 @@ def _static_kernel(op: quant.StaticMatmulOp, acc_fn):
             xq = int8.quantize(xq, jnp.reshape(x_scale, ()))
         acc = acc_fn(weights, xq, wq).astype(jnp.float32)
         y = acc * (jnp.reshape(x_scale, ()) * int8.expand(w_scale, out_ndim, w_out_axis))
+        y = jnp.where(nan_rows(xq), jnp.float32(jnp.nan), y)
         y = fused.fused_epilogue(y, bias, activation)
         if requantize:
             return (int8.quantize(y, jnp.reshape(rest[-1], ())),)
         return (y,)
     return run
 
+
+
+@register(quant.CodeReduceWindowMaxOp)
+def _code_window_max(op: quant.CodeReduceWindowMaxOp, ctx: LoweringContext):
+    """Max pooling of int8 codes as the float pooling's strided slices, on ordered codes."""
+    run = window_extremum(op)
+    if run is None:
+        return None
+    return lambda weights, q: tuple(int8.from_ordered(u) for u in run(weights, int8.ordered(q)))

@@ -16,6 +16,7 @@ from xdsl.ir import Operation
 
 from jaxlite.dialects import jlax
 from jaxlite.dialects.params import decode
+from jaxlite.dialects.primitive import PrimitiveOp
 from jaxlite.runtime.program import captures_of
 from jaxlite.runtime.registry import LoweringContext, register
 
@@ -116,9 +117,14 @@ def _scan(op: jlax.ScanOp, ctx: LoweringContext):
 
 @register(jlax.PRIMITIVE_OPS["reduce_window_max"], jlax.PRIMITIVE_OPS["reduce_window_min"])
 def _window_extremum(op: jlax.LaxOp, ctx: LoweringContext):
+    return window_extremum(op)
+
+
+def window_extremum(op: PrimitiveOp):
     """Max/min pooling as the elementwise extremum of one strided slice per window offset:
     XLA:CPU fuses those into one loop, several times faster than its reduce-window. Exact:
-    max and min do not round. Dilated windows keep lax's own reduce_window (the next rule)."""
+    max and min do not round. Dilated windows keep lax's own reduce_window (None: the next
+    rule)."""
     params = {k: decode(v) for k, v in op.attributes.items()}
     window, strides = params["window_dimensions"], params["window_strides"]
     if any(d != 1 for d in (*params["base_dilation"], *params["window_dilation"])):

@@ -57,16 +57,18 @@ void gather_rows(const uint8_t* __restrict padded, int64_t hp, int64_t wp, const
     }
 }
 
-// fill_row(dst, b, y) writes input row y of sample b (w * c unsigned bytes) to dst.
+// fill_row(dst, b, y) writes input row y of sample b (w * c unsigned bytes) to dst and says
+// whether it holds NaN's code (unsigned 0); nan_code is set if any does.
 template <typename FillRow>
-uint8_t* im2col_rows(const ConvGeometry& g, int64_t Kp, FillRow fill_row) {
+uint8_t* im2col_rows(const ConvGeometry& g, int64_t Kp, FillRow fill_row, bool& nan_code) {
   const int64_t hp = std::max(g.pad_top + g.h, (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1);
   const int64_t wp = std::max(g.pad_left + g.w, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
   const int64_t padded_bytes = g.n * hp * wp * g.c;
   uint8_t* padded = scratch(padded_bytes + 64, 1);
   std::memset(padded, 128, padded_bytes);
   for (int64_t b = 0; b < g.n; ++b)
-    for (int64_t y = 0; y < g.h; ++y) fill_row(padded + ((b * hp + y + g.pad_top) * wp + g.pad_left) * g.c, b, y);
+    for (int64_t y = 0; y < g.h; ++y)
+      nan_code |= fill_row(padded + ((b * hp + y + g.pad_top) * wp + g.pad_left) * g.c, b, y);
   uint8_t* au = scratch(g.n * g.oh * g.ow * Kp + 64);
   const int64_t run = g.dw == 1 ? g.kw * g.c : g.c;
   if (run <= 8) gather_rows<8>(padded, hp, wp, g, Kp, au);
@@ -77,7 +79,8 @@ uint8_t* im2col_rows(const ConvGeometry& g, int64_t Kp, FillRow fill_row) {
 }
 
 // The shared body of both convolutions: patches gathered from the padded input that
-// fill_row writes, then the GEMM and epilogue into out [N * OH * OW, O].
+// fill_row writes, then the GEMM and epilogue into out [N * OH * OW, O]; output positions
+// whose window reads NaN's code are NaN (or its code).
 template <typename Pool, typename FillRow>
 ffi::Error ConvGemm(Pool& pool, const ConvGeometry& g, FillRow fill_row, ffi::Buffer<ffi::S8>& packed,
                     ffi::Buffer<ffi::S32>& colsum, const float* row_scale, ffi::Buffer<ffi::F32>& col_scale,
@@ -86,7 +89,10 @@ ffi::Error ConvGemm(Pool& pool, const ConvGeometry& g, FillRow fill_row, ffi::Bu
   const int64_t M = g.n * g.oh * g.ow, N = out->dimensions()[1];
   if (out->dimensions()[0] != M) return ffi::Error::InvalidArgument("output rows != N * OH * OW");
   const int64_t Kp = (g.kh * g.kw * g.c + 3) / 4 * 4;
-  const uint8_t* au = im2col_rows(g, Kp, fill_row);
+  bool nan_code = false;
+  const uint8_t* au = im2col_rows(g, Kp, fill_row, nan_code);
+  std::vector<float> storage;
+  if (nan_code) row_scale = nan_row_scales(au, M, Kp, row_scale, storage);
   return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale, col_scale, bias, out_scale, out, activation);
 }
 
@@ -104,14 +110,16 @@ ffi::Error QuantizedConv(Pool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8>
   if (!window_geometry(x.dimensions(), *window, *strides, *dilation, *padding_low, *out_size, g))
     return ffi::Error::InvalidArgument("jaxlite_quantized_conv takes NHWC input and 2-D window attributes");
   const int8_t* xs = x.typed_data();
-  auto fill_row = [&](uint8_t* dst, int64_t b, int64_t y) { flip_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c); };
+  auto fill_row = [&](uint8_t* dst, int64_t b, int64_t y) {
+    return flip_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c);
+  };
   return ConvGemm(pool, g, fill_row, packed, colsum, optional(row_scale), col_scale, bias, out_scale, out,
                   *activation);
 }
 
 // Convolution of a float x [N, H, W, C], quantized while it is copied into the padded
-// buffer: per sample (scale = max|x[b]| / 127, as the XLA path; each sample's scale on its
-// rows in the epilogue), or with x_scale when given (calibrated; folded into col_scale by
+// buffer: per sample (scale = max|x[b]| / 127, as the XLA path, NaN for a sample with NaN
+// or Inf; each sample's scale on its rows in the epilogue), or with x_scale when given (calibrated; folded into col_scale by
 // the caller). Then the patches and the epilogue as for int8 input.
 template <typename Pool>
 ffi::Error DynamicConv(Pool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> packed, ffi::Buffer<ffi::S32> colsum,
@@ -133,7 +141,7 @@ ffi::Error DynamicConv(Pool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> 
     std::fill(row_scale.begin() + b * positions, row_scale.begin() + (b + 1) * positions, s);
   }
   auto fill_row = [&](uint8_t* dst, int64_t b, int64_t y) {
-    quantize_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c, _mm512_set1_ps(inv[b]));
+    return quantize_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c, _mm512_set1_ps(inv[b]));
   };
   return ConvGemm(pool, g, fill_row, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale, bias,
                   out_scale, out, *activation);

@@ -94,30 +94,24 @@ void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed,
     row_tiles<1>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
 }
 
-uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp) {
+uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp, bool& nan_code) {
   uint8_t* au = scratch(M * Kp);
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t i = 0; i < M; ++i) {
     std::memset(au + i * Kp + K, 128, Kp - K);
-    for (int64_t k = 0; k < K; k += 64) {
-      const int64_t left = K - k;
-      const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
-      const __m512i v = _mm512_maskz_loadu_epi8(mask, A + i * K + k);
-      _mm512_mask_storeu_epi8(au + i * Kp + k, mask, _mm512_xor_si512(v, flip));
-    }
+    nan_code |= flip_copy(au + i * Kp, A + i * K, K);
   }
   return au;
 }
 
-uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, float fixed_scale,
-                        int64_t lda) {
+uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, bool& nonfinite,
+                        float fixed_scale, int64_t lda) {
   uint8_t* au = scratch(M * Kp);
   for (int64_t i = 0; i < M; ++i) {
     const float* row = A + i * (lda ? lda : K);
     float s = fixed_scale;
     if (s <= 0.0f) row_scale[i] = s = symmetric_scale(row, K);
     std::memset(au + i * Kp + K, 128, Kp - K);
-    quantize_copy(au + i * Kp, row, K, _mm512_set1_ps(1.0f / s));
+    nonfinite |= quantize_copy(au + i * Kp, row, K, _mm512_set1_ps(1.0f / s));
   }
   return au;
 }
@@ -145,20 +139,24 @@ void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_
 }
 
 // int8 rows a [M, K] times the packed weight; row_scale (M or 0 values), bias (N or 0) and
-// out_scale (1: an int8 result, or 0) are optional.
+// out_scale (1: an int8 result, or 0) are optional. A row holding NaN's code gives NaN
+// (float result) or NaN's code (int8 result).
 template <typename Pool>
 ffi::Error QuantizedGemm(Pool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed, ffi::Buffer<ffi::S32> colsum,
                          ffi::Buffer<ffi::F32> row_scale, ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
                          ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out, ActivationAttr activation) {
   const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
   const int64_t Kp = (K + 3) / 4 * 4;
-  const uint8_t* au = unsigned_rows(a.typed_data(), M, K, Kp);
-  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, optional(row_scale), col_scale, bias, out_scale, out,
-                      *activation);
+  bool nan_code = false;
+  const uint8_t* au = unsigned_rows(a.typed_data(), M, K, Kp, nan_code);
+  std::vector<float> storage;
+  const float* rows = nan_code ? nan_row_scales(au, M, Kp, optional(row_scale), storage) : optional(row_scale);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, rows, col_scale, bias, out_scale, out, *activation);
 }
 
 // Dynamic range: float A quantized per row on the fly, then the float epilogue with the
-// row scales (out = ((acc * row_scale) * w_scale + bias) -> activation).
+// row scales (out = ((acc * row_scale) * w_scale + bias) -> activation); a row with NaN or
+// Inf has a NaN scale, so its result is NaN.
 // With x_scale (a calibrated scale) every row is quantized with it instead, and the
 // epilogue has no row scale.
 template <typename Pool>
@@ -169,10 +167,13 @@ ffi::Error DynamicGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> 
   const int64_t Kp = (K + 3) / 4 * 4;
   const float fixed = fixed_scale(x_scale);
   if (fixed < 0.0f) return ffi::Error::InvalidArgument("x_scale must be > 0");
-  std::vector<float> row_scale(fixed > 0.0f ? 0 : M);
-  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, row_scale.data(), fixed);
-  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale,
-                      bias, out_scale, out, *activation);
+  std::vector<float> row_scale(fixed > 0.0f ? 0 : M), storage;
+  bool nonfinite = false;
+  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, row_scale.data(), nonfinite, fixed);
+  // per-row scales are NaN for rows with NaN/Inf already; a fixed scale needs the codes found
+  const float* rows = fixed > 0.0f ? (nonfinite ? nan_row_scales(au, M, Kp, nullptr, storage) : nullptr)
+                                   : row_scale.data();
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, rows, w_scale, bias, out_scale, out, *activation);
 }
 
 // A batch of products of two float activations, A [B, M, K] x B [B, N, K]^T -> [B, M, N]:
@@ -203,7 +204,8 @@ ffi::Error DynamicActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F
   auto one = [=](int64_t i) {
     std::vector<float> row_scale(M), col_scale(N);
     std::vector<int32_t> colsum(N);
-    const uint8_t* au = quantized_rows(A + i * a_batch, M, K, Kp, row_scale.data(), 0.0f, a_row);
+    bool nonfinite = false;  // such rows and columns have NaN scales
+    const uint8_t* au = quantized_rows(A + i * a_batch, M, K, Kp, row_scale.data(), nonfinite, 0.0f, a_row);
     int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32, 1));
     quantize_and_pack(Bm + i * b_batch, N, K, b_row, Kp, packed, colsum.data(), col_scale.data());
     const Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N};

@@ -53,16 +53,33 @@ struct Epilogue {
 void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
                  int64_t p_begin, int64_t p_end, const Epilogue& epi);
 
-// int8 A -> A + 128 as unsigned bytes, K padded to Kp with 128 (i.e. zero), in scratch.
-uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp);
+// int8 A -> A + 128 as unsigned bytes, K padded to Kp with 128 (i.e. zero), in scratch;
+// nan_code is set where A holds NaN's code (-128).
+uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp, bool& nan_code);
 
-// float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row; q =
-// round_half_even(a * (1 / scale)) clamped to +-127, the float operations of the XLA path),
-// stored as q + 128 with K padded to Kp, in scratch. With fixed_scale > 0 every row uses
-// that scale (a calibrated input quantize folded into the GEMM) and row_scale is not
-// written. Rows are lda floats apart (0: K, packed).
-uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale,
+// float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row, NaN for a
+// row with NaN/Inf; q = round_half_even(a * (1 / scale)) clamped to +-127, -128 for NaN/Inf:
+// the float operations of the XLA path), stored as q + 128 with K padded to Kp, in scratch.
+// With fixed_scale > 0 every row uses that scale (a calibrated input quantize folded into
+// the GEMM) and row_scale is not written. Rows are lda floats apart (0: K, packed).
+// nonfinite is set where A holds a NaN or an Inf.
+uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, bool& nonfinite,
                         float fixed_scale = 0.0f, int64_t lda = 0);
+
+// The row scales of a GEMM whose unsigned rows au may hold NaN's code: row_scale itself
+// (nullptr: none) where no row does, else a copy in storage (ones where row_scale is none)
+// with NaN on the rows that do -- their results are NaN, the others' unchanged. Called
+// only when the operand held a code at all, so models without NaN never scan the rows.
+inline const float* nan_row_scales(const uint8_t* au, int64_t M, int64_t Kp, const float* row_scale,
+                                   std::vector<float>& storage) {
+  std::vector<uint8_t> flags(M);
+  if (!rows_with_nan_code(au, M, Kp, flags.data())) return row_scale;
+  storage.assign(M, 1.0f);
+  if (row_scale != nullptr) std::copy(row_scale, row_scale + M, storage.begin());
+  for (int64_t i = 0; i < M; ++i)
+    if (flags[i]) storage[i] = std::numeric_limits<float>::quiet_NaN();
+  return storage.data();
+}
 
 // Quantizes each of the N rows of float B [N, K] (scale = max|row| / 127, as for A; rows
 // ldb floats apart) and packs them as the weight layout's columns: panels of 32, k in

@@ -8,12 +8,14 @@ namespace {
 
 // Max pooling of x [N, H, W, C] (C contiguous) into out [N, OH, OW, C]: window positions
 // outside the input are skipped, which is lax.reduce_window_max's padding with the lowest
-// value. Runs inline as a custom call: as an XLA loop fusion it was the one XLA op of the
+// value. A NaN wins (float), as does NaN's code -128 (int8 codes are compared as
+// (q + 127) mod 256 unsigned, in which it is the largest; jquant.reduce_window_max). Runs inline as a custom call: as an XLA loop fusion it was the one XLA op of the
 // int8 digits CNN, and (one core) its work went to a pool thread sharing the core.
 template <typename T, typename Pool>
 void max_pool(const T* x, T* out, const ConvGeometry& g, Pool& pool) {
   constexpr int64_t L = 64 / sizeof(T);  // lanes per zmm
   const int64_t c = g.c, rows = g.n * g.oh;
+  const __m512i order = _mm512_set1_epi8(127);
   const int64_t threads = std::min<int64_t>({usable_threads(pool), rows, rows * g.ow * c / (1 << 16)});
   const int64_t chunks = threads <= 1 ? 1 : std::min<int64_t>(rows, 4 * threads);
   parallel_for(pool, threads, chunks, [=](int64_t chunk) {
@@ -28,11 +30,12 @@ void max_pool(const T* x, T* out, const ConvGeometry& g, Pool& pool) {
           __mmask16 m32 = 0;
           if constexpr (sizeof(T) == 1) {
             m8 = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
-            acc = _mm512_set1_epi8(-128);
+            acc = _mm512_setzero_si512();  // ordered codes: 0 is -127
           } else {
             m32 = tail_mask(left);
             acc = _mm512_castps_si512(_mm512_set1_ps(-std::numeric_limits<float>::infinity()));
           }
+          __mmask16 nan = 0;
           for (int64_t ky = 0; ky < g.kh; ++ky) {
             const int64_t iy = oy * g.sh - g.pad_top + ky;
             if (iy < 0 || iy >= g.h) continue;
@@ -40,12 +43,22 @@ void max_pool(const T* x, T* out, const ConvGeometry& g, Pool& pool) {
               const int64_t ix = ox * g.sw - g.pad_left + kx;
               if (ix < 0 || ix >= g.w) continue;
               const T* src = x + ((b * g.h + iy) * g.w + ix) * c + k;
-              if constexpr (sizeof(T) == 1) acc = _mm512_max_epi8(acc, _mm512_maskz_loadu_epi8(m8, src));
-              else acc = _mm512_castps_si512(_mm512_max_ps(_mm512_castsi512_ps(acc), _mm512_maskz_loadu_ps(m32, src)));
+              if constexpr (sizeof(T) == 1) {
+                acc = _mm512_max_epu8(acc, _mm512_add_epi8(_mm512_maskz_loadu_epi8(m8, src), order));
+              } else {
+                const __m512 v = _mm512_maskz_loadu_ps(m32, src);
+                nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                acc = _mm512_castps_si512(_mm512_max_ps(_mm512_castsi512_ps(acc), v));
+              }
             }
           }
-          if constexpr (sizeof(T) == 1) _mm512_mask_storeu_epi8(dst + k, m8, acc);
-          else _mm512_mask_storeu_ps(dst + k, m32, _mm512_castsi512_ps(acc));
+          if constexpr (sizeof(T) == 1) {
+            _mm512_mask_storeu_epi8(dst + k, m8, _mm512_sub_epi8(acc, order));
+          } else {
+            const __m512 out = _mm512_mask_mov_ps(_mm512_castsi512_ps(acc), nan,
+                                                  _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+            _mm512_mask_storeu_ps(dst + k, m32, out);
+          }
         }
       }
     }

@@ -111,8 +111,8 @@ ffi::Error Softmax(Pool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F3
 }
 
 // Per-row symmetric quantization of float32 x [M, K] into int8 q and scales [M], exactly as
-// the dynamic GEMM does it inside (scale = max|row| / 127, 1 for a zero row; q =
-// round_half_even(x * (1 / scale)) clamped to +-127). For an input that several dynamic
+// the dynamic GEMM does it inside (scale = max|row| / 127, 1 for a zero row, NaN for a row
+// with NaN/Inf; q = round_half_even(x * (1 / scale)) clamped to +-127, -128 for NaN/Inf). For an input that several dynamic
 // dots read (attention's q, k and v projections of one LayerNorm output): quantized once,
 // then each GEMM takes the int8 rows with their scales.
 template <typename Pool>

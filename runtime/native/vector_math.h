@@ -1,5 +1,7 @@
 // Vector math of the kernels (AVX-512): the activations of dialects/fused.py and the int8
-// scheme of dialects/int8.py, with the same float operations as the XLA path.
+// scheme of dialects/int8.py, with the same float operations as the XLA path. NaN passes
+// through every function as it does through jax's: max_ps/min_ps return their second
+// operand when either is NaN, so the value is always the second operand of a clamp.
 #pragma once
 
 #include "common.h"
@@ -8,7 +10,7 @@ namespace jaxlite {
 
 // exp(x) to ~1 ulp (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n).
 inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.3762626647949f)), _mm512_set1_ps(88.3762626647949f));
+  x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), _mm512_max_ps(_mm512_set1_ps(-88.3762626647949f), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -31,8 +33,8 @@ inline __m512 sigmoid_ps(__m512 x) {
 // tanh(x): the rational approximation XLA and Eigen use for float32 (tanh(x) = x where
 // |x| < 0.0004, +-1 from |x| >= 7.9053). One division, no exp.
 inline __m512 tanh_ps(__m512 x_in) {
-  const __m512 x = _mm512_min_ps(_mm512_max_ps(x_in, _mm512_set1_ps(-7.90531110763549805f)),
-                                 _mm512_set1_ps(7.90531110763549805f));
+  const __m512 x = _mm512_min_ps(_mm512_set1_ps(7.90531110763549805f),
+                                 _mm512_max_ps(_mm512_set1_ps(-7.90531110763549805f), x_in));
   const __mmask16 tiny = _mm512_cmp_ps_mask(_mm512_abs_ps(x_in), _mm512_set1_ps(0.0004f), _CMP_LT_OQ);
   const __m512 x2 = _mm512_mul_ps(x, x);
   __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(-2.76076847742355e-16f), _mm512_set1_ps(2.00018790482477e-13f));
@@ -56,7 +58,7 @@ inline __m512 tanh_ps(__m512 x_in) {
 
 // erf(x): the rational approximation XLA and Eigen use for float32 (x clamped to +-4).
 inline __m512 erf_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+  x = _mm512_min_ps(_mm512_set1_ps(4.0f), _mm512_max_ps(_mm512_set1_ps(-4.0f), x));
   const __m512 x2 = _mm512_mul_ps(x, x);
   __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
   p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
@@ -78,8 +80,8 @@ inline __m512 erf_ps(__m512 x) {
 inline __m512 activate(__m512 v, int32_t activation) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
   switch (activation) {
-    case kRelu: return _mm512_max_ps(v, zero);
-    case kRelu6: return _mm512_min_ps(_mm512_max_ps(v, zero), _mm512_set1_ps(6.0f));
+    case kRelu: return _mm512_max_ps(zero, v);
+    case kRelu6: return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(zero, v));
     case kSigmoid: return sigmoid_ps(v);
     case kTanh: return tanh_ps(v);
     case kSilu: return _mm512_mul_ps(v, sigmoid_ps(v));
@@ -103,63 +105,113 @@ inline __m512 activate(__m512 v, int32_t activation) {
   }
 }
 
-// round_half_even(x * inv_s) clamped to +-127 as int32, inv_s = 1 / s: the XLA path's
-// quantize (dialects/int8.py: a multiply, since a zmm division costs ~10x as much). Clamping
-// before rounding is the same (+-127 are integers), and cvtps_epi32 rounds half to even.
-inline __m512i quantize_epi32(__m512 x, __m512 inv_s) {
-  const __m512 q = _mm512_mul_ps(x, inv_s);
-  return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f)));
+// The lanes of x that are NaN or +-Inf (exponent all ones; AVX512F only).
+inline __mmask16 nonfinite(__m512 x) {
+  const __m512i exponent = _mm512_set1_epi32(0x7f800000);
+  return _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(x), exponent), exponent);
 }
 
-// 64 floats -> round_half_even(x * inv_s) clamped to +-127, plus 128, as 64 bytes in order:
-// two saturating packs and one dword permute instead of four vpmovdb (2 uops each on Zen 4).
-inline __m512i unsigned_bytes64(const float* x, __m512 inv_s) {
-  const __m512i q0 = quantize_epi32(_mm512_loadu_ps(x), inv_s);
-  const __m512i q1 = quantize_epi32(_mm512_loadu_ps(x + 16), inv_s);
-  const __m512i q2 = quantize_epi32(_mm512_loadu_ps(x + 32), inv_s);
-  const __m512i q3 = quantize_epi32(_mm512_loadu_ps(x + 48), inv_s);
+// round_half_even(x * inv_s) clamped to +-127 as int32, inv_s = 1 / s, and -128 (NaN's
+// code) where x is not finite: the XLA path's quantize (dialects/int8.py: a multiply,
+// since a zmm division costs ~10x as much). Clamping before rounding is the same (+-127 are
+// integers), and cvtps_epi32 rounds half to even. Non-finite lanes are or-ed into ``bad``.
+// (A NaN q from a NaN scale clamps to -127: such a row's result is NaN by its scale.)
+inline __m512i quantize_epi32(__m512 x, __m512 inv_s, __mmask16& bad) {
+  const __m512 q = _mm512_mul_ps(x, inv_s);
+  const __mmask16 nan_code = nonfinite(x);
+  bad |= nan_code;
+  return _mm512_mask_mov_epi32(
+      _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f))),
+      nan_code, _mm512_set1_epi32(-128));
+}
+
+inline __m512i quantize_epi32(__m512 x, __m512 inv_s) {
+  __mmask16 bad = 0;
+  return quantize_epi32(x, inv_s, bad);
+}
+
+// 64 floats -> round_half_even(x * inv_s) clamped to +-127 (-128 if not finite), plus 128,
+// as 64 bytes in order: two saturating packs and one dword permute instead of four vpmovdb
+// (2 uops each on Zen 4).
+inline __m512i unsigned_bytes64(const float* x, __m512 inv_s, __mmask16& bad) {
+  const __m512i q0 = quantize_epi32(_mm512_loadu_ps(x), inv_s, bad);
+  const __m512i q1 = quantize_epi32(_mm512_loadu_ps(x + 16), inv_s, bad);
+  const __m512i q2 = quantize_epi32(_mm512_loadu_ps(x + 32), inv_s, bad);
+  const __m512i q3 = quantize_epi32(_mm512_loadu_ps(x + 48), inv_s, bad);
   // per 128-bit lane l: q0[4l..4l+3], q1[4l..], q2[4l..], q3[4l..] (values fit: no saturation)
   const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(q0, q1), _mm512_packs_epi32(q2, q3));
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   return _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), _mm512_set1_epi8(static_cast<char>(0x80)));
 }
 
-// max|x[0:n]| / 127, or 1 where x is all zeros (q = 0 either way): the XLA path's safe_scale.
+// max|x[0:n]| / 127, or 1 where x is all zeros (q = 0 either way), NaN where x holds a NaN
+// or an Inf: the XLA path's safe_scale. The max runs on the bits of |x|, which order as
+// the values do with Inf and NaN above every finite value (max_ps would drop a NaN).
 inline float symmetric_scale(const float* x, int64_t n) {
-  __m512 vmax = _mm512_setzero_ps();
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  __m512i vmax = _mm512_setzero_si512();
   int64_t k = 0;
-  for (; k + 16 <= n; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
-  if (k < n) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - k), x + k)));
-  const float m = _mm512_reduce_max_ps(vmax);
+  for (; k + 16 <= n; k += 16)
+    vmax = _mm512_max_epi32(vmax, _mm512_and_si512(_mm512_loadu_si512(x + k), magnitude));
+  if (k < n)
+    vmax = _mm512_max_epi32(vmax, _mm512_and_si512(_mm512_maskz_loadu_epi32(tail_mask(n - k), x + k), magnitude));
+  const int32_t bits = _mm512_reduce_max_epi32(vmax);
+  if (bits >= 0x7f800000) return std::numeric_limits<float>::quiet_NaN();
+  float m;
+  std::memcpy(&m, &bits, 4);
   return m > 0.0f ? m / 127.0f : 1.0f;
 }
 
-// dst[0:n] = round_half_even(src[0:n] * inv_s) clamped to +-127, plus 128: 64 at a time,
-// then whole vectors (plain loads and stores: masked ones are slow), then a masked tail.
-inline void quantize_copy(uint8_t* dst, const float* src, int64_t n, __m512 inv_s) {
+// dst[0:n] = round_half_even(src[0:n] * inv_s) clamped to +-127 (-128 where not finite),
+// plus 128: 64 at a time, then whole vectors (plain loads and stores: masked ones are
+// slow), then a masked tail. True where src holds a NaN or an Inf.
+inline bool quantize_copy(uint8_t* dst, const float* src, int64_t n, __m512 inv_s) {
   const __m512i offset = _mm512_set1_epi32(128);
+  __mmask16 bad = 0;
   int64_t k = 0;
-  for (; k + 64 <= n; k += 64) _mm512_storeu_si512(dst + k, unsigned_bytes64(src + k, inv_s));
+  for (; k + 64 <= n; k += 64) _mm512_storeu_si512(dst + k, unsigned_bytes64(src + k, inv_s, bad));
   for (; k + 16 <= n; k += 16) {
-    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_loadu_ps(src + k), inv_s), offset);
+    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_loadu_ps(src + k), inv_s, bad), offset);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm512_cvtepi32_epi8(u));
   }
   if (k < n) {
     const __mmask16 mask = tail_mask(n - k);
-    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_maskz_loadu_ps(mask, src + k), inv_s), offset);
+    const __m512i u = _mm512_add_epi32(quantize_epi32(_mm512_maskz_loadu_ps(mask, src + k), inv_s, bad), offset);
     _mm_mask_storeu_epi8(dst + k, mask, _mm512_cvtepi32_epi8(u));
   }
+  return bad != 0;
 }
 
-
-// dst[0:n] = src[0:n] + 128 (int8 -> unsigned), by 64-byte masked chunks.
-inline void flip_copy(uint8_t* dst, const int8_t* src, int64_t n) {
+// dst[0:n] = src[0:n] + 128 (int8 -> unsigned), by 64-byte masked chunks. True where src
+// holds NaN's code (-128, unsigned 0).
+inline bool flip_copy(uint8_t* dst, const int8_t* src, int64_t n) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __mmask64 bad = 0;
   for (int64_t k = 0; k < n; k += 64) {
     const int64_t left = n - k;
     const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
-    _mm512_mask_storeu_epi8(dst + k, mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, src + k), flip));
+    const __m512i u = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, src + k), flip);
+    bad |= _mm512_mask_testn_epi8_mask(mask, u, u);
+    _mm512_mask_storeu_epi8(dst + k, mask, u);
   }
+  return bad != 0;
+}
+
+// Rows [0, M) of unsigned bytes, Kp apart, that hold NaN's code (unsigned 0): 1 in flags.
+inline bool rows_with_nan_code(const uint8_t* au, int64_t M, int64_t Kp, uint8_t* flags) {
+  bool any = false;
+  for (int64_t i = 0; i < M; ++i) {
+    __mmask64 bad = 0;
+    for (int64_t k = 0; k < Kp; k += 64) {
+      const int64_t left = Kp - k;
+      const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+      const __m512i u = _mm512_maskz_loadu_epi8(mask, au + i * Kp + k);
+      bad |= _mm512_mask_testn_epi8_mask(mask, u, u);
+    }
+    flags[i] = bad != 0;
+    any |= flags[i];
+  }
+  return any;
 }
 
 }  // namespace jaxlite
