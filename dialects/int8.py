@@ -43,8 +43,7 @@ def quantize(x, scale):
     where x is not finite. (Under a NaN scale -- a dynamic row holding a non-finite value --
     the codes are meaningless: the NaN scale makes the row's result NaN.)"""
     inv = 1.0 / jnp.asarray(scale, jnp.float32)
-    q = jnp.clip(jnp.round(x * inv), -QMAX, QMAX)
-    return jnp.where(jnp.isfinite(x), jnp.nan_to_num(q), NAN_CODE).astype(jnp.int8)
+    return jnp.where(jnp.isfinite(x), jnp.clip(jnp.round(x * inv), -QMAX, QMAX), NAN_CODE).astype(jnp.int8)
 
 
 def dequantize(q, scale, axis: int):
