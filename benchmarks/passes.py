@@ -18,6 +18,7 @@ THREADS = configure_threads(sys.argv)
 import jax  # noqa: E402
 
 import jaxlite  # noqa: E402
+from jaxlite.dialects.module import op_counts, parse_module  # noqa: E402
 from jaxlite.examples import digits_cnn, digits_mlp, resnet, transformer  # noqa: E402
 
 CASES = {
@@ -49,7 +50,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model = jaxlite.convert(fn, *args)
         convert_s = time.perf_counter() - t0
-        traced_ops = len(model.ir(after="trace").splitlines()) - 5
+        traced_ops = sum(op_counts(parse_module(model.ir(after="trace"))).values())
         final_ops = sum(model.op_counts().values())
         exe = model.compile()
         t = interleaved_medians({"jit": jax.jit(fn), "jaxlite": exe}, args, reps=reps)

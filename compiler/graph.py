@@ -18,6 +18,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block, Operation, SSAValue
 
 from jaxlite.dialects import jlax
+from jaxlite.dialects.module import op_counts
 from jaxlite.dialects.types import shape_dtype
 from jaxlite.errors import JaxliteError
 
@@ -210,11 +211,11 @@ def _builtin_svg(nodes: list[Node], title: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def to_html(panels: list[tuple[str, list[Node]]], title: str, summary_text: str = "") -> str:
-    """A self-contained page: one column per (heading, graph), e.g. traced vs optimized."""
+def to_html(panels: list[tuple[str, ModuleOp]], title: str, summary_text: str = "") -> str:
+    """A self-contained page: one column per (heading, module), e.g. traced vs optimized."""
     cols = "".join(
-        f'<section><h2>{html.escape(head)} <small>({sum(1 for n in g if n.kind not in ("input", "output"))} ops)'
-        f"</small></h2>{to_svg(g, head)}</section>" for head, g in panels)
+        f'<section><h2>{html.escape(head)} <small>({sum(op_counts(module).values())} ops)'
+        f"</small></h2>{to_svg(model_graph(module), head)}</section>" for head, module in panels)
     legend = "".join(f'<span style="background:{c}">{k}</span> ' for k, c in _COLORS.items() if k != "func")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -101,7 +101,7 @@ class Model:
         return pipeline.run(self.module, self.pass_resources(calibration, calibration_method), passes, after_each)
 
     def op_counts(self) -> Counter:
-        """Ops by name (what the IR computes: structure such as @main's return not counted)."""
+        """The ops that compute, by name (``dialects.module.op_counts``)."""
         return op_counts(self.module)
 
     def pass_resources(self, calibration=None, calibration_method: str = "max") -> PassResources:
@@ -133,9 +133,9 @@ class Model:
 
     def _repr_html_(self) -> str:
         """Notebook display: traced IR beside the optimized IR when the history is known."""
-        panels = [("optimized" if self.ir_history else "model", self.graph())]
+        panels = [("optimized" if self.ir_history else "model", self.module)]
         if len(self.ir_history) > 1:
-            panels.insert(0, ("traced", model_graph(parse_module(self.ir(after="trace")))))
+            panels.insert(0, ("traced", parse_module(self.ir(after="trace"))))
         return to_html(panels, repr(self))
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ from jaxlite.dialects.module import op_counts
 
 def summarize(model: Model, path: str | Path | None = None) -> dict:
     """Inputs/outputs, op counts by kind, parameters and bytes by dtype, file composition."""
-    ops = op_counts(model.module, data=False)
+    ops = op_counts(model.module)
     by_dtype: dict[str, list[int]] = {}
     for arr in model.weights.arrays.values():
         entry = by_dtype.setdefault(np.dtype(arr.dtype).name, [0, 0])

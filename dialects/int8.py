@@ -18,8 +18,8 @@ plausible numbers.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 QMAX = 127
 NAN_CODE = -128

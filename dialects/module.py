@@ -28,10 +28,9 @@ from jaxlite.errors import ModelFormatError
 MAX_IR_LINES = 100_000
 MAX_CONSTANT_ELEMENTS = 1 << 16
 
-# ops that structure a module rather than compute: not counted as "ops" anywhere
-STRUCTURAL_OPS = frozenset({"builtin.module", "func.func", "func.return", "jlax.yield"})
-# ops that only name data (weights, inline constants)
-DATA_OPS = frozenset({"jlax.weight", "jlax.constant"})
+# ops that structure a module or only name data (weights, inline constants) rather than
+# compute: not counted as "ops" anywhere
+NOT_COUNTED = frozenset({"builtin.module", "func.func", "func.return", "jlax.yield", "jlax.weight", "jlax.constant"})
 
 
 def make_context() -> Context:
@@ -144,9 +143,8 @@ def blocks_of(module: ModuleOp) -> list[Block]:
     return out
 
 
-def op_counts(module: ModuleOp, *, data: bool = True) -> Counter:
-    """Ops by name, structure (module, function, return, yield) not counted -- nor, with
-    ``data=False``, the ops that only name weights and constants: the one way jaxlite counts
-    ops (pass statistics, summaries, the Model's repr)."""
-    skip = STRUCTURAL_OPS if data else STRUCTURAL_OPS | DATA_OPS
-    return Counter(op.name for op in module.walk() if op.name not in skip)
+def op_counts(module: ModuleOp) -> Counter:
+    """The ops that compute, by name (those inside loop bodies and branches included; the
+    module's structure, weights and constants not): the one way jaxlite counts ops (pass
+    statistics, summaries, graphs, the Model's repr)."""
+    return Counter(op.name for op in module.walk() if op.name not in NOT_COUNTED)

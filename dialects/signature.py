@@ -8,8 +8,8 @@ so loading needs none of the user's classes; custom nodes come back as dicts).
 from __future__ import annotations
 
 import collections
-import re
 import keyword
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any

@@ -296,11 +296,11 @@ def cmd_graph(args) -> None:
     elif out.endswith(".svg"):
         Path(out).write_text(graph.to_svg(nodes, Path(args.model).name, use_graphviz=True))
     elif out.endswith(".html"):
-        panels = [(Path(args.model).name, nodes)]
+        panels = [(Path(args.model).name, model.module)]
         if args.before:
             before = jaxlite.load(args.before) if args.before.endswith(".jlite") else None
             module = before.module if before else parse_module(Path(args.before).read_text(), args.before)
-            panels.insert(0, (f"before: {Path(args.before).name}", graph.model_graph(module)))
+            panels.insert(0, (f"before: {Path(args.before).name}", module))
         text = "\n".join(f"{k}: {v}" for k, v in summary.rows(summary.summarize(model, args.model))[:3])
         Path(out).write_text(graph.to_html(panels, f"jaxlite: {Path(args.model).name}", text))
     elif out.endswith(".json"):
@@ -310,7 +310,7 @@ def cmd_graph(args) -> None:
         Path(out).write_text(json.dumps({"graphs": [me_graph_dict(nodes)]}, indent=1))
     else:
         raise UserError("the graph output must end in .svg, .html, .dot or .json")
-    print(f"wrote {out} ({sum(1 for n in nodes if n.kind not in ('input', 'output'))} ops)")
+    print(f"wrote {out} ({sum(model.op_counts().values())} ops)")
 
 
 def cmd_bench(args) -> None:

@@ -5,8 +5,8 @@ weights stored in low precision expanded once at load, and the ``xla-float16`` t
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.dialects.params import encode

@@ -1,5 +1,6 @@
 """The command line, run as a user runs it (subprocess)."""
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -247,3 +248,31 @@ def test_model_explorer_adapter_and_node_data(tmp_path):
     assert isinstance(graphs[0], me.graph_builder.Graph)
     assert [n.id for n in graphs[0].nodes] == [n.id for n in nodes]
     assert any(kv.key == "operand 1" and "params.Conv_0" in kv.value for kv in graphs[0].nodes[1].attrs)
+
+
+def _readme_block(heading: str) -> list[str]:
+    """The command lines of the first bash block after ``heading`` in README.md."""
+    text = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_readme_tour_runs_as_written(tmp_path):
+    """Every command of README's tour, verbatim, in a fresh directory (the data line
+    included), then the command-line section's MLP lines on the data it wrote."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    tour = [c for c in _readme_block("## A short tour") if not c.startswith("model-explorer")]
+    cli = [c for c in _readme_block("## Command line") if "digits_mlp" in c or c.startswith("jaxlite run mlp")]
+    assert tour[0].startswith("python -c") and len(cli) == 2
+    for command in tour + cli:
+        if command.startswith("python "):
+            argv = [sys.executable, *shlex.split(command)[1:]]
+        else:
+            argv = [sys.executable, "-m", "jaxlite", *shlex.split(command)[1:]]
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, f"{command}\n{r.stdout}\n{r.stderr}"
+    for made in ("x_train.npy", "x_test.npy", "x.npy", "cnn.jlite", "cnn_int8.jlite", "cnn.html", "err.json",
+                 "mlp.jlite", "y.npy"):
+        assert (tmp_path / made).is_file(), made
+    assert np.load(tmp_path / "y.npy").shape == (64, 10)
