@@ -1,10 +1,13 @@
 """Builds jaxlite's native CPU kernels (runtime/native/) when the package is built.
 
-Everything else about the package is in pyproject.toml. Two shared libraries go next to
-jaxlite/runtime/: ``_cpu_features`` (CPUID, built without ISA flags so it loads anywhere)
-and ``_kernels_avx512vnni`` (the kernels, built for AVX-512 VNNI against jaxlib's XLA FFI
-headers). The runtime loads the kernels only on a CPU that has those features, and needs no
-compiler after installation. ``JAXLITE_BUILD_NATIVE=0`` installs without them (every op
+Everything else about the package is in pyproject.toml. Three shared libraries go next to
+jaxlite/runtime/: ``_cpu_features`` (CPUID, built without ISA flags so it loads anywhere),
+``_kernels_avx512vnni`` (the int8 kernels, built for AVX-512 VNNI against jaxlib's XLA FFI
+headers) and ``_kernels_onednn`` (float kernels on oneDNN, built against the headers of
+``onednn-devel-cpu-gomp`` and linked to the ``libdnnl`` of ``onednn-cpu-gomp``, which the
+runtime loads from the installed package before this library: no rpath into the build
+environment). The runtime loads each only where the CPU and the installation allow, and needs
+no compiler after installation. ``JAXLITE_BUILD_NATIVE=0`` installs without them (every op
 then runs through XLA).
 """
 
@@ -47,6 +50,33 @@ class BuildNative(build_ext):
                      "  To install without them (every op then runs through XLA), set JAXLITE_BUILD_NATIVE=0.\n")
 
 
+def _installed_file(distribution: str, name: str) -> str | None:
+    """Where a file of an installed distribution lies (the build environment's copy)."""
+    from importlib import metadata
+    try:
+        files = metadata.distribution(distribution).files or []
+    except metadata.PackageNotFoundError:
+        return None
+    found = next((f for f in files if f.name == name), None)
+    return str(found.locate().resolve()) if found is not None else None
+
+
+def onednn_extension() -> list[Extension]:
+    header = _installed_file("onednn-devel-cpu-gomp", "dnnl.hpp")
+    library = _installed_file("onednn-cpu-gomp", "libdnnl.so")
+    if header is None or library is None:
+        print("jaxlite: onednn-cpu-gomp / onednn-devel-cpu-gomp are not in the build environment: "
+              "installing without the oneDNN float kernels", file=sys.stderr)
+        return []
+    return [Extension("jaxlite.runtime._kernels_onednn", [f"{NATIVE}/onednn.cc", f"{NATIVE}/direct_run.cc"],
+                      language="c++", depends=[f"{NATIVE}/{h}" for h in ("common.h", "bindings.h", "exports.map")],
+                      include_dirs=[os.path.dirname(header)], library_dirs=[os.path.dirname(library)],
+                      libraries=["dnnl"],
+                      extra_compile_args=["-std=c++17", "-O2", "-Wall", "-fvisibility=hidden",
+                                          "-fvisibility-inlines-hidden"],
+                      extra_link_args=[f"-Wl,--version-script={NATIVE}/exports.map"])]
+
+
 def native_extensions() -> list[Extension]:
     if os.environ.get("JAXLITE_BUILD_NATIVE", "1") == "0":
         print("jaxlite: JAXLITE_BUILD_NATIVE=0: installing without the native CPU kernels", file=sys.stderr)
@@ -64,6 +94,7 @@ def native_extensions() -> list[Extension]:
                                       # only the extern "C" entry points are exported (JAXLITE_API)
                                       "-fvisibility=hidden", "-fvisibility-inlines-hidden"],
                   extra_link_args=[f"-Wl,--version-script={NATIVE}/exports.map"]),
+        *onednn_extension(),
     ]
 
 

@@ -21,12 +21,16 @@ import numpy as np
 from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.runtime import native_calls as native
 from jaxlite.runtime import xla_int8
-from jaxlite.runtime.quant_kernels import (
-    act_dot_layout,
+from jaxlite.runtime.gemm_layout import (
+    array_module,
+    column_axes,
     gemm_shape,
     out_axis_of_w,
+    per_column,
+    varies_only_by_column,
     weight_2d,
 )
+from jaxlite.runtime.quant_kernels import act_dot_layout
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
 
 CPU_AVX512_VNNI = register_target(
@@ -36,38 +40,6 @@ CPU_AVX512_VNNI = register_target(
 # XLA does nothing with a custom call's constant operand, so embedding saves only the
 # argument's dispatch and keeps the bytes resident twice.
 EMBED_PACKED_MAX_BYTES = 1024 * 1024
-
-
-def _column_axes(op: quant.QuantizedMatmulOp) -> tuple[int, ...]:
-    """Axes of the result that the GEMM's N columns span (the weight's output dims)."""
-    out_ndim = len(op.result.type.get_shape())
-    if op.PRIMITIVE == "conv_general_dilated":
-        return (op.conv_dims().out_spec[1],)
-    free = len(op.dot_dims().rhs_free)
-    return tuple(range(out_ndim - free, out_ndim))
-
-
-def _aligned(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    return (1,) * (ndim - len(shape)) + tuple(shape)
-
-
-def _varies_only_by_column(shape, out_shape, cols) -> bool:
-    return all(s == 1 for d, s in enumerate(_aligned(shape, len(out_shape))) if d not in cols)
-
-
-def _array_module(*xs):
-    """numpy where every x is a value known while tracing (an embedded weight), so that
-    the vectors derived from it are computed once, here, and compiled in as constants: the
-    same jnp code would run as XLA broadcasts on every call (3 per attention layer)."""
-    return jnp if any(isinstance(x, jax.core.Tracer) for x in xs) else np
-
-
-def _per_column(x, out_shape: tuple[int, ...], cols: tuple[int, ...]):
-    """[N] vector of a value that broadcasts against the result and varies only by column."""
-    xp = _array_module(x)
-    x = xp.reshape(xp.asarray(x), _aligned(np.shape(x), len(out_shape)))
-    x = x[tuple(slice(None) if d in cols else 0 for d in range(len(out_shape)))]
-    return xp.broadcast_to(x, [out_shape[d] for d in cols]).reshape(-1)
 
 
 @register(quant.QuantizedMatmulOp, target="cpu-avx512vnni")
@@ -96,13 +68,13 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     params = op.params()
     out_shape = tuple(op.result.type.get_shape())
     out_ndim = len(out_shape)
-    cols = _column_axes(op)
+    cols = column_axes(op)
     w_out_axis = out_axis_of_w(op, out_ndim)
     activation = op.activation
     is_conv = op.PRIMITIVE == "conv_general_dilated"
     is_dynamic = isinstance(op, quant.DynamicMatmulOp)
     has_bias = op.bias is not None
-    native_bias = not has_bias or _varies_only_by_column(tuple(op.bias.type.get_shape()), out_shape, cols)
+    native_bias = not has_bias or varies_only_by_column(tuple(op.bias.type.get_shape()), out_shape, cols)
     native_act = native_bias and native.activation_code(activation) is not None
     requantize = not is_dynamic and op.out_scale is not None
     rhs_shape = tuple(op.rhs.type.get_shape())  # the int8 weight itself is not placed
@@ -111,8 +83,8 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         isinstance(use.operation, quant.DynamicDotOp) and use.index == 0 for use in op.lhs.uses) > 1
 
     def w_columns(w_scale):
-        xp = _array_module(w_scale)
-        return _per_column(xp.reshape(xp.asarray(w_scale), int8.expand_shape(out_ndim, w_out_axis)), out_shape, cols)
+        xp = array_module(w_scale)
+        return per_column(xp.reshape(xp.asarray(w_scale), int8.expand_shape(out_ndim, w_out_axis)), out_shape, cols)
 
     def finish(y, bias, out_scale):
         """What the kernel left undone: bias / activation / requantize in XLA."""
@@ -124,7 +96,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
 
     def epilogue(bias, out_scale) -> dict:
         """The kernel's share of the epilogue (``finish`` does the rest)."""
-        return dict(bias=_per_column(bias, out_shape, cols) if has_bias and native_bias else None,
+        return dict(bias=per_column(bias, out_shape, cols) if has_bias and native_bias else None,
                     out_scale=out_scale if requantize and native_act else None,
                     activation=activation if native_act else "none")
 
@@ -210,7 +182,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     def run_static(weights, x, _wq, x_scale, w_scale, *rest):  # x: int8, or float to quantize
         bias = rest[0] if has_bias else None
         out_scale = rest[-1] if requantize else None
-        xp = _array_module(x_scale, w_scale)
+        xp = array_module(x_scale, w_scale)
         x_scale = xp.reshape(xp.asarray(x_scale), ())
         col_scale = x_scale * w_columns(w_scale)
         y = run_matmul(weights, x, col_scale, None, bias, out_scale, x_scale if x.dtype == jnp.float32 else None)

@@ -24,7 +24,7 @@ from jax.extend.core import Literal
 
 from jaxlite.dialects import fused, jlax, quant
 from jaxlite.runtime import native_calls
-from jaxlite.runtime.quant_kernels import gemm_shape
+from jaxlite.runtime.gemm_layout import gemm_shape
 
 # Only programs up to this many multiply-adds: the kernels run on one thread here, where XLA
 # would split big GEMMs over its pool; below it XLA's per-call cost is the larger share.
@@ -36,6 +36,8 @@ MAX_ARENA_BYTES = 64 << 20
 _FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11}
 # kernels whose operand 1 is a packed weight [Kp * Npad]: rows x its size multiply-adds
 _GEMM_KERNELS = ("QuantizedGemm", "DynamicGemm", "QuantizedConv", "DynamicConv")
+# oneDNN's float kernels: operand 1 is a packed float32 weight (padded: K x N or more)
+_FLOAT_KERNELS = ("OnednnMatmul", "OnednnConv")
 # primitives that only relabel a row-major buffer's shape
 _VIEWS = ("reshape", "squeeze", "expand_dims")
 
@@ -68,9 +70,9 @@ class HostPlan:
     def __init__(self, closed_jaxpr, known: dict[int, Any]):
         """``known``: invar position -> value (weights passed to the jitted function); the
         other invars are the inputs."""
-        if not native_calls.available():
+        if not native_calls.LOADED:
             raise NotDirect("no native kernels")
-        self._library = native_calls.library()
+        self._library = native_calls.LOADED[0]  # any library's DirectRun calls any kernel
         self._keep: list = []  # arrays whose memory the steps point to
         self._steps: list[tuple] = []
         self._macs = 0
@@ -149,7 +151,7 @@ class HostPlan:
     def _ffi_step(self, eqn, ins: list[np.ndarray]) -> list[np.ndarray]:
         params = eqn.params
         target = params["target_name"]
-        kernel = self._library.by_target(target)
+        kernel = native_calls.kernel_by_target(target)
         if kernel is None:
             raise NotDirect(f"custom call {target}")
         outs = [self._buffer(aval) for aval in params["result_avals"]]
@@ -167,6 +169,9 @@ class HostPlan:
             self._macs += outs[0].shape[0] * ins[1].size
         elif kernel.name == "DynamicActGemm":
             self._macs += int(np.prod(np.asarray(getattr(attributes["sizes"], "val", attributes["sizes"]))))
+        elif kernel.name in _FLOAT_KERNELS:  # out elements x (K = the packed weight's floats / N)
+            n = outs[0].shape[-1]
+            self._macs += outs[0].size * (ins[1].size // 4 // n)
         self._keep.extend(buffers)
         dims = [d for b in buffers for d in b.shape]
         args = (len(buffers),

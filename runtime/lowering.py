@@ -18,7 +18,7 @@ from xdsl.ir import Block, Operation
 
 from jaxlite.dialects.jlax import WeightOp
 from jaxlite.dialects.weights import WeightStore
-from jaxlite.runtime import cpu_kernels, quant_kernels, xla_kernels  # noqa: F401  (register their rules)
+from jaxlite.runtime import cpu_kernels, onednn_kernels, quant_kernels, xla_kernels  # noqa: F401  (register their rules)
 from jaxlite.runtime.program import BlockProgram
 from jaxlite.runtime.registry import Kernel, rules_for
 

@@ -1,4 +1,4 @@
-"""jaxlite's native CPU kernels (``native/*.cc``, built with the package): the library, its
+"""jaxlite's native CPU kernels (``native/*.cc``, built with the package): the int8 library, its
 kernels as jax custom calls, and the weight packing their GEMMs read.
 
 Each kernel is described once, by its C++ signature (``native/bindings.h``): the library
@@ -96,18 +96,18 @@ class NativeKernel:
 
 
 class NativeLibrary:
-    """The loaded kernel library: its kernels by name, registered with jax's FFI, and the
-    activations its GEMM epilogues apply (name -> code; relu and relu6 exactly, the others
-    to float32 rounding)."""
+    """A loaded kernel library (this one's, or ``_kernels_onednn``): its kernels by name,
+    registered with jax's FFI, and the activations its epilogues apply (name -> code; relu
+    and relu6 exactly, the others to float32 rounding)."""
 
-    def __init__(self, path):
+    def __init__(self, path, kernels: tuple[str, ...]):
         self.path = path
         self.handle = ctypes.CDLL(str(path))
         names = self.handle.JaxliteActivations
         names.restype = ctypes.c_char_p
         self.activations = {name: code for code, name in enumerate(names().decode().split(","))}
         self.kernels: dict[str, NativeKernel] = {}
-        for name in KERNELS:
+        for name in kernels:
             signature = getattr(self.handle, f"JaxliteSignature{name}")
             signature.restype = ctypes.c_char_p
             direct = ctypes.cast(getattr(self.handle, f"JaxliteDirect{name}"), ctypes.c_void_p).value
@@ -122,13 +122,31 @@ class NativeLibrary:
         return next((k for k in self.kernels.values() if k.target == target), None)
 
 
-@functools.cache
-def _load() -> NativeLibrary | str:
-    path = cpu.extension_path(LIBRARY)
+# every library loaded so far (the direct host path looks their kernels up by target name)
+LOADED: list[NativeLibrary] = []
+
+
+def load_library(name: str, kernels: tuple[str, ...]) -> NativeLibrary | str:
+    """The extension ``name`` loaded (its kernels registered with jax), or why it cannot be."""
+    path = cpu.extension_path(name)
+    if path is None:
+        return f"{name} was not built"
     try:
-        return NativeLibrary(path)
+        loaded = NativeLibrary(path, kernels)
     except Exception as e:  # a library from another build, a jaxlib whose FFI refuses it
         return f"{path.name} did not load: {type(e).__name__}: {str(e)[:200]}"
+    LOADED.append(loaded)
+    return loaded
+
+
+def kernel_by_target(target: str) -> NativeKernel | None:
+    """A loaded kernel by its custom-call target name."""
+    return next((k for lib in LOADED if (k := lib.by_target(target)) is not None), None)
+
+
+@functools.cache
+def _load() -> NativeLibrary | str:
+    return load_library(LIBRARY, KERNELS)
 
 
 def unavailable() -> str | None:

@@ -11,6 +11,7 @@ from jax import lax
 from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.dialects.params import encode
 from jaxlite.runtime import xla_int8
+from jaxlite.runtime.gemm_layout import out_axis_of_w
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
 from jaxlite.runtime.xla_kernels import evaluated, window_extremum
 
@@ -26,45 +27,6 @@ def _accumulate(op: quant.QuantizedMatmulOp):
         dims = params["dimension_numbers"]
         return lambda weights, xq, wq: xla_int8.int8_dot(xq, wq, dims)
     return lambda weights, xq, wq: xla_int8.int8_conv(xq, wq, **params)
-
-
-def gemm_shape(op: quant.QuantizedMatmulOp) -> tuple[int, int] | None:
-    """(K, N) when the op's int8 product is one GEMM by a [K, N] weight matrix, else None
-    (batched dots, grouped convs). A dot contracting other than the input's last dims reads
-    it transposed (runtime/cpu_kernels.py); an input-dilated (transposed) conv is one
-    GEMM over the interior-padded input."""
-    w_shape = tuple(op.rhs.type.get_shape())
-    if op.PRIMITIVE == "conv_general_dilated":
-        params = op.params()
-        if params["feature_group_count"] != 1 or params["batch_group_count"] != 1:
-            return None
-        n = w_shape[op.conv_dims().rhs_spec[0]]
-        return int(np.prod(w_shape)) // n, n
-    dims = op.dot_dims()
-    if dims.has_batch:
-        return None
-    k = int(np.prod([w_shape[d] for d in dims.rhs_contract]))
-    return k, int(np.prod(w_shape)) // k
-
-
-def weight_2d(op: quant.QuantizedMatmulOp, wq: np.ndarray) -> np.ndarray:
-    """The [K, N] matrix of ``gemm_shape`` (which must not be None): for a dot, the weight's
-    contracting dims first (in the order they pair with the input's), then its free dims."""
-    if op.PRIMITIVE == "conv_general_dilated":
-        return xla_int8.im2col_weight(wq, op.conv_dims())
-    dims = op.dot_dims()
-    return np.transpose(wq, (*dims.rhs_contract, *dims.rhs_free)).reshape(gemm_shape(op))
-
-
-def out_axis_of_w(op: quant.QuantizedMatmulOp, out_ndim: int) -> int:
-    """Axis of the result along which the kernel's per-channel scale runs."""
-    w_axis = op.w_axis
-    if w_axis < 0:
-        return -1
-    if op.PRIMITIVE == "conv_general_dilated":
-        return op.conv_dims().out_spec[1]
-    dims = op.dot_dims()
-    return len(dims.lhs_batch) + len(dims.lhs_free) + dims.rhs_free.index(w_axis)
 
 
 @register(quant.DequantizeOp, quant.UpcastOp)

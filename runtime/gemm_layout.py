@@ -1,0 +1,83 @@
+"""A dot or convolution by a weight seen as one GEMM: its [K, N] weight matrix, which axes
+of the result its N columns span, and the per-column vectors (scales, bias) of its epilogue.
+Shared by the kernel targets that run such ops as one GEMM call (the XLA int8 path, the
+native int8 kernels, oneDNN)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlite.runtime import xla_int8
+
+
+def gemm_shape(op) -> tuple[int, int] | None:
+    """(K, N) when the op's product is one GEMM by a [K, N] weight matrix, else None
+    (batched dots, grouped convs). A dot contracting other than the input's last dims reads
+    it transposed (runtime/cpu_kernels.py); an input-dilated (transposed) conv is one
+    GEMM over the interior-padded input."""
+    w_shape = tuple(op.operands[1].type.get_shape())
+    if op.PRIMITIVE == "conv_general_dilated":
+        params = op.params()
+        if params["feature_group_count"] != 1 or params["batch_group_count"] != 1:
+            return None
+        n = w_shape[op.conv_dims().rhs_spec[0]]
+        return int(np.prod(w_shape)) // n, n
+    dims = op.dot_dims()
+    if dims.has_batch:
+        return None
+    k = int(np.prod([w_shape[d] for d in dims.rhs_contract]))
+    return k, int(np.prod(w_shape)) // k
+
+
+def weight_2d(op, wq: np.ndarray) -> np.ndarray:
+    """The [K, N] matrix of ``gemm_shape`` (which must not be None): for a dot, the weight's
+    contracting dims first (in the order they pair with the input's), then its free dims."""
+    if op.PRIMITIVE == "conv_general_dilated":
+        return xla_int8.im2col_weight(wq, op.conv_dims())
+    dims = op.dot_dims()
+    return np.transpose(wq, (*dims.rhs_contract, *dims.rhs_free)).reshape(gemm_shape(op))
+
+
+def out_axis_of_w(op, out_ndim: int) -> int:
+    """Axis of the result along which the kernel's per-channel scale runs."""
+    w_axis = op.w_axis
+    if w_axis < 0:
+        return -1
+    if op.PRIMITIVE == "conv_general_dilated":
+        return op.conv_dims().out_spec[1]
+    dims = op.dot_dims()
+    return len(dims.lhs_batch) + len(dims.lhs_free) + dims.rhs_free.index(w_axis)
+
+
+def column_axes(op) -> tuple[int, ...]:
+    """Axes of the result that the GEMM's N columns span (the weight's output dims)."""
+    out_ndim = len(op.results[0].type.get_shape())
+    if op.PRIMITIVE == "conv_general_dilated":
+        return (op.conv_dims().out_spec[1],)
+    free = len(op.dot_dims().rhs_free)
+    return tuple(range(out_ndim - free, out_ndim))
+
+
+def aligned(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    return (1,) * (ndim - len(shape)) + tuple(shape)
+
+
+def varies_only_by_column(shape, out_shape, cols) -> bool:
+    return all(s == 1 for d, s in enumerate(aligned(shape, len(out_shape))) if d not in cols)
+
+
+def array_module(*xs):
+    """numpy where every x is a value known while tracing (an embedded weight), so that
+    the vectors derived from it are computed once, here, and compiled in as constants: the
+    same jnp code would run as XLA broadcasts on every call (3 per attention layer)."""
+    return jnp if any(isinstance(x, jax.core.Tracer) for x in xs) else np
+
+
+def per_column(x, out_shape: tuple[int, ...], cols: tuple[int, ...]):
+    """[N] vector of a value that broadcasts against the result and varies only by column."""
+    xp = array_module(x)
+    x = xp.reshape(xp.asarray(x), aligned(np.shape(x), len(out_shape)))
+    x = x[tuple(slice(None) if d in cols else 0 for d in range(len(out_shape)))]
+    return xp.broadcast_to(x, [out_shape[d] for d in cols]).reshape(-1)

@@ -1,0 +1,162 @@
+"""jaxlite's oneDNN kernels (``native/onednn.cc``, built with the package against the
+``onednn-cpu-gomp`` wheel): the library, its kernels as jax custom calls, and the load-time
+weight packing.
+
+``libdnnl.so.3`` is the one the installed ``onednn-cpu-gomp`` distribution put in its
+environment (``<prefix>/lib``); it is loaded here, before the extension that needs it, so no
+rpath has to point into the build environment. oneDNN picks its own kernel for the CPU
+(AMX, AVX-512, AVX2: ``implementation`` says which) and runs it on its OpenMP team
+(``OMP_NUM_THREADS``; by default the CPUs this process may use).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxlite.runtime import cpu
+from jaxlite.runtime.native_calls import NativeLibrary, load_library
+
+LIBRARY = "_kernels_onednn"
+DISTRIBUTION = "onednn-cpu-gomp"
+KERNELS = ("OnednnMatmul", "OnednnConv")
+
+
+def libdnnl_path() -> Path | None:
+    """The installed oneDNN shared library, or None."""
+    try:
+        files = metadata.distribution(DISTRIBUTION).files or []
+    except metadata.PackageNotFoundError:
+        return None
+    found = next((f for f in files if f.name == "libdnnl.so.3"), None)
+    return Path(found.locate()).resolve() if found is not None else None
+
+
+@functools.cache
+def _load() -> NativeLibrary | str:
+    if cpu.extension_path(LIBRARY) is None:
+        return ("not built: install jaxlite from its source (pip install .) with onednn-cpu-gomp "
+                "available, not with JAXLITE_BUILD_NATIVE=0")
+    dnnl = libdnnl_path()
+    if dnnl is None:
+        return f"{DISTRIBUTION} is not installed (pip install {DISTRIBUTION}==2023.2.0)"
+    try:
+        ctypes.CDLL(str(dnnl), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        return f"{dnnl.name} did not load: {str(e)[:200]} (it needs the system's libgomp.so.1)"
+    loaded = load_library(LIBRARY, KERNELS)
+    if isinstance(loaded, NativeLibrary):
+        h = loaded.handle
+        for name in ("JaxliteOnednnMatmulInfo", "JaxliteOnednnMatmulPack", "JaxliteOnednnConvInfo",
+                     "JaxliteOnednnConvPack"):
+            getattr(h, name).restype = ctypes.c_char_p
+        i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+        h.JaxliteOnednnMatmulInfo.argtypes = [i64, i64, i64, i32, i32, ctypes.POINTER(i64)]
+        h.JaxliteOnednnMatmulPack.argtypes = [i64, i64, i64, i32, i32, ptr, ptr, i64]
+        h.JaxliteOnednnConvInfo.argtypes = [ptr, ptr, i32, i32, ctypes.POINTER(i64)]
+        h.JaxliteOnednnConvPack.argtypes = [ptr, ptr, i32, i32, ptr, ptr, i64]
+    return loaded
+
+
+def unavailable() -> str | None:
+    """None where the oneDNN kernels can run here, else why not (one line)."""
+    if os.environ.get("JAXLITE_ONEDNN", "1") == "0":
+        return "disabled by JAXLITE_ONEDNN=0"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"built for Linux on x86-64, this is {platform.system()} on {platform.machine()}"
+    loaded = _load()
+    return loaded if isinstance(loaded, str) else None
+
+
+def library() -> NativeLibrary:
+    why = unavailable()
+    if why is not None:
+        raise RuntimeError(f"jaxlite's oneDNN kernels are unavailable: {why}")
+    return _load()
+
+
+def activation_code(activation: str) -> int:
+    return library().activations[activation]
+
+
+class OnednnRefused(ValueError):
+    """oneDNN has no kernel for this shape (the rule then leaves the op to XLA)."""
+
+
+def _info(result: bytes, nbytes: ctypes.c_int64) -> tuple[str, int]:
+    if nbytes.value < 0:
+        raise OnednnRefused(result.decode())
+    return result.decode(), nbytes.value
+
+
+def matmul_info(m: int, k: int, n: int, bias: bool, activation: str) -> tuple[str, int]:
+    """(oneDNN's implementation, packed weight bytes) of ``[m, k] x [k, n]``."""
+    nbytes = ctypes.c_int64()
+    result = library().handle.JaxliteOnednnMatmulInfo(m, k, n, int(bias), activation_code(activation),
+                                                      ctypes.byref(nbytes))
+    return _info(result, nbytes)
+
+
+def matmul_pack(w: np.ndarray, m: int, bias: bool, activation: str) -> np.ndarray:
+    """A float32 [K, N] weight in the layout of the matmul with ``m`` rows (as int8 bytes)."""
+    w = np.ascontiguousarray(w, np.float32)
+    k, n = w.shape
+    _, nbytes = matmul_info(m, k, n, bias, activation)
+    out = np.empty(nbytes, np.int8)
+    error = library().handle.JaxliteOnednnMatmulPack(m, k, n, int(bias), activation_code(activation),
+                                                     w.ctypes.data, out.ctypes.data, nbytes)
+    if error is not None:
+        raise RuntimeError(f"oneDNN weight packing: {error.decode()}")
+    return out
+
+
+def _ints(values) -> np.ndarray:
+    return np.ascontiguousarray(values, np.int64)
+
+
+def conv_info(in_shape, geometry, bias: bool, activation: str) -> tuple[str, int]:
+    """(implementation, packed weight bytes) of a convolution of NHWC ``in_shape`` with
+    ``geometry`` (O, KH, KW, strides, dilations, padding before, OH, OW, groups)."""
+    shape, geo, nbytes = _ints(in_shape), _ints(geometry), ctypes.c_int64()
+    result = library().handle.JaxliteOnednnConvInfo(shape.ctypes.data, geo.ctypes.data, int(bias),
+                                                    activation_code(activation), ctypes.byref(nbytes))
+    return _info(result, nbytes)
+
+
+def conv_pack(w: np.ndarray, in_shape, geometry, bias: bool, activation: str) -> np.ndarray:
+    """A float32 [O, C/G, KH, KW] weight in the convolution's layout (as int8 bytes)."""
+    w = np.ascontiguousarray(w, np.float32)
+    shape, geo = _ints(in_shape), _ints(geometry)
+    _, nbytes = conv_info(in_shape, geometry, bias, activation)
+    out = np.empty(nbytes, np.int8)
+    error = library().handle.JaxliteOnednnConvPack(shape.ctypes.data, geo.ctypes.data, int(bias),
+                                                   activation_code(activation), w.ctypes.data, out.ctypes.data,
+                                                   nbytes)
+    if error is not None:
+        raise RuntimeError(f"oneDNN weight packing: {error.decode()}")
+    return out
+
+
+def _bias(bias):
+    return np.zeros((0,), np.float32) if bias is None else bias
+
+
+def matmul(a, packed, n: int, *, bias=None, activation: str = "none"):
+    """float32 ``activation(a [M, K] @ W + bias)`` [M, n], W packed by ``matmul_pack``."""
+    return library().kernels["OnednnMatmul"](
+        a, packed, _bias(bias), results=jax.ShapeDtypeStruct((a.shape[0], n), np.float32),
+        activation=activation_code(activation))
+
+
+def conv(x, packed, geometry, out_shape, *, bias=None, activation: str = "none"):
+    """float32 NHWC convolution of x by the weight ``conv_pack`` made, + bias, activation."""
+    return library().kernels["OnednnConv"](
+        x, packed, _bias(bias), results=jax.ShapeDtypeStruct(tuple(out_shape), np.float32),
+        activation=activation_code(activation), sizes=list(geometry))

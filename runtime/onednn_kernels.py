@@ -1,0 +1,172 @@
+"""The ``cpu-onednn`` target: float32 dense layers and convolutions by a weight as oneDNN
+primitives (runtime/onednn_calls.py), with the bias and the activation fused and the weight
+packed into the primitive's layout once, when the model is placed.
+
+A dot whose weight is one [K, N] matrix (``gemm_layout.gemm_shape``) is one matmul of the
+input's rows; a 1-D or 2-D convolution runs channels-last (transposed convolutions on the
+interior-padded input, as the int8 kernels do). A bias that varies along rows, and the
+activation after it, stay in XLA. Shapes oneDNN serves only with its reference kernels
+(``ref:...``, orders of magnitude slower) are left to XLA.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxlite.dialects import fused, jlax
+from jaxlite.runtime import onednn_calls as onednn
+from jaxlite.runtime import xla_int8
+from jaxlite.runtime.gemm_layout import (
+    column_axes,
+    gemm_shape,
+    per_column,
+    varies_only_by_column,
+    weight_2d,
+)
+from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
+
+CPU_ONEDNN = register_target(
+    "cpu-onednn", "float32 dense layers and convolutions on oneDNN (bias and activation fused, weights "
+                  "packed at load)", onednn.unavailable)
+# A packed weight is compiled into the program as a constant only while it is this small (as
+# for the int8 kernels: XLA does nothing with a custom call's constant but keep it twice).
+EMBED_PACKED_MAX_BYTES = 1024 * 1024
+
+
+def _weight_of(op) -> str | None:
+    """The name of the float32 weight the op's rhs reads directly, else None."""
+    owner = op.operands[1].owner
+    if isinstance(owner, jlax.WeightOp) and str(owner.result.type.get_element_type()) == "f32":
+        return owner.weight_name
+    return None
+
+
+def _epilogue(op, out_shape, cols):
+    """(activation, bias value or None, whether the kernel applies them)."""
+    activation = op.activation if isinstance(op, fused.FusedOp) else "none"
+    bias = op.bias if isinstance(op, fused.FusedOp) else None
+    in_kernel = bias is None or varies_only_by_column(tuple(bias.type.get_shape()), out_shape, cols)
+    return activation, bias, in_kernel
+
+
+@register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], jlax.PRIMITIVE_OPS["conv_general_dilated"],
+          target="cpu-onednn")
+def _float_matmul(op, ctx: LoweringContext):
+    name = _weight_of(op)
+    if name is None or any(str(v.type.get_element_type()) != "f32" for v in (op.operands[0], op.results[0])):
+        return None
+    try:
+        return (_dot if op.PRIMITIVE == "dot_general" else _conv)(op, ctx, name)
+    except onednn.OnednnRefused:
+        return None
+
+
+def _derive(ctx: LoweringContext, key: str, info, make) -> str | None:
+    implementation, nbytes = info
+    if implementation.startswith("ref"):
+        return None
+    return ctx.derive(key, nbytes, make, embeddable=nbytes <= EMBED_PACKED_MAX_BYTES)
+
+
+def _dot(op, ctx: LoweringContext, name: str):
+    shape = gemm_shape(op)
+    if shape is None:
+        return None
+    k, n = shape
+    out_shape = tuple(op.results[0].type.get_shape())
+    cols = column_axes(op)
+    activation, bias, in_kernel = _epilogue(op, out_shape, cols)
+    kernel_act, kernel_bias = (activation, bias is not None) if in_kernel else ("none", False)
+    lhs_shape = tuple(op.operands[0].type.get_shape())
+    lc = op.dot_dims().lhs_contract
+    free = [d for d in range(len(lhs_shape)) if d not in lc]
+    m = int(np.prod([lhs_shape[d] for d in free]))
+    packed = _derive(ctx, f"{name}@onednn:{m}x{k}x{n}:{int(kernel_bias)}:{kernel_act}",
+                     onednn.matmul_info(m, k, n, kernel_bias, kernel_act),
+                     lambda: onednn.matmul_pack(weight_2d(op, np.asarray(ctx.weight(name))), m, kernel_bias,
+                                                kernel_act))
+    if packed is None:
+        return None
+    transpose = tuple(lc) != tuple(range(len(lhs_shape) - len(lc), len(lhs_shape)))
+
+    def run(weights, x, _w, b=None):
+        if transpose:
+            x = jnp.transpose(x, (*free, *lc))
+        column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
+        y = onednn.matmul(x.reshape(m, k), weights[packed], n, bias=column_bias, activation=kernel_act)
+        y = y.reshape(out_shape)
+        return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
+    return Kernel(run, unread=frozenset({1}))
+
+
+def _conv(op, ctx: LoweringContext, name: str):
+    params = op.params()
+    dn = op.conv_dims()
+    nsp = len(dn.lhs_spec) - 2
+    if nsp not in (1, 2) or params["batch_group_count"] != 1:
+        return None
+    lhs_shape = tuple(op.operands[0].type.get_shape())
+    w_shape = tuple(op.operands[1].type.get_shape())
+    out_shape = tuple(op.results[0].type.get_shape())
+
+    def as_2d(values, fill=1):  # a 1-D convolution runs as height 1
+        return [fill] * (2 - nsp) + [int(v) for v in values]
+
+    batch, channels = lhs_shape[dn.lhs_spec[0]], lhs_shape[dn.lhs_spec[1]]
+    lhs_dilation = params["lhs_dilation"]
+    size = [(s - 1) * d + 1 for s, d in zip((lhs_shape[d] for d in dn.lhs_spec[2:]), lhs_dilation, strict=True)]
+    window = [w_shape[d] for d in dn.rhs_spec[2:]]
+    out_size = [out_shape[d] for d in dn.out_spec[2:]]
+    strides, rhs_dilation = params["window_strides"], params["rhs_dilation"]
+    low = [lo for lo, _ in params["padding"]]
+    if any(v < 0 for v in low):
+        return None
+    extent = [(k - 1) * d + 1 for k, d in zip(window, rhs_dilation, strict=True)]
+    # input rows the windows reach; those past it are never read: cropped (oneDNN wants
+    # padding >= 0), and the zeros beyond the input are the padding after it
+    reach = [(o - 1) * s + e - lo for o, s, e, lo in zip(out_size, strides, extent, low, strict=True)]
+    if any(r <= 0 for r in reach):  # the windows read only padding (degenerate): XLA's
+        return None
+    crop = [min(n, r) for n, r in zip(size, reach, strict=True)]
+    high = [r - c for r, c in zip(reach, crop, strict=True)]
+    # padding as wide as the window (whole windows of zeros) is added in XLA: oneDNN 3.2's
+    # kernels crash on it
+    pre_pad = any(p >= e for p, e in zip((*low, *high), extent * 2, strict=True))
+    kernel_size = [lo + c + hi for lo, c, hi in zip(low, crop, high, strict=True)] if pre_pad else crop
+    kernel_low = [0] * nsp if pre_pad else low
+    groups = params["feature_group_count"]
+    o = w_shape[dn.rhs_spec[0]]
+    in_shape = [batch, *as_2d(kernel_size), channels]
+    geometry = [o, *as_2d(window), *as_2d(strides), *as_2d(rhs_dilation), *as_2d(kernel_low, fill=0),
+                *as_2d(out_size), groups]
+    cols = (dn.out_spec[1],)
+    activation, bias, in_kernel = _epilogue(op, out_shape, cols)
+    kernel_act, kernel_bias = (activation, bias is not None) if in_kernel else ("none", False)
+
+    def oihw():
+        w = np.transpose(np.asarray(ctx.weight(name)), (dn.rhs_spec[0], dn.rhs_spec[1], *dn.rhs_spec[2:]))
+        return w.reshape(w.shape[0], w.shape[1], *as_2d(w.shape[2:]))
+
+    packed = _derive(ctx, f"{name}@onednn:{in_shape}:{geometry}:{int(kernel_bias)}:{kernel_act}",
+                     onednn.conv_info(in_shape, geometry, kernel_bias, kernel_act),
+                     lambda: onednn.conv_pack(oihw(), in_shape, geometry, kernel_bias, kernel_act))
+    if packed is None:
+        return None
+
+    def run(weights, x, _w, b=None):
+        x = xla_int8.to_channels_last(x, dn)
+        if any(d != 1 for d in lhs_dilation):  # transposed conv: zeros between inputs
+            x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(0, 0, d - 1) for d in lhs_dilation], (0, 0, 0)])
+        if crop != size:
+            x = x[(slice(None), *[slice(0, c) for c in crop])]
+        if pre_pad:
+            x = lax.pad(x, jnp.zeros((), x.dtype),
+                        [(0, 0, 0), *[(lo, hi, 0) for lo, hi in zip(low, high, strict=True)], (0, 0, 0)])
+        column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
+        y = onednn.conv(x.reshape(in_shape), weights[packed], geometry, (batch, *as_2d(out_size), o),
+                        bias=column_bias, activation=kernel_act)
+        y = xla_int8.from_channels_last(y.reshape(batch, *out_size, o), dn)
+        return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
+    return Kernel(run, unread=frozenset({1}))

@@ -1,0 +1,123 @@
+"""The ``cpu-onednn`` target: float32 dense layers and convolutions on oneDNN match jax.jit
+(to float32 rounding: another summation order) for every geometry, never on oneDNN's
+reference kernels, and under a capped ISA."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+import jaxlite
+from jaxlite.runtime import available_targets
+
+pytestmark = pytest.mark.skipif("cpu-onednn" not in available_targets(), reason="oneDNN kernels unavailable")
+ACTIVATIONS = [jax.nn.relu, jax.nn.relu6, jax.nn.sigmoid, jnp.tanh, jax.nn.silu,
+               lambda y: jax.nn.gelu(y, approximate=True), lambda y: jax.nn.gelu(y, approximate=False)]
+
+
+def _check(fn, *args, rtol=2e-4, atol=2e-4):
+    model = jaxlite.convert(fn, *args)
+    exe = model.compile()
+    assert "cpu-onednn" in exe.targets
+    np.testing.assert_allclose(np.asarray(exe(*args)), np.asarray(jax.jit(fn)(*args)), rtol=rtol, atol=atol)
+    return model
+
+
+@st.composite
+def convolutions(draw):
+    nsp = draw(st.sampled_from([1, 2]))
+    groups = draw(st.sampled_from([1, 2, 3]))
+    c = groups * draw(st.integers(1, 3))
+    o = groups * draw(st.integers(1, 4))
+    window = [draw(st.integers(1, 4)) for _ in range(nsp)]
+    size = [draw(st.integers(1, 7)) for _ in range(nsp)]
+    strides = [draw(st.integers(1, 3)) for _ in range(nsp)]
+    rhs_dilation = [draw(st.integers(1, 2)) for _ in range(nsp)]
+    lhs_dilation = [draw(st.integers(1, 2)) for _ in range(nsp)]
+    padding = [(draw(st.integers(0, 5)), draw(st.integers(-1, 5))) for _ in range(nsp)]
+    layout = draw(st.sampled_from(["channels_last", "channels_first"]))
+    bias = draw(st.booleans())
+    activation = draw(st.sampled_from([None, *range(len(ACTIVATIONS))]))
+    return nsp, groups, c, o, window, size, strides, rhs_dilation, lhs_dilation, padding, layout, bias, activation
+
+
+@settings(max_examples=int(os.environ.get("JAXLITE_FUZZ_EXAMPLES", "40")), deadline=None)
+@given(convolutions())
+def test_convolutions_of_any_geometry_match_jax(case):
+    nsp, groups, c, o, window, size, strides, rhs_dilation, lhs_dilation, padding, layout, bias, act = case
+    spatial = "HW"[2 - nsp:] if nsp == 2 else "W"
+    names = ((f"N{spatial}C", f"{spatial}IO", f"N{spatial}C") if layout == "channels_last"
+             else (f"NC{spatial}", f"OI{spatial}", f"NC{spatial}"))
+    rng = np.random.default_rng(0)
+    x_shape = (2, *size, c) if layout == "channels_last" else (2, c, *size)
+    w_shape = (*window, c // groups, o) if layout == "channels_last" else (o, c // groups, *window)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    dn = lax.conv_dimension_numbers(x_shape, w_shape, names)
+    out = lax.conv_general_dilated(x, w, strides, padding, lhs_dilation, rhs_dilation, dn, groups)
+    if 0 in out.shape:
+        return
+
+    def fn(x):
+        y = lax.conv_general_dilated(x, w, strides, padding, lhs_dilation, rhs_dilation, dn, groups)
+        if bias:
+            y = y + (b if layout == "channels_last" else b.reshape(o, *[1] * nsp))
+        return y if act is None else ACTIVATIONS[act](y)
+    _check(fn, x)
+
+
+@pytest.mark.parametrize("activation", range(len(ACTIVATIONS)))
+def test_dense_layers_with_every_fused_activation(rng, activation):
+    w = rng.standard_normal((48, 40)).astype(np.float32) * 0.3
+    b = rng.standard_normal(40).astype(np.float32)
+    x = rng.standard_normal((5, 48)).astype(np.float32)
+    model = _check(lambda x: ACTIVATIONS[activation](x @ w + b), x)
+    assert "jfuse.dot" in model.ir()
+
+
+def test_dots_that_contract_other_axes_or_give_several_output_axes(rng):
+    w = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    x = rng.standard_normal((6, 2, 5)).astype(np.float32)
+    _check(lambda x: jnp.einsum("kbs,khd->bshd", x, w), x)
+    per_row = rng.standard_normal((2, 5, 1, 1)).astype(np.float32)  # a bias along rows: XLA adds it
+    _check(lambda x: jax.nn.relu(jnp.einsum("kbs,khd->bshd", x, w) + per_row), x)
+
+
+def test_no_primitive_is_a_reference_kernel():
+    """oneDNN's reference kernels are orders of magnitude slower: the anchor models' layer
+    shapes all get an optimized one (the rule leaves an op to XLA otherwise)."""
+    from jaxlite.runtime import onednn_calls as onednn
+    for m, k, n in ((1, 64, 256), (1, 256, 10), (128, 256, 256), (128, 256, 1024), (128, 1024, 256)):
+        implementation, _ = onednn.matmul_info(m, k, n, True, "relu")
+        assert not implementation.startswith("ref"), (m, k, n, implementation)
+    for in_shape, geometry in (([1, 224, 224, 3], [64, 7, 7, 2, 2, 1, 1, 3, 3, 112, 112, 1]),
+                               ([1, 56, 56, 64], [64, 3, 3, 1, 1, 1, 1, 1, 1, 56, 56, 1]),
+                               ([1, 16, 16, 1], [32, 3, 3, 1, 1, 1, 1, 1, 1, 16, 16, 1]),
+                               ([1, 28, 28, 128], [128, 3, 3, 1, 1, 1, 1, 1, 1, 28, 28, 128])):
+        implementation, _ = onednn.conv_info(in_shape, geometry, True, "relu")
+        assert not implementation.startswith("ref"), (in_shape, geometry, implementation)
+
+
+def test_an_isa_capped_onednn_gives_the_same_results(tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 runs oneDNN's AVX2 kernels on a machine that has more."""
+    script = ("import numpy as np, jax, jaxlite\n"
+              "from jaxlite.runtime import onednn_calls as o\n"
+              "r = np.random.default_rng(0); w = r.standard_normal((3, 3, 8, 16)).astype(np.float32)\n"
+              "x = r.standard_normal((1, 12, 12, 8)).astype(np.float32)\n"
+              "fn = lambda x: jax.nn.relu(jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
+              "dimension_numbers=('NHWC', 'HWIO', 'NHWC')))\n"
+              "y = jaxlite.convert(fn, x).compile()(x)\n"
+              "np.testing.assert_allclose(np.asarray(y), np.asarray(jax.jit(fn)(x)), rtol=2e-4, atol=2e-4)\n"
+              "print(o.conv_info([1, 12, 12, 8], [16, 3, 3, 1, 1, 1, 1, 1, 1, 12, 12, 1], False, 'relu')[0])\n")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "avx2" in r.stdout and "avx512" not in r.stdout, r.stdout
