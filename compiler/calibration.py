@@ -40,7 +40,7 @@ def activation_ranges(module: ModuleOp, values: Sequence[SSAValue], *, weights: 
 
     The data is checked first: batches must have the model's input shapes and dtypes, and no
     input may be all zeros or hold NaN/Inf (``ConversionError`` naming the input). Where the
-    ranges found would quantize more than half of a layer's values to zero (an extreme value
+    ranges found would quantize more than half of a layer's nonzero values to zero (an extreme value
     stretches the range), a warning names the inputs' ranges and those layers."""
     if method not in ("max", "percentile"):
         raise ConversionError(f"calibration method must be 'max' or 'percentile', got {method!r}")
@@ -51,7 +51,9 @@ def activation_ranges(module: ModuleOp, values: Sequence[SSAValue], *, weights: 
     def stats(taps):
         top = [jnp.max(jnp.abs(t)) if method == "max" else jnp.percentile(jnp.abs(t).reshape(-1), percentile)
                for t in taps]
-        return top, [jnp.median(jnp.abs(t)) for t in taps]
+        # the median magnitude of the values that are not exactly zero (zeros, e.g. a ReLU's,
+        # stay exact in int8)
+        return top, [jnp.nanmedian(jnp.where(t != 0, jnp.abs(t), jnp.nan)) for t in taps]
 
     run = tapped_program(module, weights, values, stats)
     ranges, medians = np.zeros(len(values)), np.zeros(len(values))
@@ -69,7 +71,8 @@ def activation_ranges(module: ModuleOp, values: Sequence[SSAValue], *, weights: 
     if broken:
         raise ConversionError(f"calibration data: the model computes NaN/Inf on it at {', '.join(_layers(broken))} "
                               f"(input ranges: {_describe_ranges(signature, input_ranges)})")
-    coarse = [v for v, r, m in zip(values, ranges, medians, strict=True) if r / QMAX > m > 0]
+    # |x| < step / 2 rounds to zero: "coarse" where it does for most of a layer's nonzero values
+    coarse = [v for v, r, m in zip(values, ranges, medians, strict=True) if r / QMAX / 2 > m > 0]
     extreme = [v for v, r in zip(values, ranges, strict=True) if r > EXTREME_RANGE]
     if coarse or extreme:
         what = ("the int8 step would round more than half the values to zero" if coarse else
