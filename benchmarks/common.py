@@ -35,10 +35,11 @@ def machine(threads: str) -> str:
     """The CPU (model, cores, ISA features), thread setting, jax, and jaxlite's kernel targets."""
     import jax
 
-    from jaxlite.runtime import available_targets, cpu
+    from jaxlite.runtime import available_targets, cpu, onednn_calls
 
     return (f"{cpu.describe()}; threads={threads}, jax {jax.__version__}, backend {jax.default_backend()}, "
-            f"python {sys.version.split()[0]}; jaxlite targets: {', '.join(available_targets())}")
+            f"python {sys.version.split()[0]}; jaxlite targets: {', '.join(available_targets())}; "
+            f"oneDNN: {onednn_calls.kernel_paths()}")
 
 
 def peak_rss_mb() -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 
 from jaxlite._version import __version__
-from jaxlite.runtime import cpu
+from jaxlite.runtime import cpu, onednn_calls
 from jaxlite.runtime.executable import choose_targets
 from jaxlite.runtime.registry import target_status
 
@@ -18,6 +18,7 @@ def report() -> list[tuple[str, str]]:
     for target, why in target_status():
         rows.append((f"target {target.name}", ("available" if why is None else f"unavailable: {why}")
                      + f" -- {target.description}"))
+    rows.append(("oneDNN float32 kernels", onednn_calls.kernel_paths()))
     platform = jax.default_backend()
     rows.append((f"compile() on {platform}", "targets " + ", ".join(choose_targets(platform))
                  + (" (float16 models add xla-float16)" if platform == "gpu" else "")))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from xdsl.ir import Operation
 
 from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.runtime import native_calls as native
@@ -60,7 +61,7 @@ def _quantized_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
     key = f"{name}@{','.join(map(str, layout))}"
     packed = ctx.derive(f"{key}@vnni", nbytes, lambda: make(0), embeddable=nbytes <= EMBED_PACKED_MAX_BYTES)
     colsum = ctx.derive(f"{key}@colsum", 4 * n, lambda: make(1))
-    return Kernel(native_kernel(op, packed, colsum, n), unread=frozenset({1}))
+    return Kernel(native_kernel(op, packed, colsum, n), unread=frozenset({1}), native=True)
 
 
 def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int):
@@ -244,14 +245,15 @@ def _act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
 def _max_pool(op: jlax.LaxOp | quant.CodeReduceWindowMaxOp, ctx: LoweringContext):
     """``reduce_window_max`` over the two middle axes of a 4-D array (a 2-D max-pool,
     channels last) as one native call where its input is int8 codes (NaN's code wins, as
-    NaN does in the float kernel) or comes from a native int8 matmul, else None. Next to
+    NaN does in the float kernel) or float32 from a native kernel, else None. Next to
     native kernels a custom call runs inline, where the XLA loop fusion would be handed to
-    a pool thread; in a float model XLA's pooling fuses with its neighbours and stays."""
+    a pool thread; after XLA's own ops its pooling fuses with them and stays."""
     params = op.params()
     window, strides, padding = params["window_dimensions"], params["window_strides"], params["padding"]
+    producer = op.operands[0].owner
     if not isinstance(op, quant.CodeReduceWindowMaxOp) and not (
             str(op.operands[0].type.get_element_type()) == "f32"
-            and isinstance(op.operands[0].owner, quant.QuantizedMatmulOp)):
+            and isinstance(producer, Operation) and ctx.kernel(producer).native):
         return None
     if len(window) != 4 \
             or any(d != 1 for d in (*params["base_dilation"], *params["window_dilation"])) \

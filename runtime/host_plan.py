@@ -212,10 +212,20 @@ def worth_tracing(block) -> bool:
             macs += out * int(np.prod([lhs[d] for d in op.dot_dims().lhs_contract]))
         elif isinstance(op, fused.FusedOp) or (
                 isinstance(op, jlax.LaxOp) and op.PRIMITIVE in ("dot_general", "conv_general_dilated")):
-            return False  # a float matmul: XLA's
+            if not isinstance(op.operands[1].owner, jlax.WeightOp):
+                return False  # a product of two activations: XLA's
+            macs += out * _reduced_size(op)  # a float matmul: oneDNN's where that target runs
         elif isinstance(op, jlax.RegionOp):
             return False  # loops and branches stay in XLA
     return 0 < macs <= MAX_MACS
+
+
+def _reduced_size(op) -> int:
+    """Multiply-adds per output element of a float dot or convolution."""
+    lhs, rhs = op.operands[0].type.get_shape(), op.operands[1].type.get_shape()
+    if op.PRIMITIVE == "dot_general":
+        return int(np.prod([lhs[d] for d in op.dot_dims().lhs_contract]))
+    return int(np.prod(rhs)) // rhs[op.conv_dims().rhs_spec[0]]
 
 
 def _is_view(eqn) -> bool:

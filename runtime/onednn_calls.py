@@ -160,3 +160,14 @@ def conv(x, packed, geometry, out_shape, *, bias=None, activation: str = "none")
     return library().kernels["OnednnConv"](
         x, packed, _bias(bias), results=jax.ShapeDtypeStruct(tuple(out_shape), np.float32),
         activation=activation_code(activation), sizes=list(geometry))
+
+
+def kernel_paths() -> str:
+    """The implementations oneDNN picks on this CPU for a typical dense layer and 3x3
+    convolution (e.g. ``brg:avx512_core``), or why there are none."""
+    why = unavailable()
+    if why is not None:
+        return f"none ({why})"
+    dense, _ = matmul_info(128, 256, 256, True, "relu")
+    convolution, _ = conv_info([1, 56, 56, 64], [64, 3, 3, 1, 1, 1, 1, 1, 1, 56, 56, 1], True, "relu")
+    return f"dense {dense}, convolution {convolution}"

@@ -98,7 +98,7 @@ def _dot(op, ctx: LoweringContext, name: str):
         y = onednn.matmul(x.reshape(m, k), weights[packed], n, bias=column_bias, activation=kernel_act)
         y = y.reshape(out_shape)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
-    return Kernel(run, unread=frozenset({1}))
+    return Kernel(run, unread=frozenset({1}), native=True)
 
 
 def _conv(op, ctx: LoweringContext, name: str):
@@ -169,4 +169,4 @@ def _conv(op, ctx: LoweringContext, name: str):
                         bias=column_bias, activation=kernel_act)
         y = xla_int8.from_channels_last(y.reshape(batch, *out_size, o), dn)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
-    return Kernel(run, unread=frozenset({1}))
+    return Kernel(run, unread=frozenset({1}), native=True)

@@ -26,11 +26,14 @@ class Kernel:
     # operands the kernel never reads (their values reach it another way, e.g. a weight
     # packed at load): a weight read only through such operands is not placed on the device
     unread: frozenset[int] = frozenset()
+    # one native call (a custom call): XLA cannot fuse it with its neighbours
+    native: bool = False
 
 
 class LoweringContext(Protocol):
     """What a rule may ask of the program being built (implemented by ``Lowering``)."""
 
+    def kernel(self, op: Operation) -> Kernel: ...
     def weight(self, name: str): ...
     def derive(self, name: str, nbytes: int, make: Callable[[], Any], *, embeddable: bool = True) -> str: ...
     def program(self, block: Block): ...

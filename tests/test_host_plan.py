@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxlite
-from jaxlite.runtime import host_plan
+from jaxlite.runtime import available_targets, host_plan
 from jaxlite.runtime import native_calls as native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="needs jaxlite's native CPU kernels (AVX-512 VNNI)")
@@ -141,10 +141,10 @@ def test_concurrent_calls_get_their_own_results(rng):
 def test_what_the_plan_cannot_run_stays_on_xla(rng, monkeypatch):
     fn = _mlp(rng)
     x = rng.normal(size=(4, 64)).astype(np.float32)
-    float_model = jaxlite.convert(fn, x)  # float dots are XLA's
-    assert not float_model.compile().direct
+    float_model = jaxlite.convert(fn, x)  # float dots are XLA's without the oneDNN target
+    assert not float_model.compile(targets=["xla"]).direct
     with pytest.raises(jaxlite.DeviceError, match="direct=True"):
-        float_model.compile(direct=True)
+        float_model.compile(direct=True, targets=["xla"])
     assert not jaxlite.convert(fn, x, quantize="dynamic").compile(native_gemm=False).direct
     monkeypatch.setattr(host_plan, "MAX_MACS", 1000)  # big programs keep XLA's threads
     assert not jaxlite.convert(fn, x, quantize="dynamic").compile().direct
@@ -187,8 +187,9 @@ def test_a_kernel_error_raises():
 
 
 def test_loops_and_float_layers_are_judged_from_the_ir(rng):
-    """A scan (an RNN) or a float layer beside native int8 ones: no trace is spent on the
-    direct path, and the program runs jitted."""
+    """A scan (an RNN), or a float layer beside native int8 ones where no native target
+    takes float layers: no trace is spent on the direct path, and the program runs jitted.
+    With oneDNN's float kernels the mixed program is all native and runs direct."""
     w = rng.normal(size=(16, 16)).astype(np.float32) / 4
 
     def rnn(x):
@@ -207,4 +208,10 @@ def test_loops_and_float_layers_are_judged_from_the_ir(rng):
     partly = jaxlite.convert(mixed, x[0], quantize="dynamic", skip=["w2"])
     kinds = {op.name for op in partly.module.walk()}
     assert {"jquant.dynamic_dot", "jfuse.dot"} <= kinds
-    assert not host_plan.worth_tracing(partly.module.ops.first.body.block)
+    assert host_plan.worth_tracing(partly.module.ops.first.body.block)
+    int8_only = [t for t in available_targets() if t != "cpu-onednn"]
+    assert not partly.compile(targets=int8_only).direct
+    if {"cpu-onednn", "cpu-avx512vnni"} <= set(available_targets()):
+        exe = partly.compile()
+        assert exe.direct
+        np.testing.assert_allclose(np.asarray(exe(x[0])), np.asarray(jax.jit(mixed)(x[0])), rtol=0.05, atol=0.05)
