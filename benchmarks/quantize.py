@@ -1,6 +1,7 @@
-"""Quantized models vs jax.jit float32, same run: latency ratio and file size per mode.
+"""Every precision of jaxlite beside LiteRT and ONNX Runtime, vs jax.jit float32, same run:
+latency ratio, file size and output error per mode.
 
-    python benchmarks/quantize.py [--threads 1|all] [--reps 30] [--only resnet]
+    python benchmarks/quantize.py [--threads 1|all] [--reps 30] [--only anchor-resnet]
     python benchmarks/quantize.py --device gpu [--reps 30] [--only resnet]
 
 Without ``--threads`` it runs twice, one process each: pinned to one core, then all cores.
@@ -8,11 +9,11 @@ With ``--device gpu`` it runs once, jax.jit and jaxlite both on the first GPU (i
 placed there beforehand), and adds throughput-sized batches of the MLP and the transformer:
 at the examples' batch 1-64 a GPU is bound by kernel launches, not by the int8 GEMM.
 
-Targets (issue 4, LiteRT/XNNPACK one thread in brackets): transformer dynamic <= 0.26x
-[0.26]; ResNet-18 int8 <= 0.2x [0.08]; digits CNN dynamic/int8 <= 0.3x [0.15]; MLP at
-batch 64 >= 2.5x faster; int8-weights and float16 on CPU within 5% of float32.
-LiteRT rows (float32, dynamic-range int8, full-integer int8; see reference_runtimes.py)
-appear where ``pip install -e ".[bench]"`` installed TensorFlow and ai-edge-litert.
+The models: the four anchors of the side-by-side comparison (anchor_models.py: MLP, CNN,
+ResNet-18, transformer, batch 1, calibrated on 100 random inputs), then the examples.
+LiteRT and ONNX Runtime rows (float32, dynamic-range int8, full-integer int8; see
+reference_runtimes.py) appear where ``pip install -e ".[bench]"`` installed them. Each model's
+jaxlite rows name the kernel targets that served its ops (and whether calls skip XLA).
 ``err`` is the relative L2 error of the output against jax.jit float32's. ``ratio`` times
 single interleaved calls (cold caches: every other runtime ran in between), ``warm`` runs of
 calls in a row (an inference loop); they differ on the small digits models.
@@ -39,12 +40,14 @@ THREADS = configure_threads(sys.argv)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from reference_runtimes import litert_runners  # noqa: E402
+from anchor_models import ANCHORS, calibration  # noqa: E402
+from reference_runtimes import litert_runners, onnxruntime_runners  # noqa: E402
 
 import jaxlite  # noqa: E402
 from jaxlite.examples import digits, digits_cnn, digits_mlp, resnet, transformer  # noqa: E402
 
 CASES = {
+    **ANCHORS,
     "digits MLP (batch 64)": (lambda: digits_mlp.factory(64), "mlp"),
     "digits CNN (batch 64)": (lambda: digits_cnn.factory(64), "cnn"),
     "transformer 4L (d256, seq 128)": (lambda: transformer.factory(4, 256, 4, 128), "transformer"),
@@ -63,11 +66,13 @@ GPU_CASES = {  # where a GPU's int8 GEMM has work enough to show
     "digits MLP (batch 8192)": (lambda: _tiled(digits_mlp.factory(), 8192), "mlp-8192"),
     "transformer 4L (batch 32)": (lambda: transformer.factory(4, 256, 4, 128, batch=32), "transformer-b32"),
 }
-MODES = ("float16", "int8-weights", "dynamic", "int8")
+MODES = ("bfloat16", "float16", "int8-weights", "dynamic", "int8")
 WARM_BLOCK = 5  # calls in a row per function for the warm column (jaxlite/timing.py)
 
 
 def calibration_for(key: str, args: tuple) -> list[tuple]:
+    if key.startswith("anchor"):
+        return calibration(args)
     if key.startswith(("mlp", "cnn")):
         x = digits.load(images=key.startswith("cnn"))[0]
         batch = args[0].shape[0]
@@ -111,7 +116,8 @@ def main() -> None:
                 runs[mode] = jaxlite.load(path).compile(device=device)
             except Exception as e:  # reported in the table; the other modes still run
                 failed[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
-        references = {} if on_gpu else litert_runners(fn, args, calibration_for(key, args), THREADS)
+        references = {} if on_gpu else {**litert_runners(fn, args, calibration_for(key, args), THREADS),
+                                         **onnxruntime_runners(fn, args, calibration_for(key, args), THREADS)}
         for label, (run, nbytes) in references.items():
             if run is None:
                 failed[label] = nbytes
@@ -127,6 +133,9 @@ def main() -> None:
             print(f"{name:32s} {mode:15s} {t['jit'] * 1e3:7.2f}ms {t[mode] * 1e3:7.2f}ms "
                   f"{t[mode] / t['jit']:6.3f} {warm[mode] / warm['jit']:6.3f} {sizes[mode] / 1024:8.0f}KB "
                   f"{sizes[mode] / float_size:6.3f} {err:8.1e}")
+        kernels = {mode: run.describe_kernels() for mode, run in runs.items() if hasattr(run, "describe_kernels")}
+        for mode, description in kernels.items():
+            print(f"{'':32s} {mode:15s} kernels: {description}")
         for label, reason in failed.items():
             print(f"{name:32s} {label:15s} failed: {reason}")
 

@@ -1,7 +1,7 @@
 """The bar to beat, where installed (``pip install -e ".[bench]"``): LiteRT (TFLite's
 runtime, XNNPACK) on the same JAX function, converted the way Google documents for JAX --
-jax2tf, then the TFLite converter -- in float32, dynamic-range int8 and full-integer int8
-(calibrated on the same data as jaxlite's ``int8``).
+jax2tf, then the TFLite converter -- and ONNX Runtime on jax2onnx's export, each in float32,
+dynamic-range int8 and full-integer int8 (calibrated on the same data as jaxlite's ``int8``).
 
 Each runner is ``run(*args) -> output`` so it times alongside jax.jit in the same
 interleaved loop; the .tflite bytes come with it for the size column.
@@ -26,7 +26,7 @@ def litert_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> d
         return {}
 
     args = [np.asarray(a) for a in args]
-    tf_fn = tf.function(jax2tf.convert(fn), autograph=False,
+    tf_fn = tf.function(jax2tf.convert(fn, with_gradient=False), autograph=False,
                         input_signature=[tf.TensorSpec(a.shape, a.dtype) for a in args])
     concrete = tf_fn.get_concrete_function()
 
@@ -36,6 +36,7 @@ def litert_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> d
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if mode == "int8":
             converter.representative_dataset = lambda: ([np.asarray(a) for a in batch] for batch in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         return converter.convert()
 
     def runner(blob: bytes):
@@ -58,4 +59,76 @@ def litert_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> d
             out[f"LiteRT {mode}"] = (runner(blob), len(blob))
         except Exception as e:  # e.g. "failed to create XNNPACK runtime" (ResNet-18 full-integer)
             out[f"LiteRT {mode}"] = (None, f"{type(e).__name__}: {str(e).splitlines()[0][:100]}")
+    return out
+
+
+def onnxruntime_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> dict[str, tuple]:
+    """{"ORT float32" | "ORT dynamic" | "ORT int8": (run, file bytes)} as ONNX models are
+    usually made: jax2onnx, then onnxruntime.quantization -- dynamic with int8 weights, static
+    in QDQ format (int8 activations and weights, per channel, MinMax on the calibration set).
+    Failures as in :func:`litert_runners`; {} when onnxruntime or jax2onnx is missing."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from jax2onnx import to_onnx
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        return {}
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    float_path = os.path.join(tmp, "float32.onnx")
+
+    def session(path: str):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1 if threads == "1" else os.cpu_count()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        output = sess.get_outputs()[0].name
+
+        def run(*xs):
+            return sess.run([output], {n: np.asarray(x) for n, x in zip(names, xs, strict=True)})[0]
+        return run
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, names):
+            self.batches = iter([{n: np.asarray(x) for n, x in zip(names, batch, strict=True)}
+                                 for batch in calibration])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    def make(mode: str) -> str:
+        if mode == "float32":
+            to_onnx(fn, [np.asarray(a) for a in args], return_mode="file", output_path=float_path)
+            return float_path
+        path = os.path.join(tmp, f"{mode}.onnx")
+        if mode == "dynamic":
+            quantize_dynamic(float_path, path, weight_type=QuantType.QInt8)
+            return path
+        prepared = os.path.join(tmp, "prepared.onnx")
+        quant_pre_process(float_path, prepared)
+        names = [i.name for i in ort.InferenceSession(float_path, providers=["CPUExecutionProvider"]).get_inputs()]
+        quantize_static(prepared, path, Reader(names), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True)
+        return path
+
+    out = {}
+    for mode in ("float32", "dynamic", "int8"):
+        try:
+            path = make(mode)
+            out[f"ORT {mode}"] = (session(path), os.path.getsize(path))
+        except Exception as e:
+            out[f"ORT {mode}"] = (None, f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
+            if mode == "float32":
+                break
     return out

@@ -65,7 +65,7 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
       ``jaxlite.passes.DEFAULT_PIPELINE``, ``""``/``[]`` runs none.
     * ``outputs``: keep only part of ``fn``'s output: a function of it (``lambda o: o[0]``),
       an index or key, or a list of them. What only the dropped outputs needed is pruned.
-    * ``quantize``: None, "float16", "int8-weights", "dynamic" or "int8" (the last needs
+    * ``quantize``: None, "float16", "bfloat16", "int8-weights", "dynamic" or "int8" (the last needs
       ``calibration``: an iterable of example-argument tuples). ``per_channel`` scales
       along output channels; ``skip``: weight-name / op-name patterns kept in float;
       ``calibration_method``: "max" or "percentile" (99.99th of |x|).

@@ -443,7 +443,7 @@ def cmd_demo(args) -> None:
     calibration = [(x_train[i:i + 64],) for i in range(0, 512, 64)]
     float_size = None
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in (None, "float16", "int8-weights", "dynamic", "int8"):
+        for mode in (None, "float16", "bfloat16", "int8-weights", "dynamic", "int8"):
             model = jaxlite.convert(predict, batch, quantize=mode,
                                     calibration=calibration if mode == "int8" else None)
             path = Path(tmp) / f"digits_cnn.{mode or 'float32'}.jlite"
@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", default=None,
                    help="keep only these outputs: an index or key, or a comma-separated list of them")
     _add_inspection_flags(p)
-    p.add_argument("--quantize", choices=["float16", "int8-weights", "dynamic", "int8"], default=None)
+    p.add_argument("--quantize", choices=["float16", "bfloat16", "int8-weights", "dynamic", "int8"], default=None)
     p.add_argument("--calibration", help="representative inputs for --quantize int8 (.npy/.npz, samples on axis 0)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight instead of per output channel")
     p.add_argument("--skip", action="append", metavar="PATTERN", help="weight/op name pattern kept in float")

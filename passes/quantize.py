@@ -4,6 +4,8 @@ Modes (symmetric int8: scale = max|w| / 127, q = clip(round(w / scale), -127, 12
 zero point 0; per output channel by default):
 
 * ``float16``      every float32 weight stored as float16, read through ``jquant.upcast``.
+* ``bfloat16``     likewise in bfloat16 (float32's exponent range, 8 bits of mantissa); CPUs
+  with bfloat16 arithmetic and GPUs compute the dots and convolutions in it.
 * ``int8-weights`` dot/conv kernels stored int8 + float32 scales, read through
   ``jquant.dequantize`` (the runtime turns them back into floats once, at load).
 * ``dynamic``      dot/conv become ``jquant.dynamic_dot/conv``: int8 kernels, activations
@@ -29,6 +31,7 @@ import fnmatch
 import warnings
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -51,7 +54,7 @@ from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import ConversionError
 from jaxlite.passes.common import ModelPass, producer, splat_value, users
 
-MODES = ("float16", "int8-weights", "dynamic", "int8")
+MODES = ("float16", "bfloat16", "int8-weights", "dynamic", "int8")
 _MATMULS = ("dot_general", "conv_general_dilated")
 
 
@@ -141,8 +144,8 @@ class QuantizePass(ModelPass):
         if self.mode not in MODES:
             raise ConversionError(f"unknown quantization mode {self.mode!r}; use one of {', '.join(MODES)}")
         skip = SkipPatterns(self.skip)
-        if self.mode == "float16":
-            self._float16(op, skip)
+        if self.mode in ("float16", "bfloat16"):
+            self._half(op, skip, np.dtype(np.float16) if self.mode == "float16" else np.dtype(ml_dtypes.bfloat16))
         elif self.mode == "int8":
             self._static(op, skip)
         else:
@@ -175,14 +178,15 @@ class QuantizePass(ModelPass):
                 Rewriter.replace_op(dot, quant.DynamicActDotOp(*dot.operands, dot.results[0].type,
                                                                dict(dot.attributes)))
 
-    def _float16(self, module: ModuleOp, skip: SkipPatterns) -> None:
+    def _half(self, module: ModuleOp, skip: SkipPatterns, dtype: np.dtype) -> None:
         store = self.weights
+        suffix = ".f16" if dtype == np.float16 else ".bf16"
         for w in [o for o in module.walk() if isinstance(o, jlax.WeightOp)]:
             arr = store[w.weight_name]
             if arr.dtype != np.float32 or skip(w.weight_name):
                 continue
-            half = jlax.WeightOp(store.add(np.asarray(arr).astype(np.float16), w.weight_name + ".f16"),
-                                 tensor_type(arr.shape, np.float16))
+            half = jlax.WeightOp(store.add(np.asarray(arr).astype(dtype), w.weight_name + suffix),
+                                 tensor_type(arr.shape, dtype))
             up = quant.UpcastOp(half.result)
             Rewriter.insert_op([half, up], InsertPoint.after(w))
             w.result.replace_all_uses_with(up.result)

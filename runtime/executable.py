@@ -134,6 +134,7 @@ class Executable:
         main = find_main(model.module)
         lowering = Lowering(self.targets, model.weights)
         program = lowering.program(main.body.block)
+        self.targets_used = lowering.targets_used()
         # name -> (bytes, producer of the host array, may be a constant): arrays derived at
         # load (expanded, packed) are made one at a time and dropped once on the device
         arrays = {name: (model.weights[name].nbytes, lambda n=name: model.weights[n], True)
@@ -203,6 +204,12 @@ class Executable:
         if sig.out_treedef is not None:
             return jax.tree_util.tree_unflatten(sig.out_treedef, leaves)
         return sig.out_tree.unflatten(leaves)
+
+    def describe_kernels(self) -> str:
+        """Which targets serve how many of the model's ops, and whether calls skip XLA: e.g.
+        ``cpu-onednn 21, xla 30; direct``."""
+        served = ", ".join(f"{t} {n}" for t, n in sorted(self.targets_used.items(), key=lambda tn: -tn[1]))
+        return f"{served}; {'direct' if self.direct else 'XLA program'}"
 
     @property
     def direct(self) -> bool:

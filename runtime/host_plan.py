@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import ml_dtypes
 import numpy as np
 from jax.extend.core import Literal
 
@@ -33,7 +34,8 @@ MAX_MACS = 8 << 20
 MAX_ARENA_BYTES = 64 << 20
 
 # XLA_FFI_DataType of the dtypes the kernels take
-_FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11}
+_FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11,
+               np.dtype(ml_dtypes.bfloat16): 16}
 # kernels whose operand 1 is a packed weight [Kp * Npad]: rows x its size multiply-adds
 _GEMM_KERNELS = ("QuantizedGemm", "DynamicGemm", "QuantizedConv", "DynamicConv")
 # oneDNN's float kernels: operand 1 is a packed float32 weight (padded: K x N or more)
@@ -212,12 +214,21 @@ def worth_tracing(block) -> bool:
             macs += out * int(np.prod([lhs[d] for d in op.dot_dims().lhs_contract]))
         elif isinstance(op, fused.FusedOp) or (
                 isinstance(op, jlax.LaxOp) and op.PRIMITIVE in ("dot_general", "conv_general_dilated")):
-            if not isinstance(op.operands[1].owner, jlax.WeightOp):
+            if not _known_at_load(op.operands[1]):
                 return False  # a product of two activations: XLA's
             macs += out * _reduced_size(op)  # a float matmul: oneDNN's where that target runs
         elif isinstance(op, jlax.RegionOp):
             return False  # loops and branches stay in XLA
     return 0 < macs <= MAX_MACS
+
+
+def _known_at_load(value) -> bool:
+    """A weight, or a weight stored in lower precision (upcast, dequantized) -- what the
+    float kernels pack at load."""
+    owner = value.owner
+    if isinstance(owner, quant.UpcastOp | quant.DequantizeOp):
+        return all(isinstance(v.owner, jlax.WeightOp) for v in owner.operands)
+    return isinstance(owner, jlax.WeightOp)
 
 
 def _reduced_size(op) -> int:

@@ -11,12 +11,14 @@ are never placed on the device.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from xdsl.ir import Block, Operation
 
 from jaxlite.dialects.jlax import WeightOp
+from jaxlite.dialects.module import NOT_COUNTED
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.runtime import cpu_kernels, onednn_kernels, quant_kernels, xla_kernels  # noqa: F401  (register their rules)
 from jaxlite.runtime.program import BlockProgram
@@ -35,7 +37,11 @@ class Lowering:
         self.weights = weights if weights is not None else WeightStore()
         self.kernels: dict[Operation, Kernel] = {}
         # name -> (bytes, make, embeddable) of the arrays rules derived from weights
-        self.derived: dict[str, tuple[int, Callable[[], Any], bool]] = {}
+        self._derived: dict[str, tuple[int, Callable[[], Any], bool]] = {}
+        self._derived_by: dict[str, set[Operation]] = {}  # the ops whose kernels read each
+        self._lowering: Operation | None = None
+        self.dead: set[Operation] = set()  # ops the programs skip (see program.py)
+        self.served: dict[Operation, str] = {}  # the target whose rule made each op's kernel
         self._read: set[str] = set()
 
     # --- what rules may ask (registry.LoweringContext) ---
@@ -52,11 +58,19 @@ class Lowering:
 
     def derive(self, name: str, nbytes: int, make: Callable[[], Any], *, embeddable: bool = True) -> str:
         """Name an array made from the weights when the model is placed (once per name)."""
-        self.derived.setdefault(name, (nbytes, make, embeddable))
+        self._derived.setdefault(name, (nbytes, make, embeddable))
+        self._derived_by.setdefault(name, set()).add(self._lowering)
         return name
 
     def program(self, block: Block) -> BlockProgram:
-        return BlockProgram(block, self.kernel)
+        program = BlockProgram(block, self.kernel)
+        self.dead |= program.dead
+        return program
+
+    @property
+    def derived(self) -> dict[str, tuple[int, Callable[[], Any], bool]]:
+        """The derived arrays some kernel that runs reads."""
+        return {name: entry for name, entry in self._derived.items() if self._derived_by[name] - self.dead}
 
     # --- results ---
 
@@ -68,10 +82,21 @@ class Lowering:
     def _choose(self, op: Operation) -> Kernel:
         for target in self.targets:
             for rule in rules_for(op, target):
-                made = rule(op, self)
+                outer, self._lowering = self._lowering, op
+                try:
+                    made = rule(op, self)
+                finally:
+                    self._lowering = outer
                 if made is not None:
+                    self.served[op] = target
                     return made if isinstance(made, Kernel) else Kernel(made)
         raise NoKernelError(f"no kernel for {op.name} among targets {', '.join(self.targets)}")
+
+    def targets_used(self) -> Counter:
+        """How many of the ops that run (computing ops, as ``op_counts`` counts them) each
+        target serves: which kernels a model actually got on this machine."""
+        return Counter(target for op, target in self.served.items()
+                       if op not in self.dead and op.name not in NOT_COUNTED)
 
     def read_weights(self) -> set[str]:
         """Names of the weights whose value is read: by a kernel, a terminator (a weight
@@ -79,8 +104,9 @@ class Lowering:
         operand its kernel never reads (replaced by a derived array)."""
         names = set()
         for op in self.kernels:
-            if isinstance(op, WeightOp) and not all(
-                    use.operation in self.kernels and use.index in self.kernels[use.operation].unread
+            if isinstance(op, WeightOp) and op not in self.dead and not all(
+                    use.operation in self.dead or (use.operation in self.kernels
+                                                   and use.index in self.kernels[use.operation].unread)
                     for use in op.result.uses):
                 names.add(op.weight_name)
         return names

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from jaxlite.runtime import cpu
@@ -58,10 +59,10 @@ def _load() -> NativeLibrary | str:
                      "JaxliteOnednnConvPack"):
             getattr(h, name).restype = ctypes.c_char_p
         i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
-        h.JaxliteOnednnMatmulInfo.argtypes = [i64, i64, i64, i32, i32, ctypes.POINTER(i64)]
-        h.JaxliteOnednnMatmulPack.argtypes = [i64, i64, i64, i32, i32, ptr, ptr, i64]
-        h.JaxliteOnednnConvInfo.argtypes = [ptr, ptr, i32, i32, ctypes.POINTER(i64)]
-        h.JaxliteOnednnConvPack.argtypes = [ptr, ptr, i32, i32, ptr, ptr, i64]
+        h.JaxliteOnednnMatmulInfo.argtypes = [i64, i64, i64, i32, i32, i32, ctypes.POINTER(i64)]
+        h.JaxliteOnednnMatmulPack.argtypes = [i64, i64, i64, i32, i32, i32, ptr, ptr, i64]
+        h.JaxliteOnednnConvInfo.argtypes = [ptr, ptr, i32, i32, i32, ctypes.POINTER(i64)]
+        h.JaxliteOnednnConvPack.argtypes = [ptr, ptr, i32, i32, i32, ptr, ptr, i64]
     return loaded
 
 
@@ -96,21 +97,29 @@ def _info(result: bytes, nbytes: ctypes.c_int64) -> tuple[str, int]:
     return result.decode(), nbytes.value
 
 
-def matmul_info(m: int, k: int, n: int, bias: bool, activation: str) -> tuple[str, int]:
-    """(oneDNN's implementation, packed weight bytes) of ``[m, k] x [k, n]``."""
+# the operand types the kernels compute in (the bias and the result are float32)
+TYPES = {"float32": 0, "bfloat16": 1}
+
+
+def _operand(w, dtype: str) -> np.ndarray:
+    return np.ascontiguousarray(w, np.float32 if dtype == "float32" else ml_dtypes.bfloat16)
+
+
+def matmul_info(m: int, k: int, n: int, bias: bool, activation: str, dtype: str = "float32") -> tuple[str, int]:
+    """(oneDNN's implementation, packed weight bytes) of ``[m, k] x [k, n]`` in ``dtype``."""
     nbytes = ctypes.c_int64()
-    result = library().handle.JaxliteOnednnMatmulInfo(m, k, n, int(bias), activation_code(activation),
+    result = library().handle.JaxliteOnednnMatmulInfo(m, k, n, int(bias), activation_code(activation), TYPES[dtype],
                                                       ctypes.byref(nbytes))
     return _info(result, nbytes)
 
 
-def matmul_pack(w: np.ndarray, m: int, bias: bool, activation: str) -> np.ndarray:
-    """A float32 [K, N] weight in the layout of the matmul with ``m`` rows (as int8 bytes)."""
-    w = np.ascontiguousarray(w, np.float32)
+def matmul_pack(w: np.ndarray, m: int, bias: bool, activation: str, dtype: str = "float32") -> np.ndarray:
+    """A [K, N] weight in the layout of the matmul with ``m`` rows (as int8 bytes)."""
+    w = _operand(w, dtype)
     k, n = w.shape
-    _, nbytes = matmul_info(m, k, n, bias, activation)
+    _, nbytes = matmul_info(m, k, n, bias, activation, dtype)
     out = np.empty(nbytes, np.int8)
-    error = library().handle.JaxliteOnednnMatmulPack(m, k, n, int(bias), activation_code(activation),
+    error = library().handle.JaxliteOnednnMatmulPack(m, k, n, int(bias), activation_code(activation), TYPES[dtype],
                                                      w.ctypes.data, out.ctypes.data, nbytes)
     if error is not None:
         raise RuntimeError(f"oneDNN weight packing: {error.decode()}")
@@ -121,24 +130,24 @@ def _ints(values) -> np.ndarray:
     return np.ascontiguousarray(values, np.int64)
 
 
-def conv_info(in_shape, geometry, bias: bool, activation: str) -> tuple[str, int]:
+def conv_info(in_shape, geometry, bias: bool, activation: str, dtype: str = "float32") -> tuple[str, int]:
     """(implementation, packed weight bytes) of a convolution of NHWC ``in_shape`` with
     ``geometry`` (O, KH, KW, strides, dilations, padding before, OH, OW, groups)."""
     shape, geo, nbytes = _ints(in_shape), _ints(geometry), ctypes.c_int64()
     result = library().handle.JaxliteOnednnConvInfo(shape.ctypes.data, geo.ctypes.data, int(bias),
-                                                    activation_code(activation), ctypes.byref(nbytes))
+                                                    activation_code(activation), TYPES[dtype], ctypes.byref(nbytes))
     return _info(result, nbytes)
 
 
-def conv_pack(w: np.ndarray, in_shape, geometry, bias: bool, activation: str) -> np.ndarray:
-    """A float32 [O, C/G, KH, KW] weight in the convolution's layout (as int8 bytes)."""
-    w = np.ascontiguousarray(w, np.float32)
+def conv_pack(w: np.ndarray, in_shape, geometry, bias: bool, activation: str, dtype: str = "float32") -> np.ndarray:
+    """A [O, C/G, KH, KW] weight in the convolution's layout (as int8 bytes)."""
+    w = _operand(w, dtype)
     shape, geo = _ints(in_shape), _ints(geometry)
-    _, nbytes = conv_info(in_shape, geometry, bias, activation)
+    _, nbytes = conv_info(in_shape, geometry, bias, activation, dtype)
     out = np.empty(nbytes, np.int8)
     error = library().handle.JaxliteOnednnConvPack(shape.ctypes.data, geo.ctypes.data, int(bias),
-                                                   activation_code(activation), w.ctypes.data, out.ctypes.data,
-                                                   nbytes)
+                                                   activation_code(activation), TYPES[dtype], w.ctypes.data,
+                                                   out.ctypes.data, nbytes)
     if error is not None:
         raise RuntimeError(f"oneDNN weight packing: {error.decode()}")
     return out
@@ -149,7 +158,8 @@ def _bias(bias):
 
 
 def matmul(a, packed, n: int, *, bias=None, activation: str = "none"):
-    """float32 ``activation(a [M, K] @ W + bias)`` [M, n], W packed by ``matmul_pack``."""
+    """float32 ``activation(a [M, K] @ W + bias)`` [M, n], W packed by ``matmul_pack`` for
+    a's dtype (float32 or bfloat16)."""
     return library().kernels["OnednnMatmul"](
         a, packed, _bias(bias), results=jax.ShapeDtypeStruct((a.shape[0], n), np.float32),
         activation=activation_code(activation))

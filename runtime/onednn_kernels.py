@@ -1,6 +1,12 @@
-"""The ``cpu-onednn`` target: float32 dense layers and convolutions by a weight as oneDNN
-primitives (runtime/onednn_calls.py), with the bias and the activation fused and the weight
-packed into the primitive's layout once, when the model is placed.
+"""The ``cpu-onednn`` target: dense layers and convolutions by a weight as oneDNN primitives
+(runtime/onednn_calls.py), with the bias and the activation fused and the weight packed into
+the primitive's layout once, when the model is placed.
+
+The weight is any value known at load: a float32 weight, one stored in float16 / bfloat16
+(``jquant.upcast``) or int8 (``jquant.dequantize``, the int8-weights mode) -- packed from its
+float32 value, so those modes compute as float32 models do. A bfloat16 weight on a CPU with
+bfloat16 arithmetic (AVX512-BF16, AMX-BF16) is computed in bfloat16 instead: the input is
+rounded to bfloat16, products accumulate in float32 (the ``bfloat16`` mode).
 
 A dot whose weight is one [K, N] matrix (``gemm_layout.gemm_shape``) is one matmul of the
 input's rows; a 1-D or 2-D convolution runs channels-last (transposed convolutions on the
@@ -15,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxlite.dialects import fused, jlax
+from jaxlite.dialects import fused, jlax, quant
+from jaxlite.runtime import cpu, xla_int8
 from jaxlite.runtime import onednn_calls as onednn
-from jaxlite.runtime import xla_int8
 from jaxlite.runtime.gemm_layout import (
     column_axes,
     gemm_shape,
@@ -28,18 +34,32 @@ from jaxlite.runtime.gemm_layout import (
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
 
 CPU_ONEDNN = register_target(
-    "cpu-onednn", "float32 dense layers and convolutions on oneDNN (bias and activation fused, weights "
-                  "packed at load)", onednn.unavailable)
+    "cpu-onednn", "dense layers and convolutions on oneDNN in float32 (bfloat16 models: in bfloat16 where the "
+                  "CPU has it), bias and activation fused, weights packed at load", onednn.unavailable)
 # A packed weight is compiled into the program as a constant only while it is this small (as
 # for the int8 kernels: XLA does nothing with a custom call's constant but keep it twice).
 EMBED_PACKED_MAX_BYTES = 1024 * 1024
 
 
-def _weight_of(op) -> str | None:
-    """The name of the float32 weight the op's rhs reads directly, else None."""
+BFLOAT16_ISA = ("avx512_bf16", "amx_bf16")
+
+
+def _weight_source(op, ctx: LoweringContext):
+    """(key, load -> host array, compute dtype) of the op's rhs where it is a value known at
+    load (see above), else None."""
     owner = op.operands[1].owner
     if isinstance(owner, jlax.WeightOp) and str(owner.result.type.get_element_type()) == "f32":
-        return owner.weight_name
+        name = owner.weight_name
+        return name, lambda: np.asarray(ctx.weight(name)), "float32"
+    if isinstance(owner, quant.UpcastOp) and isinstance(owner.input.owner, jlax.WeightOp):
+        name = owner.input.owner.weight_name
+        if str(owner.input.type.get_element_type()) == "bf16" and any(f in cpu.features() for f in BFLOAT16_ISA):
+            return name, lambda: np.asarray(ctx.weight(name)), "bfloat16"
+        return name, lambda: np.asarray(ctx.weight(name), np.float32), "float32"
+    if isinstance(owner, quant.DequantizeOp) and all(isinstance(v.owner, jlax.WeightOp) for v in owner.operands):
+        names = [v.owner.weight_name for v in owner.operands]
+        return (f"{'|'.join(names)}@{owner.axis}",
+                lambda: np.asarray(owner.evaluate(*[np.asarray(ctx.weight(n)) for n in names])[0]), "float32")
     return None
 
 
@@ -54,11 +74,11 @@ def _epilogue(op, out_shape, cols):
 @register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], jlax.PRIMITIVE_OPS["conv_general_dilated"],
           target="cpu-onednn")
 def _float_matmul(op, ctx: LoweringContext):
-    name = _weight_of(op)
-    if name is None or any(str(v.type.get_element_type()) != "f32" for v in (op.operands[0], op.results[0])):
+    source = _weight_source(op, ctx)
+    if source is None or any(str(v.type.get_element_type()) != "f32" for v in (op.operands[0], op.results[0])):
         return None
     try:
-        return (_dot if op.PRIMITIVE == "dot_general" else _conv)(op, ctx, name)
+        return (_dot if op.PRIMITIVE == "dot_general" else _conv)(op, ctx, *source)
     except onednn.OnednnRefused:
         return None
 
@@ -70,7 +90,7 @@ def _derive(ctx: LoweringContext, key: str, info, make) -> str | None:
     return ctx.derive(key, nbytes, make, embeddable=nbytes <= EMBED_PACKED_MAX_BYTES)
 
 
-def _dot(op, ctx: LoweringContext, name: str):
+def _dot(op, ctx: LoweringContext, name: str, load, dtype: str):
     shape = gemm_shape(op)
     if shape is None:
         return None
@@ -83,10 +103,9 @@ def _dot(op, ctx: LoweringContext, name: str):
     lc = op.dot_dims().lhs_contract
     free = [d for d in range(len(lhs_shape)) if d not in lc]
     m = int(np.prod([lhs_shape[d] for d in free]))
-    packed = _derive(ctx, f"{name}@onednn:{m}x{k}x{n}:{int(kernel_bias)}:{kernel_act}",
-                     onednn.matmul_info(m, k, n, kernel_bias, kernel_act),
-                     lambda: onednn.matmul_pack(weight_2d(op, np.asarray(ctx.weight(name))), m, kernel_bias,
-                                                kernel_act))
+    packed = _derive(ctx, f"{name}@onednn:{m}x{k}x{n}:{int(kernel_bias)}:{kernel_act}:{dtype}",
+                     onednn.matmul_info(m, k, n, kernel_bias, kernel_act, dtype),
+                     lambda: onednn.matmul_pack(weight_2d(op, load()), m, kernel_bias, kernel_act, dtype))
     if packed is None:
         return None
     transpose = tuple(lc) != tuple(range(len(lhs_shape) - len(lc), len(lhs_shape)))
@@ -95,13 +114,14 @@ def _dot(op, ctx: LoweringContext, name: str):
         if transpose:
             x = jnp.transpose(x, (*free, *lc))
         column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
-        y = onednn.matmul(x.reshape(m, k), weights[packed], n, bias=column_bias, activation=kernel_act)
+        y = onednn.matmul(x.reshape(m, k).astype(dtype), weights[packed], n, bias=column_bias,
+                          activation=kernel_act)
         y = y.reshape(out_shape)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
     return Kernel(run, unread=frozenset({1}), native=True)
 
 
-def _conv(op, ctx: LoweringContext, name: str):
+def _conv(op, ctx: LoweringContext, name: str, load, dtype: str):
     params = op.params()
     dn = op.conv_dims()
     nsp = len(dn.lhs_spec) - 2
@@ -146,12 +166,12 @@ def _conv(op, ctx: LoweringContext, name: str):
     kernel_act, kernel_bias = (activation, bias is not None) if in_kernel else ("none", False)
 
     def oihw():
-        w = np.transpose(np.asarray(ctx.weight(name)), (dn.rhs_spec[0], dn.rhs_spec[1], *dn.rhs_spec[2:]))
+        w = np.transpose(load(), (dn.rhs_spec[0], dn.rhs_spec[1], *dn.rhs_spec[2:]))
         return w.reshape(w.shape[0], w.shape[1], *as_2d(w.shape[2:]))
 
-    packed = _derive(ctx, f"{name}@onednn:{in_shape}:{geometry}:{int(kernel_bias)}:{kernel_act}",
-                     onednn.conv_info(in_shape, geometry, kernel_bias, kernel_act),
-                     lambda: onednn.conv_pack(oihw(), in_shape, geometry, kernel_bias, kernel_act))
+    packed = _derive(ctx, f"{name}@onednn:{in_shape}:{geometry}:{int(kernel_bias)}:{kernel_act}:{dtype}",
+                     onednn.conv_info(in_shape, geometry, kernel_bias, kernel_act, dtype),
+                     lambda: onednn.conv_pack(oihw(), in_shape, geometry, kernel_bias, kernel_act, dtype))
     if packed is None:
         return None
 
@@ -165,7 +185,7 @@ def _conv(op, ctx: LoweringContext, name: str):
             x = lax.pad(x, jnp.zeros((), x.dtype),
                         [(0, 0, 0), *[(lo, hi, 0) for lo, hi in zip(low, high, strict=True)], (0, 0, 0)])
         column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
-        y = onednn.conv(x.reshape(in_shape), weights[packed], geometry, (batch, *as_2d(out_size), o),
+        y = onednn.conv(x.reshape(in_shape).astype(dtype), weights[packed], geometry, (batch, *as_2d(out_size), o),
                         bias=column_bias, activation=kernel_act)
         y = xla_int8.from_channels_last(y.reshape(batch, *out_size, o), dn)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)

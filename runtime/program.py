@@ -54,6 +54,21 @@ def captures_of(op: Operation) -> list[SSAValue]:
     return list(seen)
 
 
+def _unread_ops(body: list[Operation], kernels: dict[Operation, Kernel], taps: Sequence[SSAValue]) -> set:
+    """Ops whose results only feed operands their users' kernels never read (e.g. a weight
+    upcast at load for a matmul that packs the weight itself): not run, their derived arrays
+    not placed."""
+    dead: set[Operation] = set()
+    tapped = set(taps)
+    for op in reversed(body):
+        uses = [use for r in op.results for use in r.uses]
+        if uses and not tapped & set(op.results) and all(
+                use.operation in dead or (use.operation in kernels and use.index in kernels[use.operation].unread)
+                for use in uses):
+            dead.add(op)
+    return dead
+
+
 class BlockProgram:
     """A compiled block: ``program(weights, args, captured)`` returns the terminator's values."""
 
@@ -67,6 +82,13 @@ class BlockProgram:
         for v in list(block.args) + self.captures:
             slot[v] = len(slot)
         self.num_args = len(block.args)
+        body = []
+        for op in block.ops:
+            if isinstance(op, _TERMINATORS):
+                break
+            body.append(op)
+        kernels = {op: kernel_for(op) for op in body}
+        self.dead = _unread_ops(body, kernels, taps)
         steps = []
         results: list[int] = []
         for op in block.ops:
@@ -76,7 +98,8 @@ class BlockProgram:
             inputs = list(op.operands) + captures_of(op)
             for r in op.results:
                 slot[r] = len(slot)
-            steps.append((kernel_for(op).run, [slot[v] for v in inputs], [slot[r] for r in op.results]))
+            if op not in self.dead:
+                steps.append((kernels[op].run, [slot[v] for v in inputs], [slot[r] for r in op.results]))
         self.num_slots = len(slot)
         self.results = results
         # liveness: free each slot after the step that reads it last

@@ -16,8 +16,9 @@ from jaxlite.runtime.registry import Kernel, LoweringContext, register, register
 from jaxlite.runtime.xla_kernels import evaluated, window_extremum
 
 XLA_FLOAT16 = register_target(
-    "xla-float16", "dots and convolutions on float16 weights computed in float16 with float32 "
+    "xla-float16", "dots and convolutions on float16 / bfloat16 weights computed in that type with float32 "
                    "accumulation (default on GPUs; compile(float16_compute=True) elsewhere)")
+_HALF = {"f16": jnp.dtype(jnp.float16), "bf16": jnp.dtype(jnp.bfloat16)}
 
 
 def _accumulate(op: quant.QuantizedMatmulOp):
@@ -48,35 +49,34 @@ def _from_low_precision(op: quant.DequantizeOp | quant.UpcastOp, ctx: LoweringCo
 
 
 @register(quant.UpcastOp, target="xla-float16")
-def _upcast_in_float16_programs(op: quant.UpcastOp, ctx: LoweringContext):
-    """A float16 weight is kept as an op (no float32 copy at load): the float16 dots read the
-    weight itself. Other upcasts (bfloat16) are expanded at load as on ``xla``."""
-    return evaluated(op) if str(op.input.type.get_element_type()) == "f16" else None
+def _upcast_in_half_programs(op: quant.UpcastOp, ctx: LoweringContext):
+    """A float16 / bfloat16 weight is kept as an op (no float32 copy at load): the dots
+    that compute in its type convert it back, which XLA folds away."""
+    return evaluated(op)
 
 
-def _float16_weight(op) -> str | None:
-    """The float16 weight a dot/conv reads through jquant.upcast as its kernel, else None."""
+def _half_weight(op):
+    """The float16 / bfloat16 type of the weight a dot/conv reads through jquant.upcast, else None."""
     up = op.operands[1].owner
-    if isinstance(up, quant.UpcastOp) and isinstance(up.input.owner, jlax.WeightOp) \
-            and str(up.input.type.get_element_type()) == "f16":
-        return up.input.owner.weight_name
+    if isinstance(up, quant.UpcastOp) and isinstance(up.input.owner, jlax.WeightOp):
+        return _HALF.get(str(up.input.type.get_element_type()))
     return None
 
 
 @register(fused.FusedOp, target="xla-float16")
 @register(jlax.PRIMITIVE_OPS["dot_general"], jlax.PRIMITIVE_OPS["conv_general_dilated"], target="xla-float16")
-def _float16_matmul(op, ctx: LoweringContext):
-    """Compute in float16 with float32 accumulation on a float16 weight."""
-    name = _float16_weight(op)
-    if name is None:
+def _half_matmul(op, ctx: LoweringContext):
+    """Compute in the weight's float16 / bfloat16 with float32 accumulation."""
+    half = _half_weight(op)
+    if half is None:
         return None
     activation = op.activation if isinstance(op, fused.FusedOp) else "none"
-    half, accumulate = jnp.dtype(jnp.float16), encode(jnp.dtype(jnp.float32))
+    accumulate = encode(jnp.dtype(jnp.float32))
 
-    def run(weights, lhs, _rhs_f32, bias=None):
-        y = op.bind(lhs.astype(half), weights[name].astype(half), preferred_element_type=accumulate)[0]
+    def run(weights, lhs, rhs, bias=None):
+        y = op.bind(lhs.astype(half), rhs.astype(half), preferred_element_type=accumulate)[0]
         return (fused.fused_epilogue(y, bias, activation),)
-    return Kernel(run, unread=frozenset({1}))
+    return run
 
 
 @register(quant.DynamicMatmulOp)

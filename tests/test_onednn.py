@@ -121,3 +121,71 @@ def test_an_isa_capped_onednn_gives_the_same_results(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "avx2" in r.stdout and "avx512" not in r.stdout, r.stdout
+
+
+def _conv_net(rng):
+    k1 = rng.standard_normal((3, 3, 3, 16)).astype(np.float32) * 0.3
+    k2 = rng.standard_normal((3, 3, 16, 8)).astype(np.float32) * 0.2
+    w = rng.standard_normal((8 * 8 * 8, 10)).astype(np.float32) * 0.1
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def fn(x):
+        y = jax.nn.relu(lax.conv_general_dilated(x, k1, (1, 1), "SAME", dimension_numbers=dn))
+        y = jax.nn.relu(lax.conv_general_dilated(y, k2, (1, 1), "SAME", dimension_numbers=dn))
+        return y.reshape(y.shape[0], -1) @ w
+    return fn, rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["float16", "bfloat16", "int8-weights"])
+def test_low_precision_weights_are_packed_once_for_onednn(rng, mode):
+    """float16 / bfloat16 / int8 weights: the matmuls pack them (bfloat16 as bfloat16 where
+    the CPU computes in it), and no float32 copy of a weight is placed beside the packed one."""
+    from jaxlite.dialects.module import find_main
+    from jaxlite.runtime import cpu
+    from jaxlite.runtime.lowering import Lowering
+    fn, x = _conv_net(rng)
+    model = jaxlite.convert(fn, x, quantize=mode)
+    exe = model.compile()
+    ref = np.asarray(jax.jit(fn)(x))
+    err = np.linalg.norm(np.asarray(exe(x)) - ref) / np.linalg.norm(ref)
+    assert err < (3e-2 if mode == "int8-weights" else 1e-2), err
+    lowering = Lowering(exe.targets, model.weights)
+    lowering.program(find_main(model.module).body.block)
+    names = list(lowering.derived)
+    assert len(names) == 3 and all("@onednn" in n for n in names), names
+    assert not lowering.read_weights()  # the stored weights themselves are not placed
+    bf16_isa = bool({"avx512_bf16", "amx_bf16"} & cpu.features())
+    assert all(n.endswith(":bfloat16") == (mode == "bfloat16" and bf16_isa) for n in names), names
+
+
+def test_bfloat16_mode_halves_the_file_and_matches_jax(rng, tmp_path):
+    fn, x = _conv_net(rng)
+    f32, bf16 = jaxlite.convert(fn, x), jaxlite.convert(fn, x, quantize="bfloat16")
+    assert "xbf16>" in bf16.ir() and "jquant.upcast" in bf16.ir()
+    f32.save(tmp_path / "f32.jlite")
+    bf16.save(tmp_path / "bf16.jlite")
+    assert (tmp_path / "bf16.jlite").stat().st_size < 0.6 * (tmp_path / "f32.jlite").stat().st_size
+    ref = np.asarray(jax.jit(fn)(x))
+    for targets in (None, ["xla-float16", "xla"], ["xla"]):  # oneDNN, bfloat16 in XLA (the GPU's), float32
+        y = np.asarray(jaxlite.load(tmp_path / "bf16.jlite").compile(targets=targets)(x))
+        assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 1e-2, targets
+
+
+@pytest.mark.parametrize("mode", [None, "float16", "int8-weights"])
+def test_small_float_programs_run_direct_whatever_the_weights_precision(rng, mode):
+    """A dense network on oneDNN skips XLA also when its weights are stored in lower
+    precision (upcast or dequantized at load), and says which kernels served it."""
+    w1, w2 = (rng.standard_normal(s).astype(np.float32) * 0.2 for s in ((32, 64), (64, 8)))
+    b1 = rng.standard_normal(64).astype(np.float32)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+
+    def fn(x):
+        return jax.nn.relu(x @ w1 + b1) @ w2
+
+    exe = jaxlite.convert(fn, x, quantize=mode).compile()
+    assert exe.direct
+    assert exe.describe_kernels().startswith("cpu-onednn 2") and exe.describe_kernels().endswith("; direct")
+    ref = np.asarray(jax.jit(fn)(x))
+    out = exe(x)
+    assert isinstance(out, np.ndarray)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < (3e-2 if mode == "int8-weights" else 2e-3)

@@ -1,7 +1,8 @@
-// float32 dense layers and convolutions on oneDNN (the `cpu-onednn` target): one primitive
+// Dense layers and convolutions on oneDNN (the `cpu-onednn` target), in float32 or in
+// bfloat16 (input and weight bfloat16, float32 accumulation, bias and result): one primitive
 // per shape, made once and kept, with the bias and the activation fused into it; the weight
 // is reordered into the primitive's own layout once, when the model is placed
-// (JaxliteOnednnPack*), so a call only wraps the buffers and runs it. oneDNN chooses its
+// (JaxliteOnednn*Pack), so a call only wraps the buffers and runs it. oneDNN chooses its
 // kernel from what the CPU has (AMX, AVX-512, AVX2) by itself.
 #include <memory>
 #include <mutex>
@@ -86,15 +87,18 @@ std::shared_ptr<const Prepared> prepared(const Key& key, Make make, std::string&
 
 enum Kind : int64_t { kMatmul = 1, kConv = 2 };
 
-// [M, K] x [K, N] (+ bias [N]) -> activation -> [M, N], all row-major float32.
+// The operands' element type: 0 float32, 1 bfloat16 (the bias and the result stay float32).
+dt operand_type(int32_t code) { return code == 1 ? dt::bf16 : dt::f32; }
+
+// [M, K] x [K, N] (+ bias [N]) -> activation -> [M, N], all row-major.
 std::shared_ptr<const Prepared> matmul(int64_t M, int64_t K, int64_t N, bool bias, int32_t activation,
-                                       std::string& error) {
-  return prepared(Key{kMatmul, M, K, N, bias, activation}, [&] {
+                                       int32_t type, std::string& error) {
+  return prepared(Key{kMatmul, M, K, N, bias, activation, type}, [&] {
     dnnl::post_ops ops;
     if (!append_activation(ops, activation)) throw dnnl::error(dnnl_invalid_arguments, "unknown activation");
     dnnl::primitive_attr attr;
     attr.set_post_ops(ops);
-    const dnnl::memory::desc src({M, K}, dt::f32, tag::ab), weights({K, N}, dt::f32, tag::any),
+    const dnnl::memory::desc src({M, K}, operand_type(type), tag::ab), weights({K, N}, operand_type(type), tag::any),
         bias_md = bias ? dnnl::memory::desc({1, N}, dt::f32, tag::ab) : dnnl::memory::desc(),
         dst({M, N}, dt::f32, tag::ab);
     dnnl::matmul::primitive_desc pd(cpu_engine(), src, weights, bias_md, dst, attr);
@@ -122,15 +126,16 @@ struct ConvShape {
   }
 };
 
-std::shared_ptr<const Prepared> conv(const ConvShape& s, bool bias, int32_t activation, std::string& error) {
+std::shared_ptr<const Prepared> conv(const ConvShape& s, bool bias, int32_t activation, int32_t type,
+                                     std::string& error) {
   return prepared(Key{kConv, s.n, s.h, s.w, s.c, s.o, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pad_top, s.pad_left,
-                      s.oh, s.ow, s.groups, bias, activation}, [&] {
+                      s.oh, s.ow, s.groups, bias, activation, type}, [&] {
     dnnl::post_ops ops;
     if (!append_activation(ops, activation)) throw dnnl::error(dnnl_invalid_arguments, "unknown activation");
     dnnl::primitive_attr attr;
     attr.set_post_ops(ops);
-    const dnnl::memory::desc src({s.n, s.c, s.h, s.w}, dt::f32, tag::nhwc),
-        weights(s.weight_dims(), dt::f32, tag::any),
+    const dnnl::memory::desc src({s.n, s.c, s.h, s.w}, operand_type(type), tag::nhwc),
+        weights(s.weight_dims(), operand_type(type), tag::any),
         bias_md = bias ? dnnl::memory::desc({s.o}, dt::f32, tag::a) : dnnl::memory::desc(),
         dst({s.n, s.o, s.oh, s.ow}, dt::f32, tag::nhwc);
     dnnl::convolution_forward::primitive_desc pd(
@@ -158,12 +163,12 @@ ffi::Error run(const Prepared& p, void* src, void* weights, void* bias, void* ds
 }
 
 // Reorders a plain row-major weight into the primitive's layout.
-const char* pack(const Prepared& p, const dnnl::memory::desc& plain, const float* weight, void* out, int64_t bytes) {
+const char* pack(const Prepared& p, const dnnl::memory::desc& plain, const void* weight, void* out, int64_t bytes) {
   static thread_local std::string error;
   if (static_cast<int64_t>(p.weights.get_size()) != bytes) return "the packed weight has another size";
   try {
     dnnl::engine& engine = cpu_engine();
-    dnnl::memory from(plain, engine, const_cast<float*>(weight)), to(p.weights, engine, out);
+    dnnl::memory from(plain, engine, const_cast<void*>(weight)), to(p.weights, engine, out);
     dnnl::stream& stream = thread_stream();
     dnnl::reorder(from, to).execute(stream, from, to);
     stream.wait();
@@ -187,12 +192,20 @@ const char* describe_prepared(const std::shared_ptr<const Prepared>& p, const st
   return text.c_str();
 }
 
+// The operand type code of an input buffer (-1: neither float32 nor bfloat16).
+int32_t type_of(const ffi::AnyBuffer& x) {
+  return x.element_type() == ffi::DataType::F32 ? 0 : x.element_type() == ffi::DataType::BF16 ? 1 : -1;
+}
+
 }  // namespace
 
-// a [M, K] (float32) times the packed weight, + bias [N] (or none), activation: out [M, N].
+// a [M, K] (float32 or bfloat16) times the packed weight (of that type), + bias [N] (or
+// none), activation: float32 out [M, N].
 template <typename Pool>
-ffi::Error OnednnMatmul(Pool, ffi::Buffer<ffi::F32> a, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
+ffi::Error OnednnMatmul(Pool, ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
                         ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation) {
+  const int32_t type = type_of(a);
+  if (type < 0) return ffi::Error::InvalidArgument("jaxlite_onednn_matmul takes float32 or bfloat16");
   const auto ad = a.dimensions(), od = out->dimensions();
   if (ad.size() != 2 || od.size() != 2 || ad[0] != od[0])
     return ffi::Error::InvalidArgument("jaxlite_onednn_matmul takes a [M, K] and gives [M, N]");
@@ -201,19 +214,21 @@ ffi::Error OnednnMatmul(Pool, ffi::Buffer<ffi::F32> a, ffi::AnyBuffer packed, ff
   if (has_bias && static_cast<int64_t>(bias.element_count()) != N)
     return ffi::Error::InvalidArgument("jaxlite_onednn_matmul: the bias has N values or none");
   std::string error;
-  auto p = matmul(M, K, N, has_bias, *activation, error);
+  auto p = matmul(M, K, N, has_bias, *activation, type, error);
   if (p == nullptr) return ffi::Error::InvalidArgument(error);
   if (packed.size_bytes() != p->weights.get_size())
     return ffi::Error::InvalidArgument("jaxlite_onednn_matmul: the packed weight was made for another shape");
-  return run(*p, a.typed_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
+  return run(*p, a.untyped_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
 }
 
 // A 2-D convolution of x [N, H, W, C] by the packed weight, + bias [O] (or none),
 // activation: out [N, OH, OW, O]. geometry: O, KH, KW, strides (2), dilations (2), padding
 // before (2), OH, OW, groups.
 template <typename Pool>
-ffi::Error OnednnConv(Pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
+ffi::Error OnednnConv(Pool, ffi::AnyBuffer x, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
                       ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation, IntsAttr<kSizes> geometry) {
+  const int32_t type = type_of(x);
+  if (type < 0) return ffi::Error::InvalidArgument("jaxlite_onednn_conv takes float32 or bfloat16");
   ConvShape s;
   const auto xd = x.dimensions();
   if (!ConvShape::read(Ints(xd.begin(), xd.size()), *geometry, s))
@@ -224,11 +239,11 @@ ffi::Error OnednnConv(Pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed, ffi:
   if (has_bias && static_cast<int64_t>(bias.element_count()) != s.o)
     return ffi::Error::InvalidArgument("jaxlite_onednn_conv: the bias has O values or none");
   std::string error;
-  auto p = conv(s, has_bias, *activation, error);
+  auto p = conv(s, has_bias, *activation, type, error);
   if (p == nullptr) return ffi::Error::InvalidArgument(error);
   if (packed.size_bytes() != p->weights.get_size())
     return ffi::Error::InvalidArgument("jaxlite_onednn_conv: the packed weight was made for another shape");
-  return run(*p, x.typed_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
+  return run(*p, x.untyped_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
 }
 
 }  // namespace jaxlite
@@ -238,40 +253,41 @@ JAXLITE_EXPORT(OnednnConv)
 
 // Load-time entry points (ctypes): the primitive's implementation (its name, e.g.
 // "brg:avx512_core", or the error) and packed-weight size in *bytes (-1 on error), and the
-// reorder of a plain weight -- [K, N] for a matmul, [O, C/G, KH, KW] for a convolution --
-// into `out` (nullptr on success, else the error).
+// reorder of a plain weight of the operand type -- [K, N] for a matmul, [O, C/G, KH, KW] for a
+// convolution -- into `out` (nullptr on success, else the error). type: 0 float32, 1 bfloat16.
 JAXLITE_API const char* JaxliteOnednnMatmulInfo(int64_t M, int64_t K, int64_t N, int32_t bias, int32_t activation,
-                                                int64_t* bytes) {
+                                                int32_t type, int64_t* bytes) {
   std::string error;
-  return jaxlite::describe_prepared(jaxlite::matmul(M, K, N, bias != 0, activation, error), error, bytes);
+  return jaxlite::describe_prepared(jaxlite::matmul(M, K, N, bias != 0, activation, type, error), error, bytes);
 }
 
 JAXLITE_API const char* JaxliteOnednnMatmulPack(int64_t M, int64_t K, int64_t N, int32_t bias, int32_t activation,
-                                                const float* weight, void* out, int64_t bytes) {
+                                                int32_t type, const void* weight, void* out, int64_t bytes) {
   std::string error;
-  auto p = jaxlite::matmul(M, K, N, bias != 0, activation, error);
+  auto p = jaxlite::matmul(M, K, N, bias != 0, activation, type, error);
   if (p == nullptr) return "oneDNN refused the matmul";
-  return jaxlite::pack(*p, dnnl::memory::desc({K, N}, jaxlite::dt::f32, jaxlite::tag::ab), weight, out, bytes);
+  return jaxlite::pack(*p, dnnl::memory::desc({K, N}, jaxlite::operand_type(type), jaxlite::tag::ab), weight, out,
+                       bytes);
 }
 
 JAXLITE_API const char* JaxliteOnednnConvInfo(const int64_t* in, const int64_t* geometry, int32_t bias,
-                                              int32_t activation, int64_t* bytes) {
+                                              int32_t activation, int32_t type, int64_t* bytes) {
   jaxlite::ConvShape s;
   std::string error = "jaxlite_onednn_conv: invalid geometry";
   if (!jaxlite::ConvShape::read(jaxlite::Ints(in, 4), jaxlite::Ints(geometry, 12), s))
     return jaxlite::describe_prepared(nullptr, error, bytes);
-  return jaxlite::describe_prepared(jaxlite::conv(s, bias != 0, activation, error), error, bytes);
+  return jaxlite::describe_prepared(jaxlite::conv(s, bias != 0, activation, type, error), error, bytes);
 }
 
 JAXLITE_API const char* JaxliteOnednnConvPack(const int64_t* in, const int64_t* geometry, int32_t bias,
-                                              int32_t activation, const float* weight, void* out, int64_t bytes) {
+                                              int32_t activation, int32_t type, const void* weight, void* out,
+                                              int64_t bytes) {
   jaxlite::ConvShape s;
   std::string error;
   if (!jaxlite::ConvShape::read(jaxlite::Ints(in, 4), jaxlite::Ints(geometry, 12), s)) return "invalid geometry";
-  auto p = jaxlite::conv(s, bias != 0, activation, error);
+  auto p = jaxlite::conv(s, bias != 0, activation, type, error);
   if (p == nullptr) return "oneDNN refused the convolution";
-  dnnl::memory::dims dims = s.weight_dims();
-  return jaxlite::pack(*p, dnnl::memory::desc(dims, jaxlite::dt::f32, s.groups == 1 ? jaxlite::tag::oihw
-                                                                                    : jaxlite::tag::goihw),
+  return jaxlite::pack(*p, dnnl::memory::desc(s.weight_dims(), jaxlite::operand_type(type),
+                                              s.groups == 1 ? jaxlite::tag::oihw : jaxlite::tag::goihw),
                        weight, out, bytes);
 }
