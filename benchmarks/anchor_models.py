@@ -1,6 +1,7 @@
 """The four anchor models of the side-by-side comparison with LiteRT and ONNX Runtime: Flax
 linen, float32, random weights closed over, batch 1, NHWC, BatchNorm with non-trivial
-statistics (so folding matters). Each ``make_*`` returns ``(fn, (x,))``."""
+statistics (so folding matters). Each ``make_*`` returns ``(fn, (x,))``. (Pooling's window
+and strides are keywords: jax2onnx's flax max_pool patch takes only those.)"""
 
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ class CNN(nn.Module):
             return nn.relu(nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON)(x))
 
         x = conv_bn_relu(x, 32, True)
-        x = nn.max_pool(conv_bn_relu(x, 64, True), (2, 2), (2, 2), padding="VALID")
-        x = nn.max_pool(conv_bn_relu(x, 64, True), (2, 2), (2, 2), padding="VALID")
+        x = nn.max_pool(conv_bn_relu(x, 64, True), window_shape=(2, 2), strides=(2, 2), padding="VALID")
+        x = nn.max_pool(conv_bn_relu(x, 64, True), window_shape=(2, 2), strides=(2, 2), padding="VALID")
         return nn.Dense(10)(x.reshape(x.shape[0], -1))
 
 
@@ -81,7 +82,7 @@ class ResNet18(nn.Module):
     def __call__(self, x):
         x = nn.Conv(64, (7, 7), (2, 2), padding="SAME", use_bias=False)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON)(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
         for stage, filters in enumerate((64, 128, 256, 512)):
             x = BasicBlock(filters, 1 if stage == 0 else 2)(x)
             x = BasicBlock(filters)(x)

@@ -165,6 +165,7 @@ class Executable:
         # A small program of native kernels only: called without XLA (runtime/host_plan.py)
         self._direct = None
         self._in_treedef = in_treedef
+        self._input_specs = [(tuple(spec.shape), np.dtype(spec.dtype)) for spec in sig.inputs]
         native_cpu = any(t.startswith("cpu-") for t in self.targets)
         if direct is not False and native_cpu and in_treedef is not None and worth_tracing(main.body.block):
             specs = sig.in_tree.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in sig.inputs])
@@ -222,10 +223,12 @@ class Executable:
         leaves, treedef = jax.tree_util.tree_flatten(args)
         if treedef != self._in_treedef:
             return None
-        for x, spec in zip(leaves, self.signature.inputs, strict=True):
-            if not isinstance(x, np.ndarray | jax.Array) or isinstance(x, jax.core.Tracer) \
-                    or x.shape != spec.shape or x.dtype != spec.dtype:
+        for x, (shape, dtype) in zip(leaves, self._input_specs, strict=True):
+            if type(x) is not np.ndarray and (  # (the common case, checked fast)
+                    not isinstance(x, np.ndarray | jax.Array) or isinstance(x, jax.core.Tracer)):
                 return None  # tracers too: inside jit/vmap the program must stay traceable
+            if x.shape != shape or x.dtype != dtype:
+                return None
         return leaves
 
     def __call__(self, *args) -> Any:

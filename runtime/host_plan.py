@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import ml_dtypes
 import numpy as np
 from jax.extend.core import Literal
 
@@ -34,8 +33,7 @@ MAX_MACS = 8 << 20
 MAX_ARENA_BYTES = 64 << 20
 
 # XLA_FFI_DataType of the dtypes the kernels take
-_FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11,
-               np.dtype(ml_dtypes.bfloat16): 16}
+_FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11}
 # kernels whose operand 1 is a packed weight [Kp * Npad]: rows x its size multiply-adds
 _GEMM_KERNELS = ("QuantizedGemm", "DynamicGemm", "QuantizedConv", "DynamicConv")
 # oneDNN's float kernels: operand 1 is a packed float32 weight (padded: K x N or more)
@@ -171,9 +169,9 @@ class HostPlan:
             self._macs += outs[0].shape[0] * ins[1].size
         elif kernel.name == "DynamicActGemm":
             self._macs += int(np.prod(np.asarray(getattr(attributes["sizes"], "val", attributes["sizes"]))))
-        elif kernel.name in _FLOAT_KERNELS:  # out elements x (K = the packed weight's floats / N)
-            n = outs[0].shape[-1]
-            self._macs += outs[0].size * (ins[1].size // 4 // n)
+        elif kernel.name in _FLOAT_KERNELS:  # out elements x (K = the packed weight's values / N)
+            n, value_bytes = outs[0].shape[-1], 2 if _int_attribute(attributes, "weights") == 1 else 4
+            self._macs += outs[0].size * (ins[1].size // value_bytes // n)
         self._keep.extend(buffers)
         dims = [d for b in buffers for d in b.shape]
         args = (len(buffers),
@@ -220,6 +218,11 @@ def worth_tracing(block) -> bool:
         elif isinstance(op, jlax.RegionOp):
             return False  # loops and branches stay in XLA
     return 0 < macs <= MAX_MACS
+
+
+def _int_attribute(attributes: dict, name: str) -> int:
+    value = attributes.get(name, 0)
+    return int(np.asarray(getattr(value, "val", value)).reshape(-1)[0])
 
 
 def _known_at_load(value) -> bool:

@@ -157,19 +157,20 @@ def _bias(bias):
     return np.zeros((0,), np.float32) if bias is None else bias
 
 
-def matmul(a, packed, n: int, *, bias=None, activation: str = "none"):
-    """float32 ``activation(a [M, K] @ W + bias)`` [M, n], W packed by ``matmul_pack`` for
-    a's dtype (float32 or bfloat16)."""
+def matmul(a, packed, n: int, *, bias=None, activation: str = "none", dtype: str = "float32"):
+    """float32 ``activation(a [M, K] @ W + bias)`` [M, n], W packed by ``matmul_pack`` in
+    ``dtype`` (bfloat16: a is rounded to bfloat16 in the kernel)."""
     return library().kernels["OnednnMatmul"](
         a, packed, _bias(bias), results=jax.ShapeDtypeStruct((a.shape[0], n), np.float32),
-        activation=activation_code(activation))
+        activation=activation_code(activation), weights=np.int32(TYPES[dtype]))
 
 
-def conv(x, packed, geometry, out_shape, *, bias=None, activation: str = "none"):
-    """float32 NHWC convolution of x by the weight ``conv_pack`` made, + bias, activation."""
+def conv(x, packed, geometry, out_shape, *, bias=None, activation: str = "none", dtype: str = "float32"):
+    """float32 NHWC convolution of x by the weight ``conv_pack`` made in ``dtype``, + bias,
+    activation."""
     return library().kernels["OnednnConv"](
         x, packed, _bias(bias), results=jax.ShapeDtypeStruct(tuple(out_shape), np.float32),
-        activation=activation_code(activation), sizes=list(geometry))
+        activation=activation_code(activation), sizes=list(geometry), weights=np.int32(TYPES[dtype]))
 
 
 def kernel_paths() -> str:

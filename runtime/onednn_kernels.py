@@ -114,8 +114,8 @@ def _dot(op, ctx: LoweringContext, name: str, load, dtype: str):
         if transpose:
             x = jnp.transpose(x, (*free, *lc))
         column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
-        y = onednn.matmul(x.reshape(m, k).astype(dtype), weights[packed], n, bias=column_bias,
-                          activation=kernel_act)
+        y = onednn.matmul(x.reshape(m, k), weights[packed], n, bias=column_bias, activation=kernel_act,
+                          dtype=dtype)
         y = y.reshape(out_shape)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
     return Kernel(run, unread=frozenset({1}), native=True)
@@ -185,8 +185,8 @@ def _conv(op, ctx: LoweringContext, name: str, load, dtype: str):
             x = lax.pad(x, jnp.zeros((), x.dtype),
                         [(0, 0, 0), *[(lo, hi, 0) for lo, hi in zip(low, high, strict=True)], (0, 0, 0)])
         column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
-        y = onednn.conv(x.reshape(in_shape).astype(dtype), weights[packed], geometry, (batch, *as_2d(out_size), o),
-                        bias=column_bias, activation=kernel_act)
+        y = onednn.conv(x.reshape(in_shape), weights[packed], geometry, (batch, *as_2d(out_size), o),
+                        bias=column_bias, activation=kernel_act, dtype=dtype)
         y = xla_int8.from_channels_last(y.reshape(batch, *out_size, o), dn)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
     return Kernel(run, unread=frozenset({1}), native=True)

@@ -1,5 +1,6 @@
 // Dense layers and convolutions on oneDNN (the `cpu-onednn` target), in float32 or in
-// bfloat16 (input and weight bfloat16, float32 accumulation, bias and result): one primitive
+// bfloat16 (a bfloat16 weight; the float32 input is rounded to bfloat16 in the call,
+// accumulation, bias and result stay float32): one primitive
 // per shape, made once and kept, with the bias and the activation fused into it; the weight
 // is reordered into the primitive's own layout once, when the model is placed
 // (JaxliteOnednn*Pack), so a call only wraps the buffers and runs it. oneDNN chooses its
@@ -8,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "bindings.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -85,7 +87,10 @@ std::shared_ptr<const Prepared> prepared(const Key& key, Make make, std::string&
   return cache.emplace(key, made).first->second;
 }
 
-enum Kind : int64_t { kMatmul = 1, kConv = 2 };
+enum Kind : int64_t { kMatmul = 1, kConv = 2, kToBfloat16 = 3 };
+
+inline constexpr char kWeights[] = "weights";
+using WeightsAttr = ffi::Attr<int32_t, kWeights>;  // the packed weight's type: 0 float32, 1 bfloat16
 
 // The operands' element type: 0 float32, 1 bfloat16 (the bias and the result stay float32).
 dt operand_type(int32_t code) { return code == 1 ? dt::bf16 : dt::f32; }
@@ -146,15 +151,62 @@ std::shared_ptr<const Prepared> conv(const ConvShape& s, bool bias, int32_t acti
   }, error);
 }
 
+// float32 -> bfloat16 (round to nearest even) of `count` values: a reorder, JIT-made once per size.
+std::shared_ptr<const Prepared> to_bfloat16(int64_t count, std::string& error) {
+  return prepared(Key{kToBfloat16, count}, [&] {
+    const dnnl::memory::desc from({count}, dt::f32, tag::a), to({count}, dt::bf16, tag::a);
+    dnnl::reorder::primitive_desc pd(cpu_engine(), from, cpu_engine(), to);
+    return Prepared{dnnl::reorder(pd), from, {}, {}, to, pd.impl_info_str()};
+  }, error);
+}
+
+// The memory objects of one primitive's call, made once per thread and pointed at each
+// call's buffers (making them costs more than a small matmul's arithmetic).
+struct CallMemories {
+  dnnl::memory src, weights, bias, dst;
+  std::unordered_map<int, dnnl::memory> args;
+};
+
+CallMemories& memories_of(const Prepared& p) {
+  thread_local std::unordered_map<const Prepared*, CallMemories> cache;
+  auto it = cache.find(&p);
+  if (it != cache.end()) return it->second;
+  CallMemories m;
+  const auto bind = [&m](int arg, const dnnl::memory::desc& desc, dnnl::memory& memory) {
+    if (desc.is_zero()) return;
+    memory = dnnl::memory(desc, cpu_engine(), nullptr);
+    m.args.emplace(arg, memory);
+  };
+  bind(DNNL_ARG_SRC, p.src, m.src);
+  bind(DNNL_ARG_WEIGHTS, p.weights, m.weights);
+  bind(DNNL_ARG_BIAS, p.bias, m.bias);
+  bind(DNNL_ARG_DST, p.dst, m.dst);
+  return cache.emplace(&p, std::move(m)).first->second;
+}
+
+// Runs the primitive on a float32 `src`, rounded to bfloat16 first where the primitive takes that.
 ffi::Error run(const Prepared& p, void* src, void* weights, void* bias, void* dst) {
   try {
-    dnnl::engine& engine = cpu_engine();
-    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(p.src, engine, src)},
-                                               {DNNL_ARG_WEIGHTS, dnnl::memory(p.weights, engine, weights)},
-                                               {DNNL_ARG_DST, dnnl::memory(p.dst, engine, dst)}};
-    if (bias != nullptr) args.emplace(DNNL_ARG_BIAS, dnnl::memory(p.bias, engine, bias));
     dnnl::stream& stream = thread_stream();
-    p.primitive.execute(stream, args);
+    thread_local std::vector<uint16_t> rounded;
+    if (p.src.get_data_type() == dt::bf16) {
+      std::string error;
+      const int64_t count = static_cast<int64_t>(p.src.get_size() / sizeof(uint16_t));
+      auto convert = to_bfloat16(count, error);
+      if (convert == nullptr) return ffi::Error::Internal(error);
+      rounded.resize(count);
+      CallMemories& c = memories_of(*convert);
+      c.src.set_data_handle(src);
+      c.dst.set_data_handle(rounded.data());
+      convert->primitive.execute(stream, c.args);  // a reorder's FROM and TO are SRC and DST
+      src = rounded.data();
+    }
+    CallMemories& m = memories_of(p);
+    m.src.set_data_handle(src);
+    m.weights.set_data_handle(weights);
+    m.dst.set_data_handle(dst);
+    if (bias != nullptr) m.bias.set_data_handle(bias);
+    p.primitive.execute(stream, m.args);
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
@@ -192,20 +244,16 @@ const char* describe_prepared(const std::shared_ptr<const Prepared>& p, const st
   return text.c_str();
 }
 
-// The operand type code of an input buffer (-1: neither float32 nor bfloat16).
-int32_t type_of(const ffi::AnyBuffer& x) {
-  return x.element_type() == ffi::DataType::F32 ? 0 : x.element_type() == ffi::DataType::BF16 ? 1 : -1;
-}
 
 }  // namespace
 
-// a [M, K] (float32 or bfloat16) times the packed weight (of that type), + bias [N] (or
-// none), activation: float32 out [M, N].
+// a [M, K] times the packed weight (float32 or bfloat16), + bias [N] (or none), activation:
+// out [M, N], all float32.
 template <typename Pool>
-ffi::Error OnednnMatmul(Pool, ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
-                        ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation) {
-  const int32_t type = type_of(a);
-  if (type < 0) return ffi::Error::InvalidArgument("jaxlite_onednn_matmul takes float32 or bfloat16");
+ffi::Error OnednnMatmul(Pool, ffi::Buffer<ffi::F32> a, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
+                        ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation, WeightsAttr weights) {
+  const int32_t type = *weights;
+  if (type != 0 && type != 1) return ffi::Error::InvalidArgument("jaxlite_onednn_matmul: weights 0 or 1");
   const auto ad = a.dimensions(), od = out->dimensions();
   if (ad.size() != 2 || od.size() != 2 || ad[0] != od[0])
     return ffi::Error::InvalidArgument("jaxlite_onednn_matmul takes a [M, K] and gives [M, N]");
@@ -218,17 +266,18 @@ ffi::Error OnednnMatmul(Pool, ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Buff
   if (p == nullptr) return ffi::Error::InvalidArgument(error);
   if (packed.size_bytes() != p->weights.get_size())
     return ffi::Error::InvalidArgument("jaxlite_onednn_matmul: the packed weight was made for another shape");
-  return run(*p, a.untyped_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
+  return run(*p, a.typed_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
 }
 
 // A 2-D convolution of x [N, H, W, C] by the packed weight, + bias [O] (or none),
-// activation: out [N, OH, OW, O]. geometry: O, KH, KW, strides (2), dilations (2), padding
+// activation: out [N, OH, OW, O], float32 but for the weight. geometry: O, KH, KW, strides (2), dilations (2), padding
 // before (2), OH, OW, groups.
 template <typename Pool>
-ffi::Error OnednnConv(Pool, ffi::AnyBuffer x, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
-                      ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation, IntsAttr<kSizes> geometry) {
-  const int32_t type = type_of(x);
-  if (type < 0) return ffi::Error::InvalidArgument("jaxlite_onednn_conv takes float32 or bfloat16");
+ffi::Error OnednnConv(Pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed, ffi::Buffer<ffi::F32> bias,
+                      ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation, IntsAttr<kSizes> geometry,
+                      WeightsAttr weights) {
+  const int32_t type = *weights;
+  if (type != 0 && type != 1) return ffi::Error::InvalidArgument("jaxlite_onednn_conv: weights 0 or 1");
   ConvShape s;
   const auto xd = x.dimensions();
   if (!ConvShape::read(Ints(xd.begin(), xd.size()), *geometry, s))
@@ -243,7 +292,7 @@ ffi::Error OnednnConv(Pool, ffi::AnyBuffer x, ffi::AnyBuffer packed, ffi::Buffer
   if (p == nullptr) return ffi::Error::InvalidArgument(error);
   if (packed.size_bytes() != p->weights.get_size())
     return ffi::Error::InvalidArgument("jaxlite_onednn_conv: the packed weight was made for another shape");
-  return run(*p, x.untyped_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
+  return run(*p, x.typed_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
 }
 
 }  // namespace jaxlite
