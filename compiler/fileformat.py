@@ -42,6 +42,7 @@ MAX_MEMBERS = 1 << 16          # zip entries (each costs a Python object before 
 MAX_DIRECTORY = 8 << 20        # bytes of the zip's central directory (which zipfile reads whole)
 MAX_NAME_LENGTH = 1024         # of a zip member or weight name
 MAX_JSON_DEPTH = 64            # nesting of the manifest (signatures of deep pytrees included)
+MAX_NPY_HEADER = 10000         # bytes of a weight's .npy header (numpy's own default bound)
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header (30 bytes)
 
 
@@ -218,9 +219,17 @@ def _map_weight(path: Path, fh, info: zipfile.ZipInfo, file_size: int, source: s
     fh.seek(data_start)
     try:
         version = np.lib.format.read_magic(fh)
+        # numpy reads as many bytes as the header's length field says before checking it
+        # against max_header_size: a damaged field would allocate up to 4 GiB
+        length_format = "<H" if version == (1, 0) else "<I"
+        length_field = fh.read(struct.calcsize(length_format))
+        (header_length,) = struct.unpack(length_format, length_field)
+        if header_length > min(MAX_NPY_HEADER, info.file_size):
+            raise ValueError(f"header length {header_length} is absurd")
+        fh.seek(-len(length_field), os.SEEK_CUR)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(fh, max_header_size=10000)
+        shape, fortran, dtype = read_header(fh, max_header_size=MAX_NPY_HEADER)
     except Exception as e:  # numpy parses the header with ast/tokenize: any of their errors
         raise ModelFormatError(f"{source}: weight member {info.filename!r} is not a valid .npy array ({e})") from None
     if dtype.hasobject:

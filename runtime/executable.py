@@ -166,6 +166,8 @@ class Executable:
         self._direct = None
         self._in_treedef = in_treedef
         self._input_specs = [(tuple(spec.shape), np.dtype(spec.dtype)) for spec in sig.inputs]
+        self._flat_inputs = in_treedef is not None and in_treedef == jax.tree_util.tree_structure(
+            tuple(range(len(sig.inputs))))
         native_cpu = any(t.startswith("cpu-") for t in self.targets)
         if direct is not False and native_cpu and in_treedef is not None and worth_tracing(main.body.block):
             specs = sig.in_tree.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in sig.inputs])
@@ -220,9 +222,12 @@ class Executable:
     def _direct_leaves(self, args) -> list | None:
         """The input arrays when they are concrete and match the signature exactly (else the
         jitted path casts Python scalars, raises its SignatureError, or is traced)."""
-        leaves, treedef = jax.tree_util.tree_flatten(args)
-        if treedef != self._in_treedef:
-            return None
+        if self._flat_inputs and len(args) == len(self._input_specs):
+            leaves = args  # positional arrays (the common case): no pytree flattening
+        else:
+            leaves, treedef = jax.tree_util.tree_flatten(args)
+            if treedef != self._in_treedef:
+                return None
         for x, (shape, dtype) in zip(leaves, self._input_specs, strict=True):
             if type(x) is not np.ndarray and (  # (the common case, checked fast)
                     not isinstance(x, np.ndarray | jax.Array) or isinstance(x, jax.core.Tracer)):

@@ -96,6 +96,7 @@ class HostPlan:
             raise NotDirect(f"{self._arena_bytes} bytes of buffers (> {MAX_ARENA_BYTES})")
         self._program = (_Step * max(1, len(self._steps)))(*[_Step(*step) for step in self._steps])
         self._run = self._library.run
+        self._count = len(self._steps)
         self._lock = threading.Lock()
 
     @classmethod
@@ -188,11 +189,11 @@ class HostPlan:
     def __call__(self, leaves: Sequence[Any]) -> list[np.ndarray]:
         with self._lock:  # the buffers are the plan's: one call at a time
             for buffer, x in zip(self._inputs, leaves, strict=True):
-                np.copyto(buffer, x)
-            error = self._run(self._program, len(self._steps))
+                buffer[...] = x
+            error = self._run(self._program, self._count)
             if error is not None:
                 raise RuntimeError(f"jaxlite native kernel: {error.decode()}")
-            return [np.array(out) for out in self._outputs]
+            return [out.copy() for out in self._outputs]
 
 
 def worth_tracing(block) -> bool:

@@ -96,6 +96,20 @@ def _npy(shape_text: str, descr="'<f4'", data=b"") -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
 
 
+@pytest.mark.parametrize("version, length_format", [((1, 0), "<H"), ((2, 0), "<I")])
+def test_an_npy_header_length_field_is_checked_before_numpy_reads_that_much(members, tmp_path, version,
+                                                                            length_format):
+    """A flipped bit in the header-length field (found by the fuzz test below) made numpy
+    allocate the claimed ~660 MB before it refused the header."""
+    manifest = json.loads(members["manifest.json"])
+    name, entry = next(iter(manifest["weights"].items()))
+    data = b"\x93NUMPY" + bytes(version) + struct.pack(length_format, 662_372_470 % (1 << 16 if version == (1, 0)
+                                                                                   else 1 << 32)) + b" " * 100
+    replaced = dict(members, **{entry["member"]: data})
+    with pytest.raises(jaxlite.ModelFormatError, match="not a valid .npy array .*header length"):
+        _load_bounded(_write(tmp_path / "header.jlite", replaced), mib=20)
+
+
 @pytest.mark.parametrize("shape_text", [
     "(4294967296, 4294967296, 4294967296)",   # the product overflows int64
     "(-1, 64)",
