@@ -1,9 +1,9 @@
-"""The first compile() and call of a quantized model after installation: no compiler, no cache.
+"""The first compile() and call of a model after installation: no compiler, no cache.
 
     python benchmarks/first_compile.py
 
-Saves the digits MLP and the 4-layer transformer in ``dynamic`` mode, then for each starts a
-fresh process with an empty PATH (no C++ compiler reachable) and HOME / JAXLITE_CACHE set to
+Saves three anchor models (MLP, ResNet-18, transformer; anchor_models.py) in float32,
+bfloat16 and ``dynamic`` mode, then for each starts a fresh process with an empty PATH (no C++ compiler reachable) and HOME / JAXLITE_CACHE set to
 an empty folder, loads the model and times ``compile()`` and the first call. Afterwards the
 folder must still be empty and the native CPU target must have been used: the kernels come
 from the installed build, nothing is compiled or cached at run time.
@@ -32,26 +32,31 @@ exe = model.compile()
 t3 = time.perf_counter()
 np.asarray(exe(x))
 t4 = time.perf_counter()
+np.asarray(exe(x))
+t5 = time.perf_counter()
 print(json.dumps({"compiler on PATH": shutil.which("g++") or shutil.which("c++") or shutil.which("cc"),
                   "targets": list(exe.targets), "available": available_targets(), "direct": exe.direct,
-                  "import s": t1 - t0, "load s": t2 - t1, "compile s": t3 - t2, "first call s": t4 - t3}))
+                  "import s": t1 - t0, "load s": t2 - t1, "compile s": t3 - t2, "first call s": t4 - t3,
+                  "second call s": t5 - t4}))
 """
 
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
+    import numpy as np
+    from anchor_models import make_mlp, make_resnet18, make_transformer
     from common import machine
 
     import jaxlite
-    from jaxlite.examples import digits_mlp, transformer
 
     print(machine("all"))
     work = Path(tempfile.mkdtemp())
-    cases = {"digits MLP (batch 64)": digits_mlp.factory(64), "transformer 4L": transformer.factory(4, 256, 4, 128)}
-    for name, (fn, args) in cases.items():
-        path, x_path = work / f"{name.split()[0]}.jlite", work / f"{name.split()[0]}_x.npy"
-        jaxlite.convert(fn, *args, quantize="dynamic").save(path)
-        import numpy as np
+    models = {"MLP": make_mlp(), "ResNet-18": make_resnet18(), "transformer": make_transformer()}
+    cases = {f"{name} {mode}": (fn, args, mode) for name, (fn, args) in models.items()
+             for mode in ("float32", "bfloat16", "dynamic")}
+    for name, (fn, args, mode) in cases.items():
+        path, x_path = work / f"{name.replace(' ', '_')}.jlite", work / f"{name.split()[0]}_x.npy"
+        jaxlite.convert(fn, *args, quantize=None if mode == "float32" else mode).save(path)
         np.save(x_path, np.asarray(args[0]))
         home = Path(tempfile.mkdtemp())
         env = {"PATH": "", "HOME": str(home), "JAXLITE_CACHE": str(home / "cache"), "JAX_PLATFORMS": "cpu"}
@@ -60,7 +65,8 @@ def main() -> None:
         result = json.loads(out.stdout.strip().splitlines()[-1])
         written = [str(p.relative_to(home)) for p in home.rglob("*")]
         print(f"{name}: compile() {result['compile s']:.2f} s + first call {result['first call s']:.2f} s = "
-              f"{result['compile s'] + result['first call s']:.2f} s (import {result['import s']:.2f} s, "
+              f"{result['compile s'] + result['first call s']:.2f} s, second call {result['second call s'] * 1e3:.2f} ms "
+              f"(import {result['import s']:.2f} s, "
               f"load {result['load s']:.2f} s); targets {', '.join(result['targets'])}, direct={result['direct']}; "
               f"compiler on PATH: {result['compiler on PATH']}; files written to HOME/JAXLITE_CACHE: "
               f"{written or 'none'}")

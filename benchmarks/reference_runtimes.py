@@ -12,6 +12,12 @@ from __future__ import annotations
 import os
 
 
+def _shortened(message: str) -> str:
+    """The first line of an error, its start and end where long (the cause is often last)."""
+    line = message.splitlines()[0] if message else ""
+    return line if len(line) <= 200 else f"{line[:60]} ... {line[-130:]}"
+
+
 def litert_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> dict[str, tuple]:
     """{"LiteRT float32" | "LiteRT dynamic" | "LiteRT int8": (run, file bytes)}, where a
     conversion or LiteRT's own setup fails: (None, the error); {} when tensorflow or
@@ -58,7 +64,7 @@ def litert_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> d
             blob = convert(mode)
             out[f"LiteRT {mode}"] = (runner(blob), len(blob))
         except Exception as e:  # e.g. "failed to create XNNPACK runtime" (ResNet-18 full-integer)
-            out[f"LiteRT {mode}"] = (None, f"{type(e).__name__}: {str(e).splitlines()[0][:100]}")
+            out[f"LiteRT {mode}"] = (None, f"{type(e).__name__}: {_shortened(str(e))}")
     return out
 
 
@@ -128,7 +134,7 @@ def onnxruntime_runners(fn, args: tuple, calibration: list[tuple], threads: str)
             path = make(mode)
             out[f"ORT {mode}"] = (session(path), os.path.getsize(path))
         except Exception as e:
-            out[f"ORT {mode}"] = (None, f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}")
+            out[f"ORT {mode}"] = (None, f"{type(e).__name__}: {_shortened(str(e))}")
             if mode == "float32":
                 break
     return out
