@@ -35,11 +35,13 @@ def machine(threads: str) -> str:
     """The CPU (model, cores, ISA features), thread setting, jax, and jaxlite's kernel targets."""
     import jax
 
-    from jaxlite.runtime import available_targets, cpu, onednn_calls
+    from jaxlite.runtime import available_targets, cpu, onednn_calls, onednn_kernels
 
     return (f"{cpu.describe()}; threads={threads}, jax {jax.__version__}, backend {jax.default_backend()}, "
             f"python {sys.version.split()[0]}; jaxlite targets: {', '.join(available_targets())}; "
-            f"oneDNN: {onednn_calls.kernel_paths()}")
+            f"oneDNN: {onednn_calls.kernel_paths()}"
+            + (f"; bfloat16 {onednn_calls.kernel_paths('bfloat16')}" if onednn_kernels.computes_bfloat16()
+               and onednn_calls.unavailable() is None else ""))
 
 
 def peak_rss_mb() -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 
 from jaxlite._version import __version__
-from jaxlite.runtime import cpu, onednn_calls
+from jaxlite.runtime import cpu, onednn_calls, onednn_kernels
 from jaxlite.runtime.executable import choose_targets
 from jaxlite.runtime.registry import target_status
 
@@ -19,6 +19,10 @@ def report() -> list[tuple[str, str]]:
         rows.append((f"target {target.name}", ("available" if why is None else f"unavailable: {why}")
                      + f" -- {target.description}"))
     rows.append(("oneDNN float32 kernels", onednn_calls.kernel_paths()))
+    if onednn_calls.unavailable() is None:
+        bf16 = (onednn_calls.kernel_paths("bfloat16") if onednn_kernels.computes_bfloat16()
+                else "none: bfloat16 models are upcast to float32 (no AVX512-BF16 or AMX-BF16 here)")
+        rows.append(("oneDNN bfloat16 kernels", bf16))
     platform = jax.default_backend()
     rows.append((f"compile() on {platform}", "targets " + ", ".join(choose_targets(platform))
                  + (" (float16 models add xla-float16)" if platform == "gpu" else "")))

@@ -173,12 +173,12 @@ def conv(x, packed, geometry, out_shape, *, bias=None, activation: str = "none",
         activation=activation_code(activation), sizes=list(geometry), weights=np.int32(TYPES[dtype]))
 
 
-def kernel_paths() -> str:
+def kernel_paths(dtype: str = "float32") -> str:
     """The implementations oneDNN picks on this CPU for a typical dense layer and 3x3
-    convolution (e.g. ``brg:avx512_core``), or why there are none."""
+    convolution in ``dtype`` (e.g. ``brg:avx512_core``), or why there are none."""
     why = unavailable()
     if why is not None:
         return f"none ({why})"
-    dense, _ = matmul_info(128, 256, 256, True, "relu")
-    convolution, _ = conv_info([1, 56, 56, 64], [64, 3, 3, 1, 1, 1, 1, 1, 1, 56, 56, 1], True, "relu")
+    dense, _ = matmul_info(128, 256, 256, True, "relu", dtype)
+    convolution, _ = conv_info([1, 56, 56, 64], [64, 3, 3, 1, 1, 1, 1, 1, 1, 56, 56, 1], True, "relu", dtype)
     return f"dense {dense}, convolution {convolution}"

@@ -44,6 +44,11 @@ EMBED_PACKED_MAX_BYTES = 1024 * 1024
 BFLOAT16_ISA = ("avx512_bf16", "amx_bf16")
 
 
+def computes_bfloat16() -> bool:
+    """Whether bfloat16 weights are computed in bfloat16 here (else upcast to float32)."""
+    return any(f in cpu.features() for f in BFLOAT16_ISA)
+
+
 def _weight_source(op, ctx: LoweringContext):
     """(key, load -> host array, compute dtype) of the op's rhs where it is a value known at
     load (see above), else None."""
@@ -53,7 +58,7 @@ def _weight_source(op, ctx: LoweringContext):
         return name, lambda: np.asarray(ctx.weight(name)), "float32"
     if isinstance(owner, quant.UpcastOp) and isinstance(owner.input.owner, jlax.WeightOp):
         name = owner.input.owner.weight_name
-        if str(owner.input.type.get_element_type()) == "bf16" and any(f in cpu.features() for f in BFLOAT16_ISA):
+        if str(owner.input.type.get_element_type()) == "bf16" and computes_bfloat16():
             return name, lambda: np.asarray(ctx.weight(name)), "bfloat16"
         return name, lambda: np.asarray(ctx.weight(name), np.float32), "float32"
     if isinstance(owner, quant.DequantizeOp) and all(isinstance(v.owner, jlax.WeightOp) for v in owner.operands):

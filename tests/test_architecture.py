@@ -14,7 +14,14 @@ import jaxlite
 from jaxlite import cli
 from jaxlite.dialects.fused import Activation
 from jaxlite.examples import digits_mlp
-from jaxlite.runtime import available_targets, cpu, native_calls, target_status
+from jaxlite.runtime import (
+    available_targets,
+    cpu,
+    native_calls,
+    onednn_calls,
+    onednn_kernels,
+    target_status,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("compiler", "dialects", "passes", "runtime")
@@ -117,6 +124,10 @@ def test_doctor_names_the_cpu_and_every_target(capsys):
         if why is not None:
             assert f"unavailable: {why}" in out
     assert "compile() on cpu" in out
+    if onednn_calls.unavailable() is None:  # oneDNN's implementations, bfloat16 ones or why none
+        assert "oneDNN float32 kernels  " in out and "oneDNN bfloat16 kernels " in out
+        bf16_row = next(line for line in out.splitlines() if line.startswith("oneDNN bfloat16 kernels"))
+        assert bf16_row.endswith("(no AVX512-BF16 or AMX-BF16 here)") != onednn_kernels.computes_bfloat16()
 
 
 def test_weights_returned_or_yielded_as_they_are_are_placed():
