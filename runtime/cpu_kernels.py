@@ -30,6 +30,7 @@ from jaxlite.runtime.gemm_layout import (
     per_column,
     varies_only_by_column,
     weight_2d,
+    weight_source,
 )
 from jaxlite.runtime.quant_kernels import act_dot_layout
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
@@ -279,3 +280,43 @@ def _rows(op, ctx: LoweringContext):
     epsilon = op.epsilon
     return lambda weights, x, *values: (
         native.layer_norm(x.reshape(rows), *op.vectors(values), epsilon=epsilon).reshape(shape),)
+
+
+@register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], target="cpu-avx512vnni")
+def _few_rows_float_dot(op, ctx: LoweringContext):
+    """A float32 dot of at most ``FEW_ROWS`` rows by a weight (a batch-1 dense layer): one
+    FewRowsGemm, bias and activation fused, the weight packed at load. Larger products (and
+    bfloat16 ones) are oneDNN's."""
+    if op.PRIMITIVE != "dot_general" or any(str(v.type.get_element_type()) != "f32"
+                                            for v in (op.operands[0], op.results[0])):
+        return None
+    source = weight_source(op, ctx, keep_bfloat16=True)
+    shape = gemm_shape(op)
+    if source is None or source[2] != "float32" or shape is None:
+        return None
+    name, load, _ = source
+    k, n = shape
+    lhs_shape = tuple(op.operands[0].type.get_shape())
+    lc = op.dot_dims().lhs_contract
+    free = [d for d in range(len(lhs_shape)) if d not in lc]
+    m = int(np.prod([lhs_shape[d] for d in free]))
+    if not 1 <= m <= native.FEW_ROWS:
+        return None
+    out_shape = tuple(op.results[0].type.get_shape())
+    cols = column_axes(op)
+    activation = op.activation if isinstance(op, fused.FusedOp) else "none"
+    bias = op.bias if isinstance(op, fused.FusedOp) else None
+    in_kernel = bias is None or varies_only_by_column(tuple(bias.type.get_shape()), out_shape, cols)
+    packed = ctx.derive(f"{name}@few_rows:{k}x{n}", 4 * k * (-(-n // 16) * 16),
+                        lambda: native.few_rows_pack(weight_2d(op, load())),
+                        embeddable=4 * k * n <= EMBED_PACKED_MAX_BYTES)
+    transpose = tuple(lc) != tuple(range(len(lhs_shape) - len(lc), len(lhs_shape)))
+
+    def run(weights, x, _w, b=None):
+        if transpose:
+            x = jnp.transpose(x, (*free, *lc))
+        column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
+        y = native.few_rows_gemm(x.reshape(m, k), weights[packed], n, bias=column_bias,
+                                 activation=activation if in_kernel else "none").reshape(out_shape)
+        return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
+    return Kernel(run, unread=frozenset({1}), native=True)

@@ -9,7 +9,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlite.dialects import jlax, quant
 from jaxlite.runtime import xla_int8
+
+
+def weight_source(op, ctx, keep_bfloat16: bool):
+    """(key, load -> host array, compute dtype) of a float dot/conv's rhs where it is a value
+    known at load -- a float32 weight, one stored in float16 / bfloat16 (``jquant.upcast``) or
+    int8 (``jquant.dequantize``) -- else None. A bfloat16 weight stays bfloat16 with
+    ``keep_bfloat16`` (computed in it), the rest is float32."""
+    owner = op.operands[1].owner
+    if isinstance(owner, jlax.WeightOp) and str(owner.result.type.get_element_type()) == "f32":
+        name = owner.weight_name
+        return name, lambda: np.asarray(ctx.weight(name)), "float32"
+    if isinstance(owner, quant.UpcastOp) and isinstance(owner.input.owner, jlax.WeightOp):
+        name = owner.input.owner.weight_name
+        if str(owner.input.type.get_element_type()) == "bf16" and keep_bfloat16:
+            return name, lambda: np.asarray(ctx.weight(name)), "bfloat16"
+        return name, lambda: np.asarray(ctx.weight(name), np.float32), "float32"
+    if isinstance(owner, quant.DequantizeOp) and all(isinstance(v.owner, jlax.WeightOp) for v in owner.operands):
+        names = [v.owner.weight_name for v in owner.operands]
+        return (f"{'|'.join(names)}@{owner.axis}",
+                lambda: np.asarray(owner.evaluate(*[np.asarray(ctx.weight(n)) for n in names])[0]), "float32")
+    return None
 
 
 def gemm_shape(op) -> tuple[int, int] | None:

@@ -36,8 +36,8 @@ MAX_ARENA_BYTES = 64 << 20
 _FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11}
 # kernels whose operand 1 is a packed weight [Kp * Npad]: rows x its size multiply-adds
 _GEMM_KERNELS = ("QuantizedGemm", "DynamicGemm", "QuantizedConv", "DynamicConv")
-# oneDNN's float kernels: operand 1 is a packed float32 weight (padded: K x N or more)
-_FLOAT_KERNELS = ("OnednnMatmul", "OnednnConv")
+# the float kernels (oneDNN's, FewRowsGemm): operand 1 is a packed weight (padded: K x N or more)
+_FLOAT_KERNELS = ("OnednnMatmul", "OnednnConv", "FewRowsGemm")
 # primitives that only relabel a row-major buffer's shape
 _VIEWS = ("reshape", "squeeze", "expand_dims")
 
@@ -172,7 +172,7 @@ class HostPlan:
             self._macs += int(np.prod(np.asarray(getattr(attributes["sizes"], "val", attributes["sizes"]))))
         elif kernel.name in _FLOAT_KERNELS:  # out elements x (K = the packed weight's values / N)
             n, value_bytes = outs[0].shape[-1], 2 if _int_attribute(attributes, "weights") == 1 else 4
-            self._macs += outs[0].size * (ins[1].size // value_bytes // n)
+            self._macs += outs[0].size * (ins[1].nbytes // value_bytes // n)
         self._keep.extend(buffers)
         dims = [d for b in buffers for d in b.shape]
         args = (len(buffers),

@@ -28,7 +28,8 @@ from jaxlite.runtime import cpu
 LIBRARY = "_kernels_avx512vnni"
 ISA = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma"})  # setup.py's flags
 KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv", "MaxPool",
-           "LayerNorm", "Softmax", "QuantizeRows")
+           "LayerNorm", "Softmax", "QuantizeRows", "FewRowsGemm")
+FEW_ROWS = 4  # FewRowsGemm's most rows (a batch-1 dense layer's product, or a few of them)
 # under jax.vmap each kernel runs once per batch element (they take fixed ranks)
 _VMAP = "sequential"
 _ATTRIBUTE_TYPES = {"i32": np.int32, "f32": np.float32, "i64s": np.int64}
@@ -232,6 +233,21 @@ def _optional(x):
 
 def _result(shape, out_scale):
     return jax.ShapeDtypeStruct(shape, jnp.int8 if out_scale is not None else jnp.float32)
+
+
+def few_rows_pack(w: np.ndarray) -> np.ndarray:
+    """A float32 [K, N] weight as FewRowsGemm reads it: [ceil(N / 16), K, 16], zero-padded."""
+    k, n = w.shape
+    padded = np.zeros((k, -(-n // 16) * 16), np.float32)
+    padded[:, :n] = w
+    return np.ascontiguousarray(padded.reshape(k, -1, 16).transpose(1, 0, 2))
+
+
+def few_rows_gemm(a, packed, n: int, *, bias=None, activation: str = "none"):
+    """float32 ``activation(a [M <= FEW_ROWS, K] @ W + bias)`` [M, n], W from ``few_rows_pack``."""
+    return kernel("FewRowsGemm")(
+        a, packed, _optional(bias), results=jax.ShapeDtypeStruct((a.shape[0], n), jnp.float32),
+        activation=library().activations[activation])
 
 
 def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, bias=None,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxlite.dialects import fused, jlax, quant
+from jaxlite.dialects import fused, jlax
 from jaxlite.runtime import cpu, xla_int8
 from jaxlite.runtime import onednn_calls as onednn
 from jaxlite.runtime.gemm_layout import (
@@ -30,6 +30,7 @@ from jaxlite.runtime.gemm_layout import (
     per_column,
     varies_only_by_column,
     weight_2d,
+    weight_source,
 )
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
 
@@ -49,25 +50,6 @@ def computes_bfloat16() -> bool:
     return any(f in cpu.features() for f in BFLOAT16_ISA)
 
 
-def _weight_source(op, ctx: LoweringContext):
-    """(key, load -> host array, compute dtype) of the op's rhs where it is a value known at
-    load (see above), else None."""
-    owner = op.operands[1].owner
-    if isinstance(owner, jlax.WeightOp) and str(owner.result.type.get_element_type()) == "f32":
-        name = owner.weight_name
-        return name, lambda: np.asarray(ctx.weight(name)), "float32"
-    if isinstance(owner, quant.UpcastOp) and isinstance(owner.input.owner, jlax.WeightOp):
-        name = owner.input.owner.weight_name
-        if str(owner.input.type.get_element_type()) == "bf16" and computes_bfloat16():
-            return name, lambda: np.asarray(ctx.weight(name)), "bfloat16"
-        return name, lambda: np.asarray(ctx.weight(name), np.float32), "float32"
-    if isinstance(owner, quant.DequantizeOp) and all(isinstance(v.owner, jlax.WeightOp) for v in owner.operands):
-        names = [v.owner.weight_name for v in owner.operands]
-        return (f"{'|'.join(names)}@{owner.axis}",
-                lambda: np.asarray(owner.evaluate(*[np.asarray(ctx.weight(n)) for n in names])[0]), "float32")
-    return None
-
-
 def _epilogue(op, out_shape, cols):
     """(activation, bias value or None, whether the kernel applies them)."""
     activation = op.activation if isinstance(op, fused.FusedOp) else "none"
@@ -79,7 +61,7 @@ def _epilogue(op, out_shape, cols):
 @register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], jlax.PRIMITIVE_OPS["conv_general_dilated"],
           target="cpu-onednn")
 def _float_matmul(op, ctx: LoweringContext):
-    source = _weight_source(op, ctx)
+    source = weight_source(op, ctx, computes_bfloat16())
     if source is None or any(str(v.type.get_element_type()) != "f32" for v in (op.operands[0], op.results[0])):
         return None
     try:

@@ -201,7 +201,7 @@ def test_loops_and_float_layers_are_judged_from_the_ir(rng):
     def mixed(x):
         return jnp.tanh(x @ w) @ w2 + b  # the second layer kept float: a jfuse.dot
 
-    x = rng.normal(size=(5, 4, 16)).astype(np.float32)
+    x = rng.normal(size=(5, 8, 16)).astype(np.float32)  # 8 rows: more than FewRowsGemm takes
     exe = jaxlite.compile(rnn, x, quantize="dynamic")
     assert not host_plan.worth_tracing(exe.model.module.ops.first.body.block) and not exe.direct
     np.testing.assert_allclose(np.asarray(exe(x)), np.asarray(jax.jit(rnn)(x)), rtol=0.05, atol=0.05)

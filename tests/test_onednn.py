@@ -133,7 +133,7 @@ def _conv_net(rng):
         y = jax.nn.relu(lax.conv_general_dilated(x, k1, (1, 1), "SAME", dimension_numbers=dn))
         y = jax.nn.relu(lax.conv_general_dilated(y, k2, (1, 1), "SAME", dimension_numbers=dn))
         return y.reshape(y.shape[0], -1) @ w
-    return fn, rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    return fn, rng.standard_normal((5, 8, 8, 3)).astype(np.float32)  # 5 rows: oneDNN's, not FewRowsGemm's
 
 
 @pytest.mark.parametrize("mode", ["float16", "bfloat16", "int8-weights"])
@@ -177,7 +177,7 @@ def test_small_float_programs_run_direct_whatever_the_weights_precision(rng, mod
     precision (upcast or dequantized at load), and says which kernels served it."""
     w1, w2 = (rng.standard_normal(s).astype(np.float32) * 0.2 for s in ((32, 64), (64, 8)))
     b1 = rng.standard_normal(64).astype(np.float32)
-    x = rng.standard_normal((2, 32)).astype(np.float32)
+    x = rng.standard_normal((6, 32)).astype(np.float32)  # 6 rows: oneDNN's, not FewRowsGemm's
 
     def fn(x):
         return jax.nn.relu(x @ w1 + b1) @ w2

@@ -216,8 +216,75 @@ ffi::Error DynamicActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F
   return ffi::Error::Success();
 }
 
+// ---- float32 products of a few rows (batch-1 dense layers) ----
+
+// Rows x one group of `Panels` 16-column panels of the packed weight ([N / 16][K][16]):
+// Rows x Panels accumulators stay in registers over all of K.
+template <int Rows, int Panels>
+void few_rows_panels(const float* a, int64_t K, const float* panels, int64_t first_col, int64_t N,
+                     const float* bias, int32_t activation, float* out) {
+  __m512 acc[Rows][Panels];
+  for (int r = 0; r < Rows; ++r)
+    for (int j = 0; j < Panels; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 w[Panels];
+    for (int j = 0; j < Panels; ++j) w[j] = _mm512_loadu_ps(panels + (j * K + k) * 16);
+    for (int r = 0; r < Rows; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r * K + k]);
+      for (int j = 0; j < Panels; ++j) acc[r][j] = _mm512_fmadd_ps(x, w[j], acc[r][j]);
+    }
+  }
+  for (int j = 0; j < Panels; ++j) {
+    const int64_t col = first_col + 16 * j;
+    if (col >= N) break;
+    const __mmask16 mask = N - col >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (N - col)) - 1);
+    const __m512 b = bias != nullptr ? _mm512_maskz_loadu_ps(mask, bias + col) : _mm512_setzero_ps();
+    for (int r = 0; r < Rows; ++r)
+      _mm512_mask_storeu_ps(out + r * N + col, mask, activate(_mm512_add_ps(acc[r][j], b), activation));
+  }
+}
+
+template <int Rows>
+void few_rows(const float* a, int64_t K, const float* packed, int64_t N, const float* bias, int32_t activation,
+              float* out) {
+  const int64_t panels = (N + 15) / 16;
+  int64_t p = 0;
+  for (; p + 4 <= panels; p += 4)
+    few_rows_panels<Rows, 4>(a, K, packed + p * K * 16, p * 16, N, bias, activation, out);
+  for (; p < panels; ++p) few_rows_panels<Rows, 1>(a, K, packed + p * K * 16, p * 16, N, bias, activation, out);
+}
+
+// float32 a [M, K] (M <= 4) times a weight packed as [ceil(N / 16)][K][16] (zero-padded
+// columns), + bias (N or 0 values), activation: out [M, N]. A batch-1 dense layer is bound by
+// reading its weight once; a general GEMM's blocking and setup cost more than that here.
+template <typename Pool>
+ffi::Error FewRowsGemm(Pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> packed, ffi::Buffer<ffi::F32> bias,
+                       ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation) {
+  const auto ad = a.dimensions(), od = out->dimensions();
+  if (ad.size() != 2 || od.size() != 2 || ad[0] != od[0] || ad[0] < 1 || ad[0] > 4)
+    return ffi::Error::InvalidArgument("jaxlite FewRowsGemm takes [M <= 4, K] and gives [M, N]");
+  const int64_t M = ad[0], K = ad[1], N = od[1];
+  if (static_cast<int64_t>(packed.element_count()) != (N + 15) / 16 * 16 * K)
+    return ffi::Error::InvalidArgument("jaxlite FewRowsGemm: the packed weight is not [ceil(N / 16)][K][16]");
+  const int64_t nb = static_cast<int64_t>(bias.element_count());
+  if (nb != 0 && nb != N) return ffi::Error::InvalidArgument("jaxlite FewRowsGemm: the bias has N values or none");
+  if (*activation < 0 || *activation > kLast) return ffi::Error::InvalidArgument("unknown activation");
+  const float* b = nb != 0 ? bias.typed_data() : nullptr;
+  const float *x = a.typed_data(), *w = packed.typed_data();
+  float* y = out->typed_data();
+  switch (M) {
+    case 1: few_rows<1>(x, K, w, N, b, *activation, y); break;
+    case 2: few_rows<2>(x, K, w, N, b, *activation, y); break;
+    case 3: few_rows<3>(x, K, w, N, b, *activation, y); break;
+    default: few_rows<4>(x, K, w, N, b, *activation, y); break;
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace jaxlite
+
 
 JAXLITE_EXPORT(QuantizedGemm)
 JAXLITE_EXPORT(DynamicGemm)
 JAXLITE_EXPORT(DynamicActGemm)
+JAXLITE_EXPORT(FewRowsGemm)

@@ -1,0 +1,84 @@
+"""FewRowsGemm (target ``cpu-avx512vnni``): float32 dense layers of at most four rows -- a
+batch-1 model's -- match jax.jit for every width, activation and layout; larger products
+go to oneDNN or XLA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlite
+from jaxlite.runtime import native_calls as native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="needs jaxlite's native CPU kernels (AVX-512 VNNI)")
+ACTIVATIONS = [lambda y: y, jax.nn.relu, jax.nn.relu6, jax.nn.sigmoid, jnp.tanh, jax.nn.silu,
+               lambda y: jax.nn.gelu(y, approximate=True), lambda y: jax.nn.gelu(y, approximate=False)]
+
+
+def _served_by_few_rows(exe) -> bool:
+    return exe.targets_used.get("cpu-avx512vnni", 0) > 0
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("k, n", [(2, 1), (33, 15), (64, 16), (7, 17), (256, 65), (16, 130)])
+def test_every_width_matches_jax(rng, rows, k, n):
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+
+    def fn(x):
+        return jax.nn.relu(x @ w + b)
+
+    exe = jaxlite.convert(fn, x).compile()
+    assert _served_by_few_rows(exe) and exe.direct
+    np.testing.assert_allclose(exe(x), jax.jit(fn)(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", range(len(ACTIVATIONS)))
+def test_every_fused_activation(rng, activation):
+    w = rng.standard_normal((40, 24)).astype(np.float32) * 0.3
+    b = rng.standard_normal(24).astype(np.float32)
+    x = rng.standard_normal((1, 40)).astype(np.float32)
+
+    def fn(x):
+        return ACTIVATIONS[activation](x @ w + b)
+
+    model = jaxlite.convert(fn, x)
+    exe = model.compile()
+    assert _served_by_few_rows(exe)
+    np.testing.assert_allclose(exe(x), jax.jit(fn)(x), rtol=2e-5, atol=2e-5)
+
+
+def test_transposed_inputs_row_biases_and_weights_stored_in_lower_precision(rng):
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    per_row = rng.standard_normal((3, 1)).astype(np.float32)  # a bias along rows: XLA adds it
+
+    def fn(x):  # x is [K, M]: the kernel reads it transposed
+        return jax.nn.relu(jnp.einsum("km,kn->mn", x, w) + per_row)
+
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    exe = jaxlite.convert(fn, x).compile()
+    assert _served_by_few_rows(exe)
+    np.testing.assert_allclose(np.asarray(exe(x)), jax.jit(fn)(x), rtol=1e-5, atol=1e-5)
+    for mode, tolerance in (("float16", 2e-3), ("int8-weights", 3e-2)):
+        exe = jaxlite.convert(fn, x, quantize=mode).compile()
+        assert _served_by_few_rows(exe)
+        ref = np.asarray(jax.jit(fn)(x))
+        assert np.linalg.norm(np.asarray(exe(x)) - ref) <= tolerance * np.linalg.norm(ref)
+
+
+def test_more_rows_are_not_its(rng):
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    exe = jaxlite.convert(lambda x: x @ w, x).compile()
+    assert not _served_by_few_rows(exe)
+    np.testing.assert_allclose(np.asarray(exe(x)), x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_the_jitted_path_gives_the_same_results(rng):
+    w = rng.standard_normal((32, 20)).astype(np.float32)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    model = jaxlite.convert(lambda x: jnp.tanh(x @ w), x)
+    direct, jitted = model.compile(), model.compile(direct=False)
+    assert direct.direct and not jitted.direct
+    np.testing.assert_array_equal(direct(x), np.asarray(jitted(x)))
