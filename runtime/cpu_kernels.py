@@ -285,14 +285,14 @@ def _rows(op, ctx: LoweringContext):
 @register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], target="cpu-avx512vnni")
 def _few_rows_float_dot(op, ctx: LoweringContext):
     """A float32 dot of at most ``FEW_ROWS`` rows by a weight (a batch-1 dense layer): one
-    FewRowsGemm, bias and activation fused, the weight packed at load. Larger products (and
-    bfloat16 ones) are oneDNN's."""
+    FewRowsGemm, bias and activation fused, the weight packed at load (float16 / bfloat16 / int8
+    weights upcast to float32 then). Larger products are oneDNN's."""
     if op.PRIMITIVE != "dot_general" or any(str(v.type.get_element_type()) != "f32"
                                             for v in (op.operands[0], op.results[0])):
         return None
-    source = weight_source(op, ctx, keep_bfloat16=True)
-    shape = gemm_shape(op)
-    if source is None or source[2] != "float32" or shape is None:
+    source = weight_source(op, ctx, keep_bfloat16=False)  # a bfloat16 weight upcast: these are bound
+    shape = gemm_shape(op)                                 # by oneDNN's call cost, not arithmetic
+    if source is None or shape is None:
         return None
     name, load, _ = source
     k, n = shape
