@@ -300,7 +300,7 @@ def _few_rows_float_dot(op, ctx: LoweringContext):
     lc = op.dot_dims().lhs_contract
     free = [d for d in range(len(lhs_shape)) if d not in lc]
     m = int(np.prod([lhs_shape[d] for d in free]))
-    if not 1 <= m <= native.FEW_ROWS:
+    if not 1 <= m <= native.FEW_ROWS or k * n > native.FEW_ROWS_MAX_WEIGHT:
         return None
     out_shape = tuple(op.results[0].type.get_shape())
     cols = column_axes(op)

@@ -30,6 +30,9 @@ ISA = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma"})  # se
 KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv", "MaxPool",
            "LayerNorm", "Softmax", "QuantizeRows", "FewRowsGemm")
 FEW_ROWS = 4  # FewRowsGemm's most rows (a batch-1 dense layer's product, or a few of them)
+# and its largest weight (floats): beyond it reading the weight dominates, and oneDNN's
+# GEMM reads it with every core where FewRowsGemm uses one
+FEW_ROWS_MAX_WEIGHT = 1 << 20
 # under jax.vmap each kernel runs once per batch element (they take fixed ranks)
 _VMAP = "sequential"
 _ATTRIBUTE_TYPES = {"i32": np.int32, "f32": np.float32, "i64s": np.int64}
