@@ -166,6 +166,7 @@ class Executable:
         self._direct = None
         self._in_treedef = in_treedef
         self._input_specs = [(tuple(spec.shape), np.dtype(spec.dtype)) for spec in sig.inputs]
+        self._single_output = sig.out_treedef is not None and jax.tree_util.treedef_is_leaf(sig.out_treedef)
         self._flat_inputs = in_treedef is not None and in_treedef == jax.tree_util.tree_structure(
             tuple(range(len(sig.inputs))))
         native_cpu = any(t.startswith("cpu-") for t in self.targets)
@@ -204,6 +205,8 @@ class Executable:
     def _outputs(self, leaves: list) -> Any:
         """The output leaves in the function's output structure."""
         sig = self.signature
+        if self._single_output:
+            return leaves[0]
         if sig.out_treedef is not None:
             return jax.tree_util.tree_unflatten(sig.out_treedef, leaves)
         return sig.out_tree.unflatten(leaves)

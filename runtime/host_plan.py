@@ -96,6 +96,7 @@ class HostPlan:
             raise NotDirect(f"{self._arena_bytes} bytes of buffers (> {MAX_ARENA_BYTES})")
         self._program = (_Step * max(1, len(self._steps)))(*[_Step(*step) for step in self._steps])
         self._run = self._library.run
+        self._program_pointer = ctypes.c_void_p(ctypes.addressof(self._program))  # converted once
         self._count = len(self._steps)
         self._lock = threading.Lock()
 
@@ -190,7 +191,7 @@ class HostPlan:
         with self._lock:  # the buffers are the plan's: one call at a time
             for buffer, x in zip(self._inputs, leaves, strict=True):
                 buffer[...] = x
-            error = self._run(self._program, self._count)
+            error = self._run(self._program_pointer, self._count)
             if error is not None:
                 raise RuntimeError(f"jaxlite native kernel: {error.decode()}")
             return [out.copy() for out in self._outputs]
