@@ -27,7 +27,7 @@ from jaxlite.runtime.native_calls import NativeLibrary, load_library
 
 LIBRARY = "_kernels_onednn"
 DISTRIBUTION = "onednn-cpu-gomp"
-KERNELS = ("OnednnMatmul", "OnednnConv")
+KERNELS = ("OnednnMatmul", "OnednnConv", "OnednnBatchMatmul")
 
 
 def libdnnl_path() -> Path | None:
@@ -56,13 +56,14 @@ def _load() -> NativeLibrary | str:
     if isinstance(loaded, NativeLibrary):
         h = loaded.handle
         for name in ("JaxliteOnednnMatmulInfo", "JaxliteOnednnMatmulPack", "JaxliteOnednnConvInfo",
-                     "JaxliteOnednnConvPack"):
+                     "JaxliteOnednnConvPack", "JaxliteOnednnBatchMatmulInfo"):
             getattr(h, name).restype = ctypes.c_char_p
         i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
         h.JaxliteOnednnMatmulInfo.argtypes = [i64, i64, i64, i32, i32, i32, ctypes.POINTER(i64)]
         h.JaxliteOnednnMatmulPack.argtypes = [i64, i64, i64, i32, i32, i32, ptr, ptr, i64]
         h.JaxliteOnednnConvInfo.argtypes = [ptr, ptr, i32, i32, i32, ctypes.POINTER(i64)]
         h.JaxliteOnednnConvPack.argtypes = [ptr, ptr, i32, i32, i32, ptr, ptr, i64]
+        h.JaxliteOnednnBatchMatmulInfo.argtypes = [i64, i64, i64, i64, ctypes.POINTER(i64)]
     return loaded
 
 
@@ -171,6 +172,18 @@ def conv(x, packed, geometry, out_shape, *, bias=None, activation: str = "none",
     return library().kernels["OnednnConv"](
         x, packed, _bias(bias), results=jax.ShapeDtypeStruct(tuple(out_shape), np.float32),
         activation=activation_code(activation), sizes=list(geometry), weights=np.int32(TYPES[dtype]))
+
+
+def batch_matmul_info(b: int, m: int, k: int, n: int) -> str:
+    """oneDNN's implementation of ``[b, m, k] x [b, k, n]`` (or the error)."""
+    nbytes = ctypes.c_int64()
+    return _info(library().handle.JaxliteOnednnBatchMatmulInfo(b, m, k, n, ctypes.byref(nbytes)), nbytes)[0]
+
+
+def batch_matmul(a, b):
+    """float32 ``a [B, M, K] @ b [B, K, N]`` -> [B, M, N] (both operands activations)."""
+    return library().kernels["OnednnBatchMatmul"](
+        a, b, results=jax.ShapeDtypeStruct((a.shape[0], a.shape[1], b.shape[2]), np.float32))
 
 
 def kernel_paths(dtype: str = "float32") -> str:

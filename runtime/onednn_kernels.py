@@ -61,13 +61,42 @@ def _epilogue(op, out_shape, cols):
 @register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], jlax.PRIMITIVE_OPS["conv_general_dilated"],
           target="cpu-onednn")
 def _float_matmul(op, ctx: LoweringContext):
-    source = weight_source(op, ctx, computes_bfloat16())
-    if source is None or any(str(v.type.get_element_type()) != "f32" for v in (op.operands[0], op.results[0])):
+    if any(str(v.type.get_element_type()) != "f32" for v in (op.operands[0], op.results[0])):
         return None
+    source = weight_source(op, ctx, computes_bfloat16())
+    if source is None:
+        plain_dot = isinstance(op, jlax.LaxOp) and op.PRIMITIVE == "dot_general"
+        return _activation_dot(op) if plain_dot and str(op.operands[1].type.get_element_type()) == "f32" else None
     try:
         return (_dot if op.PRIMITIVE == "dot_general" else _conv)(op, ctx, *source)
     except onednn.OnednnRefused:
         return None
+
+
+# Products of two activations smaller than this (multiply-adds) stay XLA's: the transposes
+# into oneDNN's layout and the call would cost more than they save
+MIN_ACTIVATION_DOT_MACS = 1 << 16
+
+
+def _activation_dot(op):
+    """A dot of two activations (attention's scores and weighted sum) as one batched oneDNN
+    matmul: the operands transposed into [B, M, K] and [B, K, N] by XLA, the result back."""
+    d = op.dot_dims()
+    lhs, rhs = tuple(op.operands[0].type.get_shape()), tuple(op.operands[1].type.get_shape())
+
+    def size(shape, axes):
+        return int(np.prod([shape[a] for a in axes]))
+
+    b, m, k, n = size(lhs, d.lhs_batch), size(lhs, d.lhs_free), size(lhs, d.lhs_contract), size(rhs, d.rhs_free)
+    if b * m * k * n < MIN_ACTIVATION_DOT_MACS or onednn.batch_matmul_info(b, m, k, n).startswith("ref"):
+        return None
+    out_shape = tuple(op.results[0].type.get_shape())
+
+    def run(weights, x, y):
+        a = jnp.transpose(x, (*d.lhs_batch, *d.lhs_free, *d.lhs_contract)).reshape(b, m, k)
+        w = jnp.transpose(y, (*d.rhs_batch, *d.rhs_contract, *d.rhs_free)).reshape(b, k, n)
+        return (onednn.batch_matmul(a, w).reshape(out_shape),)
+    return Kernel(run, native=True)
 
 
 def _derive(ctx: LoweringContext, key: str, info, make) -> str | None:

@@ -189,3 +189,43 @@ def test_small_float_programs_run_direct_whatever_the_weights_precision(rng, mod
     out = exe(x)
     assert isinstance(out, np.ndarray)
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < (3e-2 if mode == "int8-weights" else 2e-3)
+
+
+@st.composite
+def activation_dots(draw):
+    """Two activations and dimension numbers: 0-2 batch, 0-2 free per side, 1-2 contracting
+    axes, each operand's axes in a random order."""
+    nb, nlf, nrf, nc = (draw(st.integers(lo, 2)) for lo in (0, 0, 0, 1))
+    sizes = {name: draw(st.integers(1, 5)) for name in
+             [f"b{i}" for i in range(nb)] + [f"l{i}" for i in range(nlf)] + [f"r{i}" for i in range(nrf)]
+             + [f"c{i}" for i in range(nc)]}
+    lhs_axes = draw(st.permutations([a for a in sizes if a[0] in "blc"]))
+    rhs_axes = draw(st.permutations([a for a in sizes if a[0] in "brc"]))
+    return sizes, lhs_axes, rhs_axes
+
+
+@settings(max_examples=60, deadline=None)
+@given(activation_dots())
+def test_products_of_two_activations_of_any_layout_match_jax(case):
+    """Attention-like dots between two activations run as a batched oneDNN matmul (the
+    operands transposed into [B, M, K] x [B, K, N]) for every layout of the axes."""
+    from jaxlite.runtime import onednn_kernels
+    sizes, lhs_axes, rhs_axes = case
+    rng = np.random.default_rng(len(lhs_axes) * 7 + len(rhs_axes))
+    x = rng.standard_normal([sizes[a] for a in lhs_axes]).astype(np.float32)
+    y = rng.standard_normal([sizes[a] for a in rhs_axes]).astype(np.float32)
+    contract = tuple([lhs_axes.index(a) for a in lhs_axes if a[0] == "c"]), \
+        tuple([rhs_axes.index(a) for a in lhs_axes if a[0] == "c"])
+    batch = tuple([lhs_axes.index(a) for a in lhs_axes if a[0] == "b"]), \
+        tuple([rhs_axes.index(a) for a in lhs_axes if a[0] == "b"])
+
+    def fn(x, y):
+        return lax.dot_general(x, y, (contract, batch))
+
+    saved, onednn_kernels.MIN_ACTIVATION_DOT_MACS = onednn_kernels.MIN_ACTIVATION_DOT_MACS, 1
+    try:
+        exe = jaxlite.convert(fn, x, y).compile()
+    finally:
+        onednn_kernels.MIN_ACTIVATION_DOT_MACS = saved
+    assert exe.targets_used.get("cpu-onednn", 0) == 1, exe.describe_kernels()
+    np.testing.assert_allclose(np.asarray(exe(x, y)), np.asarray(jax.jit(fn)(x, y)), rtol=1e-5, atol=1e-5)

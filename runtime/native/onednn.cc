@@ -87,7 +87,7 @@ std::shared_ptr<const Prepared> prepared(const Key& key, Make make, std::string&
   return cache.emplace(key, made).first->second;
 }
 
-enum Kind : int64_t { kMatmul = 1, kConv = 2, kToBfloat16 = 3 };
+enum Kind : int64_t { kMatmul = 1, kConv = 2, kToBfloat16 = 3, kBatchMatmul = 4 };
 
 inline constexpr char kWeights[] = "weights";
 using WeightsAttr = ffi::Attr<int32_t, kWeights>;  // the packed weight's type: 0 float32, 1 bfloat16
@@ -108,6 +108,17 @@ std::shared_ptr<const Prepared> matmul(int64_t M, int64_t K, int64_t N, bool bia
         dst({M, N}, dt::f32, tag::ab);
     dnnl::matmul::primitive_desc pd(cpu_engine(), src, weights, bias_md, dst, attr);
     return Prepared{dnnl::matmul(pd), src, pd.weights_desc(), bias_md, dst, pd.impl_info_str()};
+  }, error);
+}
+
+// [B, M, K] x [B, K, N] -> [B, M, N], float32, row-major: a product of two activations
+// (attention's scores and weighted sum), so both operands come with the call.
+std::shared_ptr<const Prepared> batch_matmul(int64_t B, int64_t M, int64_t K, int64_t N, std::string& error) {
+  return prepared(Key{kBatchMatmul, B, M, K, N}, [&] {
+    const dnnl::memory::desc src({B, M, K}, dt::f32, tag::abc), weights({B, K, N}, dt::f32, tag::abc),
+        dst({B, M, N}, dt::f32, tag::abc);
+    dnnl::matmul::primitive_desc pd(cpu_engine(), src, weights, dst);
+    return Prepared{dnnl::matmul(pd), src, weights, {}, dst, pd.impl_info_str()};
   }, error);
 }
 
@@ -269,6 +280,20 @@ ffi::Error OnednnMatmul(Pool, ffi::Buffer<ffi::F32> a, ffi::AnyBuffer packed, ff
   return run(*p, a.typed_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
 }
 
+// a [B, M, K] x b [B, K, N] -> out [B, M, N], float32 (both operands activations).
+template <typename Pool>
+ffi::Error OnednnBatchMatmul(Pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                             ffi::ResultBuffer<ffi::F32> out) {
+  const auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
+  if (ad.size() != 3 || bd.size() != 3 || od.size() != 3 || bd[0] != ad[0] || bd[1] != ad[2] || od[0] != ad[0] ||
+      od[1] != ad[1] || od[2] != bd[2])
+    return ffi::Error::InvalidArgument("jaxlite_onednn_batch_matmul takes [B, M, K], [B, K, N] and gives [B, M, N]");
+  std::string error;
+  auto p = batch_matmul(ad[0], ad[1], ad[2], bd[2], error);
+  if (p == nullptr) return ffi::Error::InvalidArgument(error);
+  return run(*p, a.typed_data(), b.typed_data(), nullptr, out->typed_data());
+}
+
 // A 2-D convolution of x [N, H, W, C] by the packed weight, + bias [O] (or none),
 // activation: out [N, OH, OW, O], float32 but for the weight. geometry: O, KH, KW, strides (2), dilations (2), padding
 // before (2), OH, OW, groups.
@@ -299,6 +324,7 @@ ffi::Error OnednnConv(Pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed, ffi:
 
 JAXLITE_EXPORT(OnednnMatmul)
 JAXLITE_EXPORT(OnednnConv)
+JAXLITE_EXPORT(OnednnBatchMatmul)
 
 // Load-time entry points (ctypes): the primitive's implementation (its name, e.g.
 // "brg:avx512_core", or the error) and packed-weight size in *bytes (-1 on error), and the
@@ -308,6 +334,11 @@ JAXLITE_API const char* JaxliteOnednnMatmulInfo(int64_t M, int64_t K, int64_t N,
                                                 int32_t type, int64_t* bytes) {
   std::string error;
   return jaxlite::describe_prepared(jaxlite::matmul(M, K, N, bias != 0, activation, type, error), error, bytes);
+}
+
+JAXLITE_API const char* JaxliteOnednnBatchMatmulInfo(int64_t B, int64_t M, int64_t K, int64_t N, int64_t* bytes) {
+  std::string error;
+  return jaxlite::describe_prepared(jaxlite::batch_matmul(B, M, K, N, error), error, bytes);
 }
 
 JAXLITE_API const char* JaxliteOnednnMatmulPack(int64_t M, int64_t K, int64_t N, int32_t bias, int32_t activation,
