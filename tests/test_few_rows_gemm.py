@@ -85,3 +85,17 @@ def test_the_jitted_path_gives_the_same_results(rng):
     direct, jitted = model.compile(), model.compile(direct=False)
     assert direct.direct and not jitted.direct
     np.testing.assert_array_equal(direct(x), np.asarray(jitted(x)))
+
+
+@pytest.mark.parametrize("activation", range(len(ACTIVATIONS)))
+def test_nan_and_inf_propagate_as_in_jax(rng, activation):
+    w = rng.standard_normal((8, 20)).astype(np.float32)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    x[0, 2], x[1, 5] = np.nan, np.inf
+
+    def fn(x):
+        return ACTIVATIONS[activation](x @ w)
+
+    exe = jaxlite.convert(fn, x).compile()
+    assert _served_by_few_rows(exe)
+    np.testing.assert_allclose(exe(x), jax.jit(fn)(x), rtol=2e-5, atol=2e-5)  # NaN where jax has NaN

@@ -77,6 +77,12 @@ inline __m512 erf_ps(__m512 x) {
 }
 
 // The activations of dialects/fused.py, in jax.nn's operation order.
+// -inf * 0 in jax's formulas of silu and gelu: NaN there, where the approximations give -inf.
+inline __m512 nan_at_minus_infinity(__m512 x, __m512 y) {
+  const __mmask16 at = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
+  return _mm512_mask_mov_ps(y, at, _mm512_set1_ps(__builtin_nanf("")));
+}
+
 inline __m512 activate(__m512 v, int32_t activation) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
   switch (activation) {
@@ -84,7 +90,7 @@ inline __m512 activate(__m512 v, int32_t activation) {
     case kRelu6: return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(zero, v));
     case kSigmoid: return sigmoid_ps(v);
     case kTanh: return tanh_ps(v);
-    case kSilu: return _mm512_mul_ps(v, sigmoid_ps(v));
+    case kSilu: return nan_at_minus_infinity(v, _mm512_mul_ps(v, sigmoid_ps(v)));
     case kGeluTanh: {
       // x * 0.5 * (1 + tanh(z)), z = sqrt(2/pi) * (x + 0.044715 x^3), computed as the equal
       // x / (1 + exp(-2z)): ~20 vector ops where the tanh form takes ~30 and a division (the
@@ -95,7 +101,7 @@ inline __m512 activate(__m512 v, int32_t activation) {
       const __m512 d = _mm512_add_ps(one, exp_ps(_mm512_sub_ps(zero, two_z)));
       __m512 r = _mm512_rcp14_ps(d);
       r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-      return _mm512_mul_ps(v, r);
+      return nan_at_minus_infinity(v, _mm512_mul_ps(v, r));
     }
     case kGeluErf:  // x * (erf(x / sqrt(2)) + 1) / 2
       return _mm512_div_ps(
