@@ -25,9 +25,11 @@ from jaxlite.runtime import xla_int8
 from jaxlite.runtime.gemm_layout import (
     array_module,
     column_axes,
+    dot_rows,
     gemm_shape,
     out_axis_of_w,
     per_column,
+    split_epilogue,
     varies_only_by_column,
     weight_2d,
     weight_source,
@@ -296,27 +298,19 @@ def _few_rows_float_dot(op, ctx: LoweringContext):
         return None
     name, load, _ = source
     k, n = shape
-    lhs_shape = tuple(op.operands[0].type.get_shape())
-    lc = op.dot_dims().lhs_contract
-    free = [d for d in range(len(lhs_shape)) if d not in lc]
-    m = int(np.prod([lhs_shape[d] for d in free]))
+    m, rows = dot_rows(op)
     if not 1 <= m <= native.FEW_ROWS or k * n > native.FEW_ROWS_MAX_WEIGHT:
         return None
     out_shape = tuple(op.results[0].type.get_shape())
     cols = column_axes(op)
-    activation = op.activation if isinstance(op, fused.FusedOp) else "none"
-    bias = op.bias if isinstance(op, fused.FusedOp) else None
-    in_kernel = bias is None or varies_only_by_column(tuple(bias.type.get_shape()), out_shape, cols)
+    activation, bias, in_kernel = split_epilogue(op, out_shape, cols)
     packed = ctx.derive(f"{name}@few_rows:{k}x{n}", 4 * k * (-(-n // 16) * 16),
                         lambda: native.few_rows_pack(weight_2d(op, load())),
                         embeddable=4 * k * n <= EMBED_PACKED_MAX_BYTES)
-    transpose = tuple(lc) != tuple(range(len(lhs_shape) - len(lc), len(lhs_shape)))
 
     def run(weights, x, _w, b=None):
-        if transpose:
-            x = jnp.transpose(x, (*free, *lc))
         column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
-        y = native.few_rows_gemm(x.reshape(m, k), weights[packed], n, bias=column_bias,
+        y = native.few_rows_gemm(rows(x), weights[packed], n, bias=column_bias,
                                  activation=activation if in_kernel else "none").reshape(out_shape)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
     return Kernel(run, unread=frozenset({1}), native=True)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlite.dialects import jlax, quant
+from jaxlite.dialects import fused, jlax, quant
 from jaxlite.runtime import xla_int8
 
 
@@ -17,7 +17,8 @@ def weight_source(op, ctx, keep_bfloat16: bool):
     """(key, load -> host array, compute dtype) of a float dot/conv's rhs where it is a value
     known at load -- a float32 weight, one stored in float16 / bfloat16 (``jquant.upcast``) or
     int8 (``jquant.dequantize``) -- else None. A bfloat16 weight stays bfloat16 with
-    ``keep_bfloat16`` (computed in it), the rest is float32."""
+    ``keep_bfloat16`` (computed in it), the rest is float32. ``ctx`` is read only by ``load``
+    (None to ask whether there is a source)."""
     owner = op.operands[1].owner
     if isinstance(owner, jlax.WeightOp) and str(owner.result.type.get_element_type()) == "f32":
         name = owner.weight_name
@@ -80,6 +81,30 @@ def column_axes(op) -> tuple[int, ...]:
         return (op.conv_dims().out_spec[1],)
     free = len(op.dot_dims().rhs_free)
     return tuple(range(out_ndim - free, out_ndim))
+
+
+def dot_rows(op):
+    """(M, rows) of a dot by a weight: its input as M rows of the contracted values,
+    ``rows(x) -> [M, K]`` (contracted axes moved last where they are not already)."""
+    lhs_shape = tuple(op.operands[0].type.get_shape())
+    lc = tuple(op.dot_dims().lhs_contract)
+    free = [d for d in range(len(lhs_shape)) if d not in lc]
+    m = int(np.prod([lhs_shape[d] for d in free]))
+    k = int(np.prod([lhs_shape[d] for d in lc]))
+    transpose = lc != tuple(range(len(lhs_shape) - len(lc), len(lhs_shape)))
+
+    def rows(x):
+        return (jnp.transpose(x, (*free, *lc)) if transpose else x).reshape(m, k)
+    return m, rows
+
+
+def split_epilogue(op, out_shape, cols):
+    """(activation, bias value or None, whether a GEMM kernel applies them): a jfuse op's bias
+    and activation go into the kernel unless the bias varies along rows (XLA's then)."""
+    activation = op.activation if isinstance(op, fused.FusedOp) else "none"
+    bias = op.bias if isinstance(op, fused.FusedOp) else None
+    in_kernel = bias is None or varies_only_by_column(tuple(bias.type.get_shape()), out_shape, cols)
+    return activation, bias, in_kernel
 
 
 def aligned(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:

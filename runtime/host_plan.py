@@ -24,7 +24,7 @@ from jax.extend.core import Literal
 
 from jaxlite.dialects import fused, jlax, quant
 from jaxlite.runtime import native_calls
-from jaxlite.runtime.gemm_layout import gemm_shape
+from jaxlite.runtime.gemm_layout import gemm_shape, weight_source
 
 # Only programs up to this many multiply-adds: the kernels run on one thread here, where XLA
 # would split big GEMMs over its pool; below it XLA's per-call cost is the larger share.
@@ -214,7 +214,7 @@ def worth_tracing(block) -> bool:
             macs += out * int(np.prod([lhs[d] for d in op.dot_dims().lhs_contract]))
         elif isinstance(op, fused.FusedOp) or (
                 isinstance(op, jlax.LaxOp) and op.PRIMITIVE in ("dot_general", "conv_general_dilated")):
-            if not _known_at_load(op.operands[1]):
+            if weight_source(op, None, keep_bfloat16=False) is None:
                 return False  # a product of two activations: XLA's
             macs += out * _reduced_size(op)  # a float matmul: oneDNN's where that target runs
         elif isinstance(op, jlax.RegionOp):
@@ -225,15 +225,6 @@ def worth_tracing(block) -> bool:
 def _int_attribute(attributes: dict, name: str) -> int:
     value = attributes.get(name, 0)
     return int(np.asarray(getattr(value, "val", value)).reshape(-1)[0])
-
-
-def _known_at_load(value) -> bool:
-    """A weight, or a weight stored in lower precision (upcast, dequantized) -- what the
-    float kernels pack at load."""
-    owner = value.owner
-    if isinstance(owner, quant.UpcastOp | quant.DequantizeOp):
-        return all(isinstance(v.owner, jlax.WeightOp) for v in owner.operands)
-    return isinstance(owner, jlax.WeightOp)
 
 
 def _reduced_size(op) -> int:

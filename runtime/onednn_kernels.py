@@ -26,9 +26,10 @@ from jaxlite.runtime import cpu, xla_int8
 from jaxlite.runtime import onednn_calls as onednn
 from jaxlite.runtime.gemm_layout import (
     column_axes,
+    dot_rows,
     gemm_shape,
     per_column,
-    varies_only_by_column,
+    split_epilogue,
     weight_2d,
     weight_source,
 )
@@ -48,14 +49,6 @@ BFLOAT16_ISA = ("avx512_bf16", "amx_bf16")
 def computes_bfloat16() -> bool:
     """Whether bfloat16 weights are computed in bfloat16 here (else upcast to float32)."""
     return any(f in cpu.features() for f in BFLOAT16_ISA)
-
-
-def _epilogue(op, out_shape, cols):
-    """(activation, bias value or None, whether the kernel applies them)."""
-    activation = op.activation if isinstance(op, fused.FusedOp) else "none"
-    bias = op.bias if isinstance(op, fused.FusedOp) else None
-    in_kernel = bias is None or varies_only_by_column(tuple(bias.type.get_shape()), out_shape, cols)
-    return activation, bias, in_kernel
 
 
 @register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], jlax.PRIMITIVE_OPS["conv_general_dilated"],
@@ -113,24 +106,18 @@ def _dot(op, ctx: LoweringContext, name: str, load, dtype: str):
     k, n = shape
     out_shape = tuple(op.results[0].type.get_shape())
     cols = column_axes(op)
-    activation, bias, in_kernel = _epilogue(op, out_shape, cols)
+    activation, bias, in_kernel = split_epilogue(op, out_shape, cols)
     kernel_act, kernel_bias = (activation, bias is not None) if in_kernel else ("none", False)
-    lhs_shape = tuple(op.operands[0].type.get_shape())
-    lc = op.dot_dims().lhs_contract
-    free = [d for d in range(len(lhs_shape)) if d not in lc]
-    m = int(np.prod([lhs_shape[d] for d in free]))
+    m, rows = dot_rows(op)
     packed = _derive(ctx, f"{name}@onednn:{m}x{k}x{n}:{int(kernel_bias)}:{kernel_act}:{dtype}",
                      onednn.matmul_info(m, k, n, kernel_bias, kernel_act, dtype),
                      lambda: onednn.matmul_pack(weight_2d(op, load()), m, kernel_bias, kernel_act, dtype))
     if packed is None:
         return None
-    transpose = tuple(lc) != tuple(range(len(lhs_shape) - len(lc), len(lhs_shape)))
 
     def run(weights, x, _w, b=None):
-        if transpose:
-            x = jnp.transpose(x, (*free, *lc))
         column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
-        y = onednn.matmul(x.reshape(m, k), weights[packed], n, bias=column_bias, activation=kernel_act,
+        y = onednn.matmul(rows(x), weights[packed], n, bias=column_bias, activation=kernel_act,
                           dtype=dtype)
         y = y.reshape(out_shape)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
@@ -178,7 +165,7 @@ def _conv(op, ctx: LoweringContext, name: str, load, dtype: str):
     geometry = [o, *as_2d(window), *as_2d(strides), *as_2d(rhs_dilation), *as_2d(kernel_low, fill=0),
                 *as_2d(out_size), groups]
     cols = (dn.out_spec[1],)
-    activation, bias, in_kernel = _epilogue(op, out_shape, cols)
+    activation, bias, in_kernel = split_epilogue(op, out_shape, cols)
     kernel_act, kernel_bias = (activation, bias is not None) if in_kernel else ("none", False)
 
     def oihw():
