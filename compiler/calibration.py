@@ -15,6 +15,7 @@ from rich.progress import track
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
 
+from jaxlite.dialects import dims
 from jaxlite.dialects.int8 import QMAX
 from jaxlite.dialects.jlax import WeightOp
 from jaxlite.dialects.signature import Signature
@@ -91,6 +92,14 @@ def _checked_batch(batch, index: int, signature: Signature) -> list:
     except ValueError as e:
         raise ConversionError(f"calibration batch {index} does not match the model's inputs: {e}") from None
     out = []
+    if signature.symbolic:
+        try:
+            signature = signature.specialized(dims.solve([s.shape for s in signature.inputs],
+                                                         [np.shape(x) for x in leaves],
+                                                         [f"input {s.name}" for s in signature.inputs]))
+        except (ValueError, IndexError) as e:
+            raise ConversionError(f"calibration batch {index} does not fit the model's inputs "
+                                  f"({signature.describe_inputs()}): {e}") from None
     for x, spec in zip(leaves, signature.inputs, strict=True):
         dtype = np.result_type(x)
         if tuple(np.shape(x)) != spec.shape or dtype != spec.dtype:

@@ -7,7 +7,7 @@ from typing import Any
 
 from xdsl.utils.exceptions import VerifyException
 
-from jaxlite.compiler.frontend import trace
+from jaxlite.compiler.frontend import trace, with_dynamic_batch
 from jaxlite.compiler.model import Model, print_ir_after_step
 from jaxlite.dialects.module import print_module, verify_module
 from jaxlite.errors import ConversionError
@@ -56,11 +56,14 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
             outputs=None, quantize: str | None = None, calibration=None, per_channel: bool = True,
             skip: Sequence[str] | None = None, calibration_method: str = "max",
             print_ir_after_all: bool = False, print_ir_after: str | Sequence[str] | None = None,
-            print_stats: bool = False) -> Model:
+            print_stats: bool = False, dynamic_batch: bool = False) -> Model:
     """Trace ``fn(*example_args)`` and optimize it into a Model.
 
-    * ``example_args``: pytrees of arrays; only shapes and dtypes matter. Arrays ``fn``
-      closes over become the model's weights.
+    * ``example_args``: pytrees of arrays (or ``jax.ShapeDtypeStruct``, whose shapes may be
+      symbolic: ``export.symbolic_shape("b, 64")``); only shapes and dtypes matter. Arrays
+      ``fn`` closes over become the model's weights.
+    * ``dynamic_batch``: axis 0 of every input of rank >= 1 becomes one symbolic batch
+      dimension ``b``; the model then runs at any batch size.
     * ``passes``: pipeline string or list of pass names; None runs
       ``jaxlite.passes.DEFAULT_PIPELINE``, ``""``/``[]`` runs none.
     * ``outputs``: keep only part of ``fn``'s output: a function of it (``lambda o: o[0]``),
@@ -75,6 +78,8 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
     pass_list = pipeline.parse(pipeline.DEFAULT_PIPELINE if passes is None else passes)
     select = _selector(outputs)
     traced_fn = fn if select is None else (lambda *a: select(fn(*a)))
+    if dynamic_batch:
+        example_args = with_dynamic_batch(example_args)
     try:
         traced = trace(traced_fn, example_args, names_from=fn)
     except ConversionError as e:

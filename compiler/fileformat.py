@@ -8,9 +8,11 @@
 Weights are stored uncompressed, so loading maps them straight from the file (np.memmap)
 instead of reading them into memory. Saving writes a temporary file and renames it.
 
-Versions: 2 writes the inherent parameters of jfuse/jquant ops as typed properties
-(``activation = #jfuse<activation relu>``, ``axis = 1 : i64``); version 1 files (strings
-and ``#builtin.int<1>``) are upgraded as they load.
+Versions: 3 may hold symbolic dimensions (``tensor<?x64xf32, ["b"]>``, ``#jlax.dim<"b*t">``,
+and expressions such as ``"b"`` in the signature's shapes); 2 writes the inherent
+parameters of jfuse/jquant ops as typed properties (``activation = #jfuse<activation relu>``,
+``axis = 1 : i64``); version 1 files (strings and ``#builtin.int<1>``) are upgraded as they
+load. Versions 1 and 2 are read as they are (version 3 only added syntax).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import ModelFormatError, SaveError
 
 FORMAT_NAME = "jaxlite"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 IR_MEMBER = "model.mlir"
 # Limits that bound the memory and time of loading any file, checked before anything is

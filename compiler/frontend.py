@@ -16,13 +16,14 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax import export
 from jax._src import source_info_util
 from jax.extend import core as jex_core
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FunctionType, ModuleOp
 from xdsl.ir import Block, Region, SSAValue
 
-from jaxlite.dialects import jlax
+from jaxlite.dialects import dims, jlax
 from jaxlite.dialects.params import UnencodableParam
 from jaxlite.dialects.signature import Signature, TensorSpec, TreeSpec, key_str
 from jaxlite.dialects.types import is_key_dtype, is_supported_dtype, tensor_type
@@ -66,6 +67,39 @@ def _aval_type(aval, eqn=None, what="value"):
 
 def _is_array(x) -> bool:
     return isinstance(x, jax.Array | np.ndarray)
+
+
+def _is_spec(x) -> bool:
+    """A ``jax.ShapeDtypeStruct``: an input given by shape (maybe symbolic) and dtype only."""
+    return isinstance(x, jax.ShapeDtypeStruct)
+
+
+def _check_symbolic_scope(leaves) -> None:
+    """Symbolic dimensions come from jax.export.symbolic_shape; constraints on them
+    (``constraints=`` there) are not kept in the IR, so they are refused."""
+    for leaf in leaves:
+        for d in getattr(leaf, "shape", ()):
+            if dims.is_symbolic(d) and getattr(d.scope, "_explicit_constraints", None):
+                raise ConversionError(f"symbolic dimension {d}: explicit constraints "
+                                      f"({d.scope}) are not supported; use plain symbols")
+
+
+def with_dynamic_batch(args: tuple) -> tuple:
+    """``args`` with axis 0 of every input of rank >= 1 replaced by one symbol ``b``
+    (rank-0 inputs stay static); ConversionError when their axis-0 sizes differ."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    batched = [x for x in leaves if np.ndim(x) >= 1]
+    sizes = {int(np.shape(x)[0]) for x in batched if not dims.is_symbolic(np.shape(x)[0])}
+    if not batched:
+        raise ConversionError("dynamic_batch=True needs an input with a batch axis (rank >= 1)")
+    if len(sizes) > 1:
+        raise ConversionError(f"dynamic_batch=True: the inputs' axis-0 sizes differ ({', '.join(map(str, sorted(sizes)))}); "
+                              "axis 0 of every input becomes one batch dimension b")
+    if any(dims.is_symbolic(np.shape(x)[0]) for x in batched):
+        raise ConversionError("dynamic_batch=True: give concrete example inputs (or symbolic shapes without it)")
+    (b,) = export.symbolic_shape("b")
+    out = [jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), x.dtype) if np.ndim(x) >= 1 else x for x in leaves]
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def array_key(x) -> tuple:
@@ -288,7 +322,7 @@ def _leaf_specs(tree, avals, root_names: list[str] | None, prefix: str) -> list[
             name = root_names[path[0].idx] + "".join(key_str(k) for k in path[1:])
         else:
             name = prefix + "".join(key_str(k) for k in path)
-        specs.append(TensorSpec(name, tuple(aval.shape), np.dtype(aval.dtype)))
+        specs.append(TensorSpec(name, tuple(dims.canonical(d) for d in aval.shape), np.dtype(aval.dtype)))
     return specs
 
 
@@ -300,9 +334,11 @@ def trace(fn: Callable, args: tuple, names_from: Callable | None = None) -> Trac
         raise ConversionError(f"convert() needs a function as its first argument, got {type(fn).__name__}")
     leaves, in_treedef = jax.tree_util.tree_flatten(args)
     for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
-        if not (_is_array(leaf) or isinstance(leaf, int | float | bool | np.generic)):
+        if not (_is_array(leaf) or _is_spec(leaf) or isinstance(leaf, int | float | bool | np.generic)):
             where = "args" + "".join(key_str(k) for k in path)
-            raise ConversionError(f"example argument {where} is a {type(leaf).__name__}, not an array")
+            raise ConversionError(f"example argument {where} is a {type(leaf).__name__}, not an array "
+                                  "(or a jax.ShapeDtypeStruct)")
+    _check_symbolic_scope(leaves)
     try:
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     except UnsupportedPrimitiveError:

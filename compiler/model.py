@@ -25,6 +25,7 @@ from jaxlite.passes import pipeline
 from jaxlite.passes.common import PassResources
 from jaxlite.passes.pipeline import PassStats
 from jaxlite.runtime.executable import Executable
+from jaxlite.runtime.polymorphic import MAX_SHAPES, PolymorphicExecutable
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Model:
 
     def compile(self, device=None, float16_compute: bool | None = None,
                 embed_weights_bytes: int | None = None, native_gemm: bool = True,
-                direct: bool | None = None, targets=None):
+                direct: bool | None = None, targets=None, max_shapes: int = MAX_SHAPES):
         """An Executable running this model on ``device`` (None, "cpu" or "gpu").
 
         ``float16_compute`` (float16 models): dot/conv in float16 with float32
@@ -75,8 +76,16 @@ class Model:
         required (DeviceError where not possible).
         ``targets``: kernel targets in order of preference (``jaxlite.runtime.
         available_targets()``; instead of ``native_gemm``/``float16_compute``); default:
-        what this machine and device have, ``xla`` last."""
-        return Executable(self, device, float16_compute, embed_weights_bytes, native_gemm, direct, targets)
+        what this machine and device have, ``xla`` last.
+
+        A model with symbolic dimensions (``signature.symbolic``) compiles per input shape at
+        the first call with it, keeping the ``max_shapes`` most recently used
+        (runtime/polymorphic.py)."""
+        options = dict(device=device, float16_compute=float16_compute, embed_weights_bytes=embed_weights_bytes,
+                       native_gemm=native_gemm, direct=direct, targets=targets)
+        if self.signature is not None and self.signature.symbolic:
+            return PolymorphicExecutable(self, options, max_shapes)
+        return Executable(self, **options)
 
     def run_passes(self, passes, *, calibration=None, calibration_method: str = "max",
                    print_ir_after_all: bool = False, print_ir_after: str | Sequence[str] | None = None,

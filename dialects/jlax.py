@@ -49,6 +49,7 @@ from xdsl.printer import Printer
 from xdsl.traits import ConstantLike, IsTerminator, Pure
 from xdsl.utils.exceptions import VerifyException
 
+from jaxlite.dialects import dims
 from jaxlite.dialects import params as P
 from jaxlite.dialects.primitive import MATMUL_OPTIONAL, PrimitiveOp
 from jaxlite.dialects.types import KeyType, dtype_of, shape_dtype, tensor_type
@@ -450,7 +451,7 @@ class ScanOp(RegionOp):
 JLax = Dialect(
     "jlax",
     [WeightOp, ConstantOp, YieldOp, CondOp, WhileOp, ScanOp, *PRIMITIVE_OPS.values()],
-    [P.EnumAttr, P.StructAttr, KeyType],
+    [P.EnumAttr, P.StructAttr, KeyType, dims.DimAttr],
 )
 
 __all__ = [

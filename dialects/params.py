@@ -35,6 +35,7 @@ from xdsl.parser import AttrParser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
 
+from jaxlite.dialects import dims
 from jaxlite.dialects.types import dtype_of, element_type
 
 ENUMS: dict[str, type[enum.Enum]] = {
@@ -147,6 +148,8 @@ def encode(value: Any) -> Attribute:
         return EnumAttr(type(value).__name__, value.name)
     if isinstance(value, int | np.integer):
         return IntegerAttr(int(value), i64)
+    if dims.is_symbolic(value):
+        return dims.DimAttr(dims.dim_text(value))
     if isinstance(value, float | np.floating):
         return FloatAttr(float(value), f64)
     if isinstance(value, str):
@@ -177,6 +180,8 @@ def decode(attr: Attribute) -> Any:
         return float(attr.value.data)
     if isinstance(attr, StringAttr):
         return attr.data
+    if isinstance(attr, dims.DimAttr):
+        return attr.dim
     if isinstance(attr, EnumAttr):
         return _members(attr.enum_name.data)[attr.member.data]
     if isinstance(attr, StructAttr):

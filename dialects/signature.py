@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
+from jaxlite.dialects import dims
 from jaxlite.dialects.types import dtype_name, parse_dtype
 from jaxlite.errors import ModelFormatError
 
@@ -25,7 +26,7 @@ from jaxlite.errors import ModelFormatError
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple[int, ...]
+    shape: tuple  # ints, and symbolic dimensions (dims.py) in a model with dynamic shapes
     dtype: np.dtype
 
     def describe(self) -> str:
@@ -38,11 +39,17 @@ class TensorSpec:
         return next(g for g in m.groups() if g is not None) if m else self.name
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": dtype_name(self.dtype)}
+        shape = [dims.dim_text(x) if dims.is_symbolic(x) else int(x) for x in self.shape]
+        return {"name": self.name, "shape": shape, "dtype": dtype_name(self.dtype)}
 
     @staticmethod
     def from_json(d: dict) -> TensorSpec:
-        return TensorSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), parse_dtype(d["dtype"]))
+        shape = tuple(dims.parse_dim(x) if isinstance(x, str) else int(x) for x in d["shape"])
+        return TensorSpec(str(d["name"]), shape, parse_dtype(d["dtype"]))
+
+    def specialized(self, env) -> TensorSpec:
+        """This spec with its symbolic dimensions given the values in ``env``."""
+        return TensorSpec(self.name, tuple(dims.evaluate(x, env) for x in self.shape), self.dtype)
 
 
 def key_str(k) -> str:
@@ -221,6 +228,19 @@ class Signature:
         if sig.in_tree.num_leaves != len(sig.inputs) or sig.out_tree.num_leaves != len(sig.outputs):
             raise ModelFormatError("manifest: signature leaves do not match its pytree structure")
         return sig
+
+    @property
+    def symbolic(self) -> bool:
+        """Whether an input or output has a symbolic dimension (a model with dynamic shapes)."""
+        return any(not dims.is_static_shape(s.shape) for s in (*self.inputs, *self.outputs))
+
+    def symbols(self) -> list[str]:
+        return dims.symbols([s.shape for s in (*self.inputs, *self.outputs)])
+
+    def specialized(self, env) -> Signature:
+        """The signature at the symbol values ``env`` (the pytree structure unchanged)."""
+        return Signature([s.specialized(env) for s in self.inputs], [s.specialized(env) for s in self.outputs],
+                         self.in_tree, self.out_tree, self.in_treedef, self.out_treedef)
 
     def match_named(self, names: Sequence[str]) -> list[str] | None:
         """The given array names in input order, matched by the rule everywhere named arrays

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 from xdsl.dialects.builtin import (
+    DYNAMIC_INDEX,
     BFloat16Type,
     Float16Type,
     Float32Type,
@@ -24,6 +25,8 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute, ParametrizedAttribute, TypeAttribute
 from xdsl.irdl import irdl_attr_definition
+
+from jaxlite.dialects import dims
 
 
 @irdl_attr_definition
@@ -98,14 +101,19 @@ def dtype_of(element: Attribute) -> np.dtype:
 
 
 def tensor_type(shape, dtype) -> TensorType:
-    return TensorType(element_type(dtype), [int(d) for d in shape])
+    """The tensor type of this shape (ints, or symbolic dimensions: see ``dims``) and dtype."""
+    if dims.is_static_shape(shape):
+        return TensorType(element_type(dtype), [int(d) for d in shape])
+    return TensorType(element_type(dtype), [DYNAMIC_INDEX if dims.is_symbolic(d) else int(d) for d in shape],
+                      dims.encoding_of(shape))
 
 
-def shape_dtype(t: Attribute) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of a ``tensor<...>`` type."""
+def shape_dtype(t: Attribute) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of a ``tensor<...>`` type; a symbolic dimension is a jax dimension
+    expression (``dims``)."""
     if not isinstance(t, TensorType):
         raise TypeError(f"expected a tensor type, got {t}")
-    return tuple(t.get_shape()), dtype_of(t.get_element_type())
+    return dims.tensor_dims(t), dtype_of(t.get_element_type())
 
 
 def dtype_name(dtype) -> str:

@@ -116,11 +116,13 @@ class Executable:
 
     def __init__(self, model, device=None, float16_compute: bool | None = None,
                  embed_weights_bytes: int | None = None, native_gemm: bool = True, direct: bool | None = None,
-                 targets: Sequence[str] | None = None):
+                 targets: Sequence[str] | None = None, placed: dict | None = None):
         """Options as in ``Model.compile``: ``float16_compute`` (f16 math on f16 weights;
         default on GPU), ``embed_weights_bytes`` (constants budget), ``native_gemm`` (the
         CPU's native kernels), ``direct`` (small native programs without XLA), ``targets``
-        (the kernel targets in order of preference; default: what this machine has)."""
+        (the kernel targets in order of preference; default: what this machine has).
+        ``placed``: device arrays by weight / derived-array name shared by the Executables
+        of one model at different shapes (each is placed and packed once)."""
         self.model = model
         self.device = resolve_device(device)
         platform = self.device.platform if self.device is not None else jax.default_backend()
@@ -141,10 +143,10 @@ class Executable:
                   for name in lowering.read_weights()}
         arrays.update(lowering.derived)
         budget = EMBED_WEIGHT_BYTES if embed_weights_bytes is None else int(embed_weights_bytes)
-        embedded, self._weights = self._place_all(arrays, budget, lowering)
+        embedded, self._weights = self._place_all(arrays, budget, lowering, {} if placed is None else placed)
 
         sig = self.signature
-        in_treedef = sig.in_treedef if sig.in_treedef is not None else _builtin_treedef(sig)
+        in_treedef = sig.in_treedef if sig.in_treedef is not None else builtin_treedef(sig)
 
         def run(weights, args):
             # structure, shape and dtype checks happen here, at trace time only
@@ -178,17 +180,20 @@ class Executable:
             raise DeviceError("direct=True: this model's program is not all native kernels on a CPU that runs "
                               "them (jaxlite doctor), or too big for one thread (see runtime/host_plan.py)")
 
-    def _place_all(self, arrays: dict, budget: int, lowering: Lowering) -> tuple[dict, dict]:
+    def _place_all(self, arrays: dict, budget: int, lowering: Lowering, placed: dict) -> tuple[dict, dict]:
         """(embedded, passed): weights on the device, the smallest embeddable ones first
         compiled in as constants until ``budget`` bytes are used, the rest passed as jit
-        arguments."""
+        arguments; ``placed`` holds (and gets) the device arrays already made."""
         embedded: dict[str, jax.Array] = {}
         passed: dict[str, jax.Array] = {}
         for name in sorted(arrays, key=lambda n: (arrays[n][0], n)):
             nbytes, make, embeddable = arrays[name]
             target = embedded if nbytes <= budget and embeddable else passed
             budget -= nbytes if target is embedded else 0
-            target[name] = self._place(make())
+            if name in placed:
+                target[name] = placed[name]
+                continue
+            target[name] = placed[name] = self._place(make())
             for source in lowering.take_weights_read():  # a derived array's sources: copied
                 drop_pages(self.model.weights[source])
             if nbytes >= 1 << 20:
@@ -283,7 +288,7 @@ def drop_pages(array) -> None:
         mm.madvise(mmap.MADV_DONTNEED)
 
 
-def _builtin_treedef(sig: Signature):
+def builtin_treedef(sig: Signature):
     """jax treedef of the input structure when it has only builtin containers, else None."""
     def has_custom(spec):
         return spec.kind in ("custom", "namedtuple") or any(has_custom(c) for c in spec.children)

@@ -57,7 +57,7 @@ def test_no_pickle_in_file(saved):
         assert names[:2] == ["manifest.json", "model.mlir"]
         assert all(n.endswith(".npy") for n in names[2:])
         manifest = json.loads(zf.read("manifest.json"))
-    assert manifest["format"] == "jaxlite" and manifest["format_version"] == fileformat.FORMAT_VERSION == 2
+    assert manifest["format"] == "jaxlite" and manifest["format_version"] == fileformat.FORMAT_VERSION == 3
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -251,6 +251,6 @@ def test_version_1_files_still_load_and_compute_the_same(mode, tmp_path):
     assert "#jfuse<activation gelu_tanh>" in model.ir() and "#builtin.int" not in model.ir()
     model.save(tmp_path / "again.jlite")
     with zipfile.ZipFile(tmp_path / "again.jlite") as zf:
-        assert json.loads(zf.read("manifest.json"))["format_version"] == 2
+        assert json.loads(zf.read("manifest.json"))["format_version"] == fileformat.FORMAT_VERSION
     np.testing.assert_array_equal(np.asarray(jaxlite.load(tmp_path / "again.jlite").compile(native_gemm=False)(
         expected["x"])), out)

@@ -1,0 +1,255 @@
+"""Symbolic dimensions: a model that runs at any batch size (or sequence length).
+
+A dimension is an ``int`` or a jax symbolic expression (``b``, ``2*b``, ``b*t``) as
+``jax.export.symbolic_shape`` makes them, so jax's own shape rules check ops with symbolic
+shapes exactly as they check static ones. In the IR a symbolic dimension is MLIR's dynamic
+``?`` in a ``tensor`` type whose encoding lists the expressions of its ``?`` dimensions in
+order (``tensor<?x64xf32, ["b"]>``); in primitive parameters it is a ``#jlax.dim<"b*t">``
+attribute. Expressions are kept as text and parsed in one process-wide jax scope, so equal
+names are one symbol everywhere. A model with symbolic dimensions runs by ``specialize``:
+the symbols' values solved from the call's input shapes (``solve``), every type and
+parameter made concrete, and the static program compiled as any other.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jax import export
+from jax._src.export import shape_poly
+from xdsl.dialects.builtin import (
+    DYNAMIC_INDEX,
+    ArrayAttr,
+    DenseArrayBase,
+    DictionaryAttr,
+    FunctionType,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    i64,
+)
+from xdsl.ir import Attribute, ParametrizedAttribute
+from xdsl.irdl import irdl_attr_definition
+from xdsl.parser import AttrParser
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import VerifyException
+
+Dim = Any  # int | jax's symbolic dimension expression
+
+
+@functools.cache
+def _scope() -> export.SymbolicScope:
+    return export.SymbolicScope()
+
+
+def is_symbolic(d) -> bool:
+    return shape_poly.is_symbolic_dim(d)
+
+
+def is_static_shape(shape: Sequence[Dim]) -> bool:
+    return not any(is_symbolic(d) for d in shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_dim(text: str) -> Dim:
+    """The dimension an expression's text stands for (an int when it has no symbol); ValueError
+    when it is not one."""
+    try:
+        (d,) = export.symbolic_shape(text, scope=_scope())
+    except Exception as e:
+        raise ValueError(f"{text!r} is not a dimension expression ({e})") from None
+    return d
+
+
+def dim_text(d: Dim) -> str:
+    """A symbolic dimension as text that ``parse_dim`` reads back (in the shared scope)."""
+    return str(d)
+
+
+def canonical(d: Dim) -> Dim:
+    """``d`` as an int or as an expression of the shared scope (a user's jax scope is
+    re-read by name, so the same names from different traces are the same symbols)."""
+    return parse_dim(dim_text(d)) if is_symbolic(d) else int(d)
+
+
+def symbols(shapes: Sequence[Sequence[Dim]]) -> list[str]:
+    """The symbol names in these shapes, sorted."""
+    return sorted({v for s in shapes for d in s if is_symbolic(d) for v in d._get_vars()})
+
+
+def evaluate(d: Dim, env: Mapping[str, int]) -> int:
+    """The value of ``d`` when the symbols have the values ``env`` gives."""
+    if not is_symbolic(d):
+        return int(d)
+    return int(d._evaluate(dict(env)))
+
+
+# -- in the IR ------------------------------------------------------------------------
+def encoding_of(shape: Sequence[Dim]) -> Attribute | None:
+    """The encoding of a tensor type with this shape: its symbolic dims' texts, or None."""
+    texts = [dim_text(d) for d in shape if is_symbolic(d)]
+    return ArrayAttr([StringAttr(t) for t in texts]) if texts else None
+
+
+def tensor_dims(t: TensorType) -> tuple[Dim, ...]:
+    """The dimensions of a tensor type: ints, with the encoding's expressions at its ``?``."""
+    shape = t.get_shape()
+    if DYNAMIC_INDEX not in shape:
+        return tuple(shape)
+    enc = t.encoding
+    texts = [a.data for a in enc.data if isinstance(a, StringAttr)] if isinstance(enc, ArrayAttr) else []
+    dynamic = sum(1 for d in shape if d == DYNAMIC_INDEX)
+    if len(texts) != dynamic or len(texts) != len(enc.data):
+        raise TypeError(f"{t}: a dynamic dimension needs its expression, one string per '?' in the encoding")
+    it = iter(texts)
+    return tuple(parse_dim(next(it)) if d == DYNAMIC_INDEX else d for d in shape)
+
+
+@irdl_attr_definition
+class DimAttr(ParametrizedAttribute):
+    """``#jlax.dim<"b*t">``: a symbolic dimension in a primitive's parameters (a reshape's
+    ``new_sizes``, an iota's ``shape``)."""
+
+    name = "jlax.dim"
+    expr: StringAttr
+
+    def __init__(self, expr: str):
+        super().__init__(StringAttr(expr))
+
+    def verify(self) -> None:
+        try:
+            d = parse_dim(self.expr.data)
+        except ValueError as e:
+            raise VerifyException(str(e)) from None
+        if not is_symbolic(d):
+            raise VerifyException(f"#jlax.dim<{self.expr.data!r}> has no symbol: write the integer")
+
+    @property
+    def dim(self) -> Dim:
+        return parse_dim(self.expr.data)
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser):
+        with parser.in_angle_brackets():
+            return (StringAttr(parser.parse_str_literal()),)
+
+    def print_parameters(self, printer: Printer) -> None:
+        printer.print_string("<")
+        printer.print_string_literal(self.expr.data)
+        printer.print_string(">")
+
+
+def has_symbolic_types(module: ModuleOp) -> bool:
+    """Whether any value of ``module`` has a symbolic dimension."""
+    for op in module.walk():
+        for v in (*op.results, *(a for r in op.regions for b in r.blocks for a in b.args)):
+            if isinstance(v.type, TensorType) and DYNAMIC_INDEX in v.type.get_shape():
+                return True
+    return False
+
+
+def _concrete_attr(attr: Attribute, env: Mapping[str, int]) -> Attribute:
+    """``attr`` with every symbolic dimension (in types and parameters) given its value."""
+    if isinstance(attr, TensorType):
+        if DYNAMIC_INDEX not in attr.get_shape():
+            return attr
+        return TensorType(attr.get_element_type(), [evaluate(d, env) for d in tensor_dims(attr)])
+    if isinstance(attr, DimAttr):
+        return IntegerAttr(evaluate(attr.dim, env), i64)
+    if isinstance(attr, FunctionType):
+        return FunctionType.from_lists([_concrete_attr(t, env) for t in attr.inputs.data],
+                                       [_concrete_attr(t, env) for t in attr.outputs.data])
+    if isinstance(attr, ArrayAttr):
+        items = [_concrete_attr(a, env) for a in attr.data]
+        had_dims = any(isinstance(a, DimAttr) for a in attr.data)
+        if had_dims and all(isinstance(a, IntegerAttr) and a.type == i64 for a in items):
+            # a tuple of ints with a symbol among them: the dense array a static trace has
+            return DenseArrayBase.from_list(i64, [a.value.data for a in items])
+        return ArrayAttr(items)
+    if isinstance(attr, DictionaryAttr):
+        return DictionaryAttr({k: _concrete_attr(v, env) for k, v in attr.data.items()})
+    if isinstance(attr, ParametrizedAttribute) and not isinstance(attr, TensorType):
+        params = attr.parameters
+        new = tuple(_concrete_attr(p, env) for p in params)
+        if any(n is not p for n, p in zip(new, params, strict=True)):
+            return type(attr).new(new)
+    return attr
+
+
+def specialize(module: ModuleOp, env: Mapping[str, int]) -> ModuleOp:
+    """A copy of ``module`` whose symbolic dimensions have the values in ``env``."""
+    out = module.clone()
+    for op in out.walk():
+        for props in (op.properties, op.attributes):
+            for k, v in list(props.items()):
+                props[k] = _concrete_attr(v, env)
+        for v in (*op.results, *(a for r in op.regions for b in r.blocks for a in b.args)):
+            v._type = _concrete_attr(v.type, env)  # the value keeps its uses; only its type changes
+    return out
+
+
+def counterparts(module: ModuleOp, copy: ModuleOp, values: Sequence) -> list:
+    """The values of ``copy`` (a clone of ``module``, e.g. specialized) that stand where
+    ``values`` stand in ``module``."""
+    where = {}
+    for op, twin in zip(module.walk(), copy.walk(), strict=True):
+        where.update(zip(op.results, twin.results, strict=True))
+        for r, r2 in zip(op.regions, twin.regions, strict=True):
+            for b, b2 in zip(r.blocks, r2.blocks, strict=True):
+                where.update(zip(b.args, b2.args, strict=True))
+    return [where[v] for v in values]
+
+
+# -- at call time ---------------------------------------------------------------------
+def _linear_in(d: Dim, var: str, env: Mapping[str, int]) -> tuple[int, int] | None:
+    """(k, c) when ``d`` is ``k*var + c`` once the symbols in ``env`` are known, else None."""
+    try:
+        points = [evaluate(d, {**env, var: x}) for x in (1, 2, 3, 5)]
+    except Exception:
+        return None
+    k = points[1] - points[0]
+    c = points[0] - k
+    if k == 0 or any(p != k * x + c for p, x in zip(points, (1, 2, 3, 5), strict=True)):
+        return None
+    return k, c
+
+
+def solve(shapes: Sequence[Sequence[Dim]], actual: Sequence[Sequence[int]], names: Sequence[str]) -> dict[str, int]:
+    """The values of the symbols in ``shapes`` that make them ``actual`` (the call's input
+    shapes; ``names`` the inputs' names for messages). ValueError naming the dimension that
+    disagrees, or the symbol no input determines."""
+    env: dict[str, int] = {}
+    source: dict[str, str] = {}
+    wanted = symbols(shapes)
+    pending = [(i, j, d) for i, s in enumerate(shapes) for j, d in enumerate(s) if is_symbolic(d)]
+    progress = True
+    while progress and len(env) < len(wanted):
+        progress = False
+        for i, j, d in pending:
+            unknown = [v for v in d._get_vars() if v not in env]
+            if len(unknown) != 1:
+                continue
+            (var,) = unknown
+            form = _linear_in(d, var, env)
+            if form is None:
+                continue
+            k, c = form
+            value, rem = divmod(actual[i][j] - c, k)
+            if rem or value < 1:
+                raise ValueError(f"{names[i]} dimension {j} is {actual[i][j]}, but the model's {dim_text(d)} "
+                                 f"cannot be that for any {var} >= 1")
+            env[var], source[var] = value, f"{names[i]} dimension {j}"
+            progress = True
+    missing = [v for v in wanted if v not in env]
+    if missing:
+        raise ValueError(f"no input dimension determines {', '.join(missing)}")
+    for i, j, d in pending:
+        expected = evaluate(d, env)
+        if expected != actual[i][j]:
+            got = ", ".join(f"{v}={env[v]} (from {source[v]})" for v in sorted(d._get_vars()))
+            raise ValueError(f"{names[i]} dimension {j} must be {dim_text(d)} = {expected} with {got}, "
+                             f"got {actual[i][j]}")
+    return env

@@ -1,0 +1,136 @@
+"""A model with symbolic dimensions, run at whatever sizes a call brings.
+
+Each new combination of input shapes solves the symbols (``dims.solve``), specializes the
+IR and the signature to those sizes and compiles them as a static model -- the kernels,
+packed weights and the direct path of a static model, so a call at a shape seen before
+costs what the static model's call costs plus one dictionary lookup. Specializations are
+kept for the most recently used ``max_shapes`` shapes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.utils.exceptions import VerifyException
+
+from jaxlite.dialects import dims
+from jaxlite.dialects.module import verify_module
+from jaxlite.dialects.signature import Signature
+from jaxlite.dialects.weights import WeightStore
+from jaxlite.errors import SignatureError
+from jaxlite.runtime.executable import Executable, builtin_treedef, choose_targets, resolve_device
+
+# Specializations kept (each holds an XLA executable and the kernels' packed weights).
+MAX_SHAPES = 16
+
+
+@dataclass
+class Specialized:
+    """A symbolic model at one set of symbol values: what an Executable compiles."""
+
+    module: ModuleOp
+    weights: WeightStore
+    signature: Signature
+    env: dict[str, int]
+
+
+class PolymorphicExecutable:
+    """``exe(*args)`` at any sizes the model's symbolic dimensions allow; ``exe.model`` is
+    the Model, ``exe.at(*args)`` the static Executable that runs those arguments."""
+
+    def __init__(self, model, options: dict[str, Any], max_shapes: int = MAX_SHAPES):
+        self.model = model
+        self.signature: Signature = model.signature
+        self._options = options
+        self.max_shapes = max(1, int(max_shapes))
+        # options a specialization would refuse are refused now
+        device = resolve_device(options.get("device"))
+        platform = device.platform if device is not None else jax.default_backend()
+        if options.get("targets") is not None:
+            choose_targets(platform, options["targets"])
+        self._cache: OrderedDict[tuple, Executable] = OrderedDict()
+        self._placed: dict[str, jax.Array] = {}  # weights and packed arrays, shared by every shape
+        self._shapes = [spec.shape for spec in self.signature.inputs]
+        self._names = [f"argument {spec.name}" for spec in self.signature.inputs]
+        sig = self.signature
+        treedef = self._in_treedef = sig.in_treedef if sig.in_treedef is not None else builtin_treedef(sig)
+        self._flat_inputs = treedef is not None and treedef == jax.tree_util.tree_structure(
+            tuple(range(len(self.signature.inputs))))
+
+    def _leaves(self, args) -> list:
+        if self._flat_inputs and len(args) == len(self._shapes):
+            return list(args)
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        if treedef != self._in_treedef:
+            try:
+                leaves = self.signature.in_tree.flatten(args, "args")
+            except ValueError as e:
+                raise SignatureError(f"arguments do not match the model's inputs: {e}\n"
+                                     f"  expected signature: ({self.signature.describe_inputs()})") from None
+        if len(leaves) != len(self._shapes):
+            raise SignatureError(f"expected {len(self._shapes)} input arrays, got {len(leaves)}\n"
+                                 f"  expected signature: ({self.signature.describe_inputs()})")
+        return leaves
+
+    def at(self, *args) -> Executable:
+        """The Executable for these arguments' shapes (compiled on first use, then cached)."""
+        key = tuple(x.shape if hasattr(x, "shape") else np.shape(x) for x in self._leaves(args))
+        exe = self._cache.get(key)
+        if exe is None:
+            exe = self._cache[key] = self._compile(key)
+            while len(self._cache) > self.max_shapes:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return exe
+
+    def __call__(self, *args) -> Any:
+        return self.at(*args)(*args)
+
+    def env(self, shapes) -> dict[str, int]:
+        """The symbols' values for these input shapes; SignatureError naming the dimension
+        that does not fit."""
+        for name, spec, shape in zip(self._names, self.signature.inputs, shapes, strict=True):
+            if len(shape) != len(spec.shape):
+                raise SignatureError(f"{name}: expected {spec.describe()}, got rank {len(shape)} "
+                                     f"{list(shape)}\n  expected signature: ({self.signature.describe_inputs()})")
+        try:
+            return dims.solve(self._shapes, shapes, self._names)
+        except ValueError as e:
+            raise SignatureError(f"{e}\n  expected signature: ({self.signature.describe_inputs()})") from None
+
+    def _compile(self, shapes) -> Executable:
+        env = self.env(shapes)
+        module = dims.specialize(self.model.module, env)
+        try:
+            verify_module(module)
+        except VerifyException as e:
+            values = ", ".join(f"{k}={v}" for k, v in sorted(env.items()))
+            raise SignatureError(f"the model does not run at {values}: {str(e).splitlines()[0]}") from None
+        spec = Specialized(module, self.model.weights, self.signature.specialized(env), env)
+        return Executable(spec, **self._options, placed=self._placed)
+
+    @property
+    def shapes_compiled(self) -> list[tuple]:
+        """The input shapes of the cached specializations, least recently used first."""
+        return list(self._cache)
+
+    def describe_kernels(self) -> str:
+        """What the most recently used specialization runs (``Executable.describe_kernels``)."""
+        if not self._cache:
+            return "no shape compiled yet (specialized at the first call)"
+        key, exe = next(reversed(self._cache.items()))
+        return f"{exe.describe_kernels()} (at {', '.join(map(str, key))})"
+
+    @property
+    def direct(self) -> bool:
+        return bool(self._cache) and next(reversed(self._cache.values())).direct
+
+    def lower(self, *args):
+        """jax's Lowered program at these arguments' shapes."""
+        return self.at(*args).lower()
