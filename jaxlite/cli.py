@@ -136,17 +136,33 @@ def _print_after(args) -> list[str] | None:
     return args.print_ir_after or None
 
 
+# With a symbolic batch, data files are cut into batches of at most this many samples.
+MAX_DYNAMIC_BATCH = 1024
+
+
+def _symbolic_batch(signature) -> bool:
+    """Whether every input of rank >= 1 has a symbolic axis 0 (the model takes any batch)."""
+    from jaxlite.dialects import dims
+
+    batched = [s for s in signature.inputs if s.shape]
+    return bool(batched) and all(dims.is_symbolic(s.shape[0]) for s in batched)
+
+
 def read_batches(path: str, signature) -> list[tuple]:
     """Batches of example arguments from a .npy (single input) or .npz (one array per input,
-    see ``load_arrays``): samples along axis 0, cut into the model's batch size."""
+    see ``load_arrays``): samples along axis 0, cut into the model's batch size (a model
+    with a symbolic batch takes them all, up to MAX_DYNAMIC_BATCH per batch)."""
+    from jaxlite.dialects import dims
+
     specs = signature.inputs
     arrays = load_arrays(path, signature, "data")
     if len(arrays) != len(specs):
         raise UserError(f"{path} holds {len(arrays)} arrays, the model takes {len(specs)} inputs")
     if any(a.ndim == 0 for a in arrays):
         raise UserError(f"{path}: arrays need samples along axis 0")
-    batch = specs[0].shape[0] if specs[0].shape else 1
+    dynamic = _symbolic_batch(signature)
     samples = min(len(a) for a in arrays)
+    batch = min(samples, MAX_DYNAMIC_BATCH) if dynamic else (specs[0].shape[0] if specs[0].shape else 1)
     if samples == 0:
         raise UserError(f"{path} holds no samples")
     out = []
@@ -154,15 +170,23 @@ def read_batches(path: str, signature) -> list[tuple]:
         leaves = []
         for a, s in zip(arrays, specs, strict=True):
             part = a[i:min(i + batch, samples)]
+            if dynamic:  # any batch: the model checks the other dimensions when it runs
+                if part.ndim != len(s.shape):
+                    raise UserError(f"{path}: samples of shape {a.shape[1:]} do not fit input {s.name} "
+                                    f"({s.describe()})")
+                leaves.append(part.astype(s.dtype))
+                continue
             if len(part) < batch:  # the model's batch is fixed: pad the last one with its last sample
                 part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])
             try:
+                if not dims.is_static_shape(s.shape):
+                    raise ValueError
                 leaves.append(part.astype(s.dtype).reshape(s.shape))
             except ValueError:
                 raise UserError(f"{path}: samples of shape {a.shape[1:]} do not fit input {s.name} "
                                 f"({s.describe()})") from None
         out.append(tuple(signature.in_tree.unflatten(leaves)))
-    if samples % batch:
+    if samples % batch and not dynamic:
         print(f"{path}: {samples} samples in {len(out)} batches of {batch} (the last padded with "
               f"{batch - samples % batch} copies of its last sample)", file=sys.stderr)
     return out
@@ -174,9 +198,10 @@ def cmd_convert(args) -> None:
     fn, example_args = load_factory(args.factory)
     calibration = None
     if args.calibration:
-        probe = jaxlite.convert(fn, *example_args, passes="")
+        probe = jaxlite.convert(fn, *example_args, passes="", dynamic_batch=args.dynamic_batch)
         calibration = read_batches(args.calibration, probe.signature)
     model = jaxlite.convert(fn, *example_args, passes=args.passes, outputs=_outputs_option(args.outputs),
+                            dynamic_batch=args.dynamic_batch,
                             quantize=args.quantize, calibration=calibration,
                             per_channel=not args.per_tensor, skip=args.skip,
                             print_ir_after_all=args.print_ir_after_all,
@@ -247,24 +272,50 @@ def cmd_report(args) -> None:
               f"--extensions=jaxlite.model_explorer --node_data_paths={args.node_data}", file=sys.stderr)
 
 
-def random_inputs(signature, seed: int = 0) -> list:
-    """Inputs of the right shapes and dtypes: normal floats, small non-negative ints."""
+def parse_sizes(items: list[str] | None) -> dict[str, int]:
+    """``--dim b=64 --dim t=16`` -> {"b": 64, "t": 16}."""
+    sizes = {}
+    for item in items or ():
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip().isidentifier() or not value.strip().isdigit() or int(value) < 1:
+            raise UserError(f"--dim expects NAME=SIZE with SIZE >= 1, e.g. b=64; got {item!r}")
+        sizes[name.strip()] = int(value)
+    return sizes
+
+
+def concrete_shapes(signature, sizes: dict[str, int]) -> list[tuple[int, ...]]:
+    """The input shapes with each symbolic dimension's symbols at ``sizes`` (1 where not given)."""
+    from jaxlite.dialects import dims
+
+    symbols = signature.symbols()
+    unknown = sorted(set(sizes) - set(symbols))
+    if unknown:
+        raise UserError(f"--dim {', '.join(unknown)}: the model has no such dimension"
+                        + (f" (its symbols: {', '.join(symbols)})" if symbols else " (its shapes are fixed)"))
+    env = {name: sizes.get(name, 1) for name in symbols}
+    return [tuple(dims.evaluate(d, env) for d in spec.shape) for spec in signature.inputs]
+
+
+def random_inputs(signature, seed: int = 0, sizes: dict[str, int] | None = None) -> list:
+    """Inputs of the right shapes and dtypes: normal floats, small non-negative ints; symbolic
+    dimensions at ``sizes`` (1 where not given)."""
     rng = np.random.default_rng(seed)
     leaves = []
-    for spec in signature.inputs:
+    for spec, shape in zip(signature.inputs, concrete_shapes(signature, sizes or {}), strict=True):
         if spec.dtype.kind == "f":
-            leaves.append(rng.standard_normal(spec.shape).astype(spec.dtype))
+            leaves.append(rng.standard_normal(shape).astype(spec.dtype))
         elif spec.dtype.kind == "b":
-            leaves.append(rng.random(spec.shape) > 0.5)
+            leaves.append(rng.random(shape) > 0.5)
         else:
-            leaves.append(rng.integers(0, 8, spec.shape).astype(spec.dtype))
+            leaves.append(rng.integers(0, 8, shape).astype(spec.dtype))
     return leaves
 
 
 def _batches_for(args, model) -> list[tuple]:
     """Argument tuples: random, from one data file (cut into batches), or one .npy per input."""
     if not args.input:
-        return [tuple(model.signature.in_tree.unflatten(random_inputs(model.signature, args.seed)))]
+        leaves = random_inputs(model.signature, args.seed, parse_sizes(args.dim))
+        return [tuple(model.signature.in_tree.unflatten(leaves))]
     if len(args.input) == 1 and len(model.signature.inputs) >= 1:
         return read_batches(args.input[0], model.signature)
     return [tuple(model.signature.in_tree.unflatten(_read_inputs(args.input, model)))]
@@ -331,7 +382,7 @@ def cmd_bench(args) -> None:
         fn, _ = load_factory(args.against)
         fns["jax.jit"] = jax.jit(fn)
     times = interleaved_times(fns, inputs, args.reps, progress=True)
-    first = model.signature.inputs[0].shape if model.signature.inputs else ()
+    first = np.shape(jax.tree_util.tree_leaves(inputs)[0]) if model.signature.inputs else ()
     batch = first[0] if first else 1
     rows = []
     for name, ts in times.items():
@@ -362,8 +413,7 @@ def cmd_compare(args) -> None:
     exe = first.compile()
     runs_a = [[np.asarray(x) for x in jax.tree_util.tree_leaves(exe(*b))] for b in batches]
     runs_b = [[np.asarray(x) for x in jax.tree_util.tree_leaves(other(*b))] for b in batches]
-    a = [np.concatenate([r[i][None] for r in runs_a]) for i in range(len(runs_a[0]))]
-    b = [np.concatenate([r[i][None] for r in runs_b]) for i in range(len(runs_b[0]))]
+    a, b = _joined(runs_a), _joined(runs_b)
     if len(a) != len(b):
         raise UserError(f"the models have {len(a)} and {len(b)} outputs")
     rows = []
@@ -378,6 +428,17 @@ def cmd_compare(args) -> None:
         rows.append((spec.name, f"{d.max() if d.size else 0:.3g}", f"{(d.max() / ref) if ref else 0:.3g}", agree))
     print_table(f"{args.model} vs {args.other} ({len(batches)} batch{'es' if len(batches) > 1 else ''})",
                 ["output", "max abs err", "max rel err", "argmax agreement"], rows)
+
+
+def _joined(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each output over all batches: stacked when every batch gave the same shape, else (a
+    model with a symbolic batch, the last batch smaller) concatenated along the batch axis."""
+    out = []
+    for i in range(len(runs[0])):
+        parts = [r[i] for r in runs]
+        same = all(p.shape == parts[0].shape for p in parts)
+        out.append(np.stack(parts) if same or parts[0].ndim == 0 else np.concatenate(parts))
+    return out
 
 
 def cmd_ir(args) -> None:
@@ -485,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help="representative inputs for --quantize int8 (.npy/.npz, samples on axis 0)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight instead of per output channel")
     p.add_argument("--skip", action="append", metavar="PATTERN", help="weight/op name pattern kept in float")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="axis 0 of every input becomes a symbolic batch b: the model runs at any batch size")
     p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("report", help="per-layer error of a quantized model against its float model",
@@ -544,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--input", action="append", default=[], help=".npy/.npz inputs (default: random)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dim", action="append", metavar="NAME=SIZE",
+                   help="size of a symbolic dimension for random inputs (repeat; default 1), e.g. b=64")
     p.add_argument("--device", default=None)
     p.set_defaults(run=cmd_bench)
 
@@ -556,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], help=".npy/.npz inputs (default: random, or the factory's)")
     p.add_argument("--random", action="store_true", help="random inputs even against a factory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dim", action="append", metavar="NAME=SIZE",
+                   help="size of a symbolic dimension for random inputs (repeat; default 1), e.g. b=64")
     p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("doctor", help="the CPU, its ISA features and the kernel targets jaxlite can use here")

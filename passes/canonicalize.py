@@ -37,7 +37,7 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.rewriter import InsertPoint
 
-from jaxlite.dialects import jlax
+from jaxlite.dialects import dims, jlax
 from jaxlite.dialects.module import blocks_of
 from jaxlite.dialects.params import encode
 from jaxlite.dialects.types import KeyType, shape_dtype, tensor_type
@@ -63,9 +63,11 @@ def _nbytes(value: SSAValue) -> tuple[int, int]:
 
 
 def _foldable(op: Operation) -> bool:
-    """LaxOps whose results can be stored: not platform-dependent, not PRNG keys."""
+    """LaxOps whose results can be stored: not platform-dependent, not PRNG keys, not of a
+    symbolic shape (an iota of ``b`` elements is only known at run time)."""
     return (isinstance(op, jlax.LaxOp) and op.PRIMITIVE not in _NOT_FOLDABLE
-            and not any(isinstance(r.type.get_element_type(), KeyType) for r in op.results))
+            and not any(isinstance(r.type.get_element_type(), KeyType) for r in op.results)
+            and all(dims.is_static_shape(shape_dtype(r.type)[0]) for r in op.results))
 
 
 def fold_constants(module: ModuleOp, store: WeightStore) -> int:

@@ -99,6 +99,10 @@ class PolymorphicExecutable:
             if len(shape) != len(spec.shape):
                 raise SignatureError(f"{name}: expected {spec.describe()}, got rank {len(shape)} "
                                      f"{list(shape)}\n  expected signature: ({self.signature.describe_inputs()})")
+            for j, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
+                if not dims.is_symbolic(want) and want != got:
+                    raise SignatureError(f"{name} dimension {j} must be {want}, got {got} (expected "
+                                         f"{spec.describe()})\n  expected signature: ({self.signature.describe_inputs()})")
         try:
             return dims.solve(self._shapes, shapes, self._names)
         except ValueError as e:
