@@ -287,6 +287,8 @@ class _Lowerer:
             unroll = (p["length"] if unroll else 1) if isinstance(unroll, bool) else int(unroll)
             op = jlax.ScanOp(ins, result_types, body, num_consts=nconst, num_carry=ncarry,
                              length=p["length"], reverse=bool(p["reverse"]), unroll=unroll)
+        elif name == "dim_as_value":  # x.shape[0] used as a number, with a symbolic shape
+            op = jlax.DimAsValueOp(dims.canonical(eqn.params["dim"]), result_types[0])
         elif name in jlax.PRIMITIVE_OPS:
             for v in eqn.invars:
                 self._aval_type(v.aval, eqn, "operand")

@@ -18,6 +18,7 @@ import io
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import jax.numpy as jnp
 import numpy as np
 from xdsl.dialects.builtin import (
     I1,
@@ -310,6 +311,32 @@ def _int(attr: IntegerAttr) -> int:
 
 
 @irdl_op_definition
+class DimAsValueOp(IRDLOperation):
+    """A dimension's size as a scalar (jax's ``dim_as_value``: ``x.shape[0]`` used as a
+    number, as in a mean over a symbolic batch). Evaluates once the dimension is concrete
+    (in a specialized module); a symbolic one has no value before run time."""
+
+    name = "jlax.dim_as_value"
+    dim = prop_def(IntegerAttr[I64] | dims.DimAttr)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$dim attr-dict `:` type($result)"
+
+    def __init__(self, dim, type: TensorType):
+        super().__init__(properties={"dim": P.encode(dim)}, result_types=[type])
+
+    def verify_(self) -> None:
+        shape, dtype = shape_dtype(self.result.type)
+        if shape or dtype.kind not in "iu":
+            raise VerifyException(f"jlax.dim_as_value: the result must be an integer scalar, got {self.result.type}")
+
+    def evaluate(self) -> list:
+        if isinstance(self.dim, dims.DimAttr):
+            raise ValueError(f"jlax.dim_as_value: {self.dim.expr.data} has no value until the model runs at a shape")
+        return [jnp.asarray(_int(self.dim), dtype=shape_dtype(self.result.type)[1])]
+
+
+@irdl_op_definition
 class CondOp(RegionOp):
     """``lax.cond``/``lax.switch``: run branch ``index`` (clamped) on the operands.
 
@@ -394,7 +421,7 @@ class ScanOp(RegionOp):
     body = region_def()
     num_consts_attr = attr_def(IntegerAttr[I64], attr_name="num_consts")
     num_carry_attr = attr_def(IntegerAttr[I64], attr_name="num_carry")
-    length_attr = attr_def(IntegerAttr[I64], attr_name="length")
+    length_attr = attr_def(IntegerAttr[I64] | dims.DimAttr, attr_name="length")  # symbolic: a scan over b rows
     reverse_attr = attr_def(IntegerAttr[I1], attr_name="reverse")
     unroll_attr = attr_def(IntegerAttr[I64], attr_name="unroll")
 
@@ -417,7 +444,9 @@ class ScanOp(RegionOp):
 
     @property
     def length(self) -> int:
-        return _int(self.length_attr)
+        """The number of steps; a jax symbolic dimension when the scanned axis is symbolic."""
+        attr = self.length_attr
+        return attr.dim if isinstance(attr, dims.DimAttr) else _int(attr)
 
     @property
     def reverse(self) -> bool:
@@ -450,11 +479,11 @@ class ScanOp(RegionOp):
 
 JLax = Dialect(
     "jlax",
-    [WeightOp, ConstantOp, YieldOp, CondOp, WhileOp, ScanOp, *PRIMITIVE_OPS.values()],
+    [WeightOp, ConstantOp, YieldOp, CondOp, WhileOp, ScanOp, DimAsValueOp, *PRIMITIVE_OPS.values()],
     [P.EnumAttr, P.StructAttr, KeyType, dims.DimAttr],
 )
 
 __all__ = [
-    "JLax", "LaxOp", "WeightOp", "ConstantOp", "YieldOp", "CondOp", "WhileOp", "ScanOp",
+    "JLax", "LaxOp", "WeightOp", "ConstantOp", "YieldOp", "CondOp", "WhileOp", "ScanOp", "DimAsValueOp",
     "PRIMITIVE_OPS", "OPS_BY_NAME", "SUPPORTED", "constant_to_array", "op_name",
 ]

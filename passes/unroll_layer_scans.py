@@ -34,7 +34,7 @@ def _unrollable(op: Operation) -> bool:
         return False
     nconst, ncarry, length = op.num_consts, op.num_carry, op.length
     xs = op.operands[nconst + ncarry:]
-    return 0 < length <= MAX_LAYERS and any(isinstance(x.owner, jlax.WeightOp) for x in xs)
+    return isinstance(length, int) and 0 < length <= MAX_LAYERS and any(isinstance(x.owner, jlax.WeightOp) for x in xs)
 
 
 def unroll(scan: jlax.ScanOp) -> None:

@@ -9,6 +9,7 @@ kept for the most recently used ``max_shapes`` shapes.
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from jaxlite.dialects.signature import Signature
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import SignatureError
 from jaxlite.runtime.executable import Executable, builtin_treedef, choose_targets, resolve_device
+
+_shape = operator.attrgetter("shape")
 
 # Specializations kept (each holds an XLA executable and the kernels' packed weights).
 MAX_SHAPES = 16
@@ -55,12 +58,15 @@ class PolymorphicExecutable:
             choose_targets(platform, options["targets"])
         self._cache: OrderedDict[tuple, Executable] = OrderedDict()
         self._placed: dict[str, jax.Array] = {}  # weights and packed arrays, shared by every shape
+        self._last: tuple | None = None  # the most recently used shapes (the LRU order's end)
+        self._last_exe: Executable | None = None
         self._shapes = [spec.shape for spec in self.signature.inputs]
         self._names = [f"argument {spec.name}" for spec in self.signature.inputs]
         sig = self.signature
         treedef = self._in_treedef = sig.in_treedef if sig.in_treedef is not None else builtin_treedef(sig)
         self._flat_inputs = treedef is not None and treedef == jax.tree_util.tree_structure(
             tuple(range(len(self.signature.inputs))))
+        self._flat_count = len(self._shapes) if self._flat_inputs else -1
 
     def _leaves(self, args) -> list:
         if self._flat_inputs and len(args) == len(self._shapes):
@@ -87,9 +93,22 @@ class PolymorphicExecutable:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
+        self._last, self._last_exe = key, exe
         return exe
 
     def __call__(self, *args) -> Any:
+        if len(args) == self._flat_count:  # positional arrays (the common case), kept short
+            try:
+                key = tuple(map(_shape, args))
+            except AttributeError:  # a Python scalar: the general path
+                return self.at(*args)(*args)
+            if key == self._last:
+                return self._last_exe(*args)
+            exe = self._cache.get(key)
+            if exe is not None:
+                self._cache.move_to_end(key)
+                self._last, self._last_exe = key, exe
+                return exe(*args)
         return self.at(*args)(*args)
 
     def env(self, shapes) -> dict[str, int]:

@@ -192,3 +192,27 @@ def test_damaged_symbolic_dimensions_in_a_file(tmp_path):
                 zf.writestr(n, data)
         with pytest.raises(ModelFormatError):
             jaxlite.load(tmp_path / "bad.jlite")
+
+
+BATCH_FUNCTIONS = {
+    "mean": lambda x: x.mean(0), "var": lambda x: x.var(0), "times_batch": lambda x: x * x.shape[0],
+    "cumsum": lambda x: jnp.cumsum(x, 0), "sort": lambda x: jnp.sort(x, 0), "argsort": lambda x: jnp.argsort(x[:, 0]),
+    "pad": lambda x: jnp.pad(x, ((1, 1), (0, 0))), "concat": lambda x: jnp.concatenate([x, x], 0),
+    "gather": lambda x: x[jnp.arange(x.shape[0]) % 2], "softmax": lambda x: jax.nn.softmax(x, axis=0),
+    "scan": lambda x: jax.lax.scan(lambda c, r: (c + r, c), jnp.zeros(4), x)[1],
+    "fori_loop": lambda x: jax.lax.fori_loop(0, x.shape[0], lambda i, c: c + x[i], jnp.zeros(4)),
+    "dynamic_slice": lambda x: jax.lax.dynamic_slice_in_dim(x, 1, 1, 0), "last": lambda x: x[-1],
+    "flip": lambda x: x[::-1], "half": lambda x: x[: x.shape[0] // 2 + 1], "gram": lambda x: x @ x.T,
+    "broadcast": lambda x: jnp.broadcast_to(x[:, None], (x.shape[0], 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_FUNCTIONS))
+def test_jnp_over_a_symbolic_batch(name):
+    """Reductions over b, b as a number (dim_as_value), loops of b steps, slices and
+    gathers that depend on b: converted once, they match jax.jit at every batch."""
+    fn = BATCH_FUNCTIONS[name]
+    exe = jaxlite.convert(fn, jax.ShapeDtypeStruct(export.symbolic_shape("b, 4"), jnp.float32)).compile()
+    for batch in (1, 2, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(exe(x)), np.asarray(jax.jit(fn)(x)), rtol=1e-5, atol=1e-5)
