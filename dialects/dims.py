@@ -53,10 +53,16 @@ def is_static_shape(shape: Sequence[Dim]) -> bool:
     return not any(is_symbolic(d) for d in shape)
 
 
+# An expression's text is at most this long (jaxlite writes a few characters: "b", "b*t").
+MAX_EXPRESSION_CHARS = 256
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_dim(text: str) -> Dim:
     """The dimension an expression's text stands for (an int when it has no symbol); ValueError
     when it is not one."""
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise ValueError(f"a dimension expression of {len(text)} characters (at most {MAX_EXPRESSION_CHARS})")
     try:
         (d,) = export.symbolic_shape(text, scope=_scope())
     except Exception as e:

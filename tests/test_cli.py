@@ -277,3 +277,34 @@ def test_the_readme_tour_runs_as_written(tmp_path):
         assert (tmp_path / made).is_file(), made
     assert np.load(tmp_path / "y.npy").shape == (64, 10)
     assert np.load(tmp_path / "y_any.npy").shape == (359, 10)  # --dynamic-batch: every test image
+
+
+def test_dynamic_batch_on_the_cli(tmp_path):
+    """convert --dynamic-batch; run, compare, report and int8 calibration take any number of
+    samples (no padding); bench sizes random inputs with --dim, which names unknown symbols."""
+    factory = tmp_path / "tiny.py"
+    factory.write_text(
+        "import jax.numpy as jnp, numpy as np\n"
+        "W = jnp.asarray(np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3))\n"
+        "def factory():\n"
+        "    return (lambda x: jnp.tanh(x @ W)), (np.ones((2, 4), np.float32),)\n")
+    x = np.random.default_rng(0).standard_normal((1030, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    m, q = str(tmp_path / "m.jlite"), str(tmp_path / "q.jlite")
+    r = run("convert", f"{factory}:factory", "-o", m, "--dynamic-batch")
+    assert r.returncode == 0 and "float32[b,4]" in r.stdout, r.stderr
+    r = run("convert", f"{factory}:factory", "-o", q, "--dynamic-batch", "--quantize", "int8",
+            "--calibration", str(tmp_path / "x.npy"))
+    assert r.returncode == 0, r.stderr
+    r = run("run", m, "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.tanh(x @ np.linspace(-1, 1, 12).reshape(4, 3)),
+                               rtol=1e-5, atol=1e-5)
+    r = run("compare", m, q, "--input", str(tmp_path / "x.npy"))  # batches of 1024 and 6
+    assert r.returncode == 0 and "padded" not in r.stderr, r.stderr
+    r = run("report", m, q, "--data", str(tmp_path / "x.npy"))
+    assert r.returncode == 0, r.stderr
+    r = run("bench", m, "--dim", "b=16", "--reps", "3")
+    assert r.returncode == 0 and "median" in r.stdout, r.stderr
+    r = run("bench", m, "--dim", "t=16", "--reps", "3")
+    assert r.returncode == 1 and "--dim t: the model has no such dimension (its symbols: b)" in r.stderr
