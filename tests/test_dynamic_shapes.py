@@ -57,7 +57,7 @@ def test_specialized_calls_equal_a_static_model_bit_for_bit():
         np.testing.assert_array_equal(np.asarray(dynamic(x[:batch])), np.asarray(static(x[:batch])))
 
 
-@pytest.mark.parametrize("mode", [None, "dynamic", "int8"])
+@pytest.mark.parametrize("mode", MODES)
 def test_transformer_with_symbolic_batch_and_length(mode, tmp_path):
     fn, (x,) = transformer.factory(num_layers=2, d_model=32, heads=2, seq=8, batch=2)
     spec = jax.ShapeDtypeStruct(export.symbolic_shape("b, t, 32"), jnp.float32)
@@ -74,11 +74,14 @@ def test_transformer_with_symbolic_batch_and_length(mode, tmp_path):
 
 
 @pytest.mark.slow
-def test_resnet_at_any_batch():
+def test_resnet_at_any_batch_in_every_mode():
+    """ResNet-18 (32x32 inputs, 10 classes: its 224x224 form runs in benchmarks/dynamic_shapes.py)."""
     fn, (x,) = resnet.factory(size=32, batch=2, num_classes=10)
     rng = np.random.default_rng(1)
-    for mode in (None, "dynamic"):
-        exe = jaxlite.convert(fn, x, quantize=mode, dynamic_batch=True).compile()
+    cal = [(rng.standard_normal((b, 32, 32, 3)).astype(np.float32),) for b in (2, 4)]
+    for mode in MODES:
+        exe = jaxlite.convert(fn, x, quantize=mode, calibration=cal if mode == "int8" else None,
+                              dynamic_batch=True).compile()
         for batch in (1, 3):
             xs = rng.standard_normal((batch, 32, 32, 3)).astype(np.float32)
             assert _rel_err(exe(xs), jax.jit(fn)(xs)) < BOUND[mode], (mode, batch)
