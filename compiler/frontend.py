@@ -74,16 +74,6 @@ def _is_spec(x) -> bool:
     return isinstance(x, jax.ShapeDtypeStruct)
 
 
-def _check_symbolic_scope(leaves) -> None:
-    """Symbolic dimensions come from jax.export.symbolic_shape; constraints on them
-    (``constraints=`` there) are not kept in the IR, so they are refused."""
-    for leaf in leaves:
-        for d in getattr(leaf, "shape", ()):
-            if dims.is_symbolic(d) and getattr(d.scope, "_explicit_constraints", None):
-                raise ConversionError(f"symbolic dimension {d}: explicit constraints "
-                                      f"({d.scope}) are not supported; use plain symbols")
-
-
 def with_dynamic_batch(args: tuple) -> tuple:
     """``args`` with axis 0 of every input of rank >= 1 replaced by one symbol ``b``
     (rank-0 inputs stay static); ConversionError when their axis-0 sizes differ."""
@@ -340,7 +330,6 @@ def trace(fn: Callable, args: tuple, names_from: Callable | None = None) -> Trac
             where = "args" + "".join(key_str(k) for k in path)
             raise ConversionError(f"example argument {where} is a {type(leaf).__name__}, not an array "
                                   "(or a jax.ShapeDtypeStruct)")
-    _check_symbolic_scope(leaves)
     try:
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     except UnsupportedPrimitiveError:

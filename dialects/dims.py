@@ -40,9 +40,26 @@ from xdsl.utils.exceptions import VerifyException
 Dim = Any  # int | jax's symbolic dimension expression
 
 
-@functools.cache
-def _scope() -> export.SymbolicScope:
-    return export.SymbolicScope()
+# At most this many constraints on a model's symbols.
+MAX_CONSTRAINTS = 64
+
+
+@functools.lru_cache(maxsize=256)
+def _scope(constraints: tuple[str, ...] = ()) -> export.SymbolicScope:
+    """The process-wide scope of models whose symbols have these constraints (one per set:
+    a model's constraints never reach another model's symbols)."""
+    if len(constraints) > MAX_CONSTRAINTS or any(len(c) > MAX_EXPRESSION_CHARS for c in constraints):
+        raise ValueError(f"at most {MAX_CONSTRAINTS} dimension constraints of {MAX_EXPRESSION_CHARS} characters")
+    try:
+        return export.SymbolicScope(constraints)
+    except Exception as e:
+        raise ValueError(f"invalid dimension constraints {list(constraints)} ({e})") from None
+
+
+def constraints_of(d: Dim) -> tuple[str, ...]:
+    """The constraints of the scope of a symbolic dimension (e.g. ``("t <= 64",)``): those a
+    user gave ``jax.export.symbolic_shape``, and those jax derived from them."""
+    return tuple(c.debug_str for c in d.scope._explicit_constraints)
 
 
 def is_symbolic(d) -> bool:
@@ -58,13 +75,14 @@ MAX_EXPRESSION_CHARS = 256
 
 
 @functools.lru_cache(maxsize=4096)
-def parse_dim(text: str) -> Dim:
-    """The dimension an expression's text stands for (an int when it has no symbol); ValueError
-    when it is not one."""
+def parse_dim(text: str, constraints: tuple[str, ...] = ()) -> Dim:
+    """The dimension an expression's text stands for (an int when it has no symbol), in the
+    scope of ``constraints``; ValueError when it is not one."""
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"a dimension expression of {len(text)} characters (at most {MAX_EXPRESSION_CHARS})")
+    scope = _scope(constraints)
     try:
-        (d,) = export.symbolic_shape(text, scope=_scope())
+        (d,) = export.symbolic_shape(text, scope=scope)
     except Exception as e:
         raise ValueError(f"{text!r} is not a dimension expression ({e})") from None
     return d
@@ -76,9 +94,10 @@ def dim_text(d: Dim) -> str:
 
 
 def canonical(d: Dim) -> Dim:
-    """``d`` as an int or as an expression of the shared scope (a user's jax scope is
-    re-read by name, so the same names from different traces are the same symbols)."""
-    return parse_dim(dim_text(d)) if is_symbolic(d) else int(d)
+    """``d`` as an int or as an expression of the shared scope of its constraints (a user's
+    jax scope is re-read by name, so the same names from different traces are the same
+    symbols)."""
+    return parse_dim(dim_text(d), constraints_of(d)) if is_symbolic(d) else int(d)
 
 
 def symbols(shapes: Sequence[Sequence[Dim]]) -> list[str]:
@@ -94,10 +113,23 @@ def evaluate(d: Dim, env: Mapping[str, int]) -> int:
 
 
 # -- in the IR ------------------------------------------------------------------------
+def _strings(attr: Attribute) -> tuple[str, ...] | None:
+    if isinstance(attr, ArrayAttr) and all(isinstance(a, StringAttr) for a in attr.data):
+        return tuple(a.data for a in attr.data)
+    return None
+
+
 def encoding_of(shape: Sequence[Dim]) -> Attribute | None:
-    """The encoding of a tensor type with this shape: its symbolic dims' texts, or None."""
-    texts = [dim_text(d) for d in shape if is_symbolic(d)]
-    return ArrayAttr([StringAttr(t) for t in texts]) if texts else None
+    """The encoding of a tensor type with this shape: its symbolic dims' texts, then (when
+    their symbols are constrained) the constraints as a list; None for a static shape."""
+    symbolic = [d for d in shape if is_symbolic(d)]
+    if not symbolic:
+        return None
+    items: list[Attribute] = [StringAttr(dim_text(d)) for d in symbolic]
+    constraints = constraints_of(symbolic[0])
+    if constraints:
+        items.append(ArrayAttr([StringAttr(c) for c in constraints]))
+    return ArrayAttr(items)
 
 
 def tensor_dims(t: TensorType) -> tuple[Dim, ...]:
@@ -106,28 +138,39 @@ def tensor_dims(t: TensorType) -> tuple[Dim, ...]:
     if DYNAMIC_INDEX not in shape:
         return tuple(shape)
     enc = t.encoding
-    texts = [a.data for a in enc.data if isinstance(a, StringAttr)] if isinstance(enc, ArrayAttr) else []
+    items = list(enc.data) if isinstance(enc, ArrayAttr) else []
+    constraints = _strings(items.pop()) if items and isinstance(items[-1], ArrayAttr) else ()
+    texts = [a.data for a in items if isinstance(a, StringAttr)]
     dynamic = sum(1 for d in shape if d == DYNAMIC_INDEX)
-    if len(texts) != dynamic or len(texts) != len(enc.data):
-        raise TypeError(f"{t}: a dynamic dimension needs its expression, one string per '?' in the encoding")
+    if constraints is None or len(texts) != dynamic or len(texts) != len(items):
+        raise TypeError(f"{t}: a dynamic dimension needs its expression, one string per '?' in the encoding "
+                        "(then, optionally, a list of constraints)")
     it = iter(texts)
-    return tuple(parse_dim(next(it)) if d == DYNAMIC_INDEX else d for d in shape)
+    try:
+        return tuple(parse_dim(next(it), constraints) if d == DYNAMIC_INDEX else d for d in shape)
+    except ValueError as e:
+        raise TypeError(f"{t}: {e}") from None
 
 
 @irdl_attr_definition
 class DimAttr(ParametrizedAttribute):
     """``#jlax.dim<"b*t">``: a symbolic dimension in a primitive's parameters (a reshape's
-    ``new_sizes``, an iota's ``shape``)."""
+    ``new_sizes``, an iota's ``shape``); ``#jlax.dim<"t", ["t <= 64"]>`` with the
+    constraints of its symbols."""
 
     name = "jlax.dim"
     expr: StringAttr
+    constraints: ArrayAttr
 
-    def __init__(self, expr: str):
-        super().__init__(StringAttr(expr))
+    def __init__(self, d: Dim):
+        super().__init__(StringAttr(dim_text(d)), ArrayAttr([StringAttr(c) for c in constraints_of(d)]))
 
     def verify(self) -> None:
+        constraints = _strings(self.constraints)
+        if constraints is None:
+            raise VerifyException("#jlax.dim: constraints must be strings")
         try:
-            d = parse_dim(self.expr.data)
+            d = parse_dim(self.expr.data, constraints)
         except ValueError as e:
             raise VerifyException(str(e)) from None
         if not is_symbolic(d):
@@ -135,16 +178,25 @@ class DimAttr(ParametrizedAttribute):
 
     @property
     def dim(self) -> Dim:
-        return parse_dim(self.expr.data)
+        return parse_dim(self.expr.data, _strings(self.constraints))
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser):
         with parser.in_angle_brackets():
-            return (StringAttr(parser.parse_str_literal()),)
+            expr = StringAttr(parser.parse_str_literal())
+            constraints = ArrayAttr([])
+            if parser.parse_optional_punctuation(",") is not None:
+                constraints = parser.parse_attribute()
+                if not isinstance(constraints, ArrayAttr):
+                    parser.raise_error("expected a list of constraints")
+        return (expr, constraints)
 
     def print_parameters(self, printer: Printer) -> None:
         printer.print_string("<")
         printer.print_string_literal(self.expr.data)
+        if self.constraints.data:
+            printer.print_string(", ")
+            printer.print_attribute(self.constraints)
         printer.print_string(">")
 
 
@@ -223,6 +275,18 @@ def _linear_in(d: Dim, var: str, env: Mapping[str, int]) -> tuple[int, int] | No
     return k, c
 
 
+def _check_constraints(d: Dim, env: Mapping[str, int], source: Mapping[str, str]) -> None:
+    """ValueError naming the first constraint of ``d``'s scope that ``env`` breaks."""
+    for c in d.scope._explicit_constraints:
+        try:
+            margin = evaluate(c.e1, env) - evaluate(c.e2, env)
+        except Exception:  # a symbol no input has: jax refuses such models when tracing
+            raise ValueError(f"the model's constraint {c.debug_str} names a symbol no input has") from None
+        if margin < 0 or (margin != 0 and c.cmp.name == "EQ"):
+            values = ", ".join(f"{v}={env[v]} (from {source[v]})" for v in sorted(env))
+            raise ValueError(f"{values} breaks the model's constraint {c.debug_str}")
+
+
 def solve(shapes: Sequence[Sequence[Dim]], actual: Sequence[Sequence[int]], names: Sequence[str]) -> dict[str, int]:
     """The values of the symbols in ``shapes`` that make them ``actual`` (the call's input
     shapes; ``names`` the inputs' names for messages). ValueError naming the dimension that
@@ -252,6 +316,8 @@ def solve(shapes: Sequence[Sequence[Dim]], actual: Sequence[Sequence[int]], name
     missing = [v for v in wanted if v not in env]
     if missing:
         raise ValueError(f"no input dimension determines {', '.join(missing)}")
+    if pending:
+        _check_constraints(pending[0][2], env, source)
     for i, j, d in pending:
         expected = evaluate(d, env)
         if expected != actual[i][j]:

@@ -149,7 +149,7 @@ def encode(value: Any) -> Attribute:
     if isinstance(value, int | np.integer):
         return IntegerAttr(int(value), i64)
     if dims.is_symbolic(value):
-        return dims.DimAttr(dims.dim_text(value))
+        return dims.DimAttr(value)
     if isinstance(value, float | np.floating):
         return FloatAttr(float(value), f64)
     if isinstance(value, str):

@@ -43,8 +43,8 @@ class TensorSpec:
         return {"name": self.name, "shape": shape, "dtype": dtype_name(self.dtype)}
 
     @staticmethod
-    def from_json(d: dict) -> TensorSpec:
-        shape = tuple(dims.parse_dim(x) if isinstance(x, str) else int(x) for x in d["shape"])
+    def from_json(d: dict, constraints: tuple[str, ...] = ()) -> TensorSpec:
+        shape = tuple(dims.parse_dim(x, constraints) if isinstance(x, str) else int(x) for x in d["shape"])
         return TensorSpec(str(d["name"]), shape, parse_dtype(d["dtype"]))
 
     def specialized(self, env) -> TensorSpec:
@@ -213,15 +213,26 @@ class Signature:
     out_treedef: Any = None
 
     def to_json(self) -> dict:
-        return {"inputs": [s.to_json() for s in self.inputs],
-                "outputs": [s.to_json() for s in self.outputs],
-                "input_tree": self.in_tree.to_json(), "output_tree": self.out_tree.to_json()}
+        d = {"inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
+             "input_tree": self.in_tree.to_json(), "output_tree": self.out_tree.to_json()}
+        if self.constraints():
+            d["dim_constraints"] = list(self.constraints())
+        return d
+
+    def constraints(self) -> tuple[str, ...]:
+        """The constraints on the symbolic dimensions (``("t <= 64",)``), if any."""
+        for spec in (*self.inputs, *self.outputs):
+            for x in spec.shape:
+                if dims.is_symbolic(x):
+                    return dims.constraints_of(x)
+        return ()
 
     @staticmethod
     def from_json(d: dict) -> Signature:
         try:
-            sig = Signature([TensorSpec.from_json(x) for x in d["inputs"]],
-                            [TensorSpec.from_json(x) for x in d["outputs"]],
+            constraints = tuple(str(c) for c in d.get("dim_constraints", ()))
+            sig = Signature([TensorSpec.from_json(x, constraints) for x in d["inputs"]],
+                            [TensorSpec.from_json(x, constraints) for x in d["outputs"]],
                             TreeSpec.from_json(d["input_tree"]), TreeSpec.from_json(d["output_tree"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFormatError(f"manifest: malformed signature ({type(e).__name__}: {e})") from None
@@ -266,4 +277,6 @@ class Signature:
         return chosen
 
     def describe_inputs(self) -> str:
-        return ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
+        constraints = self.constraints()
+        return ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs) + (
+            f"; where {', '.join(constraints)}" if constraints else "")

@@ -151,10 +151,28 @@ def test_dynamic_batch_shares_one_symbol_and_refuses_mismatched_examples():
                         dynamic_batch=True)
 
 
-def test_constrained_symbols_are_refused_clearly():
-    (b,) = export.symbolic_shape("b", constraints=("b >= 4",))
-    with pytest.raises(ConversionError, match="explicit constraints"):
-        jaxlite.convert(lambda x: x * 2, jax.ShapeDtypeStruct((b, 3), jnp.float32))
+def test_constraints_on_symbols_are_kept_and_checked(tmp_path):
+    """A positional table sliced to the sequence length needs ``t <= 64`` (jax's way); the
+    constraint is kept in the IR and the file, and a call that breaks it is refused."""
+    table = jnp.asarray(np.linspace(-1, 1, 64 * 8, dtype=np.float32).reshape(64, 8))
+
+    def fn(x):
+        return x + table[: x.shape[1]]
+
+    with pytest.raises(ConversionError, match="min"):  # jax cannot slice to t without it
+        jaxlite.convert(fn, jax.ShapeDtypeStruct(export.symbolic_shape("b, t, 8"), jnp.float32))
+    spec = jax.ShapeDtypeStruct(export.symbolic_shape("b, t, 8", constraints=("t <= 64",)), jnp.float32)
+    model = jaxlite.convert(fn, spec)
+    assert '["b", "t", ["t <= 64"]]' in model.ir()
+    model.save(tmp_path / "c.jlite")
+    loaded = jaxlite.load(tmp_path / "c.jlite")
+    assert loaded.ir() == model.ir() and loaded.signature.constraints() == ("t <= 64",)
+    exe = loaded.compile()
+    for t in (1, 64):
+        x = np.ones((2, t, 8), np.float32)
+        np.testing.assert_array_equal(np.asarray(exe(x)), np.asarray(jax.jit(fn)(x)))
+    with pytest.raises(SignatureError, match=r"t=65 \(from argument x dimension 1\) breaks the model's constraint t <= 64"):
+        exe(np.ones((2, 65, 8), np.float32))
 
 
 def test_shape_cache_is_bounded_and_reuses_placed_weights():
