@@ -144,6 +144,7 @@ class Executable:
         arrays.update(lowering.derived)
         budget = EMBED_WEIGHT_BYTES if embed_weights_bytes is None else int(embed_weights_bytes)
         embedded, self._weights = self._place_all(arrays, budget, lowering, {} if placed is None else placed)
+        self.array_names = frozenset(arrays)  # the weights and derived arrays it placed or reused
 
         sig = self.signature
         in_treedef = sig.in_treedef if sig.in_treedef is not None else builtin_treedef(sig)

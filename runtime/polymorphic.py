@@ -89,8 +89,13 @@ class PolymorphicExecutable:
         exe = self._cache.get(key)
         if exe is None:
             exe = self._cache[key] = self._compile(key)
-            while len(self._cache) > self.max_shapes:
-                self._cache.popitem(last=False)
+            if len(self._cache) > self.max_shapes:
+                while len(self._cache) > self.max_shapes:
+                    self._cache.popitem(last=False)
+                # arrays only evicted shapes used (packings for their row counts) go with them
+                live = set().union(*(e.array_names for e in self._cache.values()))
+                for name in set(self._placed) - live:
+                    del self._placed[name]
         else:
             self._cache.move_to_end(key)
         self._last, self._last_exe = key, exe

@@ -176,14 +176,15 @@ def test_constraints_on_symbols_are_kept_and_checked(tmp_path):
 
 
 def test_shape_cache_is_bounded_and_reuses_placed_weights():
-    fn, (x,) = digits_mlp.factory(8)
-    exe = jaxlite.convert(fn, x, dynamic_batch=True).compile(max_shapes=2, direct=False)
-    for batch in (1, 2, 3, 2):
+    fn, (x,) = digits_mlp.factory(16)
+    exe = jaxlite.convert(fn, x, dynamic_batch=True).compile(max_shapes=2, direct=False, embed_weights_bytes=0)
+    for batch in (8, 9, 10, 9):
         exe(x[:batch])
-    assert exe.shapes_compiled == [((3, 64),), ((2, 64),)]
-    first, second = exe.at(x[:2]), exe.at(x[:3])
+    assert exe.shapes_compiled == [((10, 64),), ((9, 64),)]
+    first, second = exe.at(x[:9]), exe.at(x[:10])
     shared = set(first._weights) & set(second._weights)
-    assert all(first._weights[n] is second._weights[n] for n in shared)
+    assert shared and all(first._weights[n] is second._weights[n] for n in shared)
+    assert set(exe._placed) == first.array_names | second.array_names  # batch 8's own packings went with it
 
 
 def test_static_models_are_unchanged():
