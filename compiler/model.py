@@ -61,7 +61,8 @@ class Model:
 
     def compile(self, device=None, float16_compute: bool | None = None,
                 embed_weights_bytes: int | None = None, native_gemm: bool = True,
-                direct: bool | None = None, targets=None, max_shapes: int = MAX_SHAPES):
+                direct: bool | None = None, targets=None, max_shapes: int = MAX_SHAPES,
+                mesh=None, batch_axis: str | None = None, weight_sharding=None):
         """An Executable running this model on ``device`` (None, "cpu" or "gpu").
 
         ``float16_compute`` (float16 models): dot/conv in float16 with float32
@@ -78,11 +79,19 @@ class Model:
         available_targets()``; instead of ``native_gemm``/``float16_compute``); default:
         what this machine and device have, ``xla`` last.
 
+        ``mesh`` (a ``jax.sharding.Mesh``, instead of ``device``): the program over its
+        devices, partitioned by jax (XLA's kernels); ``batch_axis``: the mesh axis inputs are
+        split over along their axis 0; ``weight_sharding``: ``{pattern: PartitionSpec}``,
+        weights matching a pattern (fnmatch, over the weight names) split as it says, the
+        others replicated (runtime/sharding.py).
+
         A model with symbolic dimensions (``signature.symbolic``) compiles per input shape at
         the first call with it, keeping the ``max_shapes`` most recently used
         (runtime/polymorphic.py)."""
         options = dict(device=device, float16_compute=float16_compute, embed_weights_bytes=embed_weights_bytes,
                        native_gemm=native_gemm, direct=direct, targets=targets)
+        if mesh is not None or batch_axis is not None or weight_sharding is not None:
+            options.update(mesh=mesh, batch_axis=batch_axis, weight_sharding=weight_sharding)
         if self.signature is not None and self.signature.symbolic:
             return PolymorphicExecutable(self, options, max_shapes)
         return Executable(self, **options)

@@ -26,6 +26,7 @@ import numpy as np
 from jaxlite.dialects.module import find_main
 from jaxlite.dialects.signature import Signature, TensorSpec
 from jaxlite.errors import DeviceError, SignatureError
+from jaxlite.runtime import sharding
 from jaxlite.runtime.host_plan import HostPlan, worth_tracing
 from jaxlite.runtime.lowering import Lowering
 from jaxlite.runtime.registry import TARGETS, available_targets
@@ -116,16 +117,29 @@ class Executable:
 
     def __init__(self, model, device=None, float16_compute: bool | None = None,
                  embed_weights_bytes: int | None = None, native_gemm: bool = True, direct: bool | None = None,
-                 targets: Sequence[str] | None = None, placed: dict | None = None):
+                 targets: Sequence[str] | None = None, placed: dict | None = None, mesh=None,
+                 batch_axis: str | None = None, weight_sharding=None):
         """Options as in ``Model.compile``: ``float16_compute`` (f16 math on f16 weights;
         default on GPU), ``embed_weights_bytes`` (constants budget), ``native_gemm`` (the
         CPU's native kernels), ``direct`` (small native programs without XLA), ``targets``
         (the kernel targets in order of preference; default: what this machine has).
         ``placed``: device arrays by weight / derived-array name shared by the Executables
-        of one model at different shapes (each is placed and packed once)."""
+        of one model at different shapes (each is placed and packed once). ``mesh``,
+        ``batch_axis``, ``weight_sharding``: the program over a device mesh (runtime/sharding.py)."""
         self.model = model
+        self.mesh, self.batch_axis = mesh, batch_axis
+        sharding.check_options(device, mesh, batch_axis, weight_sharding, direct)
+        if mesh is not None:
+            mesh = self.mesh = sharding.auto_axes(mesh)
+            if targets is None:  # jax partitions XLA's ops; jaxlite's native kernels run on one device
+                on_gpu = mesh.devices.flat[0].platform == "gpu"
+                half = on_gpu if float16_compute is None else bool(float16_compute)
+                targets, float16_compute, native_gemm = (["xla-float16"] if half else []) + ["xla"], None, True
+            direct = False
+            embed_weights_bytes = 0  # weights are arguments, placed with their sharding
         self.device = resolve_device(device)
-        platform = self.device.platform if self.device is not None else jax.default_backend()
+        platform = (mesh.devices.flat[0].platform if mesh is not None else
+                    self.device.platform if self.device is not None else jax.default_backend())
         if targets is not None and (float16_compute is not None or not native_gemm):
             raise DeviceError("give either targets= or native_gemm= / float16_compute=, not both "
                               "(targets= says it all: e.g. targets=['xla-float16', 'xla'])")
@@ -143,6 +157,8 @@ class Executable:
                   for name in lowering.read_weights()}
         arrays.update(lowering.derived)
         budget = EMBED_WEIGHT_BYTES if embed_weights_bytes is None else int(embed_weights_bytes)
+        self._shardings = (sharding.WeightShardings(mesh, weight_sharding, model.module, list(model.weights))
+                           if mesh is not None else None)
         embedded, self._weights = self._place_all(arrays, budget, lowering, {} if placed is None else placed)
         self.array_names = frozenset(arrays)  # the weights and derived arrays it placed or reused
 
@@ -194,15 +210,18 @@ class Executable:
             if name in placed:
                 target[name] = placed[name]
                 continue
-            target[name] = placed[name] = self._place(make())
+            target[name] = placed[name] = self._place(make(), name)
             for source in lowering.take_weights_read():  # a derived array's sources: copied
                 drop_pages(self.model.weights[source])
             if nbytes >= 1 << 20:
                 release_freed_memory()  # the host copy (and packing scratch) of a big weight
         return embedded, passed
 
-    def _place(self, array):
-        placed = jax.device_put(array) if self.device is None else jax.device_put(array, self.device)
+    def _place(self, array, name: str = "array"):
+        if self._shardings is not None:
+            placed = sharding.place(array, self._shardings.sharding(name, array), f"weight {name}")
+        else:
+            placed = jax.device_put(array) if self.device is None else jax.device_put(array, self.device)
         if isinstance(array, np.memmap):
             placed.block_until_ready()
             drop_pages(array)
@@ -248,6 +267,8 @@ class Executable:
     def __call__(self, *args) -> Any:
         if self._direct is not None and (leaves := self._direct_leaves(args)) is not None:
             return self._outputs(self._direct(leaves))
+        if self.mesh is not None:
+            args = self._on_mesh(args)
         try:
             return self._jitted(self._weights, args)
         except TypeError as e:
@@ -256,6 +277,14 @@ class Executable:
                 raise
             raise SignatureError(f"arguments must be arrays: {_jax_type_error(e)}\n"
                                  f"  expected signature: ({self.signature.describe_inputs()})") from None
+
+    def _on_mesh(self, args):
+        """The arguments placed on the mesh: axis 0 split over the batch axis."""
+        def put(x):
+            if isinstance(x, jax.core.Tracer) or not hasattr(x, "shape"):
+                return x
+            return sharding.place(x, sharding.batch_sharding(self.mesh, self.batch_axis, len(x.shape)), "an input")
+        return jax.tree_util.tree_map(put, args)
 
     def lower(self):
         """The jax Lowered object of the whole program (for inspecting the HLO)."""

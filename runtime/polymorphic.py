@@ -24,6 +24,7 @@ from jaxlite.dialects.module import verify_module
 from jaxlite.dialects.signature import Signature
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import SignatureError
+from jaxlite.runtime import sharding
 from jaxlite.runtime.executable import Executable, builtin_treedef, choose_targets, resolve_device
 
 _shape = operator.attrgetter("shape")
@@ -52,8 +53,12 @@ class PolymorphicExecutable:
         self._options = options
         self.max_shapes = max(1, int(max_shapes))
         # options a specialization would refuse are refused now
+        mesh = options.get("mesh")
+        sharding.check_options(options.get("device"), mesh, options.get("batch_axis"),
+                               options.get("weight_sharding"), options.get("direct"))
         device = resolve_device(options.get("device"))
-        platform = device.platform if device is not None else jax.default_backend()
+        platform = (mesh.devices.flat[0].platform if mesh is not None else
+                    device.platform if device is not None else jax.default_backend())
         if options.get("targets") is not None:
             choose_targets(platform, options["targets"])
         self._cache: OrderedDict[tuple, Executable] = OrderedDict()
