@@ -34,6 +34,8 @@ _API = {"convert": "jaxlite.compiler.convert", "Model": "jaxlite.compiler.model"
 
 
 def __getattr__(name: str):
+    if name == "ray":  # jaxlite.ray.Predictor (Ray Data), imported on first use
+        return importlib.import_module("jaxlite.ray")
     if name in _API:
         value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value  # once
