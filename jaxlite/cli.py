@@ -448,6 +448,13 @@ def cmd_ir(args) -> None:
 
 
 def cmd_run(args) -> None:
+    import os
+
+    if args.devices < 1:
+        raise UserError(f"--devices must be >= 1, got {args.devices}")
+    if args.devices > 1 and (args.device or "cpu").lower() == "cpu":  # read when jax's CPU client starts
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={args.devices}").strip()
     import jax
 
     import jaxlite
@@ -455,7 +462,19 @@ def cmd_run(args) -> None:
     model = jaxlite.load(args.model)
     leaves = _read_inputs(args.input, model)
     inputs = model.signature.in_tree.unflatten(leaves)
-    out = model.compile(device=args.device)(*inputs)
+    if args.devices > 1:
+        kind = (args.device or jax.default_backend()).lower()
+        try:
+            devices = jax.devices(kind)
+        except RuntimeError:
+            devices = []
+        if len(devices) < args.devices:
+            raise UserError(f"--devices {args.devices}: jax sees {len(devices)} {kind} device(s)")
+        mesh = jax.make_mesh((args.devices,), ("data",), devices=devices[: args.devices])
+        exe = model.compile(mesh=mesh, batch_axis="data")
+    else:
+        exe = model.compile(device=args.device)
+    out = exe(*inputs)
     out_leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(out)]
     for spec, arr in zip(model.signature.outputs, out_leaves, strict=True):
         flat = arr.reshape(-1)
@@ -579,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], help=".npy per input (repeat), or one .npz")
     p.add_argument("--output", help="write outputs to .npy (one output) or .npz")
     p.add_argument("--device", default=None, help="cpu or gpu (default: jax's default)")
+    p.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="data-parallel over N devices of that kind, the batch split along axis 0 "
+                        "(on CPU: N host devices)")
     p.set_defaults(run=cmd_run)
 
     p = sub.add_parser("summary", help="inputs, outputs, ops, parameters, bytes by dtype, file composition",

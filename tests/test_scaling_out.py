@@ -27,7 +27,7 @@ MESH_CHECKS = textwrap.dedent("""
     from jaxlite.examples import digits_cnn, transformer
     results = {}
     cases = {
-        "cnn": (digits_cnn.factory(16), {"params.Conv_*.kernel*": P(None, None, None, "model")}, (None, "int8")),
+        "cnn": (digits_cnn.factory(16), {"params.Conv_*.kernel*": P(None, None, None, "model")}, ("int8",)),
         "transformer": (transformer.factory(num_layers=1, d_model=32, heads=2, seq=8, batch=8),
                         {"*query.kernel*": P(None, None, "model"), "*Dense_0.kernel*": P(None, "model")},
                         (None, "dynamic")),
@@ -72,12 +72,13 @@ def test_data_and_tensor_parallel_on_eight_cpu_devices():
     assert f"weight const0 of shape [5, 30] cannot be split as {P(None, 'model')}" in results.pop("split_error")
     for case, res in results.items():
         assert res["dp"] < 1e-6 and res["tp"] < 1e-5, (case, res)
-        assert res["dp_native"] < (1e-6 if case.endswith("None") else 1e-2), (case, res)  # native kernels round apart
+        assert res["dp_native"] < (1e-6 if case.endswith("None") else 2e-2), (case, res)  # native kernels round apart
         assert res["out_spec"] == str(P("data")) and res["devices"] == 8, (case, res)
         split = {str(P(None, "model")), str(P(None, None, "model")), str(P(None, None, None, "model"))}
         assert split & set(res["split"]), (case, res)
         assert not res["warnings"], (case, res)
     assert str(P("model")) in results["transformer dynamic"]["split"]  # the int8 kernels' scales
+    assert str(P("model")) in results["cnn int8"]["split"]
 
 
 WORKER = textwrap.dedent("""
@@ -137,3 +138,21 @@ def test_mesh_options_are_checked():
     with pytest.warns(UserWarning, match="matches no weight"):
         exe = model.compile(mesh=mesh, batch_axis="data", weight_sharding={"nothing.*": P("data")})
     np.testing.assert_array_equal(np.asarray(exe(x)), x * 2)
+
+
+def test_run_on_four_devices_from_the_cli(tmp_path):
+    """``jaxlite run --devices 4``: the batch split over four CPU devices, the one-device result."""
+    w = np.linspace(-1, 1, 64 * 16, dtype=np.float32).reshape(64, 16)
+    x = np.linspace(-2, 2, 8 * 64, dtype=np.float32).reshape(8, 64)
+    model = jaxlite.convert(lambda x: jax.nn.relu(x @ w), x, dynamic_batch=True)
+    model.save(tmp_path / "m.jlite")
+    np.save(tmp_path / "x.npy", x)
+    cli = [sys.executable, "-m", "jaxlite", "run", str(tmp_path / "m.jlite"), "--input", str(tmp_path / "x.npy")]
+    r = subprocess.run([*cli, "--devices", "4", "--output", str(tmp_path / "y.npy")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), np.asarray(model.compile(targets=["xla"])(x)),
+                               rtol=1e-6, atol=1e-6)
+    np.save(tmp_path / "x.npy", x[:7])
+    r = subprocess.run([*cli, "--devices", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "an input of shape [7, 64] cannot be split" in r.stderr
