@@ -85,8 +85,9 @@ def with_dynamic_batch(args: tuple) -> tuple:
     if len(sizes) > 1:
         raise ConversionError(f"dynamic_batch=True: the inputs' axis-0 sizes differ ({', '.join(map(str, sorted(sizes)))}); "
                               "axis 0 of every input becomes one batch dimension b")
-    if any(dims.is_symbolic(np.shape(x)[0]) for x in batched):
-        raise ConversionError("dynamic_batch=True: give concrete example inputs (or symbolic shapes without it)")
+    if any(dims.is_symbolic(d) for x in leaves for d in np.shape(x)):
+        raise ConversionError("dynamic_batch=True takes concrete example inputs; with symbolic shapes, give the "
+                              "batch a symbol of the same export.symbolic_shape call instead")
     (b,) = export.symbolic_shape("b")
     out = [jax.ShapeDtypeStruct((b, *np.shape(x)[1:]), x.dtype) if np.ndim(x) >= 1 else x for x in leaves]
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -15,6 +15,7 @@ from jaxlite._version import __version__
 from jaxlite.compiler import fileformat
 from jaxlite.compiler.calibration import activation_ranges
 from jaxlite.compiler.graph import model_graph, to_html, to_svg
+from jaxlite.dialects import dims
 from jaxlite.dialects.jlax import WeightOp
 from jaxlite.dialects.module import find_main, op_counts, parse_module, print_module
 from jaxlite.dialects.signature import Signature
@@ -198,6 +199,14 @@ def _load(path: str | os.PathLike) -> Model:
                 raise ModelFormatError(f"{path}: weight {name!r} is {arr.dtype.name}{list(arr.shape)}, "
                                        f"the IR expects {dtype.name}{list(shape)}")
     _check_signature_matches(module, signature, path)
+    try:
+        named = dims.module_symbols(module)
+    except (TypeError, ValueError) as e:
+        raise ModelFormatError(f"{path}: {e}") from None
+    given = dims.symbols([s.shape for s in signature.inputs])
+    if not named <= set(given):
+        raise ModelFormatError(f"{path}: the IR names dimension symbols no input has ({', '.join(sorted(named - set(given)))}); "
+                               f"the inputs have {', '.join(given) or 'none'}")
     return Model(module, weights, signature, metadata=dict(manifest.get("metadata") or {}))
 
 

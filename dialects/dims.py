@@ -40,16 +40,20 @@ from xdsl.utils.exceptions import VerifyException
 Dim = Any  # int | jax's symbolic dimension expression
 
 
-# At most this many constraints on a model's symbols.
-MAX_CONSTRAINTS = 64
+# At most this many constraints on a model's symbols: jax's decision procedure for
+# comparisons grows exponentially with them (a file with 24 took seconds to verify).
+MAX_CONSTRAINTS = 8
 
 
 @functools.lru_cache(maxsize=256)
 def _scope(constraints: tuple[str, ...] = ()) -> export.SymbolicScope:
     """The process-wide scope of models whose symbols have these constraints (one per set:
     a model's constraints never reach another model's symbols)."""
-    if len(constraints) > MAX_CONSTRAINTS or any(len(c) > MAX_EXPRESSION_CHARS for c in constraints):
-        raise ValueError(f"at most {MAX_CONSTRAINTS} dimension constraints of {MAX_EXPRESSION_CHARS} characters")
+    if len(constraints) > MAX_CONSTRAINTS or any(len(c) > MAX_EXPRESSION_CHARS
+                                                 or sum(c.count(f) for f in _NONLINEAR) > MAX_NONLINEAR_TERMS
+                                                 for c in constraints):
+        raise ValueError(f"at most {MAX_CONSTRAINTS} dimension constraints of {MAX_EXPRESSION_CHARS} characters "
+                         f"and {MAX_NONLINEAR_TERMS} mod/floordiv/max/min terms each")
     try:
         return export.SymbolicScope(constraints)
     except Exception as e:
@@ -70,8 +74,12 @@ def is_static_shape(shape: Sequence[Dim]) -> bool:
     return not any(is_symbolic(d) for d in shape)
 
 
-# An expression's text is at most this long (jaxlite writes a few characters: "b", "b*t").
-MAX_EXPRESSION_CHARS = 256
+# An expression's text is at most this long, with at most this many non-linear terms
+# (mod, floordiv, max, min, non_negative): jaxlite writes a few characters ("b", "b*t",
+# "floordiv(t, 2)"), and comparing expressions with many such terms takes jax exponential time.
+MAX_EXPRESSION_CHARS = 64
+MAX_NONLINEAR_TERMS = 2
+_NONLINEAR = ("mod", "floordiv", "max", "min", "non_negative")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -80,6 +88,8 @@ def parse_dim(text: str, constraints: tuple[str, ...] = ()) -> Dim:
     scope of ``constraints``; ValueError when it is not one."""
     if len(text) > MAX_EXPRESSION_CHARS:
         raise ValueError(f"a dimension expression of {len(text)} characters (at most {MAX_EXPRESSION_CHARS})")
+    if sum(text.count(f) for f in _NONLINEAR) > MAX_NONLINEAR_TERMS:
+        raise ValueError(f"{text!r} has more than {MAX_NONLINEAR_TERMS} mod/floordiv/max/min terms")
     scope = _scope(constraints)
     try:
         (d,) = export.symbolic_shape(text, scope=scope)
@@ -200,6 +210,34 @@ class DimAttr(ParametrizedAttribute):
         printer.print_string(">")
 
 
+def module_symbols(module: ModuleOp) -> set[str]:
+    """Every symbol a module's types, #jlax.dim parameters and their constraints name."""
+    found: set[str] = set()
+
+    def visit(attr) -> None:
+        if isinstance(attr, TensorType):
+            for d in tensor_dims(attr):
+                if is_symbolic(d):
+                    found.update(d._get_vars())
+                    for c in d.scope._explicit_constraints:
+                        found.update(v for e in (c.e1, c.e2) if is_symbolic(e) for v in e._get_vars())
+        elif isinstance(attr, DimAttr):
+            found.update(attr.dim._get_vars())
+        elif isinstance(attr, ArrayAttr | FunctionType):
+            for a in (attr.data if isinstance(attr, ArrayAttr) else (*attr.inputs.data, *attr.outputs.data)):
+                visit(a)
+        elif isinstance(attr, DictionaryAttr):
+            for a in attr.data.values():
+                visit(a)
+
+    for op in module.walk():
+        for a in (*op.properties.values(), *op.attributes.values()):
+            visit(a)
+        for v in (*op.results, *(a for r in op.regions for b in r.blocks for a in b.args)):
+            visit(v.type)
+    return found
+
+
 def has_symbolic_types(module: ModuleOp) -> bool:
     """Whether any value of ``module`` has a symbolic dimension."""
     for op in module.walk():
@@ -263,7 +301,10 @@ def counterparts(module: ModuleOp, copy: ModuleOp, values: Sequence) -> list:
 
 # -- at call time ---------------------------------------------------------------------
 def _linear_in(d: Dim, var: str, env: Mapping[str, int]) -> tuple[int, int] | None:
-    """(k, c) when ``d`` is ``k*var + c`` once the symbols in ``env`` are known, else None."""
+    """(k, c) when ``d`` is ``k*var + c`` once the symbols in ``env`` are known, else None
+    (expressions with mod, floordiv, max or min are never solved from: only checked)."""
+    if any(f in dim_text(d) for f in _NONLINEAR):
+        return None
     try:
         points = [evaluate(d, {**env, var: x}) for x in (1, 2, 3, 5)]
     except Exception:

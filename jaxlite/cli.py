@@ -162,7 +162,11 @@ def read_batches(path: str, signature) -> list[tuple]:
         raise UserError(f"{path}: arrays need samples along axis 0")
     dynamic = _symbolic_batch(signature)
     samples = min(len(a) for a in arrays)
-    batch = min(samples, MAX_DYNAMIC_BATCH) if dynamic else (specs[0].shape[0] if specs[0].shape else 1)
+    fixed = [s.shape[0] for s in specs if s.shape and not dims.is_symbolic(s.shape[0])]
+    if not dynamic and len(fixed) != len([s for s in specs if s.shape]):
+        raise UserError(f"{path}: the model's inputs mix a fixed and a symbolic axis 0 ({signature.describe_inputs()}): "
+                        "give one .npy per input with --input instead")
+    batch = min(samples, MAX_DYNAMIC_BATCH) if dynamic else (fixed[0] if fixed else 1)
     if samples == 0:
         raise UserError(f"{path} holds no samples")
     out = []
@@ -179,9 +183,11 @@ def read_batches(path: str, signature) -> list[tuple]:
             if len(part) < batch:  # the model's batch is fixed: pad the last one with its last sample
                 part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])
             try:
-                if not dims.is_static_shape(s.shape):
+                if dims.is_static_shape(s.shape):
+                    part = part.reshape(s.shape)
+                elif part.ndim != len(s.shape):  # other symbolic dimensions: the model checks them
                     raise ValueError
-                leaves.append(part.astype(s.dtype).reshape(s.shape))
+                leaves.append(part.astype(s.dtype))
             except ValueError:
                 raise UserError(f"{path}: samples of shape {a.shape[1:]} do not fit input {s.name} "
                                 f"({s.describe()})") from None

@@ -30,9 +30,11 @@ class Predictor:
         self.model = load(path)
         self.signature = self.model.signature
         self.exe = self.model.compile(**compile_options)
+        from jaxlite.dialects import dims
+
         specs = self.signature.inputs
-        self._static_batch = None
-        if specs and all(spec.shape for spec in specs) and not self.signature.symbolic:
+        self._static_batch = None  # the fixed axis 0 every input shares, if any (else: batches as they come)
+        if specs and all(spec.shape and not dims.is_symbolic(spec.shape[0]) for spec in specs):
             sizes = {spec.shape[0] for spec in specs}
             self._static_batch = sizes.pop() if len(sizes) == 1 else None
         outs = self.signature.outputs
@@ -60,6 +62,9 @@ class Predictor:
         if any(c.ndim == 0 or len(c) != rows for c in columns):
             raise SignatureError(f"batch columns must have one row per sample, got lengths "
                                  f"{[len(c) if c.ndim else 0 for c in columns]}")
+        if rows == 0:  # nothing to run: empty columns of the outputs' row shapes, where fixed
+            return {name: np.zeros((0, *self._row_shape(spec)), spec.dtype)
+                    for name, spec in zip(self.output_names, self.signature.outputs, strict=True)}
         size = self._static_batch
         if size is None:
             outputs = [self._run(columns)]
@@ -73,6 +78,14 @@ class Predictor:
                 outputs.append([o[: size - short] for o in self._run(piece)])
         return {name: np.concatenate([o[i] for o in outputs]) if len(outputs) > 1 else outputs[0][i]
                 for i, name in enumerate(self.output_names)}
+
+    @staticmethod
+    def _row_shape(spec) -> tuple[int, ...]:
+        from jaxlite.dialects import dims
+
+        if not spec.shape or not dims.is_static_shape(spec.shape[1:]):
+            raise SignatureError(f"an empty batch: output {spec.name} ({spec.describe()}) has no fixed row shape")
+        return tuple(spec.shape[1:])
 
     def _run(self, leaves: list[np.ndarray]) -> list[np.ndarray]:
         import jax

@@ -10,6 +10,7 @@ kept for the most recently used ``max_shapes`` shapes.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,9 @@ class PolymorphicExecutable:
                     device.platform if device is not None else jax.default_backend())
         if options.get("targets") is not None:
             choose_targets(platform, options["targets"])
+        if mesh is not None and options.get("weight_sharding"):  # warns of patterns that match nothing, once
+            sharding.WeightShardings(sharding.auto_axes(mesh), options["weight_sharding"], model.module,
+                                     list(model.weights))
         self._cache: OrderedDict[tuple, Executable] = OrderedDict()
         self._placed: dict[str, jax.Array] = {}  # weights and packed arrays, shared by every shape
         self._last: tuple | None = None  # the most recently used shapes (the LRU order's end)
@@ -90,7 +94,12 @@ class PolymorphicExecutable:
 
     def at(self, *args) -> Executable:
         """The Executable for these arguments' shapes (compiled on first use, then cached)."""
-        key = tuple(x.shape if hasattr(x, "shape") else np.shape(x) for x in self._leaves(args))
+        leaves = self._leaves(args)
+        for x, spec in zip(leaves, self.signature.inputs, strict=True):
+            if not isinstance(x, np.ndarray | jax.Array | np.generic | int | float | bool):
+                raise SignatureError(f"argument {spec.name}: expected an array, got {type(x).__name__}\n"
+                                     f"  expected signature: ({self.signature.describe_inputs()})")
+        key = tuple(tuple(np.shape(x)) for x in leaves)
         exe = self._cache.get(key)
         if exe is None:
             exe = self._cache[key] = self._compile(key)
@@ -138,6 +147,13 @@ class PolymorphicExecutable:
             raise SignatureError(f"{e}\n  expected signature: ({self.signature.describe_inputs()})") from None
 
     def _compile(self, shapes) -> Executable:
+        # made outside any trace the call may be in (jax.jit of a function calling us): the
+        # weights placed here are shared by later calls, so they must be concrete arrays
+        with jax.ensure_compile_time_eval(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="weight_sharding: pattern")  # said once, by __init__
+            return self._compile_traced(shapes)
+
+    def _compile_traced(self, shapes) -> Executable:
         env = self.env(shapes)
         module = dims.specialize(self.model.module, env)
         try:

@@ -238,3 +238,59 @@ def test_jnp_over_a_symbolic_batch(name):
     for batch in (1, 2, 5):
         x = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
         np.testing.assert_allclose(np.asarray(exe(x)), np.asarray(jax.jit(fn)(x)), rtol=1e-5, atol=1e-5)
+
+
+def _rewritten(src, dst, old, new):
+    import zipfile
+
+    with zipfile.ZipFile(src) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["model.mlir"] = members["model.mlir"].decode().replace(old, new).encode()
+    with zipfile.ZipFile(dst, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    return dst
+
+
+def test_hostile_dimension_expressions_are_refused_quickly(tmp_path):
+    """Expressions whose comparison would take jax exponential time (many mod/max terms, many
+    constraints) and symbols no input has are refused at load, with ModelFormatError."""
+    import time
+
+    src = tmp_path / "m.jlite"
+    jaxlite.convert(lambda x: x[1:] * 2.0, jax.ShapeDtypeStruct(export.symbolic_shape("b, 4"), jnp.float32)).save(src)
+    chain = "+".join(f"mod(b, {k})" for k in range(3, 9))
+    constraints = ", ".join(f'"b >= {k}"' for k in range(1, 12))
+    for old, new in (('["b"]', f'["{chain}"]'), ('["b - 1"]', f'["b - 1", [{constraints}]]'),
+                     ('["b - 1"]', '["c"]')):
+        bad = _rewritten(src, tmp_path / "bad.jlite", old, new)
+        t = time.perf_counter()
+        with pytest.raises(ModelFormatError):
+            jaxlite.load(bad)
+        assert time.perf_counter() - t < 10
+
+
+def test_first_call_inside_jit_and_non_arrays():
+    w = np.linspace(-1, 1, 64 * 16, dtype=np.float32).reshape(64, 16)
+    model = jaxlite.convert(lambda x: x @ w, np.ones((2, 64), np.float32), dynamic_batch=True)
+    for options in ({}, {"direct": False}):
+        exe = model.compile(**options)
+        x = np.ones((3, 64), np.float32)
+        np.testing.assert_allclose(np.asarray(jax.jit(exe)(x)), x @ w, rtol=1e-5)  # compiled in a trace
+        np.testing.assert_allclose(np.asarray(exe(x)), x @ w, rtol=1e-5)   # its weights are concrete
+        np.testing.assert_allclose(np.asarray(exe(x[:2])), x[:2] @ w, rtol=1e-5)
+    for bad in ([[1.0] * 64], {"x": x}, None):
+        with pytest.raises(SignatureError, match="argument x: expected an array"):
+            exe(bad)
+    with pytest.raises(ConversionError, match="dynamic_batch=True takes concrete example inputs"):
+        jaxlite.convert(lambda x: x, jax.ShapeDtypeStruct(export.symbolic_shape("2, b"), jnp.float32),
+                        dynamic_batch=True)
+
+
+def test_symbols_are_solved_only_from_linear_dimensions():
+    b = dims.parse_dim("b")
+    m = dims.parse_dim("mod(b, 7)")
+    for shapes, actual in ((((m,), (b,)), ((3,), (10,))), (((b,), (m,)), ((10,), (3,)))):
+        assert dims.solve(shapes, actual, ["x", "y"]) == {"b": 10}
+    with pytest.raises(ValueError, match="no input dimension determines b"):
+        dims.solve([(m,)], [(3,)], ["x"])

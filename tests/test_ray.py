@@ -61,3 +61,10 @@ def test_a_one_input_model_takes_its_only_column(tmp_path):
     jaxlite.convert(fn, _data(2), dynamic_batch=True).save(tmp_path / "m.jlite")
     out = jaxlite.ray.Predictor(tmp_path / "m.jlite", direct=False)({"data": _data(5)})
     np.testing.assert_allclose(out["output"], np.asarray(jax.jit(fn)(_data(5))), rtol=1e-5, atol=1e-5)
+
+
+def test_an_empty_batch_gives_empty_columns(tmp_path):
+    for dynamic in (False, True):
+        jaxlite.convert(fn, _data(4), dynamic_batch=dynamic).save(tmp_path / "m.jlite")
+        out = jaxlite.ray.Predictor(tmp_path / "m.jlite")({"data": np.zeros((0, 64), np.float32)})
+        assert out["output"].shape == (0, 16) and out["output"].dtype == np.float32
