@@ -90,6 +90,8 @@ def convert(fn: Callable, *example_args, passes: str | Sequence[str] | None = No
         verify_module(traced.module)
     except VerifyException as e:
         raise ConversionError(f"the traced IR does not verify: {e}") from None
+    except (TypeError, ValueError) as e:  # a symbolic dimension beyond what the IR keeps (dims.py limits)
+        raise ConversionError(f"the traced IR cannot keep a symbolic dimension: {e}") from None
     model = Model(traced.module, traced.weights, traced.signature)
     model.record("trace", print_module(traced.module))
     printing = dict(print_ir_after_all=print_ir_after_all, print_ir_after=print_ir_after, print_stats=print_stats)

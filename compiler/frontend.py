@@ -315,7 +315,11 @@ def _leaf_specs(tree, avals, root_names: list[str] | None, prefix: str) -> list[
             name = root_names[path[0].idx] + "".join(key_str(k) for k in path[1:])
         else:
             name = prefix + "".join(key_str(k) for k in path)
-        specs.append(TensorSpec(name, tuple(dims.canonical(d) for d in aval.shape), np.dtype(aval.dtype)))
+        try:
+            shape = tuple(dims.canonical(d) for d in aval.shape)
+        except ValueError as e:
+            raise ConversionError(f"{name}: {e}") from None
+        specs.append(TensorSpec(name, shape, np.dtype(aval.dtype)))
     return specs
 
 

@@ -294,3 +294,9 @@ def test_symbols_are_solved_only_from_linear_dimensions():
         assert dims.solve(shapes, actual, ["x", "y"]) == {"b": 10}
     with pytest.raises(ValueError, match="no input dimension determines b"):
         dims.solve([(m,)], [(3,)], ["x"])
+
+
+def test_more_constraints_than_the_ir_keeps_are_a_conversion_error():
+    many = tuple(f"b >= {k}" for k in range(1, 11))
+    with pytest.raises(ConversionError, match="at most 8 dimension constraints"):
+        jaxlite.convert(lambda x: x * 2, jax.ShapeDtypeStruct(export.symbolic_shape("b, 3", constraints=many), jnp.float32))
