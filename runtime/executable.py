@@ -167,16 +167,7 @@ class Executable:
 
         def run(weights, args):
             # structure, shape and dtype checks happen here, at trace time only
-            leaves, treedef = jax.tree_util.tree_flatten(args)
-            if treedef != in_treedef:
-                try:
-                    leaves = sig.in_tree.flatten(args, "args")
-                except ValueError as e:
-                    raise SignatureError(f"arguments do not match the model's inputs: {e}\n"
-                                         f"  expected signature: ({sig.describe_inputs()})") from None
-            if len(leaves) != len(sig.inputs):
-                raise SignatureError(f"expected {len(sig.inputs)} input arrays, got {len(leaves)}\n"
-                                     f"  expected signature: ({sig.describe_inputs()})")
+            leaves = input_leaves(args, sig, in_treedef)
             leaves = [_checked_leaf(x, spec, sig) for x, spec in zip(leaves, sig.inputs, strict=True)]
             return self._outputs(program({**embedded, **weights}, leaves))
 
@@ -186,8 +177,7 @@ class Executable:
         self._in_treedef = in_treedef
         self._input_specs = [(tuple(spec.shape), np.dtype(spec.dtype)) for spec in sig.inputs]
         self._single_output = sig.out_treedef is not None and jax.tree_util.treedef_is_leaf(sig.out_treedef)
-        self._flat_inputs = in_treedef is not None and in_treedef == jax.tree_util.tree_structure(
-            tuple(range(len(sig.inputs))))
+        self._flat_inputs = takes_positional_arrays(in_treedef, len(sig.inputs))
         native_cpu = any(t.startswith("cpu-") for t in self.targets)
         if direct is not False and native_cpu and in_treedef is not None and worth_tracing(main.body.block):
             specs = sig.in_tree.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in sig.inputs])
@@ -316,6 +306,27 @@ def drop_pages(array) -> None:
     mm = getattr(array, "_mmap", None)
     if isinstance(array, np.memmap) and mm is not None and hasattr(mm, "madvise"):
         mm.madvise(mmap.MADV_DONTNEED)
+
+
+def input_leaves(args, sig: Signature, in_treedef) -> list:
+    """The input arrays of ``args`` in signature order, or a SignatureError saying how the
+    arguments' structure or count differs from the model's inputs."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    if treedef != in_treedef:
+        try:
+            leaves = sig.in_tree.flatten(args, "args")
+        except ValueError as e:
+            raise SignatureError(f"arguments do not match the model's inputs: {e}\n"
+                                 f"  expected signature: ({sig.describe_inputs()})") from None
+    if len(leaves) != len(sig.inputs):
+        raise SignatureError(f"expected {len(sig.inputs)} input arrays, got {len(leaves)}\n"
+                             f"  expected signature: ({sig.describe_inputs()})")
+    return leaves
+
+
+def takes_positional_arrays(in_treedef, count: int) -> bool:
+    """Whether the inputs are ``count`` positional arrays (calls then need no flattening)."""
+    return in_treedef is not None and in_treedef == jax.tree_util.tree_structure(tuple(range(count)))
 
 
 def builtin_treedef(sig: Signature):

@@ -26,7 +26,14 @@ from jaxlite.dialects.signature import Signature
 from jaxlite.dialects.weights import WeightStore
 from jaxlite.errors import SignatureError
 from jaxlite.runtime import sharding
-from jaxlite.runtime.executable import Executable, builtin_treedef, choose_targets, resolve_device
+from jaxlite.runtime.executable import (
+    Executable,
+    builtin_treedef,
+    choose_targets,
+    input_leaves,
+    resolve_device,
+    takes_positional_arrays,
+)
 
 _shape = operator.attrgetter("shape")
 
@@ -73,28 +80,11 @@ class PolymorphicExecutable:
         self._names = [f"argument {spec.name}" for spec in self.signature.inputs]
         sig = self.signature
         treedef = self._in_treedef = sig.in_treedef if sig.in_treedef is not None else builtin_treedef(sig)
-        self._flat_inputs = treedef is not None and treedef == jax.tree_util.tree_structure(
-            tuple(range(len(self.signature.inputs))))
-        self._flat_count = len(self._shapes) if self._flat_inputs else -1
-
-    def _leaves(self, args) -> list:
-        if self._flat_inputs and len(args) == len(self._shapes):
-            return list(args)
-        leaves, treedef = jax.tree_util.tree_flatten(args)
-        if treedef != self._in_treedef:
-            try:
-                leaves = self.signature.in_tree.flatten(args, "args")
-            except ValueError as e:
-                raise SignatureError(f"arguments do not match the model's inputs: {e}\n"
-                                     f"  expected signature: ({self.signature.describe_inputs()})") from None
-        if len(leaves) != len(self._shapes):
-            raise SignatureError(f"expected {len(self._shapes)} input arrays, got {len(leaves)}\n"
-                                 f"  expected signature: ({self.signature.describe_inputs()})")
-        return leaves
+        self._flat_count = len(self._shapes) if takes_positional_arrays(treedef, len(self._shapes)) else -1
 
     def at(self, *args) -> Executable:
         """The Executable for these arguments' shapes (compiled on first use, then cached)."""
-        leaves = self._leaves(args)
+        leaves = list(args) if len(args) == self._flat_count else input_leaves(args, self.signature, self._in_treedef)
         for x, spec in zip(leaves, self.signature.inputs, strict=True):
             if not isinstance(x, np.ndarray | jax.Array | np.generic | int | float | bool):
                 raise SignatureError(f"argument {spec.name}: expected an array, got {type(x).__name__}\n"
