@@ -49,14 +49,15 @@ class Model:
             name = f"{step}#{i}"
         self.ir_history.append((name, text))
 
-    def ir(self, after: str | None = None) -> str:
+    def ir(self, after: str | None = None, generic: bool = False) -> str:
         """IR text of the model, or (``after=NAME``) as it was after that pipeline step
-        ("trace" is the IR straight from tracing; a repeated pass is NAME#2, ...)."""
+        ("trace" is the IR straight from tracing; a repeated pass is NAME#2, ...).
+        ``generic``: MLIR's generic op form (what Netron draws)."""
         if after is None:
-            return print_module(self.module)
+            return print_module(self.module, generic)
         for name, text in self.ir_history:
             if name == after:
-                return text
+                return print_module(parse_module(text, f"IR after {name}"), True) if generic else text
         known = ", ".join(n for n, _ in self.ir_history) or "none recorded"
         raise KeyError(f"no IR recorded after {after!r} (recorded: {known})")
 

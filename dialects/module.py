@@ -40,9 +40,11 @@ def make_context() -> Context:
     return ctx
 
 
-def print_module(module: ModuleOp) -> str:
+def print_module(module: ModuleOp, generic: bool = False) -> str:
+    """The module's text; ``generic``: MLIR's generic op form, which tools that know none of
+    jaxlite's dialects (Netron, mlir-opt with unregistered dialects allowed) can read."""
     out = io.StringIO()
-    Printer(stream=out).print_op(module)
+    Printer(stream=out, print_generic_format=generic).print_op(module)
     out.write("\n")
     return out.getvalue()
 

@@ -17,6 +17,7 @@ from jaxlite._version import __version__
 from jaxlite.errors import (
     ConversionError,
     DeviceError,
+    ExportError,
     JaxliteError,
     ModelFormatError,
     SaveError,
@@ -50,5 +51,5 @@ def compile(fn, *example_args, device=None, **convert_options):
 
 __all__ = [
     "convert", "compile", "load", "Model", "quantization_report", "QuantizationReport", "JaxliteError", "UnsupportedPrimitiveError",
-    "ModelFormatError", "SaveError", "SignatureError", "DeviceError", "ConversionError", "__version__",
+    "ModelFormatError", "SaveError", "ExportError", "SignatureError", "DeviceError", "ConversionError", "__version__",
 ]

@@ -450,7 +450,7 @@ def _joined(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
 def cmd_ir(args) -> None:
     import jaxlite
 
-    print(jaxlite.load(args.model).ir(), end="")
+    print(jaxlite.load(args.model).ir(generic=args.generic), end="")
 
 
 def cmd_run(args) -> None:
@@ -594,8 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspection_flags(p)
     p.set_defaults(run=cmd_opt)
 
-    p = sub.add_parser("ir", help="print a model's IR", epilog="example: jaxlite ir mlp.jlite | less")
+    p = sub.add_parser("ir", help="print a model's IR",
+                       epilog="examples: jaxlite ir mlp.jlite | less; jaxlite ir mlp.jlite --generic > mlp.mlir "
+                              "(opens in Netron)")
     p.add_argument("model")
+    p.add_argument("--generic", action="store_true",
+                   help="MLIR's generic op form, readable by tools that do not know jaxlite's dialects (Netron)")
     p.set_defaults(run=cmd_ir)
 
     p = sub.add_parser("run", help="run a model on inputs from .npy/.npz files",

@@ -37,3 +37,8 @@ class ConversionError(JaxliteError, ValueError):
 
 class SaveError(JaxliteError, OSError):
     """A model could not be written (the message names the file and the reason)."""
+
+
+class ExportError(JaxliteError, ValueError):
+    """A model cannot be written in another format (.tflite): the message names the op and
+    what the format lacks."""
