@@ -24,7 +24,9 @@ import re
 import struct
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import ml_dtypes
 import numpy as np
@@ -62,12 +64,7 @@ def _stored_as(array: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightStore) -> None:
-    """Write the model file atomically and durably: into a temporary file beside the target
-    (fsynced), renamed over it, then the directory fsynced -- a crash leaves the old file or
-    the new one, never a torn one. A symlink is written through (its target is replaced), an
-    existing file keeps its permissions, and temporary files that killed saves left behind
-    are removed. Errors name the target (``SaveError``)."""
-    target = Path(os.path.realpath(path))
+    """Write the model file (atomically and durably: ``write_file``)."""
     table = {}
     members = []
     for i, (name, array) in enumerate(weights.arrays.items()):
@@ -75,6 +72,26 @@ def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightS
         table[name] = {"member": member, "dtype": array.dtype.name, "shape": list(array.shape)}
         members.append((member, array))
     manifest = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights": table}
+
+    def write(raw) -> None:
+        with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            # text members are deflated (IR text compresses ~7x); weights stay stored for mmap
+            zf.writestr(MANIFEST, json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+            zf.writestr(IR_MEMBER, ir_text, compress_type=zipfile.ZIP_DEFLATED)
+            for member, array in members:
+                with zf.open(member, "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, _storable(np.ascontiguousarray(array)), allow_pickle=False)
+
+    write_file(path, write)
+
+
+def write_file(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file atomically and durably with ``write(stream)``: into a temporary file
+    beside the target (fsynced), renamed over it, then the directory fsynced -- a crash
+    leaves the old file or the new one, never a torn one. A symlink is written through (its
+    target is replaced), an existing file keeps its permissions, and temporary files that
+    killed writes left behind are removed. Errors name the target (``SaveError``)."""
+    target = Path(os.path.realpath(path))
     _remove_stale_temporaries(target)
     try:
         mode = target.stat().st_mode & 0o7777 if target.exists() else None
@@ -83,16 +100,10 @@ def save(path: str | os.PathLike, manifest: dict, ir_text: str, weights: WeightS
         raise SaveError(f"cannot save {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as raw:
-            with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                # text members are deflated (IR text compresses ~7x); weights stay stored for mmap
-                zf.writestr(MANIFEST, json.dumps(manifest, indent=1), compress_type=zipfile.ZIP_DEFLATED)
-                zf.writestr(IR_MEMBER, ir_text, compress_type=zipfile.ZIP_DEFLATED)
-                for member, array in members:
-                    with zf.open(member, "w", force_zip64=True) as out:
-                        np.lib.format.write_array(out, _storable(np.ascontiguousarray(array)), allow_pickle=False)
+            write(raw)
             raw.flush()
             os.fsync(raw.fileno())
-        if mode is None:  # mkstemp makes 0600; a new model file is an ordinary file
+        if mode is None:  # mkstemp makes 0600; a new file is an ordinary file
             umask = os.umask(0)
             os.umask(umask)
             mode = 0o666 & ~umask

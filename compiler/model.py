@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from xdsl.dialects.builtin import ModuleOp
 
@@ -21,7 +22,7 @@ from jaxlite.dialects.module import find_main, op_counts, parse_module, print_mo
 from jaxlite.dialects.signature import Signature
 from jaxlite.dialects.types import shape_dtype
 from jaxlite.dialects.weights import WeightStore
-from jaxlite.errors import ModelFormatError
+from jaxlite.errors import ExportError, ModelFormatError
 from jaxlite.passes import pipeline
 from jaxlite.passes.common import PassResources
 from jaxlite.passes.pipeline import PassStats
@@ -142,6 +143,20 @@ class Model:
         manifest = {"jaxlite_version": __version__, "signature": self.signature.to_json(),
                     "metadata": self.metadata}
         fileformat.save(path, manifest, self.ir(), self.weights)
+
+    def export(self, path: str | os.PathLike) -> None:
+        """Write the model as a .tflite file that LiteRT runs (Android, iOS, microcontrollers,
+        browsers) and Netron opens: float32, float16 and bfloat16 (as float32) with float
+        weights, int8-weights and ``dynamic`` as int8 weights with per-channel scales, ``int8``
+        with int8 tensors where jaxlite computes in int8. ExportError names an op TFLite
+        cannot express; SaveError a file that cannot be written."""
+        from jaxlite.compiler.tflite_export import export_tflite
+
+        if Path(path).suffix.lower() != ".tflite":
+            raise ExportError(f"cannot export to {os.fspath(path)!r}: the export writes .tflite files "
+                              "(name the file NAME.tflite)")
+        data = export_tflite(self, description=f"jaxlite {__version__}")
+        fileformat.write_file(path, lambda f: f.write(data))
 
     def graph(self):
         """Nodes of the model graph (see jaxlite.compiler.graph)."""

@@ -176,9 +176,13 @@ def _int32_bias(bias: np.ndarray, x_scale: float, w_scale: np.ndarray, n: int) -
     return q.astype(np.int32), scale
 
 
-def _bias_tensor(ex: Exporter, bias, mode: str, ep: _Epilogue, w_scale, n: int) -> int:
-    if bias is None:
-        return -1
+def _bias_tensor(ex: Exporter, bias, mode: str, ep: _Epilogue, w_scale, n: int, required: bool = False) -> int:
+    """The fused bias tensor; -1 (none) for an absent or all-zero bias (an untrained Dense)
+    unless the op ``required`` one (LiteRT's convolutions)."""
+    if bias is None or not np.any(bias):
+        if not required:
+            return -1
+        bias = np.zeros(n, np.float32)
     if mode == "int8":
         q, scale = _int32_bias(bias, ep.x_scale, w_scale, n)
         return ex.g.constant(q, ex.name("bias"), Quantization.symmetric(scale))
@@ -343,7 +347,7 @@ def lower_conv(ex: Exporter, op: Operation, lhs_v: SSAValue, kernel: Kernel | No
     fused_bias = bias is not False
     if not fused_bias and mode == "int8":
         raise ExportError(f"cannot export {op.name}: an int8 layer's bias must be a constant per output channel")
-    b = _bias_tensor(ex, bias if fused_bias else None, mode, ep, w_scale, o)
+    b = _bias_tensor(ex, bias if fused_bias else None, mode, ep, w_scale, o, required=True)
     act, fused_act = _fused_activation(ep) if fused_bias else (_FUSABLE["none"], False)
     options = {"padding": PADDING[mode_pad], "stride_h": strides[0], "stride_w": strides[1],
                "dilation_h_factor": dilation[0], "dilation_w_factor": dilation[1],

@@ -620,14 +620,19 @@ def _pool(ex: Exporter, op: Operation) -> None:
     hw4 = ([1] if len(spatial) == 1 else []) + hw
     mode = padding_mode(hw4, (kh, kw), (sh, sw), pads)
     if op.name == "jlax.reduce_window_sum" and mode != "VALID":
-        mode = None  # AVERAGE_POOL_2D's SAME divides by the unpadded count: not a padded sum
+        mode = None  # AVERAGE_POOL_2D's SAME divides by the unpadded count: pad with zeros instead
     t = ex.full(x)
     quant = ex.g.quantization(t)
     t = ex.reshape(t, (batch, *hw4, shape[channel]))
     if mode is None:
-        if op.name != "jlax.reduce_window_max":
-            raise ExportError(f"cannot export {op.name} with padding {pads} to TFLite")
-        pad_value = np.full((), -np.inf if dtype.kind == "f" else np.iinfo(dtype).min, dtype)
+        if any(lo < 0 or hi < 0 for lo, hi in pads):
+            raise ExportError(f"cannot export {op.name} with negative padding {pads} to TFLite")
+        if op.name == "jlax.reduce_window_sum":
+            pad_value = np.zeros((), dtype)
+        elif dtype.kind == "f":
+            pad_value = np.full((), -np.inf, dtype)
+        else:
+            pad_value = np.full((), np.iinfo(dtype).min, dtype)
         padded = (batch, hw4[0] + sum(pads[0]), hw4[1] + sum(pads[1]), shape[channel])
         t = ex.emit("PADV2", [t, ex.int_const([[0, 0], list(pads[0]), list(pads[1]), [0, 0]], "paddings"),
                               ex.g.constant(pad_value, ex.name("pad_value"))], padded, dtype, quant=quant)

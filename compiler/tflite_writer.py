@@ -177,7 +177,8 @@ def _buffer(b, data: bytes) -> int:
         b.StartVector(1, len(data), _BUFFER_ALIGNMENT)
         b.head -= len(data)
         b.Bytes[b.head:b.head + len(data)] = data
-        vector = b.EndVector(len(data))
+        b.vectorNumElems = len(data)
+        vector = b.EndVector()
     tflite.BufferStart(b)
     if vector is not None:
         tflite.BufferAddData(b, vector)
@@ -255,3 +256,22 @@ def _signature(b, inputs, outputs) -> int:
     tflite.SignatureDefAddSignatureKey(b, key)
     tflite.SignatureDefAddSubgraphIndex(b, 0)
     return tflite.SignatureDefEnd(b)
+
+
+_BUILTIN_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def builtin_counts(data: bytes) -> dict[str, int]:
+    """How many operators of each builtin a .tflite file's first subgraph holds (the file's own
+    or TFLiteConverter's: for side-by-side op counts)."""
+    model = tflite.Model.GetRootAsModel(data, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        codes.append(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()))
+    counts: dict[str, int] = {}
+    graph = model.Subgraphs(0)
+    for i in range(graph.OperatorsLength()):
+        name = _BUILTIN_NAMES.get(codes[graph.Operators(i).OpcodeIndex()], "CUSTOM")
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -453,6 +453,18 @@ def cmd_ir(args) -> None:
     print(jaxlite.load(args.model).ir(generic=args.generic), end="")
 
 
+def cmd_export(args) -> None:
+    import jaxlite
+    from jaxlite.compiler.tflite_writer import builtin_counts
+
+    output = args.output or str(Path(args.model).with_suffix(".tflite"))
+    model = jaxlite.load(args.model)
+    model.export(output)
+    counts = builtin_counts(Path(output).read_bytes())
+    ops = ", ".join(f"{name} x{n}" for name, n in counts.items())
+    print(f"wrote {output}: {sum(counts.values())} TFLite ops ({ops}); {Path(output).stat().st_size:,} bytes")
+
+
 def cmd_run(args) -> None:
     import os
 
@@ -601,6 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generic", action="store_true",
                    help="MLIR's generic op form, readable by tools that do not know jaxlite's dialects (Netron)")
     p.set_defaults(run=cmd_ir)
+
+    p = sub.add_parser("export", help="write a .jlite model as a .tflite file (LiteRT, Netron)",
+                       epilog="example: jaxlite export mlp.jlite -o mlp.tflite")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", default=None, help=".tflite to write (default: the model's name with .tflite)")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("run", help="run a model on inputs from .npy/.npz files",
                        epilog="example: jaxlite run mlp.jlite --input x.npy --output y.npy")

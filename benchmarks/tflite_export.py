@@ -1,0 +1,119 @@
+"""jaxlite's .tflite export beside TFLiteConverter's file of the same function (jax2tf ->
+TFLiteConverter, as ``reference_runtimes`` makes it), per anchor model and mode: file size,
+operator count, output error against jax.jit float32 (relative L2), and LiteRT's latency on
+each file, timed interleaved in this process (medians).
+
+Needs the ``bench`` extra (TensorFlow for TFLiteConverter)::
+
+    python benchmarks/tflite_export.py --threads 1 [--models mlp,cnn] [--reps 200]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from common import configure_threads, interleaved_medians  # noqa: E402
+
+THREADS = configure_threads(sys.argv)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from anchor_models import calibration, make_cnn, make_mlp, make_resnet18, make_transformer  # noqa: E402
+
+import jaxlite  # noqa: E402
+from jaxlite.compiler.tflite_export import export_tflite  # noqa: E402
+from jaxlite.compiler.tflite_writer import builtin_counts  # noqa: E402
+from jaxlite.runtime import cpu  # noqa: E402
+
+MODELS = {"mlp": make_mlp, "cnn": make_cnn, "transformer": make_transformer, "resnet18": make_resnet18}
+MODES = ("float32", "float16", "dynamic", "int8")
+_JAXLITE_MODE = {"float32": None, "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
+
+
+def _arg(name: str, default: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+def tflite_converter(fn, args, cal, mode: str) -> bytes:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    tf_fn = tf.function(jax2tf.convert(fn, with_gradient=False), autograph=False,
+                        input_signature=[tf.TensorSpec(a.shape, a.dtype) for a in args])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([tf_fn.get_concrete_function()], tf_fn)
+    if mode != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        converter.representative_dataset = lambda: ([np.asarray(a) for a in batch] for batch in cal)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def litert(blob: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=blob, num_threads=1 if THREADS == "1" else os.cpu_count())
+    interpreter.allocate_tensors()
+    inputs = [d["index"] for d in interpreter.get_input_details()]
+    output = interpreter.get_output_details()[0]["index"]
+
+    def run(*xs):
+        for index, x in zip(inputs, xs, strict=True):
+            interpreter.set_tensor(index, np.asarray(x))
+        interpreter.invoke()
+        return interpreter.get_tensor(output)
+    return run
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def main() -> None:
+    names = _arg("--models", ",".join(MODELS)).split(",")
+    reps = int(_arg("--reps", "100"))
+    print(f"machine: {cpu.describe()}; threads={THREADS}; jax {jax.__version__}; medians of {reps} "
+          "interleaved LiteRT calls per file")
+    print("| model | mode | size jaxlite / converter | ops jaxlite / converter | rel. L2 vs jax.jit "
+          "jaxlite / converter | LiteRT latency jaxlite / converter |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        fn, args = MODELS[name]()
+        args = tuple(np.asarray(a) for a in args)
+        ref = np.asarray(jax.jit(fn)(*args), np.float64)
+        cal = calibration(args)
+        for mode in MODES:
+            q = _JAXLITE_MODE[mode]
+            model = jaxlite.convert(fn, *args, quantize=q, calibration=cal if q == "int8" else None)
+            ours = export_tflite(model)
+            try:
+                theirs = tflite_converter(fn, args, cal, mode)
+            except Exception as e:  # noqa: BLE001  (the converter's failure is a result too)
+                theirs = None
+                print(f"  ({name} {mode}: TFLiteConverter failed: {type(e).__name__}: {str(e)[:120]})")
+            runs = {"jaxlite": litert(ours)}
+            if theirs is not None:
+                runs["converter"] = litert(theirs)
+            errors = {k: _rel(r(*args), ref) for k, r in runs.items()}
+            times = interleaved_medians(runs, args, reps=reps)
+            ours_ops = builtin_counts(ours)
+            theirs_ops = builtin_counts(theirs) if theirs is not None else {}
+
+            def pair(a, b, fmt):
+                return f"{fmt(a)} / {fmt(b) if b is not None else '-'}"
+            print(f"| {name} | {mode} | {pair(len(ours), theirs and len(theirs), lambda v: f'{v / 1e6:.3f} MB')} | "
+                  f"{pair(sum(ours_ops.values()), theirs and sum(theirs_ops.values()), str)} | "
+                  f"{pair(errors['jaxlite'], errors.get('converter'), lambda v: f'{v:.2e}')} | "
+                  f"{pair(times['jaxlite'] * 1e6, times.get('converter', None) and times['converter'] * 1e6, lambda v: f'{v:.0f} us')} |",
+                  flush=True)
+            print(f"  jaxlite: {ours_ops}\n  converter: {theirs_ops}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

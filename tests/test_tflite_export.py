@@ -1,0 +1,196 @@
+"""The .tflite export, run in LiteRT's own interpreter (ai-edge-litert) and compared with
+jax.jit and with jaxlite's runtime; model.ir(generic=True)."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import jaxlite
+from jaxlite.compiler.tflite_writer import builtin_counts
+from jaxlite.dialects.module import parse_module, print_module
+
+litert = pytest.importorskip("ai_edge_litert.interpreter")
+
+
+def run_litert(data: bytes, *args):
+    interpreter = litert.Interpreter(model_content=data, num_threads=1)
+    interpreter.allocate_tensors()
+    for detail, a in zip(interpreter.get_input_details(), args, strict=True):
+        interpreter.set_tensor(detail["index"], np.asarray(a))
+    interpreter.invoke()
+    return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+
+
+def exported(model, tmp_path, name="m.tflite") -> bytes:
+    path = tmp_path / name
+    model.export(path)
+    return path.read_bytes()
+
+
+def rel_l2(a, b) -> float:
+    b = np.asarray(b, np.float64)
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@functools.cache
+def _example(name: str):
+    from jaxlite.examples import digits_cnn, digits_mlp
+    return {"mlp": digits_mlp, "cnn": digits_cnn}[name].factory(batch=16)
+
+
+# per mode: the largest relative L2 error against jax.jit of LiteRT on the export, and how far
+# it may be from jaxlite's own runtime (dynamic-range kernels round activations their own way;
+# jaxlite computes bfloat16 in bfloat16 where the CPU can, the export in float32)
+MODES = {None: (1e-5, 1e-5), "float16": (2e-3, 1e-5), "bfloat16": (2e-2, 2e-2), "int8-weights": (3e-2, 1e-5),
+         "dynamic": (4e-2, 4e-2), "int8": (6e-2, 4e-2)}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_examples_in_litert_match_jax_and_jaxlite(name, mode, tmp_path):
+    fn, args = _example(name)
+    calibration = [args, (args[0][::-1],)] if mode == "int8" else None
+    model = jaxlite.convert(fn, *args, quantize=mode, calibration=calibration)
+    model.save(tmp_path / "m.jlite")
+    data = exported(jaxlite.load(tmp_path / "m.jlite"), tmp_path)  # a loaded model exports alike
+    out = run_litert(data, *args)[0]
+    ref = jax.jit(fn)(*args)
+    ours = model.compile()(*args)
+    to_jax, to_jaxlite = MODES[mode]
+    assert out.shape == ref.shape and out.dtype == np.float32
+    assert rel_l2(out, ref) <= to_jax
+    assert rel_l2(out, ours) <= to_jaxlite
+    assert np.mean(np.argmax(out, -1) == np.argmax(ref, -1)) >= 0.9
+    ops = builtin_counts(data)
+    matmuls = ops.get("FULLY_CONNECTED", 0) + ops.get("CONV_2D", 0)
+    assert matmuls == (3 if name == "mlp" else 3), ops
+    if mode in (None, "bfloat16"):  # float weights: one op per layer, nothing around them
+        assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops
+
+
+def test_sizes_follow_the_weights(tmp_path):
+    fn, args = _example("cnn")
+    sizes = {m: len(exported(jaxlite.convert(fn, *args, quantize=m), tmp_path)) for m in (None, "float16", "dynamic")}
+    assert sizes["float16"] < 0.55 * sizes[None] and sizes["dynamic"] < 0.35 * sizes[None]
+
+
+# jnp programs over one float input: each exported, run in LiteRT, compared with jax.jit
+_W = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+_K = np.random.default_rng(1).standard_normal((3, 3, 4, 6)).astype(np.float32) * 0.3
+_TABLE = np.random.default_rng(2).standard_normal((10, 3)).astype(np.float32)
+
+
+def _conv(x, k, **kw):
+    return lax.conv_general_dilated(x, k, dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
+
+
+PROGRAMS = {
+    "unary": (lambda x: jnp.tanh(x) + jnp.exp(-x * x) + jnp.sqrt(jnp.abs(x) + 1) * jax.nn.sigmoid(x), (3, 6)),
+    "activations": (lambda x: jax.nn.gelu(x) + jax.nn.silu(x)
+                    + jax.nn.relu6(3 * x) + jax.nn.softplus(x), (3, 6)),
+    "powers": (lambda x: x ** 3 + (x * x + 1) ** -1 + lax.rsqrt(x * x + 1) + jnp.log1p(jnp.abs(x)) + jnp.expm1(x), (4, 6)),
+    "broadcasts": (lambda x: x * jnp.arange(6.0) + x[:, :1] - jnp.max(x, axis=0) / 3, (4, 6)),
+    "where": (lambda x: jnp.where(x > 0.2, x, jnp.minimum(x, -x)) + jnp.clip(x, -0.5, 0.5), (4, 6)),
+    "reductions": (lambda x: jnp.concatenate([x.sum(1), x.max(1), x.min(1), x.mean(1),
+                                              jnp.argmax(x, 1).astype(jnp.float32)]), (4, 6)),
+    "softmax_layernorm": (lambda x: jax.nn.softmax(x, axis=-1)
+                          + nn.LayerNorm().apply({"params": {"scale": jnp.arange(6.0), "bias": jnp.ones(6)}}, x),
+                          (2, 3, 6)),
+    "layout": (lambda x: jnp.concatenate([x.T[::2], jnp.flip(x, 0).T[1:3]], 0).reshape(-1)[3:17], (4, 6)),
+    "pad_cumsum": (lambda x: jnp.cumsum(jnp.pad(x, ((1, 0), (2, 1)), constant_values=0.5), axis=1), (4, 6)),
+    "take": (lambda i: jnp.take(_TABLE, i, axis=0) * 2, None),
+    "dense_gelu_erf": (lambda x: jax.nn.gelu(x @ _W + 0.1, approximate=False), (3, 6)),  # GELU: opcode > 127
+    "dense_and_matmul": (lambda x: jnp.maximum(x @ _W, 0) + (x @ x.T) @ (x @ _W) / 10, (4, 6)),
+    "constant_on_the_left": (lambda x: _W.T @ x.T, (4, 6)),
+    "batched_einsum": (lambda x: jnp.einsum("bqhd,bkhd->bhqk", x, x * 0.5), (2, 5, 3, 4)),
+    "dense_general": (lambda x: jnp.einsum("btd,dhe->bthe", x, _W.reshape(6, 5, 1) * np.ones((1, 1, 2), np.float32)),
+                      (2, 3, 6)),
+    "conv_same_stride2": (lambda x: jax.nn.relu(_conv(x, _K, window_strides=(2, 2), padding="SAME") + 0.1), (1, 9, 9, 4)),
+    "conv_explicit_padding_dilation": (lambda x: _conv(x, _K, window_strides=(1, 1), padding=((2, 0), (1, 3)),
+                                                       rhs_dilation=(2, 1)), (2, 8, 7, 4)),
+    "conv_nchw": (lambda x: lax.conv_general_dilated(x, _K.transpose(3, 2, 0, 1), (1, 1), "VALID",
+                                                     dimension_numbers=("NCHW", "OIHW", "NCHW")), (1, 4, 6, 6)),
+    "depthwise_multiplier_2": (lambda x: _conv(x, np.concatenate([_K[:, :, :1], _K[:, :, 1:2, :2]], -1),
+                                               window_strides=(1, 1), padding="SAME", feature_group_count=4),
+                               (1, 6, 6, 4)),
+    "conv1d": (lambda x: lax.conv_general_dilated(x, _K[0], (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")),
+               (2, 9, 4)),
+    "pools": (lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+              + nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+              + nn.avg_pool(x, (2, 2), strides=(2, 2))[:, :4, :4], (1, 8, 8, 3)),
+}
+
+
+# the builtin a program's export must use (not a decomposition)
+EXPECTED_BUILTIN = {"dense_gelu_erf": "GELU", "softmax_layernorm": "SOFTMAX", "take": "GATHER",
+                    "dense_gelu_erf": (lambda x: jax.nn.gelu(x @ _W + 0.1, approximate=False), (3, 6)),  # GELU: opcode > 127
+    "dense_and_matmul": "FULLY_CONNECTED", "batched_einsum": "BATCH_MATMUL",
+                    "dense_general": "FULLY_CONNECTED", "conv_nchw": "CONV_2D", "conv1d": "CONV_2D",
+                    "depthwise_multiplier_2": "DEPTHWISE_CONV_2D", "pools": "MAX_POOL_2D"}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_programs_in_litert_match_jax(name, tmp_path):
+    fn, shape = PROGRAMS[name]
+    if shape is None:
+        args = (np.array([[1, 7, 0], [9, 3, 3]], np.int32),)
+    else:
+        args = (np.random.default_rng(3).standard_normal(shape).astype(np.float32),)
+    model = jaxlite.convert(fn, *args)
+    data = exported(model, tmp_path)
+    out = run_litert(data, *args)[0]
+    ref = np.asarray(jax.jit(fn)(*args))
+    if name in EXPECTED_BUILTIN:
+        assert EXPECTED_BUILTIN[name] in builtin_counts(data)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_pytree_inputs_and_outputs_keep_their_order_and_names(tmp_path):
+    def fn(d):
+        return {"sum": d["a"] + d["b"], "prod": d["a"] * d["b"], "same": d["a"]}
+    args = ({"a": np.arange(4, dtype=np.float32), "b": np.full(4, 2, np.float32)},)
+    model = jaxlite.convert(fn, *args)
+    data = exported(model, tmp_path)
+    interpreter = litert.Interpreter(model_content=data)
+    runner = interpreter.get_signature_runner()
+    outs = runner(**{s.name: leaf for s, leaf in zip(model.signature.inputs, jax.tree.leaves(args), strict=True)})
+    ref = jax.jit(fn)(*args)
+    for spec, leaf in zip(model.signature.outputs, jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(outs[spec.name], leaf)
+
+
+def test_what_tflite_cannot_express_is_an_export_error(tmp_path):
+    model = jaxlite.convert(lambda x: jnp.sort(x), np.ones(5, np.float32))
+    with pytest.raises(jaxlite.ExportError, match="jlax.sort"):
+        model.export(tmp_path / "m.tflite")
+    loop = jaxlite.convert(lambda x: lax.fori_loop(0, x.shape[0], lambda i, c: c * 2, x), np.ones(3, np.float32),
+                           passes="")
+    with pytest.raises(jaxlite.ExportError, match="cannot export"):
+        loop.export(tmp_path / "m.tflite")
+    symbolic = jaxlite.convert(lambda x: x * 2, np.ones((2, 3), np.float32), dynamic_batch=True)
+    with pytest.raises(jaxlite.ExportError, match="static shapes"):
+        symbolic.export(tmp_path / "m.tflite")
+    plain = jaxlite.convert(lambda x: x * 2, np.ones(3, np.float32))
+    with pytest.raises(jaxlite.ExportError, match=r"\.tflite"):
+        plain.export(tmp_path / "m.onnx")
+    with pytest.raises(jaxlite.SaveError, match="no-such-dir"):
+        plain.export(tmp_path / "no-such-dir" / "m.tflite")
+    assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_generic_ir_parses_back_to_the_same_module():
+    fn, args = _example("cnn")
+    model = jaxlite.convert(fn, *args, quantize="int8", calibration=[args])
+    generic = model.ir(generic=True)
+    assert '"jquant.qconv"(' in generic and '"jlax.weight"()' in generic and "jquant.qconv %" not in generic
+    assert print_module(parse_module(generic)) == model.ir()
+    traced = model.ir(after="trace", generic=True)
+    assert '"jlax.conv_general_dilated"(' in traced
