@@ -131,7 +131,6 @@ PROGRAMS = {
 # the builtin a program's export must use (not a decomposition)
 EXPECTED_BUILTIN = {"dense_gelu_erf": "GELU", "softmax_layernorm": "SOFTMAX", "take": "GATHER",
                     "dense_and_matmul": "FULLY_CONNECTED", "batched_einsum": "BATCH_MATMUL",
-    "dense_and_matmul": "FULLY_CONNECTED", "batched_einsum": "BATCH_MATMUL",
                     "dense_general": "FULLY_CONNECTED", "conv_nchw": "CONV_2D", "conv1d": "CONV_2D",
                     "depthwise_multiplier_2": "DEPTHWISE_CONV_2D", "pools": "MAX_POOL_2D"}
 
