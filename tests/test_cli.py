@@ -44,6 +44,14 @@ def test_convert_ir_run_round_trip(tmp_path):
     np.testing.assert_allclose(y, np.tanh(x @ W), rtol=1e-5)
     np.testing.assert_allclose(y, np.asarray(jaxlite.load(model_path).compile()(x)), rtol=0)
 
+    r = run("ir", str(model_path), "--generic")
+    assert r.returncode == 0 and '"jfuse.dot"(' in r.stdout, r.stderr
+    r = run("export", str(model_path))  # default output: the model's name with .tflite
+    assert r.returncode == 0 and "FULLY_CONNECTED x1" in r.stdout, r.stderr
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = litert.Interpreter(model_path=str(tmp_path / "tiny.tflite"))
+    np.testing.assert_allclose(interpreter.get_signature_runner()(x=x)["out"], y, rtol=1e-5)
+
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     r = run("ir", str(tmp_path / "missing.jlite"))

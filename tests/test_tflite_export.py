@@ -14,7 +14,7 @@ from jax import lax
 
 import jaxlite
 from jaxlite.compiler.tflite_writer import builtin_counts
-from jaxlite.dialects.module import parse_module, print_module
+from jaxlite.dialects.module import op_counts, parse_module, print_module
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
@@ -193,3 +193,41 @@ def test_generic_ir_parses_back_to_the_same_module():
     assert print_module(parse_module(generic)) == model.ir()
     traced = model.ir(after="trace", generic=True)
     assert '"jlax.conv_general_dilated"(' in traced
+
+
+def _netron(file) -> list[dict]:
+    """Netron's own parsers (the pip package's mlir.js / tflite.js) run by node on ``file``."""
+    import json
+    import pathlib
+    import shutil
+    import subprocess
+
+    netron = pytest.importorskip("netron")
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    script = pathlib.Path(__file__).with_name("netron_open.mjs")
+    r = subprocess.run(["node", str(script), str(pathlib.Path(netron.__file__).parent), str(file)],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode:
+        raise AssertionError(r.stderr or r.stdout)
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def test_netron_draws_the_generic_ir_and_the_tflite_file(tmp_path):
+    fn, args = _example("cnn")
+    model = jaxlite.convert(fn, *args, quantize="int8", calibration=[args])
+    (tmp_path / "custom.mlir").write_text(model.ir())
+    with pytest.raises(AssertionError, match="Unsupported dialect"):  # why the generic form exists
+        _netron(tmp_path / "custom.mlir")
+    for after in ("trace", None):
+        (tmp_path / "m.mlir").write_text(model.ir(after=after, generic=True))
+        [graph] = _netron(tmp_path / "m.mlir")
+        counts = op_counts(parse_module(model.ir(after=after)))
+        for name, n in counts.items():
+            assert graph["types"].get(name) == n, (name, graph["types"])
+    model.export(tmp_path / "m.tflite")
+    [graph] = _netron(tmp_path / "m.tflite")
+    counts = model.op_counts()
+    assert graph["types"].get("Conv2D") == counts["jquant.qconv"]
+    assert graph["types"].get("FullyConnected") == counts["jquant.qdot"]
+    assert graph["inputs"] == 1 and graph["outputs"] == 1
