@@ -271,12 +271,22 @@ _UNARY = {"neg": "NEG", "exp": "EXP", "log": "LOG", "tanh": "TANH", "logistic": 
           "sign": "SIGN", "square": "SQUARE"}
 
 
+_FUSES_RELU = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions"}
+
+
 def _binary(builtin: str, options_table: str | None):
     def lower(ex: Exporter, op: Operation) -> None:
         if builtin == "MAXIMUM" and _is_zero_relu(ex, op):
             other = next(v for v in op.operands if ex.const(v) is None)
             t = ex.operand(other)
-            out = ex.emit("RELU", [t], ex.shape_of(t), ex.g.dtype(t))
+            producer = ex.g.producer(t)
+            if (producer is not None and producer[0] in _FUSES_RELU and other.has_one_use()
+                    and not (producer[1] or {}).get("fused_activation_function")):
+                # x + y then relu: one ADD with the activation fused (as TFLite's own converter does)
+                ex.g.replace_producer(t, producer[0], (_FUSES_RELU[producer[0]], {"fused_activation_function": 1}))
+                out = t
+            else:
+                out = ex.emit("RELU", [t], ex.shape_of(t), ex.g.dtype(t))
             shape, dtype = shape_dtype(op.results[0].type)
             ex.vals[op.results[0]] = Val(tuple(shape), np.dtype(dtype), tensor=out)
             return
@@ -301,6 +311,20 @@ for _name, _builtin in _UNARY.items():
 def _div(ex: Exporter, op: Operation) -> None:
     if shape_dtype(op.results[0].type)[1].kind != "f":
         raise ExportError("cannot export an integer jlax.div: TFLite's DIV rounds integers differently")
+    x, d = op.operands
+    divisor = ex.const(d)
+    t = ex.vals[x].tensor
+    producer = ex.g.producer(t) if t is not None and x.has_one_use() else None
+    if producer is not None and producer[0] == "SUM" and divisor is not None and divisor.size == 1:
+        summed = ex.g.operators[-1] if ex.g.operators and t in ex.g.operators[-1].outputs else None
+        if summed is not None:
+            in_shape = ex.shape_of(summed.inputs[0])
+            axes = ex.g.buffers[ex.g.tensors[summed.inputs[1]].buffer]
+            count = math.prod(in_shape[a] for a in np.frombuffer(axes, np.int32))
+            if float(divisor.reshape(-1)[0]) == count:  # a mean (jnp.mean, global average pooling)
+                ex.g.replace_producer(t, "MEAN", ("ReducerOptions", {"keep_dims": False}))
+                ex.vals[op.results[0]] = Val(tuple(shape_dtype(op.results[0].type)[0]), ex.vals[x].dtype, tensor=t)
+                return
     ex.elementwise(op, "DIV", ("DivOptions", {}))
 
 

@@ -17,6 +17,7 @@ SCHEMA_VERSION = 3
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 _BUFFER_ALIGNMENT = 16  # XNNPACK and mmap'd weights want aligned constant data
 
+_BUILTIN_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 _TENSOR_TYPES = {
     "float32": tflite.TensorType.FLOAT32, "float16": tflite.TensorType.FLOAT16,
     "int32": tflite.TensorType.INT32, "uint8": tflite.TensorType.UINT8,
@@ -107,10 +108,30 @@ class TFLiteGraph:
         """``builtin``: a BuiltinOperator name (``"FULLY_CONNECTED"``); ``options``: the options
         table's name and its fields in snake case (``("FullyConnectedOptions", {...})``);
         input -1 is an absent optional input."""
+        self.operators.append(_Operator(self._opcode(builtin), list(inputs), list(outputs), options))
+
+    def _opcode(self, builtin: str) -> int:
         code = getattr(tflite.BuiltinOperator, builtin)
         if code not in self.opcodes:
             self.opcodes.append(code)
-        self.operators.append(_Operator(self.opcodes.index(code), list(inputs), list(outputs), options))
+        return self.opcodes.index(code)
+
+    def producer(self, tensor: int) -> tuple[str, dict | None] | None:
+        """(builtin, options fields) of the operator computing ``tensor``, if one does."""
+        for op in reversed(self.operators):
+            if tensor in op.outputs:
+                return _BUILTIN_NAMES[self.opcodes[op.opcode]], (op.options[1] if op.options else None)
+        return None
+
+    def replace_producer(self, tensor: int, builtin: str, options: tuple[str, dict] | None) -> None:
+        """Make the operator computing ``tensor`` another builtin (a peephole fusion: SUM then a
+        division by the count is MEAN; ADD then RELU is ADD with the activation fused)."""
+        for op in reversed(self.operators):
+            if tensor in op.outputs:
+                op.opcode = self._opcode(builtin)
+                op.options = options
+                return
+        raise KeyError(tensor)
 
     def to_bytes(self, inputs: list[tuple[str, int]], outputs: list[tuple[str, int]],
                  description: str) -> bytes:
@@ -256,9 +277,6 @@ def _signature(b, inputs, outputs) -> int:
     tflite.SignatureDefAddSignatureKey(b, key)
     tflite.SignatureDefAddSubgraphIndex(b, 0)
     return tflite.SignatureDefEnd(b)
-
-
-_BUILTIN_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 
 
 def builtin_counts(data: bytes) -> dict[str, int]:

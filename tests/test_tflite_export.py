@@ -98,13 +98,14 @@ PROGRAMS = {
     "powers": (lambda x: x ** 3 + (x * x + 1) ** -1 + lax.rsqrt(x * x + 1) + jnp.log1p(jnp.abs(x)) + jnp.expm1(x), (4, 6)),
     "broadcasts": (lambda x: x * jnp.arange(6.0) + x[:, :1] - jnp.max(x, axis=0) / 3, (4, 6)),
     "where": (lambda x: jnp.where(x > 0.2, x, jnp.minimum(x, -x)) + jnp.clip(x, -0.5, 0.5), (4, 6)),
-    "reductions": (lambda x: jnp.concatenate([x.sum(1), x.max(1), x.min(1), x.mean(1),
+    "reductions": (lambda x: jnp.concatenate([x.sum(1), x.max(1), x.min(1), (x * x).mean(1),
                                               jnp.argmax(x, 1).astype(jnp.float32)]), (4, 6)),
     "softmax_layernorm": (lambda x: jax.nn.softmax(x, axis=-1)
                           + nn.LayerNorm().apply({"params": {"scale": jnp.arange(6.0), "bias": jnp.ones(6)}}, x),
                           (2, 3, 6)),
     "layout": (lambda x: jnp.concatenate([x.T[::2], jnp.flip(x, 0).T[1:3]], 0).reshape(-1)[3:17], (4, 6)),
     "pad_cumsum": (lambda x: jnp.cumsum(jnp.pad(x, ((1, 0), (2, 1)), constant_values=0.5), axis=1), (4, 6)),
+    "residual_relu": (lambda x: jax.nn.relu(x + x[::-1]) + jax.nn.relu(x * 2), (4, 6)),
     "take": (lambda i: jnp.take(_TABLE, i, axis=0) * 2, None),
     "dense_gelu_erf": (lambda x: jax.nn.gelu(x @ _W + 0.1, approximate=False), (3, 6)),  # GELU: opcode > 127
     "dense_and_matmul": (lambda x: jnp.maximum(x @ _W, 0) + (x @ x.T) @ (x @ _W) / 10, (4, 6)),
@@ -132,7 +133,9 @@ PROGRAMS = {
 EXPECTED_BUILTIN = {"dense_gelu_erf": "GELU", "softmax_layernorm": "SOFTMAX", "take": "GATHER",
                     "dense_and_matmul": "FULLY_CONNECTED", "batched_einsum": "BATCH_MATMUL",
                     "dense_general": "FULLY_CONNECTED", "conv_nchw": "CONV_2D", "conv1d": "CONV_2D",
-                    "depthwise_multiplier_2": "DEPTHWISE_CONV_2D", "pools": "MAX_POOL_2D"}
+                    "depthwise_multiplier_2": "DEPTHWISE_CONV_2D", "pools": "MAX_POOL_2D", "reductions": "MEAN"}
+# builtins a peephole fusion removes (ADD/MUL + ReLU: one op with the activation fused)
+ABSENT_BUILTIN = {"residual_relu": ("RELU", "MAXIMUM")}
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
@@ -148,6 +151,7 @@ def test_programs_in_litert_match_jax(name, tmp_path):
     ref = np.asarray(jax.jit(fn)(*args))
     if name in EXPECTED_BUILTIN:
         assert EXPECTED_BUILTIN[name] in builtin_counts(data)
+    assert not set(ABSENT_BUILTIN.get(name, ())) & set(builtin_counts(data))
     assert out.shape == ref.shape
     np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
 
