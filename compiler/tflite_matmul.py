@@ -136,14 +136,19 @@ def _prepared_input(ex: Exporter, lhs_v: SSAValue, ep: _Epilogue, quantized_kern
                         hint="quantized_input")
         else:
             _check_scale(ex.g.quantization(t), ep.x_scale)
+            ep.x_scale = ex.g.quantization(t).scale[0]  # the tensor's own (after a ReLU: finer, see _out_quant)
     elif ex.g.dtype(t) == np.int8:
         t = ex.emit("DEQUANTIZE", [t], ex.shape_of(t), np.float32, hint="dequantized_input")
     return t, mode
 
 
 def _check_scale(q: Quantization | None, scale: float) -> None:
-    if q is None or len(q.scale) != 1 or not np.isclose(q.scale[0], scale, rtol=1e-6):
-        raise ExportError(f"int8 input carries scale {q.scale if q else None}, the layer expects {scale}")
+    """An int8 tensor holds jaxlite's codes of ``scale``: the same largest value, 127 * scale
+    (its zero point may be -128 after a ReLU, see _out_quant)."""
+    ok = q is not None and len(q.scale) == 1 and np.isclose(q.scale[0] * (127 - q.zero_point[0]), 127 * scale,
+                                                           rtol=1e-5)
+    if not ok:
+        raise ExportError(f"int8 tensor quantized as {q}, where jaxlite's codes have scale {scale}")
 
 
 def _finish(ex: Exporter, t: int, op: Operation, ep: _Epilogue, mode: str, fused_bias: bool,
@@ -190,7 +195,14 @@ def _bias_tensor(ex: Exporter, bias, mode: str, ep: _Epilogue, w_scale, n: int, 
 
 
 def _out_quant(mode: str, ep: _Epilogue) -> Quantization | None:
-    return Quantization.symmetric([ep.out_scale]) if mode == "int8" else None
+    """The int8 result's quantization: jaxlite's codes (scale s, zero point 0); after a ReLU,
+    whose codes are >= 0, the same range [0, 127 s] on all 256 levels (scale 127 s / 255, zero
+    point -128): twice the resolution, as TFLite's own int8 models quantize ReLU outputs."""
+    if mode != "int8":
+        return None
+    if ep.activation in ("relu", "relu6"):
+        return Quantization((float(np.float32(ep.out_scale * 127 / 255)),), (-128,))
+    return Quantization.symmetric([ep.out_scale])
 
 
 # ---- dot_general --------------------------------------------------------------------------------

@@ -325,6 +325,19 @@ def _div(ex: Exporter, op: Operation) -> None:
                 ex.g.replace_producer(t, "MEAN", ("ReducerOptions", {"keep_dims": False}))
                 ex.vals[op.results[0]] = Val(tuple(shape_dtype(op.results[0].type)[0]), ex.vals[x].dtype, tensor=t)
                 return
+    if divisor is not None:
+        with np.errstate(divide="ignore", over="ignore"):
+            inverse = (1 / divisor.astype(np.float64)).astype(divisor.dtype)
+    if divisor is not None and np.all(np.isfinite(inverse)):
+        # x / c as x * (1/c), as TFLiteConverter writes it (MUL is XNNPACK's cheaper kernel; the
+        # reciprocal rounds once, exactly for powers of two such as attention's 1/sqrt(64))
+        reciprocal = ex.g.constant(inverse, ex.name("reciprocal"))
+        out_shape, dtype = shape_dtype(op.results[0].type)
+        xt = ex.operand(x) if len(out_shape) <= _MAX_BROADCAST_RANK else ex.full(x)
+        shape = np.broadcast_shapes(ex.shape_of(xt), divisor.shape)
+        t = ex.emit("MUL", [xt, reciprocal], shape, dtype, ("MulOptions", {}))
+        ex.vals[op.results[0]] = Val(tuple(out_shape), np.dtype(dtype), tensor=t)
+        return
     ex.elementwise(op, "DIV", ("DivOptions", {}))
 
 

@@ -280,7 +280,7 @@ def test_the_readme_tour_runs_as_written(tmp_path):
             argv = [sys.executable, "-m", "jaxlite", *shlex.split(command)[1:]]
         r = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert r.returncode == 0, f"{command}\n{r.stdout}\n{r.stderr}"
-    for made in ("x_train.npy", "x_test.npy", "x.npy", "cnn.jlite", "cnn_int8.jlite", "cnn.html", "err.json",
+    for made in ("x_train.npy", "x_test.npy", "x.npy", "cnn.jlite", "cnn_int8.jlite", "cnn_int8.tflite", "cnn.html", "err.json",
                  "mlp.jlite", "y.npy", "cnn_any.jlite", "y_any.npy"):
         assert (tmp_path / made).is_file(), made
     assert np.load(tmp_path / "y.npy").shape == (64, 10)
