@@ -144,18 +144,19 @@ class Model:
                     "metadata": self.metadata}
         fileformat.save(path, manifest, self.ir(), self.weights)
 
-    def export(self, path: str | os.PathLike) -> None:
+    def export(self, path: str | os.PathLike, dims: dict[str, int] | None = None) -> None:
         """Write the model as a .tflite file that LiteRT runs (Android, iOS, microcontrollers,
         browsers) and Netron opens: float32, float16 and bfloat16 (as float32) with float
         weights, int8-weights and ``dynamic`` as int8 weights with per-channel scales, ``int8``
-        with int8 tensors where jaxlite computes in int8. ExportError names an op TFLite
+        with int8 tensors where jaxlite computes in int8. A model with symbolic dimensions is
+        written at the sizes ``dims`` gives (``{"b": 1}``). ExportError names an op TFLite
         cannot express; SaveError a file that cannot be written."""
         from jaxlite.compiler.tflite_export import export_tflite
 
         if Path(path).suffix.lower() != ".tflite":
             raise ExportError(f"cannot export to {os.fspath(path)!r}: the export writes .tflite files "
                               "(name the file NAME.tflite)")
-        data = export_tflite(self, description=f"jaxlite {__version__}")
+        data = export_tflite(self, description=f"jaxlite {__version__}", dims=dims)
         fileformat.write_file(path, lambda f: f.write(data))
 
     def graph(self):

@@ -12,16 +12,39 @@ take no bfloat16). An op TFLite cannot express is an ExportError naming it.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 from jaxlite.compiler import tflite_matmul  # noqa: F401  (registers the dot and convolution handlers)
 from jaxlite.compiler.tflite_ops import Exporter
-from jaxlite.dialects.dims import has_symbolic_types
+from jaxlite.dialects import dims as dimensions
 from jaxlite.errors import ExportError
 
 
-def export_tflite(model, description: str = "jaxlite") -> bytes:
-    """The model as .tflite bytes (ExportError for what TFLite cannot express)."""
-    if has_symbolic_types(model.module):
-        raise ExportError("export needs static shapes: this model has symbolic dimensions "
-                          f"({', '.join(model.signature.symbols())}); convert it with concrete example "
-                          "inputs (without dynamic_batch) to export it")
+def export_tflite(model, description: str = "jaxlite", dims: Mapping[str, int] | None = None) -> bytes:
+    """The model as .tflite bytes (ExportError for what TFLite cannot express). A model with
+    symbolic dimensions is exported at the sizes ``dims`` gives them (``{"b": 1}``)."""
+    if dimensions.has_symbolic_types(model.module):
+        model = _specialized(model, dims)
+    elif dims:
+        raise ExportError(f"dims={dict(dims)} given, but this model has no symbolic dimensions")
     return Exporter(model).run(description)
+
+
+def _specialized(model, values: Mapping[str, int] | None):
+    sig = model.signature
+    names = sig.symbols()
+    if not values or set(values) != set(names):
+        raise ExportError(f"a .tflite file has static shapes: give every symbolic dimension of this model a "
+                          f"size ({', '.join(names)}), e.g. dims={{{', '.join(f'{n!r}: 1' for n in names)}}} "
+                          f"(jaxlite export --dim {names[0]}=1){'; got ' + str(dict(values)) if values else ''}")
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values.values()):
+        raise ExportError(f"dimension sizes must be positive integers, got {dict(values)}")
+    shapes = [s.shape for s in sig.inputs]
+    try:
+        actual = [tuple(dimensions.evaluate(d, values) for d in shape) for shape in shapes]
+        env = dimensions.solve(shapes, actual, [s.name for s in sig.inputs])
+    except ValueError as e:
+        raise ExportError(f"cannot export at {dict(values)}: {e}") from None
+    return dataclasses.replace(model, module=dimensions.specialize(model.module, env),
+                               signature=sig.specialized(env))

@@ -727,3 +727,98 @@ def _layer_norm(ex: Exporter, op: Operation) -> None:
     if bias is not None:
         y = ex.emit("ADD", [y, ex.operand(bias)], shape, dtype, ("AddOptions", {}))
     ex.set_tensor(op.results[0], y)
+
+
+# ---- functions TFLite has no builtin for, from builtins ------------------------------------------
+
+# Abramowitz & Stegun 7.1.26: erfc(a) = t (a1 + t (a2 + ... + t a5)) exp(-a^2), t = 1 / (1 + p a),
+# a >= 0, absolute error <= 1.5e-7 (float32's own rounding of erf near 1 is 6e-8)
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+@handles("jlax.erf", "jlax.erfc")
+def _erf(ex: Exporter, op: Operation) -> None:
+    x = ex.full(op.operands[0])
+    shape, dtype = ex.shape_of(x), ex.g.dtype(x)
+
+    def c(value, hint):
+        return ex.g.constant(np.full((), value, dtype), ex.name(hint))
+
+    def binary(builtin, a, b):
+        table = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions", "DIV": "DivOptions"}.get(builtin)
+        return ex.emit(builtin, [a, b], shape, dtype, (table, {}) if table else None)
+
+    a = ex.emit("ABS", [x], shape, dtype)
+    t = binary("DIV", c(1.0, "one"), binary("ADD", c(1.0, "one"), binary("MUL", a, c(_ERF_P, "erf_p"))))
+    poly = binary("MUL", t, c(_ERF_A[-1], "erf_a"))
+    for coefficient in reversed(_ERF_A[:-1]):
+        poly = binary("MUL", t, binary("ADD", poly, c(coefficient, "erf_a")))
+    tail = binary("MUL", poly, ex.emit("EXP", [ex.emit("NEG", [binary("MUL", a, a)], shape, dtype)], shape, dtype))
+    if op.name == "jlax.erf":  # sign(x) (1 - erfc(|x|))
+        y = binary("MUL", ex.emit("SIGN", [x], shape, dtype), binary("SUB", c(1.0, "one"), tail))
+    else:  # erfc(|x|) for x >= 0, 2 - erfc(|x|) below
+        positive = ex.emit("GREATER_EQUAL", [x, c(0.0, "zero")], shape, np.bool_)
+        y = ex.emit("SELECT_V2", [positive, tail, binary("SUB", c(2.0, "two"), tail)], shape, dtype)
+    ex.set_tensor(op.results[0], y)
+
+
+@handles("jlax.round")
+def _round(ex: Exporter, op: Operation) -> None:
+    x = ex.full(op.operands[0])
+    shape, dtype = ex.shape_of(x), ex.g.dtype(x)
+    if int(op.params()["rounding_method"]) == 1:  # to nearest even: TFLite's ROUND
+        ex.set_tensor(op.results[0], ex.emit("ROUND", [x], shape, dtype))
+        return
+    half = ex.g.constant(np.full((), 0.5, dtype), ex.name("half"))  # away from zero: sign(x) floor(|x| + 1/2)
+    magnitude = ex.emit("FLOOR", [ex.emit("ADD", [ex.emit("ABS", [x], shape, dtype), half], shape, dtype,
+                                          ("AddOptions", {}))], shape, dtype)
+    ex.set_tensor(op.results[0], ex.emit("MUL", [ex.emit("SIGN", [x], shape, dtype), magnitude], shape, dtype,
+                                         ("MulOptions", {})))
+
+
+@handles("jlax.is_finite")
+def _is_finite(ex: Exporter, op: Operation) -> None:
+    x = ex.full(op.operands[0])
+    shape, dtype = ex.shape_of(x), ex.g.dtype(x)
+    zero = ex.g.constant(np.zeros((), dtype), ex.name("zero"))  # x - x is 0 exactly when x is finite
+    ex.set_tensor(op.results[0], ex.emit("EQUAL", [ex.emit("SUB", [x, x], shape, dtype, ("SubOptions", {})), zero],
+                                         shape, np.bool_))
+
+
+@handles("jlax.tan")
+def _tan(ex: Exporter, op: Operation) -> None:
+    x = ex.full(op.operands[0])
+    shape, dtype = ex.shape_of(x), ex.g.dtype(x)
+    ex.set_tensor(op.results[0], ex.emit("DIV", [ex.emit("SIN", [x], shape, dtype), ex.emit("COS", [x], shape, dtype)],
+                                         shape, dtype, ("DivOptions", {})))
+
+
+@handles("jlax.split")
+def _split(ex: Exporter, op: Operation) -> None:
+    p = op.params()
+    axis = int(p["axis"])
+    x = ex.full(op.operands[0])
+    start = 0
+    for r, size in zip(op.results, p["sizes"], strict=True):
+        shape, dtype = shape_dtype(r.type)
+        begin = [0] * len(shape)
+        begin[axis] = start
+        ex.set_tensor(r, ex.emit("SLICE", [x, ex.int_const(begin, "begin"), ex.int_const(shape, "size")], shape, dtype,
+                                 quant=ex.g.quantization(x)))
+        start += int(size)
+
+
+@handles("jlax.top_k")
+def _top_k(ex: Exporter, op: Operation) -> None:
+    p = op.params()
+    x = ex.full(op.operands[0])
+    rank = len(ex.shape_of(x))
+    if int(p.get("axis", rank - 1)) % rank != rank - 1:
+        raise ExportError("cannot export jlax.top_k over an axis other than the last to TFLite (TOPK_V2)")
+    (v_shape, v_dtype), (i_shape, i_dtype) = (shape_dtype(r.type) for r in op.results)
+    values = ex.g.tensor(v_shape, v_dtype, ex.name("top_k_values"))
+    indices = ex.g.tensor(i_shape, i_dtype, ex.name("top_k_indices"))
+    ex.g.operator("TOPK_V2", [x, ex.int_const(int(p["k"]), "k")], [values, indices])
+    ex.set_tensor(op.results[0], values)
+    ex.set_tensor(op.results[1], indices)

@@ -459,7 +459,7 @@ def cmd_export(args) -> None:
 
     output = args.output or str(Path(args.model).with_suffix(".tflite"))
     model = jaxlite.load(args.model)
-    model.export(output)
+    model.export(output, dims=parse_sizes(args.dim) or None)
     counts = builtin_counts(Path(output).read_bytes())
     ops = ", ".join(f"{name} x{n}" for name, n in counts.items())
     print(f"wrote {output}: {sum(counts.values())} TFLite ops ({ops}); {Path(output).stat().st_size:,} bytes")
@@ -618,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: jaxlite export mlp.jlite -o mlp.tflite")
     p.add_argument("model")
     p.add_argument("-o", "--output", default=None, help=".tflite to write (default: the model's name with .tflite)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="the size of a symbolic dimension (a model converted with --dynamic-batch: --dim b=1)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("run", help="run a model on inputs from .npy/.npz files",

@@ -105,6 +105,10 @@ PROGRAMS = {
                           (2, 3, 6)),
     "layout": (lambda x: jnp.concatenate([x.T[::2], jnp.flip(x, 0).T[1:3]], 0).reshape(-1)[3:17], (4, 6)),
     "pad_cumsum": (lambda x: jnp.cumsum(jnp.pad(x, ((1, 0), (2, 1)), constant_values=0.5), axis=1), (4, 6)),
+    "erf_round_split": (lambda x: jax.scipy.special.erf(2 * x) + jax.nn.gelu(3 * x, approximate=False)
+                        + jnp.round(4 * x) + lax.round(2.5 * x) + jnp.concatenate(jnp.split(x, [1, 4], axis=1)[::-1], 1)
+                        + jnp.where(jnp.isfinite(1 / x), jnp.tan(x), 0.0), (4, 6)),
+    "top_k": (lambda x: lax.top_k(x, 3)[0] * lax.top_k(x, 3)[1], (4, 6)),
     "residual_relu": (lambda x: jax.nn.relu(x + x[::-1]) + jax.nn.relu(x * 2), (4, 6)),
     "take": (lambda i: jnp.take(_TABLE, i, axis=0) * 2, None),
     "dense_gelu_erf": (lambda x: jax.nn.gelu(x @ _W + 0.1, approximate=False), (3, 6)),  # GELU: opcode > 127
@@ -179,14 +183,28 @@ def test_what_tflite_cannot_express_is_an_export_error(tmp_path):
     with pytest.raises(jaxlite.ExportError, match="cannot export"):
         loop.export(tmp_path / "m.tflite")
     symbolic = jaxlite.convert(lambda x: x * 2, np.ones((2, 3), np.float32), dynamic_batch=True)
-    with pytest.raises(jaxlite.ExportError, match="static shapes"):
+    with pytest.raises(jaxlite.ExportError, match=r"static shapes.*dims=\{'b': 1\}"):
         symbolic.export(tmp_path / "m.tflite")
+    for wrong in ({"t": 1}, {"b": 0}, {"b": 1, "t": 2}):
+        with pytest.raises(jaxlite.ExportError):
+            symbolic.export(tmp_path / "m.tflite", dims=wrong)
+    with pytest.raises(jaxlite.ExportError, match="no symbolic dimensions"):
+        jaxlite.convert(lambda x: x, np.ones(2, np.float32)).export(tmp_path / "m.tflite", dims={"b": 1})
     plain = jaxlite.convert(lambda x: x * 2, np.ones(3, np.float32))
     with pytest.raises(jaxlite.ExportError, match=r"\.tflite"):
         plain.export(tmp_path / "m.onnx")
     with pytest.raises(jaxlite.SaveError, match="no-such-dir"):
         plain.export(tmp_path / "no-such-dir" / "m.tflite")
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_a_dynamic_batch_model_exports_at_the_size_given(tmp_path):
+    fn, args = _example("cnn")
+    model = jaxlite.convert(fn, *args, dynamic_batch=True, quantize="dynamic")
+    model.export(tmp_path / "m.tflite", dims={"b": 3})
+    out = run_litert((tmp_path / "m.tflite").read_bytes(), args[0][:3])[0]
+    assert out.shape == (3, 10)
+    assert rel_l2(out, model.compile()(args[0][:3])) < 4e-2
 
 
 def test_generic_ir_parses_back_to_the_same_module():
