@@ -347,8 +347,9 @@ def lower_conv(ex: Exporter, op: Operation, lhs_v: SSAValue, kernel: Kernel | No
         padded = (n_batch, *(s + lo + hi for s, (lo, hi) in zip(spatial_in, padding, strict=True)), c_in)
         pads = ex.int_const([[0, 0], *map(list, padding), [0, 0]], "paddings")
         q = ex.g.quantization(x)
-        zero = np.zeros((), ex.g.dtype(x))
-        x = ex.emit("PADV2", [x, pads, ex.g.constant(zero, ex.name("pad_value"))], padded, ex.g.dtype(x), quant=q)
+        # the code of 0.0 (an int8 tensor's zero point), quantized as the tensor is (LiteRT checks)
+        zero = np.full((), q.zero_point[0] if q is not None else 0, ex.g.dtype(x))
+        x = ex.emit("PADV2", [x, pads, ex.g.constant(zero, ex.name("pad_value"), q)], padded, ex.g.dtype(x), quant=q)
         mode_pad = "VALID"
     w = _kernel_tensor(ex, weight, w_scale, 3 if depthwise else 0, "filter", quantized=mode != "float")
     out_spatial = [out_shape[d] for d in out_spec[2:]]

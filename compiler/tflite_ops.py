@@ -86,7 +86,9 @@ class Exporter:
 
     def operand(self, v: SSAValue) -> int:
         """A tensor for ``v`` whose shape broadcasts to v's (element-wise ops' operands)."""
-        val = self.vals[v]
+        return self.tensor_of(self.vals[v])
+
+    def tensor_of(self, val: Val) -> int:
         if val.tensor is None:
             val.tensor = self.stored_constant(val, self.name("const"))
         return val.tensor
@@ -104,8 +106,10 @@ class Exporter:
 
     def full(self, v: SSAValue) -> int:
         """A tensor for ``v`` of exactly its IR shape."""
-        val = self.vals[v]
-        t = self.operand(v)
+        return self.full_of(self.vals[v])
+
+    def full_of(self, val: Val) -> int:
+        t = self.tensor_of(val)
         if self.shape_of(t) != val.full_shape:
             if val.const is not None and val.scale is None and val.const.dtype == val.dtype:
                 return self.g.constant(np.broadcast_to(val.const, val.full_shape), self.name("const"))
@@ -121,6 +125,8 @@ class Exporter:
     def set_const(self, v: SSAValue, array: np.ndarray) -> None:
         shape, dtype = shape_dtype(v.type)
         array = np.asarray(array).astype(dtype, copy=False)
+        if array.shape != tuple(shape):  # a splat literal comes as one element
+            array = array.reshape(shape) if array.size == math.prod(shape) else np.broadcast_to(array, shape)
         if array.size > 1 and array.ndim and np.all(array == array.reshape(-1)[0]):
             array = array.reshape(-1)[:1].reshape((1,) * array.ndim)  # a splat: one element, broadcast
         self.vals[v] = Val(tuple(shape), np.dtype(dtype), const=array)
@@ -672,7 +678,7 @@ def _pool(ex: Exporter, op: Operation) -> None:
             pad_value = np.full((), np.iinfo(dtype).min, dtype)
         padded = (batch, hw4[0] + sum(pads[0]), hw4[1] + sum(pads[1]), shape[channel])
         t = ex.emit("PADV2", [t, ex.int_const([[0, 0], list(pads[0]), list(pads[1]), [0, 0]], "paddings"),
-                              ex.g.constant(pad_value, ex.name("pad_value"))], padded, dtype, quant=quant)
+                              ex.g.constant(pad_value, ex.name("pad_value"), quant)], padded, dtype, quant=quant)
         mode = "VALID"
     out_hw = ([1] if len(spatial) == 1 else []) + [out_shape[d] for d in spatial]
     pooled_shape = (batch, *out_hw, shape[channel])
@@ -822,3 +828,94 @@ def _top_k(ex: Exporter, op: Operation) -> None:
     ex.g.operator("TOPK_V2", [x, ex.int_const(int(p["k"]), "k")], [values, indices])
     ex.set_tensor(op.results[0], values)
     ex.set_tensor(op.results[1], indices)
+
+
+# ---- control flow: unrolled, or both branches computed -------------------------------------------
+
+# a scan of at most this many steps is unrolled into the file (TFLite's WHILE would need a
+# subgraph per body and runs without XNNPACK); longer ones are an ExportError
+MAX_UNROLLED_STEPS = 256
+
+
+def _run_block(ex: Exporter, block, args: list[Val]) -> list[Val]:
+    """Lower a region's ops with its arguments bound to ``args``; the yielded values."""
+    for arg, val in zip(block.args, args, strict=True):
+        ex.vals[arg] = val
+    for inner in block.ops:
+        if inner.name == "jlax.yield":
+            return [ex.vals[v] for v in inner.operands]
+        ex.lower(inner)
+    raise ExportError("a region without jlax.yield")
+
+
+def _step_of(ex: Exporter, v: SSAValue, i: int) -> Val:
+    """Slice i along axis 0 of a scanned operand."""
+    val = ex.vals[v]
+    shape = val.full_shape[1:]
+    if val.const is not None:
+        c = np.broadcast_to(val.const, val.full_shape)[i]
+        return Val(shape, val.dtype, const=c, scale=val.scale, scale_axis=val.scale_axis - 1 if val.scale_axis > 0 else -1)
+    t = ex.full(v)
+    begin = [i] + [0] * len(shape)
+    piece = ex.emit("SLICE", [t, ex.int_const(begin, "begin"), ex.int_const((1, *shape), "size")], (1, *shape),
+                    val.dtype, quant=ex.g.quantization(t))
+    return Val(shape, val.dtype, tensor=ex.reshape(piece, shape))
+
+
+def _stacked(ex: Exporter, steps: list[Val], shape, dtype) -> Val:
+    if all(s.const is not None and s.scale is None for s in steps):
+        return Val(tuple(shape), np.dtype(dtype), const=np.stack([np.broadcast_to(s.const, s.full_shape) for s in steps]))
+    tensors = [ex.full_of(s) for s in steps]
+    q = ex.g.quantization(tensors[0])
+    return Val(tuple(shape), np.dtype(dtype), tensor=ex.emit("PACK", tensors, shape, dtype,
+                                                             ("PackOptions", {"values_count": len(tensors), "axis": 0}),
+                                                             quant=q))
+
+
+@handles("jlax.scan")
+def _scan(ex: Exporter, op: Operation) -> None:
+    length = op.length
+    if not isinstance(length, int) or length > MAX_UNROLLED_STEPS:
+        raise ExportError(f"cannot export a jlax.scan of {length} steps to TFLite: scans of at most "
+                          f"{MAX_UNROLLED_STEPS} steps are unrolled into the file")
+    nconst, ncarry = op.num_consts, op.num_carry
+    inputs = list(op.inputs)
+    consts = [ex.vals[v] for v in inputs[:nconst]]
+    carry = [ex.vals[v] for v in inputs[nconst:nconst + ncarry]]
+    xs = inputs[nconst + ncarry:]
+    block = op.body.blocks.first
+    ys: dict[int, list[Val]] = {}
+    for i in (reversed(range(length)) if op.reverse else range(length)):
+        out = _run_block(ex, block, [*consts, *carry, *(_step_of(ex, x, i) for x in xs)])
+        carry = out[:ncarry]
+        ys[i] = out[ncarry:]
+    for r, val in zip(op.outputs[:ncarry], carry, strict=True):
+        ex.vals[r] = val
+    for k, r in enumerate(op.outputs[ncarry:]):
+        shape, dtype = shape_dtype(r.type)
+        ex.vals[r] = _stacked(ex, [ys[i][k] for i in range(length)], shape, dtype)
+
+
+@handles("jlax.cond")
+def _cond(ex: Exporter, op: Operation) -> None:
+    """Every branch computed, the result selected by the index (branches are pure; jax
+    clamps the index into range, as the comparisons below do)."""
+    index, *operands = op.inputs
+    args = [ex.vals[v] for v in operands]
+    outs = [_run_block(ex, region.blocks.first, args) for region in op.branches]
+    c = ex.full_const(index)
+    if c is not None:  # a constant index: that branch
+        chosen = outs[int(np.clip(int(c), 0, len(outs) - 1))]
+        for r, val in zip(op.outputs, chosen, strict=True):
+            ex.vals[r] = val
+        return
+    idx = ex.full(index)
+    for k, r in enumerate(op.outputs):
+        shape, dtype = shape_dtype(r.type)
+        tensors = [ex.full_of(o[k]) for o in outs]
+        result = tensors[-1]
+        for b in reversed(range(len(tensors) - 1)):  # index <= b picks branch b (below: clamped)
+            bound = ex.g.constant(np.asarray(b, ex.g.dtype(idx)), ex.name("branch"))
+            pick = ex.emit("LESS_EQUAL", [idx, bound], (), np.bool_)
+            result = ex.emit("SELECT_V2", [pick, tensors[b], result], shape, dtype)
+        ex.set_tensor(r, result)

@@ -15,7 +15,10 @@ import tflite
 SCHEMA_VERSION = 3
 # builtin codes above 127 are stored as this in the deprecated int8 field, the real code beside it
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
-_BUFFER_ALIGNMENT = 16  # XNNPACK and mmap'd weights want aligned constant data
+_BUFFER_ALIGNMENT = 16
+# the oldest version LiteRT's resolver registers, where it is not 1 (BROADCAST_TO's version 1
+# was withdrawn); other builtins are written as version 1, which every resolver has
+_MIN_VERSION = {tflite.BuiltinOperator.BROADCAST_TO: 2}  # XNNPACK and mmap'd weights want aligned constant data
 
 _BUILTIN_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 _TENSOR_TYPES = {
@@ -84,7 +87,7 @@ class TFLiteGraph:
 
     def constant(self, array: np.ndarray, name: str, quantization: Quantization | None = None) -> int:
         """A tensor holding ``array``; equal contents share one buffer."""
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # (not ascontiguousarray: it makes a 0-d array 1-d)
         data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         key = (array.dtype.str, hashlib.sha256(data).digest())
         buffer = self._buffer_of_bytes.get(key)
@@ -158,7 +161,7 @@ class TFLiteGraph:
             tflite.OperatorCodeStart(b)
             tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, _PLACEHOLDER_FOR_GREATER_OP_CODES))
             tflite.OperatorCodeAddBuiltinCode(b, code)
-            tflite.OperatorCodeAddVersion(b, 1)
+            tflite.OperatorCodeAddVersion(b, _MIN_VERSION.get(code, 1))
             codes.append(tflite.OperatorCodeEnd(b))
 
         signature = _signature(b, inputs, outputs)

@@ -178,10 +178,13 @@ def test_what_tflite_cannot_express_is_an_export_error(tmp_path):
     model = jaxlite.convert(lambda x: jnp.sort(x), np.ones(5, np.float32))
     with pytest.raises(jaxlite.ExportError, match="jlax.sort"):
         model.export(tmp_path / "m.tflite")
-    loop = jaxlite.convert(lambda x: lax.fori_loop(0, x.shape[0], lambda i, c: c * 2, x), np.ones(3, np.float32),
-                           passes="")
-    with pytest.raises(jaxlite.ExportError, match="cannot export"):
+    loop = jaxlite.convert(lambda x: lax.while_loop(lambda c: c.sum() < 100, lambda c: c * 2, x), np.ones(3, np.float32))
+    with pytest.raises(jaxlite.ExportError, match="jlax.while"):
         loop.export(tmp_path / "m.tflite")
+    long_scan = jaxlite.convert(lambda x: lax.scan(lambda c, _: (c * 2, None), x, None, length=1000)[0],
+                                np.ones(3, np.float32))
+    with pytest.raises(jaxlite.ExportError, match="1000 steps"):
+        long_scan.export(tmp_path / "m.tflite")
     symbolic = jaxlite.convert(lambda x: x * 2, np.ones((2, 3), np.float32), dynamic_batch=True)
     with pytest.raises(jaxlite.ExportError, match=r"static shapes.*dims=\{'b': 1\}"):
         symbolic.export(tmp_path / "m.tflite")
@@ -196,6 +199,57 @@ def test_what_tflite_cannot_express_is_an_export_error(tmp_path):
     with pytest.raises(jaxlite.SaveError, match="no-such-dir"):
         plain.export(tmp_path / "no-such-dir" / "m.tflite")
     assert not list(tmp_path.glob("*.tflite"))
+
+
+_W4 = np.random.default_rng(4).standard_normal((4, 4)).astype(np.float32) * 0.5
+
+
+def _loops(x, s):
+    c, ys = lax.scan(lambda c, x: (jnp.tanh(c @ _W4 + x), c * 2), jnp.zeros(4), x, reverse=True)
+    y = lax.cond(s[0] > 0, lambda a: a * 2, lambda a: a - 1, c)
+    z = lax.switch(jnp.clip(s[0].astype(jnp.int32), 0, 2), [lambda a: a, lambda a: a + 10, lambda a: -a], c)
+    return ys.sum(0) + y + z + lax.fori_loop(0, 3, lambda i, v: v * 1.5, c)
+
+
+def test_scans_unroll_and_conditionals_select(tmp_path):
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    for s in (np.array([1.0], np.float32), np.array([-1.0], np.float32), np.array([2.5], np.float32)):
+        model = jaxlite.convert(_loops, x, s, passes="")  # the loops as traced, none folded away
+        assert {"jlax.scan", "jlax.cond"} <= set(model.op_counts())
+        out = run_litert(exported(model, tmp_path), x, s)[0]
+        np.testing.assert_allclose(out, jax.jit(_loops)(x, s), rtol=1e-5, atol=1e-5)
+
+
+def test_flax_models_of_other_kinds_in_every_arithmetic(tmp_path):
+    """A causal LM (embedding, mask, attention, exact GELU), a GroupNorm / ConvTranspose /
+    depthwise net and a GRU: LiteRT against jax.jit."""
+    rng = np.random.default_rng(0)
+
+    class LM(nn.Module):
+        @nn.compact
+        def __call__(self, tok):
+            x = nn.Embed(50, 16)(tok)
+            x = x + nn.SelfAttention(num_heads=2, qkv_features=16)(nn.LayerNorm()(x), mask=nn.make_causal_mask(tok))
+            return nn.Dense(50)(nn.gelu(nn.Dense(32)(nn.LayerNorm()(x)), approximate=False))
+
+    class Conv(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.swish(nn.GroupNorm(num_groups=4)(nn.Conv(16, (3, 3))(x)))
+            x = nn.Conv(8, (3, 3), feature_group_count=8)(nn.ConvTranspose(8, (3, 3), strides=(2, 2))(x))
+            return jnp.mean(x, axis=(1, 2))
+
+    cases = [(LM(), rng.integers(0, 50, (2, 6)).astype(np.int32), (None, "dynamic", "int8"), 5e-2),
+             (Conv(), rng.standard_normal((2, 6, 6, 3)).astype(np.float32), (None, "float16", "int8"), 5e-2),
+             (nn.RNN(nn.GRUCell(8)), rng.standard_normal((2, 4, 5)).astype(np.float32), (None,), 0)]
+    for module, x, modes, quantized_tolerance in cases:
+        variables = module.init(jax.random.PRNGKey(0), x)
+        fn = functools.partial(module.apply, variables)
+        ref = jax.jit(fn)(x)
+        for mode in modes:
+            model = jaxlite.convert(fn, x, quantize=mode, calibration=[(x,)] if mode == "int8" else None)
+            out = run_litert(exported(model, tmp_path), x)[0]
+            assert rel_l2(out, ref) <= (2e-6 if mode is None else quantized_tolerance), (type(module).__name__, mode)
 
 
 def test_a_dynamic_batch_model_exports_at_the_size_given(tmp_path):
