@@ -81,7 +81,7 @@ def main() -> None:
     print(f"machine: {cpu.describe()}; threads={THREADS}; jax {jax.__version__}; medians of {reps} "
           "interleaved LiteRT calls per file")
     print("| model | mode | size jaxlite / converter | ops jaxlite / converter | rel. L2 vs jax.jit "
-          "jaxlite / converter | LiteRT latency jaxlite / converter |")
+          "jaxlite / converter (jaxlite's runtime) | LiteRT latency jaxlite / converter |")
     print("|---|---|---|---|---|---|")
     for name in names:
         fn, args = MODELS[name]()
@@ -101,6 +101,7 @@ def main() -> None:
             if theirs is not None:
                 runs["converter"] = litert(theirs)
             errors = {k: _rel(r(*args), ref) for k, r in runs.items()}
+            own = _rel(model.compile()(*args), ref)
             times = interleaved_medians(runs, args, reps=reps)
             ours_ops = builtin_counts(ours)
             theirs_ops = builtin_counts(theirs) if theirs is not None else {}
@@ -109,7 +110,7 @@ def main() -> None:
                 return f"{fmt(a)} / {fmt(b) if b is not None else '-'}"
             print(f"| {name} | {mode} | {pair(len(ours), theirs and len(theirs), lambda v: f'{v / 1e6:.3f} MB')} | "
                   f"{pair(sum(ours_ops.values()), theirs and sum(theirs_ops.values()), str)} | "
-                  f"{pair(errors['jaxlite'], errors.get('converter'), lambda v: f'{v:.2e}')} | "
+                  f"{pair(errors['jaxlite'], errors.get('converter'), lambda v: f'{v:.2e}')} ({own:.2e}) | "
                   f"{pair(times['jaxlite'] * 1e6, times.get('converter', None) and times['converter'] * 1e6, lambda v: f'{v:.0f} us')} |",
                   flush=True)
             print(f"  jaxlite: {ours_ops}\n  converter: {theirs_ops}", file=sys.stderr)
