@@ -2,12 +2,15 @@
 latency ratio, file size and output error per mode.
 
     python benchmarks/quantize.py [--threads 1|all] [--reps 30] [--only anchor-resnet]
-    python benchmarks/quantize.py --device gpu [--reps 30] [--only resnet]
+    python benchmarks/quantize.py --device gpu [--reps 30] [--only resnet] [--json gpu.json]
 
 Without ``--threads`` it runs twice, one process each: pinned to one core, then all cores.
 With ``--device gpu`` it runs once, jax.jit and jaxlite both on the first GPU (inputs
-placed there beforehand), and adds throughput-sized batches of the MLP and the transformer:
-at the examples' batch 1-64 a GPU is bound by kernel launches, not by the int8 GEMM.
+placed there beforehand), and adds throughput-sized batches (ResNet-18 at 64 and 256, the
+transformer at 32, the CNN at 64, the digits MLP at 8192): at batch 1 a GPU is bound by
+kernel launches, not by the GEMMs. ``--json FILE`` writes every row as it goes
+(``{"device", "jax", "rows": [{"model", "batch", "mode", "ratio"}]}``, rewritten after each
+model, so a run cut short still leaves the rows it measured).
 
 The models: the four anchors of the side-by-side comparison (anchor_models.py: MLP, CNN,
 ResNet-18, transformer, batch 1, calibrated on 100 random inputs), then the examples.
@@ -40,7 +43,7 @@ THREADS = configure_threads(sys.argv)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from anchor_models import ANCHORS, calibration  # noqa: E402
+from anchor_models import ANCHORS, calibration, make_cnn, make_resnet18, make_transformer  # noqa: E402
 from reference_runtimes import litert_runners, onnxruntime_runners  # noqa: E402
 
 import jaxlite  # noqa: E402
@@ -62,15 +65,20 @@ def _tiled(example: tuple, batch: int) -> tuple:
     return fn, tuple(np.resize(a, (batch, *a.shape[1:])) for a in args)
 
 
-GPU_CASES = {  # where a GPU's int8 GEMM has work enough to show
+GPU_CASES = {  # where a GPU's GEMMs have work enough to show
+    "ResNet-18 (batch 64)": (lambda: _tiled(make_resnet18(), 64), "anchor-resnet-64"),
+    "ResNet-18 (batch 256)": (lambda: _tiled(make_resnet18(), 256), "anchor-resnet-256"),
+    "transformer 4L d256 s128 (batch 32)": (lambda: _tiled(make_transformer(), 32), "anchor-transformer-32"),
+    "CNN 16x16 (batch 64)": (lambda: _tiled(make_cnn(), 64), "anchor-cnn-64"),
     "digits MLP (batch 8192)": (lambda: _tiled(digits_mlp.factory(), 8192), "mlp-8192"),
-    "transformer 4L (batch 32)": (lambda: transformer.factory(4, 256, 4, 128, batch=32), "transformer-b32"),
 }
 MODES = ("bfloat16", "float16", "int8-weights", "dynamic", "int8")
 WARM_BLOCK = 5  # calls in a row per function for the warm column (jaxlite/timing.py)
 
 
 def calibration_for(key: str, args: tuple) -> list[tuple]:
+    if key.startswith("anchor") and args[0].shape[0] > 1:  # a throughput batch: 4 batches of random inputs
+        return calibration(args, 4)
     if key.startswith("anchor"):
         return calibration(args)
     if key.startswith(("mlp", "cnn")):
@@ -91,9 +99,11 @@ def main() -> None:
     print(f"{'model':32s} {'mode':15s} {'jax.jit':>9s} {'time':>9s} {'ratio':>6s} {'warm':>6s} {'file':>10s} "
           f"{'size':>6s} {'err':>8s}")
     tmp = tempfile.mkdtemp()
+    json_path = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
+    rows: list[dict] = []
     on_gpu = DEVICE != "cpu"
     device = jax.devices(DEVICE)[0] if on_gpu else None
-    for name, (make, key) in ({**CASES, **GPU_CASES} if on_gpu else CASES).items():
+    for name, (make, key) in ({**ANCHORS, **GPU_CASES} if on_gpu else CASES).items():
         if only and only not in key:
             continue
         fn, args = make()
@@ -132,12 +142,26 @@ def main() -> None:
             err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
             print(f"{name:32s} {mode:15s} {t['jit'] * 1e3:7.2f}ms {t[mode] * 1e3:7.2f}ms "
                   f"{t[mode] / t['jit']:6.3f} {warm[mode] / warm['jit']:6.3f} {sizes[mode] / 1024:8.0f}KB "
-                  f"{sizes[mode] / float_size:6.3f} {err:8.1e}")
+                  f"{sizes[mode] / float_size:6.3f} {err:8.1e}", flush=True)
+            rows.append({"model": name, "batch": int(np.shape(jax.tree.leaves(args)[0])[0]), "mode": mode,
+                         "ratio": round(t[mode] / t["jit"], 4), "warm_ratio": round(warm[mode] / warm["jit"], 4),
+                         "ms": round(t[mode] * 1e3, 4), "jit_ms": round(t["jit"] * 1e3, 4), "rel_l2": float(err)})
         kernels = {mode: run.describe_kernels() for mode, run in runs.items() if hasattr(run, "describe_kernels")}
         for mode, description in kernels.items():
             print(f"{'':32s} {mode:15s} kernels: {description}")
         for label, reason in failed.items():
             print(f"{name:32s} {label:15s} failed: {reason}")
+        if json_path:
+            write_json(json_path, rows, device)
+
+
+def write_json(path: str, rows: list[dict], device) -> None:
+    """The rows so far, as the GPU issue's results file wants them (rewritten whole each time)."""
+    import json
+
+    kind = device.device_kind if device is not None else machine(THREADS)
+    with open(path, "w") as f:
+        json.dump({"device": kind, "jax": jax.__version__, "threads": THREADS, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -311,7 +311,9 @@ def lower_conv(ex: Exporter, op: Operation, lhs_v: SSAValue, kernel: Kernel | No
     groups = p["feature_group_count"]
     c_in = lhs_shape[lhs_spec[1]]
     o = kernel.array.shape[rhs_spec[0]]
-    depthwise = groups > 1 and groups == c_in and kernel.array.shape[rhs_spec[1]] == 1
+    # one group per input channel; a single input channel too (as TFLiteConverter writes it:
+    # XNNPACK's depthwise kernel beats a convolution with K = kh * kw)
+    depthwise = groups == c_in and kernel.array.shape[rhs_spec[1]] == 1
     if groups > 1 and not depthwise:
         raise ExportError(f"cannot export {op.name} with {groups} feature groups to TFLite (only "
                           "depthwise convolutions, one group per input channel)")
