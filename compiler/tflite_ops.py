@@ -315,8 +315,12 @@ for _name, _builtin in _UNARY.items():
 
 @handles("jlax.div")
 def _div(ex: Exporter, op: Operation) -> None:
-    if shape_dtype(op.results[0].type)[1].kind != "f":
-        raise ExportError("cannot export an integer jlax.div: TFLite's DIV rounds integers differently")
+    dtype = shape_dtype(op.results[0].type)[1]
+    if dtype == np.int32:  # TFLite's int32 DIV truncates toward zero, as lax.div does
+        ex.elementwise(op, "DIV", ("DivOptions", {}))
+        return
+    if dtype.kind != "f":
+        raise ExportError(f"cannot export a {dtype.name} jlax.div to TFLite (float and int32 only)")
     x, d = op.operands
     divisor = ex.const(d)
     t = ex.vals[x].tensor
@@ -637,8 +641,9 @@ def padding_mode(in_sizes, windows, strides, padding, dilations=None) -> str | N
     return None
 
 
-@handles("jlax.reduce_window_max", "jquant.reduce_window_max", "jlax.reduce_window_sum")
+@handles("jlax.reduce_window_max", "jquant.reduce_window_max", "jlax.reduce_window_sum", "jlax.reduce_window_min")
 def _pool(ex: Exporter, op: Operation) -> None:
+    """MAX_POOL_2D / AVERAGE_POOL_2D (times the window's area: a sum), min as -max(-x)."""
     p = op.params()
     x = op.operands[0]
     shape, dtype = shape_dtype(x.type)
@@ -666,6 +671,11 @@ def _pool(ex: Exporter, op: Operation) -> None:
         mode = None  # AVERAGE_POOL_2D's SAME divides by the unpadded count: pad with zeros instead
     t = ex.full(x)
     quant = ex.g.quantization(t)
+    minimum = op.name == "jlax.reduce_window_min"
+    if minimum:
+        if dtype.kind != "f":
+            raise ExportError("cannot export an integer jlax.reduce_window_min to TFLite")
+        t = ex.emit("NEG", [t], shape, dtype)
     t = ex.reshape(t, (batch, *hw4, shape[channel]))
     if mode is None:
         if any(lo < 0 or hi < 0 for lo, hi in pads):
@@ -690,6 +700,8 @@ def _pool(ex: Exporter, op: Operation) -> None:
         t = ex.emit("MUL", [t, area], pooled_shape, dtype, ("MulOptions", {}))
     else:
         t = ex.emit("MAX_POOL_2D", [t], pooled_shape, dtype, options, quant=quant)
+    if minimum:
+        t = ex.emit("NEG", [t], pooled_shape, dtype)
     ex.set_tensor(op.results[0], ex.reshape(t, out_shape))
 
 
@@ -919,3 +931,39 @@ def _cond(ex: Exporter, op: Operation) -> None:
             pick = ex.emit("LESS_EQUAL", [idx, bound], (), np.bool_)
             result = ex.emit("SELECT_V2", [pick, tensors[b], result], shape, dtype)
         ex.set_tensor(r, result)
+
+
+@handles("jlax.tile")
+def _tile(ex: Exporter, op: Operation) -> None:
+    shape, dtype = shape_dtype(op.results[0].type)
+    x = ex.full(op.operands[0])
+    reps = ex.int_const(op.params()["reps"], "multiples")
+    ex.set_tensor(op.results[0], ex.emit("TILE", [x, reps], shape, dtype, quant=ex.g.quantization(x)))
+
+
+@handles("jlax.dynamic_update_slice")
+def _dynamic_update_slice(ex: Exporter, op: Operation) -> None:
+    x, update, *starts = op.operands
+    shape, dtype = shape_dtype(op.results[0].type)
+    consts = [ex.full_const(s) for s in starts]
+    if all(c is not None for c in consts):
+        u_shape = shape_dtype(update.type)[0]
+        begin = [int(np.clip(int(c), 0, n - u)) for c, n, u in zip(consts, shape, u_shape, strict=True)]  # jax clamps
+        index = ex.int_const(begin, "start")
+    else:  # the start indices as one int32 vector (LiteRT clamps as jax does)
+        scalars = [ex.reshape(ex.full(s), (1,)) for s in starts]
+        scalars = [t if ex.g.dtype(t) == np.int32 else ex.emit("CAST", [t], (1,), np.int32) for t in scalars]
+        index = ex.emit("CONCATENATION", scalars, (len(starts),), np.int32, ("ConcatenationOptions", {"axis": 0}))
+    ex.set_tensor(op.results[0], ex.emit("DYNAMIC_UPDATE_SLICE", [ex.full(x), ex.full(update), index], shape, dtype))
+
+
+@handles("jlax.rem")
+def _rem(ex: Exporter, op: Operation) -> None:
+    """int32 x - trunc(x / y) * y (lax.rem's sign follows x; TFLite's FLOOR_MOD's follows y)."""
+    shape, dtype = shape_dtype(op.results[0].type)
+    if dtype != np.int32:
+        raise ExportError(f"cannot export a {dtype.name} jlax.rem to TFLite (int32 only)")
+    x, y = (ex.operand(v) for v in op.operands)
+    quotient = ex.emit("DIV", [x, y], shape, dtype, ("DivOptions", {}))
+    ex.set_tensor(op.results[0], ex.emit("SUB", [x, ex.emit("MUL", [quotient, y], shape, dtype, ("MulOptions", {}))],
+                                         shape, dtype, ("SubOptions", {})))

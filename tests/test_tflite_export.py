@@ -110,6 +110,11 @@ PROGRAMS = {
     "erf_round_split": (lambda x: jax.scipy.special.erf(2 * x) + jax.nn.gelu(3 * x, approximate=False)
                         + jnp.round(4 * x) + lax.round(2.5 * x) + jnp.concatenate(jnp.split(x, [1, 4], axis=1)[::-1], 1)
                         + jnp.where(jnp.isfinite(1 / x), jnp.tan(x), 0.0), (4, 6)),
+    "tile_update": (lambda x: jnp.tile(x, (2, 1))[3:7] + lax.dynamic_update_slice(x, jnp.ones((1, 2)), (1, 1))
+                    + lax.dynamic_update_slice(x, x[:2, :3], (jnp.argmax(x[0]), 2)), (4, 6)),
+    "integer_math": (lambda x: (x * 10).astype(jnp.int32) // 3 + (x * 10).astype(jnp.int32) % 3
+                     + lax.rem((x * 10).astype(jnp.int32), 4), (4, 6)),
+    "min_pool": (lambda x: lax.reduce_window(x, jnp.inf, lax.min, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"), (1, 6, 6, 2)),
     "top_k": (lambda x: lax.top_k(x, 3)[0] * lax.top_k(x, 3)[1], (4, 6)),
     "residual_relu": (lambda x: jax.nn.relu(x + x[::-1]) + jax.nn.relu(x * 2), (4, 6)),
     "take": (lambda i: jnp.take(_TABLE, i, axis=0) * 2, None),
@@ -136,7 +141,7 @@ PROGRAMS = {
 
 
 # the builtin a program's export must use (not a decomposition)
-EXPECTED_BUILTIN = {"dense_gelu_erf": "GELU", "softmax_layernorm": "SOFTMAX", "take": "GATHER",
+EXPECTED_BUILTIN = {"dense_gelu_erf": "GELU", "tile_update": "DYNAMIC_UPDATE_SLICE", "min_pool": "MAX_POOL_2D", "softmax_layernorm": "SOFTMAX", "take": "GATHER",
                     "dense_and_matmul": "FULLY_CONNECTED", "batched_einsum": "BATCH_MATMUL",
                     "dense_general": "FULLY_CONNECTED", "conv_nchw": "CONV_2D", "conv1d": "CONV_2D",
                     "depthwise_multiplier_2": "DEPTHWISE_CONV_2D", "pools": "MAX_POOL_2D", "reductions": "MEAN"}
