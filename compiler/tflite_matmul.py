@@ -102,7 +102,7 @@ def _channel_bias(ex: Exporter, bias_v: SSAValue | None, out_shape, channel_axes
     b = ex.full_const(bias_v)
     if b is None:
         return False
-    b = np.broadcast_to(b, out_shape) if b.ndim == len(out_shape) else np.broadcast_to(b, out_shape)
+    b = np.broadcast_to(b, out_shape)
     index = tuple(slice(None) if d in channel_axes else slice(0, 1) for d in range(len(out_shape)))
     picked = b[index]
     if not np.array_equal(np.broadcast_to(picked, out_shape), b):
@@ -156,18 +156,16 @@ def _check_scale(q: Quantization | None, scale: float) -> None:
 def _finish(ex: Exporter, t: int, op: Operation, ep: _Epilogue, mode: str, fused_bias: bool,
             fused_activation: bool, out_shape) -> None:
     """Bias and activation not fused, the int8 result of a layer that ran in float, the IR's shape."""
-    shape, dtype = ex.shape_of(t), ex.g.dtype(t)
+    dtype = ex.g.dtype(t)
     if not fused_bias and ep.bias_v is not None:
         b = ex.operand(ep.bias_v)
         t = ex.emit("ADD", [ex.reshape(t, out_shape), b], out_shape, dtype, ("AddOptions", {}))
-        shape = out_shape
     if not fused_activation:
         t = ex.activation(t, ep.activation)
     t = ex.reshape(t, out_shape)
     result_dtype = shape_dtype(op.results[0].type)[1]
     if result_dtype == np.int8 and mode != "int8":
         t = ex.emit("QUANTIZE", [t], out_shape, np.int8, quant=Quantization.symmetric([ep.out_scale]))
-    del shape
     ex.set_tensor(op.results[0], t)
 
 
@@ -434,9 +432,7 @@ def _float_matmul(ex: Exporter, op: Operation) -> None:
     activation = getattr(op, "activation", "none")
     ep = _Epilogue(bias, activation, "float")
     kernel = _kernel(ex, rhs)
-    if _is_dot(op):
-        if kernel is None and ex.vals[lhs].const is not None:
-            kernel = None  # a constant on the left: BATCH_MATMUL reads it as a tensor
+    if _is_dot(op):  # (a constant on the left, W @ x, is BATCH_MATMUL's tensor operand)
         lower_dot(ex, op, lhs, kernel, ep, rhs)
     else:
         lower_conv(ex, op, lhs, kernel, ep)

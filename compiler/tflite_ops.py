@@ -20,7 +20,7 @@ import numpy as np
 from xdsl.dialects import func
 from xdsl.ir import Operation, SSAValue
 
-from jaxlite.compiler.tflite_writer import Quantization, TFLiteGraph, has_tensor_type
+from jaxlite.compiler.tflite_writer import Quantization, TFLiteGraph, has_tensor_type, tensor_type
 from jaxlite.dialects import int8
 from jaxlite.dialects.module import find_main
 from jaxlite.dialects.primitive import PrimitiveOp
@@ -196,7 +196,8 @@ class Exporter:
         handler = HANDLERS.get(op.name)
         if handler is None:
             raise ExportError(f"cannot export {op.name} to TFLite: no TFLite builtin computes it "
-                              f"(supported: {', '.join(sorted(HANDLERS))})")
+                              f"(jaxlite exports {len(HANDLERS)} kinds of op; README's 'Export to .tflite' "
+                              "lists what TFLite lacks)")
         for r in op.results:
             check_dtype(shape_dtype(r.type)[1], op.name)
         handler(self, op)
@@ -575,7 +576,6 @@ def _argmax(ex: Exporter, op: Operation) -> None:
         raise ExportError(f"cannot export {op.name} over several axes to TFLite")
     shape, dtype = shape_dtype(op.results[0].type)
     builtin, table = ("ARG_MAX", "ArgMaxOptions") if op.name == "jlax.argmax" else ("ARG_MIN", "ArgMinOptions")
-    from jaxlite.compiler.tflite_writer import tensor_type
     t = ex.emit(builtin, [ex.full(op.operands[0]), ex.int_const(p["axes"], "axis")], shape, dtype,
                 (table, {"output_type": tensor_type(dtype)}))
     ex.set_tensor(op.results[0], t)
@@ -866,7 +866,12 @@ def _step_of(ex: Exporter, v: SSAValue, i: int) -> Val:
     shape = val.full_shape[1:]
     if val.const is not None:
         c = np.broadcast_to(val.const, val.full_shape)[i]
-        return Val(shape, val.dtype, const=c, scale=val.scale, scale_axis=val.scale_axis - 1 if val.scale_axis > 0 else -1)
+        scale, axis = val.scale, val.scale_axis
+        if scale is not None and axis == 0:  # the step's own scale, one for the slice
+            scale, axis = np.asarray(scale).reshape(-1)[i:i + 1], -1
+        elif axis > 0:
+            axis -= 1
+        return Val(shape, val.dtype, const=c, scale=scale, scale_axis=axis)
     t = ex.full(v)
     begin = [i] + [0] * len(shape)
     piece = ex.emit("SLICE", [t, ex.int_const(begin, "begin"), ex.int_const((1, *shape), "size")], (1, *shape),
