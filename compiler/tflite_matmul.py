@@ -140,8 +140,15 @@ def _prepared_input(ex: Exporter, lhs_v: SSAValue, ep: _Epilogue, quantized_kern
             _check_scale(ex.g.quantization(t), ep.x_scale)
             ep.x_scale = ex.g.quantization(t).scale[0]  # the tensor's own (after a ReLU: finer, see _out_quant)
     elif ex.g.dtype(t) == np.int8:
+        _check_scale(ex.g.quantization(t), ep.x_scale if ep.x_scale is not None else _code_scale(ex.g.quantization(t)))
         t = ex.emit("DEQUANTIZE", [t], ex.shape_of(t), np.float32, hint="dequantized_input")
     return t, mode
+
+
+def _code_scale(q: Quantization | None) -> float:
+    if q is None:
+        raise ExportError("an int8 tensor lost its quantization parameters on the way to a layer")
+    return q.scale[0] * (127 - q.zero_point[0]) / 127
 
 
 def _check_scale(q: Quantization | None, scale: float) -> None:
@@ -428,6 +435,9 @@ def _is_dot(op: Operation) -> bool:
 @handles("jfuse.dot", "jfuse.conv", "jlax.dot_general", "jlax.conv_general_dilated")
 def _float_matmul(ex: Exporter, op: Operation) -> None:
     lhs, rhs = op.operands[0], op.operands[1]
+    if any(shape_dtype(v.type)[1].kind != "f" for v in (lhs, rhs)):
+        raise ExportError(f"cannot export an integer {op.name} to TFLite (its FULLY_CONNECTED, "
+                          "BATCH_MATMUL and CONV_2D take float or quantized int8 operands)")
     bias = getattr(op, "bias", None)
     activation = getattr(op, "activation", "none")
     ep = _Epilogue(bias, activation, "float")
@@ -503,9 +513,7 @@ def _quantize(ex: Exporter, op: Operation) -> None:
 
 @handles("jquant.max")
 def _code_max(ex: Exporter, op: Operation) -> None:
-    a, b = (ex.full(v) for v in op.operands)
+    a, b = ex.same_quantization([ex.full(v) for v in op.operands])
     q = ex.g.quantization(a)
-    if q != ex.g.quantization(b):
-        raise ExportError("cannot export jquant.max of int8 tensors with different scales")
     shape = tuple(shape_dtype(op.results[0].type)[0])
     ex.set_tensor(op.results[0], ex.emit("MAXIMUM", [a, b], shape, np.int8, quant=q))

@@ -31,6 +31,9 @@ from jaxlite.errors import ExportError
 _FOLD_ELEMENTS = 64
 # TFLite's element-wise kernels broadcast operands up to this rank
 _MAX_BROADCAST_RANK = 6
+# element types whose arithmetic builtins in TFLite are quantized kernels, not integer math
+_QUANTIZED_ONLY = (np.dtype(np.int8), np.dtype(np.uint8))
+_ARITHMETIC = {"ADD", "SUB", "MUL", "DIV", "POW", "SQUARED_DIFFERENCE", "NEG", "ABS", "SQUARE"}
 
 
 @dataclass
@@ -174,6 +177,7 @@ class Exporter:
                     outputs.append((spec.name, self.output_tensor(v, spec.name)))
                 break
             self.lower(op)
+        self.g.fuse([t for _, t in outputs])
         return self.g.to_bytes(inputs, outputs, description)
 
     def output_tensor(self, v: SSAValue, name: str) -> int:
@@ -220,9 +224,35 @@ class Exporter:
 
     # ---- element-wise ---------------------------------------------------------------------
 
+    def same_quantization(self, tensors: list[int]) -> list[int]:
+        """int8 tensors of jaxlite codes of one scale s, quantized alike (LiteRT's multi-input
+        int8 ops want equal parameters): as they are when they already agree, else each
+        requantized to (s, zero point 0) -- a ReLU output's (127 s / 255, -128) too; constants
+        without parameters (a code max's zero) take (s, 0)."""
+        quants = [self.g.quantization(t) for t in tensors]
+        known = [q for q in quants if q is not None]
+        if not known or (len(known) == len(quants) and all(q == known[0] for q in known)):
+            return tensors
+        scale = known[0].scale[0] * (127 - known[0].zero_point[0]) / 127
+        codes = Quantization.symmetric([scale])
+        out = []
+        for t, q in zip(tensors, quants, strict=True):
+            if q is None and self.g.tensors[t].buffer:  # a constant code: give it the common parameters
+                t = self.g.constant(np.frombuffer(self.g.buffers[self.g.tensors[t].buffer], np.int8)
+                                    .reshape(self.shape_of(t)), self.name("codes"), codes)
+            elif q is None:
+                raise ExportError("an int8 tensor without quantization parameters met quantized ones")
+            elif q != codes:
+                t = self.emit("QUANTIZE", [t], self.shape_of(t), np.int8, quant=codes, hint="requantized")
+            out.append(t)
+        return out
+
     def elementwise(self, op: Operation, builtin: str, options=None, operands=None) -> None:
         operands = list(op.operands if operands is None else operands)
         out_shape, out_dtype = shape_dtype(op.results[0].type)
+        if np.dtype(out_dtype) in _QUANTIZED_ONLY and builtin in _ARITHMETIC:
+            raise ExportError(f"cannot export {op.name} on {np.dtype(out_dtype).name} tensors to TFLite: its "
+                              f"{builtin} on that type is a quantized kernel (int8 arithmetic wraps in jax)")
         rank = len(out_shape)
         if rank > _MAX_BROADCAST_RANK:
             ins = [self.full(v) for v in operands]
@@ -278,24 +308,13 @@ _UNARY = {"neg": "NEG", "exp": "EXP", "log": "LOG", "tanh": "TANH", "logistic": 
           "sign": "SIGN", "square": "SQUARE"}
 
 
-_FUSES_RELU = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions"}
-
-
 def _binary(builtin: str, options_table: str | None):
     def lower(ex: Exporter, op: Operation) -> None:
-        if builtin == "MAXIMUM" and _is_zero_relu(ex, op):
-            other = next(v for v in op.operands if ex.const(v) is None)
-            t = ex.operand(other)
-            producer = ex.g.producer(t)
-            if (producer is not None and producer[0] in _FUSES_RELU and other.has_one_use()
-                    and not (producer[1] or {}).get("fused_activation_function")):
-                # x + y then relu: one ADD with the activation fused (as TFLite's own converter does)
-                ex.g.replace_producer(t, producer[0], (_FUSES_RELU[producer[0]], {"fused_activation_function": 1}))
-                out = t
-            else:
-                out = ex.emit("RELU", [t], ex.shape_of(t), ex.g.dtype(t))
+        if builtin == "MAXIMUM" and _is_zero_relu(ex, op):  # RELU (fused into its producer afterwards)
+            t = ex.operand(next(v for v in op.operands if ex.const(v) is None))
             shape, dtype = shape_dtype(op.results[0].type)
-            ex.vals[op.results[0]] = Val(tuple(shape), np.dtype(dtype), tensor=out)
+            ex.vals[op.results[0]] = Val(tuple(shape), np.dtype(dtype),
+                                         tensor=ex.emit("RELU", [t], ex.shape_of(t), ex.g.dtype(t)))
             return
         ex.elementwise(op, builtin, (options_table, {}) if options_table else None)
     return lower
@@ -324,24 +343,13 @@ def _div(ex: Exporter, op: Operation) -> None:
         raise ExportError(f"cannot export a {dtype.name} jlax.div to TFLite (float and int32 only)")
     x, d = op.operands
     divisor = ex.const(d)
-    t = ex.vals[x].tensor
-    producer = ex.g.producer(t) if t is not None and x.has_one_use() else None
-    if producer is not None and producer[0] == "SUM" and divisor is not None and divisor.size == 1:
-        summed = ex.g.operators[-1] if ex.g.operators and t in ex.g.operators[-1].outputs else None
-        if summed is not None:
-            in_shape = ex.shape_of(summed.inputs[0])
-            axes = ex.g.buffers[ex.g.tensors[summed.inputs[1]].buffer]
-            count = math.prod(in_shape[a] for a in np.frombuffer(axes, np.int32))
-            if float(divisor.reshape(-1)[0]) == count:  # a mean (jnp.mean, global average pooling)
-                ex.g.replace_producer(t, "MEAN", ("ReducerOptions", {"keep_dims": False}))
-                ex.vals[op.results[0]] = Val(tuple(shape_dtype(op.results[0].type)[0]), ex.vals[x].dtype, tensor=t)
-                return
     if divisor is not None:
         with np.errstate(divide="ignore", over="ignore"):
             inverse = (1 / divisor.astype(np.float64)).astype(divisor.dtype)
     if divisor is not None and np.all(np.isfinite(inverse)):
         # x / c as x * (1/c), as TFLiteConverter writes it (MUL is XNNPACK's cheaper kernel; the
-        # reciprocal rounds once, exactly for powers of two such as attention's 1/sqrt(64))
+        # reciprocal rounds once, exactly for powers of two such as attention's 1/sqrt(64));
+        # a SUM times 1/count becomes MEAN once the graph is complete (TFLiteGraph.fuse)
         reciprocal = ex.g.constant(inverse, ex.name("reciprocal"))
         out_shape, dtype = shape_dtype(op.results[0].type)
         xt = ex.operand(x) if len(out_shape) <= _MAX_BROADCAST_RANK else ex.full(x)
@@ -488,7 +496,7 @@ def _transpose(ex: Exporter, op: Operation) -> None:
 def _concatenate(ex: Exporter, op: Operation) -> None:
     axis = op.params()["dimension"]
     shape, dtype = shape_dtype(op.results[0].type)
-    ins = [ex.full(v) for v in op.operands]
+    ins = ex.same_quantization([ex.full(v) for v in op.operands])
     ex.set_tensor(op.results[0], ex.emit("CONCATENATION", ins, shape, dtype,
                                          ("ConcatenationOptions", {"axis": axis}),
                                          quant=ex.g.quantization(ins[0])))
@@ -537,15 +545,22 @@ def _pad(ex: Exporter, op: Operation) -> None:
     shape, dtype = shape_dtype(op.results[0].type)
     x = ex.full(op.operands[0])
     paddings = ex.int_const([[lo, hi] for lo, hi, _ in config], "paddings")
-    value_t = ex.g.constant(np.asarray(value, dtype).reshape(()), ex.name("pad_value"))
-    ex.set_tensor(op.results[0], ex.emit("PADV2", [x, paddings, value_t], shape, dtype))
+    q = ex.g.quantization(x)
+    if q is not None:  # a jaxlite code (of scale s), re-expressed in the tensor's own parameters
+        s_codes = q.scale[0] * (127 - q.zero_point[0]) / 127
+        value = np.clip(np.round(value.astype(np.float64) * s_codes / q.scale[0]) + q.zero_point[0], -128, 127)
+    value_t = ex.g.constant(np.asarray(value, dtype).reshape(()), ex.name("pad_value"), q)
+    ex.set_tensor(op.results[0], ex.emit("PADV2", [x, paddings, value_t], shape, dtype, quant=q))
 
 
 @handles("jlax.rev")
 def _rev(ex: Exporter, op: Operation) -> None:
+    """One REVERSE_V2 per axis (LiteRT's takes only contiguous axes in one op)."""
     shape, dtype = shape_dtype(op.results[0].type)
-    axes = ex.int_const(op.params()["dimensions"], "axes")
-    ex.set_tensor(op.results[0], ex.emit("REVERSE_V2", [ex.full(op.operands[0]), axes], shape, dtype))
+    t = ex.full(op.operands[0])
+    for axis in op.params()["dimensions"]:
+        t = ex.emit("REVERSE_V2", [t, ex.int_const([axis], "axis")], shape, dtype, quant=ex.g.quantization(t))
+    ex.set_tensor(op.results[0], t)
 
 
 @handles("jlax.iota")
@@ -612,12 +627,32 @@ def _gather(ex: Exporter, op: Operation) -> None:
     if not ok:
         raise ExportError("cannot export this jlax.gather to TFLite: only a take along one axis "
                           "(embedding lookups, jnp.take, x[idx]) has a TFLite builtin (GATHER)")
-    idx = ex.reshape(ex.full(indices), i_shape[:-1])
+    idx_shape = tuple(i_shape[:-1])
+    idx = ex.reshape(ex.full(indices), idx_shape)
     if i_dtype != np.int32:
-        idx = ex.emit("CAST", [idx], i_shape[:-1], np.int32)
+        idx = ex.emit("CAST", [idx], idx_shape, np.int32)
+    mode = str(p.get("mode", "")).rsplit(".", 1)[-1].upper()  # jax's GatherScatterMode
+    valid = None
+    if mode in ("CLIP", "FILL_OR_DROP"):  # LiteRT's GATHER fails on an index out of range
+        if mode == "FILL_OR_DROP":
+            inside = [ex.emit(cmp, [idx, ex.int_const(bound, "bound")], idx_shape, np.bool_)
+                      for cmp, bound in (("GREATER_EQUAL", 0), ("LESS", o_shape[axis]))]
+            valid = ex.emit("LOGICAL_AND", inside, idx_shape, np.bool_)
+        idx = ex.emit("MAXIMUM", [idx, ex.int_const(0, "zero")], idx_shape, np.int32)
+        idx = ex.emit("MINIMUM", [idx, ex.int_const(o_shape[axis] - 1, "last")], idx_shape, np.int32)
     params_t = ex.full(operand)
     t = ex.emit("GATHER", [params_t, idx], out_shape, dtype, ("GatherOptions", {"axis": axis}),
                 quant=ex.g.quantization(params_t))
+    if valid is not None:  # out-of-range indices give jax's fill value
+        fill = p.get("fill_value")
+        if fill is None:
+            fill = (np.nan if dtype.kind == "f" else True if dtype == np.bool_
+                    else np.iinfo(dtype).min if dtype.kind == "i" else np.iinfo(dtype).max)
+        if ex.g.quantization(params_t) is not None:
+            raise ExportError("cannot export a filling jlax.gather of int8 codes to TFLite")
+        mask = ex.reshape(valid, (1,) * axis + idx_shape + (1,) * (len(o_shape) - axis - 1))
+        t = ex.emit("SELECT_V2", [mask, t, ex.g.constant(np.asarray(fill, dtype), ex.name("fill"))],
+                    out_shape, dtype)
     ex.set_tensor(op.results[0], t)
 
 
@@ -671,6 +706,9 @@ def _pool(ex: Exporter, op: Operation) -> None:
         mode = None  # AVERAGE_POOL_2D's SAME divides by the unpadded count: pad with zeros instead
     t = ex.full(x)
     quant = ex.g.quantization(t)
+    if dtype.kind != "f" and quant is None:
+        raise ExportError(f"cannot export an integer {op.name} to TFLite (its pooling takes float or "
+                          "quantized int8 tensors)")
     minimum = op.name == "jlax.reduce_window_min"
     if minimum:
         if dtype.kind != "f":
@@ -959,7 +997,11 @@ def _dynamic_update_slice(ex: Exporter, op: Operation) -> None:
         scalars = [ex.reshape(ex.full(s), (1,)) for s in starts]
         scalars = [t if ex.g.dtype(t) == np.int32 else ex.emit("CAST", [t], (1,), np.int32) for t in scalars]
         index = ex.emit("CONCATENATION", scalars, (len(starts),), np.int32, ("ConcatenationOptions", {"axis": 0}))
-    ex.set_tensor(op.results[0], ex.emit("DYNAMIC_UPDATE_SLICE", [ex.full(x), ex.full(update), index], shape, dtype))
+    xt, ut = ex.full(x), ex.full(update)
+    if ex.g.quantization(xt) != ex.g.quantization(ut):
+        raise ExportError("cannot export jlax.dynamic_update_slice of int8 tensors quantized differently")
+    ex.set_tensor(op.results[0], ex.emit("DYNAMIC_UPDATE_SLICE", [xt, ut, index], shape, dtype,
+                                         quant=ex.g.quantization(xt)))
 
 
 @handles("jlax.rem")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 from dataclasses import dataclass, field
 
 import flatbuffers
@@ -18,7 +19,8 @@ _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 _BUFFER_ALIGNMENT = 16
 # the oldest version LiteRT's resolver registers, where it is not 1 (BROADCAST_TO's version 1
 # was withdrawn); other builtins are written as version 1, which every resolver has
-_MIN_VERSION = {tflite.BuiltinOperator.BROADCAST_TO: 2}  # XNNPACK and mmap'd weights want aligned constant data
+_MIN_VERSION = {tflite.BuiltinOperator.BROADCAST_TO: 2}
+_FUSES_ACTIVATION = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions"}  # XNNPACK and mmap'd weights want aligned constant data
 
 _BUILTIN_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
 _TENSOR_TYPES = {
@@ -119,22 +121,47 @@ class TFLiteGraph:
             self.opcodes.append(code)
         return self.opcodes.index(code)
 
-    def producer(self, tensor: int) -> tuple[str, dict | None] | None:
-        """(builtin, options fields) of the operator computing ``tensor``, if one does."""
-        for op in reversed(self.operators):
-            if tensor in op.outputs:
-                return _BUILTIN_NAMES[self.opcodes[op.opcode]], (op.options[1] if op.options else None)
-        return None
+    def fuse(self, outputs: list[int]) -> None:
+        """Peephole fusions on the complete graph, as TFLiteConverter writes them: ADD / SUB /
+        MUL followed by RELU or RELU6 is one op with the activation fused, SUM followed by a
+        multiplication by 1/count is MEAN -- only where the first op's result has no other
+        reader and is no output (so values shared across unrolled loops and branches stay)."""
+        readers: dict[int, int] = {}
+        for op in self.operators:
+            for t in op.inputs:
+                readers[t] = readers.get(t, 0) + 1
+        keep = set(outputs)
+        producer = {t: op for op in self.operators for t in op.outputs}
+        fused = []
+        for op in self.operators:
+            name = _BUILTIN_NAMES[self.opcodes[op.opcode]]
+            source = producer.get(op.inputs[0]) if op.inputs else None
+            if source is None or readers.get(op.inputs[0]) != 1 or op.inputs[0] in keep:
+                continue
+            first = _BUILTIN_NAMES[self.opcodes[source.opcode]]
+            if name in ("RELU", "RELU6") and first in _FUSES_ACTIVATION and not (
+                    source.options and source.options[1].get("fused_activation_function")):
+                activation = 1 if name == "RELU" else 3  # ActivationFunctionType
+                source.options = (_FUSES_ACTIVATION[first], {"fused_activation_function": activation})
+            elif name == "MUL" and first == "SUM" and self._is_reciprocal_count(op.inputs[1], source):
+                source.opcode = self._opcode("MEAN")
+            else:
+                continue
+            source.outputs = op.outputs
+            fused.append(op)
+        self.operators = [op for op in self.operators if all(op is not f for f in fused)]
 
-    def replace_producer(self, tensor: int, builtin: str, options: tuple[str, dict] | None) -> None:
-        """Make the operator computing ``tensor`` another builtin (a peephole fusion: SUM then a
-        division by the count is MEAN; ADD then RELU is ADD with the activation fused)."""
-        for op in reversed(self.operators):
-            if tensor in op.outputs:
-                op.opcode = self._opcode(builtin)
-                op.options = options
-                return
-        raise KeyError(tensor)
+    def _is_reciprocal_count(self, tensor: int, summed: _Operator) -> bool:
+        """Whether ``tensor`` is the constant 1 / (elements each output of ``summed`` adds)."""
+        t = self.tensors[tensor]
+        axes_t = self.tensors[summed.inputs[1]]
+        if not t.buffer or t.dtype != np.float32 or math.prod(t.shape) != 1 or not axes_t.buffer:
+            return False
+        value = np.frombuffer(self.buffers[t.buffer], np.float32)[0]
+        axes = np.frombuffer(self.buffers[axes_t.buffer], np.int32)
+        shape = self.tensors[summed.inputs[0]].shape
+        count = math.prod(shape[int(a)] for a in axes)
+        return value == np.float32(1.0 / count)
 
     def to_bytes(self, inputs: list[tuple[str, int]], outputs: list[tuple[str, int]],
                  description: str) -> bytes:

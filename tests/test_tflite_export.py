@@ -315,3 +315,66 @@ def test_netron_draws_the_generic_ir_and_the_tflite_file(tmp_path):
     assert graph["types"].get("Conv2D", 0) + graph["types"].get("DepthwiseConv2D", 0) == counts["jquant.qconv"]
     assert graph["types"].get("FullyConnected") == counts["jquant.qdot"]
     assert graph["inputs"] == 1 and graph["outputs"] == 1
+
+
+def _R(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_fusions_never_reach_a_value_read_elsewhere(tmp_path):
+    """ReLU / mean fusion into a producer whose result a loop body or a branch shares with
+    the outside (the IR's one-use test sees only the region)."""
+    def relu_in_branch(x, p):
+        s = x + 0.1
+        return lax.cond(p > 0, lambda a: jnp.maximum(a, 0.0), lambda a: a * 2, s), s
+
+    def mean_in_scan(x):
+        s = x.sum(1)
+        return lax.scan(lambda c, _: (c, c / 6.0), s, None, length=2)[1], s
+
+    x = np.array([[-1.0, 0.5, -0.3, 2.0, 0.1, -0.2]], np.float32)
+    for fn, args in ((relu_in_branch, (x, np.int32(0))), (relu_in_branch, (x, np.int32(1))), (mean_in_scan, (x,))):
+        model = jaxlite.convert(fn, *args, passes="")
+        outs = run_litert(exported(model, tmp_path), *args)
+        for out, ref in zip(outs, jax.tree.leaves(jax.jit(fn)(*args)), strict=True):
+            np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_codes_keep_their_quantization_through_every_op(tmp_path):
+    """rev / concatenate of a ReLU output (zero point -128) with other codes / an unfused
+    ReLU (a code max with the zero code) in int8 models: LiteRT runs them and agrees with
+    jaxlite's runtime."""
+    w1, b1, w3 = _R(64, 32, seed=1), _R(32, seed=2), _R(32, 16, seed=3)
+    perm = np.random.default_rng(5).permutation(32)
+    w2, b2, w4 = w1[:, perm].copy(), (b1 + 3)[perm].copy(), _R(64, 16, seed=4)
+    fns = [lambda x: jnp.flip(jax.nn.relu(x @ w1 + b1), -1) @ w3,
+           lambda x: jnp.concatenate([jax.nn.relu(x @ w1 + b1 + 3), x @ w2 + b2], -1) @ w4,
+           lambda x: jax.nn.relu((x @ w1 + b1).reshape(4, 4, 8)).reshape(4, 32) @ w3]
+    x = _R(4, 64)
+    for fn in fns:
+        model = jaxlite.convert(fn, x, quantize="int8", calibration=[(x,), (_R(4, 64, seed=9),)])
+        out = run_litert(exported(model, tmp_path), x)[0]
+        assert rel_l2(out, model.compile()(x)) < 5e-2
+        assert rel_l2(out, jax.jit(fn)(x)) < 8e-2
+
+
+def test_gathers_follow_jaxs_index_modes_and_flips_any_axes(tmp_path):
+    table = _R(10, 6, seed=1)
+    idx = np.array([12, 2, -1, 9], np.int32)
+    for fn in (lambda i: jnp.take(table, i, axis=0, mode="clip"), lambda i: jnp.take(table, i, axis=0, mode="fill"),
+               lambda i: jnp.take(table.T, i, axis=1, mode="fill", fill_value=-5.0)):
+        out = run_litert(exported(jaxlite.convert(fn, idx), tmp_path), idx)[0]
+        np.testing.assert_array_equal(out, jax.jit(fn)(idx))
+    x = _R(3, 4, 5)
+    flip = jaxlite.convert(lambda x: jnp.flip(x, (0, 2)), x)
+    np.testing.assert_array_equal(run_litert(exported(flip, tmp_path), x)[0], np.flip(x, (0, 2)))
+
+
+def test_integer_ops_tflite_computes_differently_are_export_errors(tmp_path):
+    cases = [(lambda a: a + 1, np.arange(5, dtype=np.uint8)), (lambda a: a * 2, np.arange(5, dtype=np.int8)),
+             (lambda a: a @ np.ones((3, 4), np.int32), np.ones((2, 3), np.int32)),
+             (lambda x: lax.reduce_window(x, -2**31, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME"),
+              np.zeros((1, 5, 5, 2), np.int32))]
+    for fn, arg in cases:
+        with pytest.raises(jaxlite.ExportError, match="cannot export"):
+            jaxlite.convert(fn, arg).export(tmp_path / "m.tflite")
