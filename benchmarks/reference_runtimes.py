@@ -18,51 +18,63 @@ def _shortened(message: str) -> str:
     return line if len(line) <= 200 else f"{line[:60]} ... {line[-130:]}"
 
 
+def tflite_converter(fn, args: tuple, calibration: list[tuple], mode: str) -> bytes:
+    """The .tflite file TFLiteConverter makes of ``fn`` through jax2tf, as Google documents for
+    JAX: float32 without optimizations; float16 = Optimize.DEFAULT with float16 weights;
+    dynamic = Optimize.DEFAULT without data; int8 = calibrated on ``calibration``,
+    TFLITE_BUILTINS_INT8 (float input/output). Needs tensorflow (ImportError otherwise)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    args = [np.asarray(a) for a in args]
+    tf_fn = tf.function(jax2tf.convert(fn, with_gradient=False), autograph=False,
+                        input_signature=[tf.TensorSpec(a.shape, a.dtype) for a in args])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([tf_fn.get_concrete_function()], tf_fn)
+    if mode != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        converter.representative_dataset = lambda: ([np.asarray(a) for a in batch] for batch in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def litert_runner(blob: bytes, threads: str):
+    """``run(*xs) -> first output`` of a .tflite file in LiteRT's interpreter (XNNPACK), with
+    one thread or all cores."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=blob, num_threads=1 if threads == "1" else os.cpu_count())
+    interpreter.allocate_tensors()
+    inputs = [d["index"] for d in interpreter.get_input_details()]
+    output = interpreter.get_output_details()[0]["index"]
+
+    def run(*xs):
+        for index, x in zip(inputs, xs, strict=True):
+            interpreter.set_tensor(index, np.asarray(x))
+        interpreter.invoke()
+        return interpreter.get_tensor(output)
+    return run
+
+
 def litert_runners(fn, args: tuple, calibration: list[tuple], threads: str) -> dict[str, tuple]:
     """{"LiteRT float32" | "LiteRT dynamic" | "LiteRT int8": (run, file bytes)}, where a
     conversion or LiteRT's own setup fails: (None, the error); {} when tensorflow or
     ai-edge-litert is missing."""
     try:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import numpy as np
-        import tensorflow as tf
-        from ai_edge_litert.interpreter import Interpreter
-        from jax.experimental import jax2tf
+        import ai_edge_litert.interpreter  # noqa: F401
+        import tensorflow  # noqa: F401
     except ImportError:
         return {}
-
-    args = [np.asarray(a) for a in args]
-    tf_fn = tf.function(jax2tf.convert(fn, with_gradient=False), autograph=False,
-                        input_signature=[tf.TensorSpec(a.shape, a.dtype) for a in args])
-    concrete = tf_fn.get_concrete_function()
-
-    def convert(mode: str) -> bytes:
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_fn)
-        if mode != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if mode == "int8":
-            converter.representative_dataset = lambda: ([np.asarray(a) for a in batch] for batch in calibration)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        return converter.convert()
-
-    def runner(blob: bytes):
-        interpreter = Interpreter(model_content=blob, num_threads=1 if threads == "1" else os.cpu_count())
-        interpreter.allocate_tensors()
-        inputs = [d["index"] for d in interpreter.get_input_details()]
-        output = interpreter.get_output_details()[0]["index"]
-
-        def run(*xs):
-            for index, x in zip(inputs, xs, strict=True):
-                interpreter.set_tensor(index, np.asarray(x))
-            interpreter.invoke()
-            return interpreter.get_tensor(output)
-        return run
-
     out = {}
     for mode in ("float32", "dynamic", "int8"):
         try:
-            blob = convert(mode)
-            out[f"LiteRT {mode}"] = (runner(blob), len(blob))
+            blob = tflite_converter(fn, args, calibration, mode)
+            out[f"LiteRT {mode}"] = (litert_runner(blob, threads), len(blob))
         except Exception as e:  # e.g. "failed to create XNNPACK runtime" (ResNet-18 full-integer)
             out[f"LiteRT {mode}"] = (None, f"{type(e).__name__}: {_shortened(str(e))}")
     return out

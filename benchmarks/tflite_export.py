@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 from common import configure_threads, interleaved_medians  # noqa: E402
+from reference_runtimes import litert_runner, tflite_converter  # noqa: E402
 
 THREADS = configure_threads(sys.argv)
 
@@ -35,40 +36,6 @@ _JAXLITE_MODE = {"float32": None, "float16": "float16", "dynamic": "dynamic", "i
 
 def _arg(name: str, default: str) -> str:
     return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
-
-
-def tflite_converter(fn, args, cal, mode: str) -> bytes:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    from jax.experimental import jax2tf
-
-    tf_fn = tf.function(jax2tf.convert(fn, with_gradient=False), autograph=False,
-                        input_signature=[tf.TensorSpec(a.shape, a.dtype) for a in args])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([tf_fn.get_concrete_function()], tf_fn)
-    if mode != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if mode == "int8":
-        converter.representative_dataset = lambda: ([np.asarray(a) for a in batch] for batch in cal)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
-
-
-def litert(blob: bytes):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=blob, num_threads=1 if THREADS == "1" else os.cpu_count())
-    interpreter.allocate_tensors()
-    inputs = [d["index"] for d in interpreter.get_input_details()]
-    output = interpreter.get_output_details()[0]["index"]
-
-    def run(*xs):
-        for index, x in zip(inputs, xs, strict=True):
-            interpreter.set_tensor(index, np.asarray(x))
-        interpreter.invoke()
-        return interpreter.get_tensor(output)
-    return run
 
 
 def _rel(a, b) -> float:
@@ -97,9 +64,9 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001  (the converter's failure is a result too)
                 theirs = None
                 print(f"  ({name} {mode}: TFLiteConverter failed: {type(e).__name__}: {str(e)[:120]})")
-            runs = {"jaxlite": litert(ours)}
+            runs = {"jaxlite": litert_runner(ours, THREADS)}
             if theirs is not None:
-                runs["converter"] = litert(theirs)
+                runs["converter"] = litert_runner(theirs, THREADS)
             errors = {k: _rel(r(*args), ref) for k, r in runs.items()}
             own = _rel(model.compile()(*args), ref)
             times = interleaved_medians(runs, args, reps=reps)
