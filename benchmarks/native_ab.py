@@ -1,6 +1,6 @@
 """The native int8 kernels of this checkout against another build of them, in one process.
 
-    python benchmarks/native_ab.py OLD.so [--reps 400]
+    python benchmarks/native_ab.py OLD.so [--reps 400] [--only PREFIX]
 
 This machine's speed swings 30-50% between processes, which hides kernel changes of a few
 percent. So the other build (the ``runtime/_kernels_avx512vnni*.so`` of another checkout, or an
@@ -9,7 +9,8 @@ loaded beside the current one under ``old_*`` FFI targets and the two are called
 on the same arrays: GEMMs of the benchmark models' shapes (transformer, ResNet/CNN convs as
 GEMMs, the digits MLP), both float-input (dynamic) and int8-input, and the attention dot.
 Prints min and 25th percentile per build and their ratio. Pinned to one core, inline dispatch.
-The two builds must have the same FFI signatures (the Python wrappers are this checkout's).
+The two builds must have the same FFI signatures (the Python wrappers are this checkout's);
+``--only dynamic`` (rows whose label starts with it) compares the kernels that kept theirs.
 The current build against itself reads 0.99-1.00 on every row here: that is the resolution.
 """
 
@@ -55,6 +56,8 @@ def old_targets():
 
 
 def compare(label: str, make, arg, reps: int) -> None:
+    if "--only" in sys.argv and not label.startswith(sys.argv[sys.argv.index("--only") + 1]):
+        return
     with old_targets():
         old = jax.jit(make).lower(arg).compile()  # traced while the old names are set
     new = jax.jit(make).lower(arg).compile()

@@ -13,6 +13,12 @@ op keeps it: a matmul row that reads one is not a number, max pooling lets it wi
 measured on the fly over values that include a non-finite one is NaN. So a quantized model
 turns NaN/Inf inputs into NaN outputs, where the float model has NaN/Inf, instead of
 plausible numbers.
+
+Dynamic-range activations (``jquant.dynamic_dot`` / ``dynamic_conv``: quantized per row or
+per sample at run time) use an asymmetric variant instead, as XNNPACK's dynamically
+quantized ops do: the row's range [min(x, 0), max(x, 0)] is spread over all 256 codes with a
+zero point, so a post-ReLU row (all >= 0) gets twice the resolution of max-abs / 127. Its
+non-finite rows are marked by a NaN scale alone (every code is a value there).
 """
 
 from __future__ import annotations
@@ -58,6 +64,40 @@ def safe_scale(max_abs):
     """max|x| / 127, with 1 where the block is all zeros (q = 0 either way), NaN where it
     holds a non-finite value (max |x| is then Inf or NaN)."""
     return jnp.where(jnp.isfinite(max_abs), jnp.where(max_abs > 0, max_abs / QMAX, 1.0), jnp.nan).astype(jnp.float32)
+
+
+# 2 / 255 as a float32 constant: both paths multiply by it (XLA turns a division by a
+# constant into such a multiply anyway, so a division would round differently per path)
+TWO_OVER_255 = np.float32(2) / np.float32(255)
+
+
+def asymmetric_params(lo, hi):
+    """(scale, zero point) of a dynamically quantized row whose range is [lo, hi] (lo =
+    min(min x, 0), hi = max(max x, 0), keepdims): scale = (hi * 0.5 - lo * 0.5) * (2 / 255)
+    (halved first, exactly, so no finite range overflows; no step a fused multiply-add could
+    round differently), 1 for an all-zero row, NaN for a row holding NaN or Inf; zero =
+    clip(round_half_even(-lo * (1 / scale)), 0, 255) - 128 as int32, 0 where the scale is
+    NaN. The native kernels compute exactly these float operations."""
+    raw = ((hi * np.float32(0.5) - lo * np.float32(0.5)) * TWO_OVER_255).astype(jnp.float32)
+    finite = jnp.isfinite(raw)
+    scale = jnp.where(finite, jnp.where(raw > 0, raw, 1.0), jnp.nan).astype(jnp.float32)
+    zero = jnp.clip(jnp.round(-lo * (1.0 / scale)), 0, 255) - 128
+    return scale, jnp.where(finite, zero, 0).astype(jnp.int32)
+
+
+def row_params(x, axes):
+    """``asymmetric_params`` of x's values over ``axes`` (kept as size-1 dims)."""
+    lo = jnp.minimum(jnp.min(x, axis=axes, keepdims=True), 0.0)
+    hi = jnp.maximum(jnp.max(x, axis=axes, keepdims=True), 0.0)
+    return asymmetric_params(lo, hi)
+
+
+def quantize_asymmetric(x, scale, zero):
+    """clip(round_half_even(x * (1 / scale)) + zero, -128, 127) as int8: x ~ (q - zero) * scale,
+    and x = 0 gives exactly the zero point (padding stays zero)."""
+    inv = 1.0 / jnp.asarray(scale, jnp.float32)
+    q = jnp.round(jnp.clip(x * inv, -256.0, 256.0)) + zero.astype(jnp.float32)
+    return jnp.clip(q, -128, 127).astype(jnp.int8)
 
 
 def ordered(q):

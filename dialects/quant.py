@@ -1,4 +1,5 @@
-"""``jquant``: symmetric int8 quantization ops (zero point 0, q in [-127, 127]).
+"""``jquant``: int8 quantization ops: symmetric (zero point 0, q in [-127, 127]) for weights
+and calibrated activations, asymmetric per row for dynamic-range activations.
 
 Scales are operands (``jlax.weight`` for weights, ``jlax.constant`` for calibrated
 activation scales), never inline arrays, so per-channel scales of big layers do not flood
@@ -9,11 +10,12 @@ the matmuls' ``activation`` and ``w_axis`` are typed properties (``axis = 1 : i6
 * ``jquant.dequantize %q, %scale`` i8 -> f32: ``q * scale``, NaN for -128
 * ``jquant.upcast %w``             f16 -> f32 (float16 storage)
 * ``jquant.dynamic_dot`` / ``jquant.dynamic_conv``: float activations quantized per row
-  (dot) or per sample (conv) on the fly, int8 x int8 -> int32, rescaled, + bias,
-  activation -> f32. No calibration needed.
+  (dot) or per sample (conv) on the fly, asymmetric (a scale and a zero point spanning
+  [min(x, 0), max(x, 0)]: ``int8.row_params``), int8 x int8 -> int32 minus zero * sum(w),
+  rescaled, + bias, activation -> f32. No calibration needed.
 * ``jquant.dynamic_act_dot``: a dot_general between two float activations (attention's
   scores and weighted sum), both quantized on the fly -- lhs with one scale per index of
-  its batch and free dims (max over the contracting dims), rhs likewise -- int8 x int8 ->
+  its batch and free dims (symmetric, max |x| over the contracting dims), rhs likewise -- int8 x int8 ->
   int32, rescaled -> f32.
 * ``jquant.qdot`` / ``jquant.qconv``: int8 activations with a calibrated scale, int8
   weights, int32 accumulation, + bias, activation; the result is requantized to int8 when
@@ -21,7 +23,8 @@ the matmuls' ``activation`` and ``w_axis`` are typed properties (``axis = 1 : i6
 * ``jquant.max`` / ``jquant.reduce_window_max``: a max (relu) or max-pool on int8 codes.
 
 Code -128 stands for a non-finite value (dialects/int8.py): quantize gives it, dequantize
-turns it into NaN, the matmuls make a row that reads it NaN, the code ops let it win.
+turns it into NaN, the matmuls make a row that reads it NaN, the code ops let it win. (The
+dynamic ops' rows use every code: a row with NaN or Inf has a NaN scale instead.)
 """
 
 from __future__ import annotations

@@ -51,6 +51,8 @@ def _quantized_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
     """An int8 dot/conv on a weight that is one [K, N] GEMM matrix: packed at placement."""
     if not isinstance(op.rhs.owner, jlax.WeightOp) or (shape := gemm_shape(op)) is None:
         return None
+    if isinstance(op, quant.DynamicConvOp) and not gathers_in_kernel(op):
+        return None  # the XLA kernel pads the float input before quantizing (zero points)
     name = op.rhs.owner.weight_name
     k, n = shape
 
@@ -65,6 +67,13 @@ def _quantized_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
     packed = ctx.derive(f"{key}@vnni", nbytes, lambda: make(0), embeddable=nbytes <= EMBED_PACKED_MAX_BYTES)
     colsum = ctx.derive(f"{key}@colsum", 4 * n, lambda: make(1))
     return Kernel(native_kernel(op, packed, colsum, n), unread=frozenset({1}), native=True)
+
+
+def gathers_in_kernel(op: quant.QuantizedMatmulOp) -> bool:
+    """Whether the native convolution gathers ``op``'s patches itself: 1-D and 2-D
+    convolutions without negative low padding."""
+    padding = op.params()["padding"]
+    return len(padding) in (1, 2) and all(lo >= 0 for lo, _ in padding)
 
 
 def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int):
@@ -109,12 +118,13 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         per row, or with ``x_scale``). Float rows that other dynamic dots read too are
         quantized by a call of their own, which XLA runs once for all of them (CSE)."""
         kw = epilogue(bias, out_scale)
+        row_zero = None
         if a.dtype == jnp.float32 and x_scale is None and shared_input:
-            a, row_scale = native.quantize_rows(a)
+            a, row_scale, row_zero = native.quantize_rows(a)
         if a.dtype == jnp.float32:
             return native.dynamic_gemm(a, weights[packed], weights[colsum], col_scale, n, x_scale=x_scale, **kw)
         return native.quantized_gemm(a, weights[packed], weights[colsum], n, col_scale,
-                                     row_scale=row_scale, **kw)
+                                     row_scale=row_scale, row_zero=row_zero, **kw)
 
     def run_matmul(weights, x, col_scale, sample_scale, bias, out_scale, x_scale=None):
         if is_conv and in_kernel_im2col:
@@ -137,7 +147,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     if is_conv:
         dn = params["dimension_numbers"]
         nsp = len(dn.lhs_spec) - 2
-        in_kernel_im2col = nsp in (1, 2) and all(lo >= 0 for lo, _ in params["padding"])
+        in_kernel_im2col = gathers_in_kernel(op)
         def as_2d(values, fill=1):  # a 1-D convolution runs as height 1
             return [fill] * (2 - nsp) + [int(v) for v in values]
         window = as_2d(rhs_shape[d] for d in dn.rhs_spec[2:])
@@ -172,15 +182,8 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
                 return (finish(y, bias, None),)
             return run_dynamic_dot
 
-        batch_axis = params["dimension_numbers"].lhs_spec[0]
-        reduce_axes = tuple(d for d in range(len(op.lhs.type.get_shape())) if d != batch_axis)
-
-        def run_dynamic_conv(weights, x, _wq, w_scale, bias=None):  # one scale per sample
-            if in_kernel_im2col:  # quantized in the kernel (no XLA reduce/quantize ops)
-                return (finish(conv_in_kernel(weights, x, w_columns(w_scale), None, bias, None), bias, None),)
-            x_scale = int8.safe_scale(jnp.max(jnp.abs(x), axis=reduce_axes, keepdims=True))
-            y = run_matmul(weights, int8.quantize(x, x_scale), w_columns(w_scale), x_scale.reshape(-1), bias, None)
-            return (finish(y, bias, None),)
+        def run_dynamic_conv(weights, x, _wq, w_scale, bias=None):  # quantized per sample in the kernel
+            return (finish(conv_in_kernel(weights, x, w_columns(w_scale), None, bias, None), bias, None),)
         return run_dynamic_conv
 
     def run_static(weights, x, _wq, x_scale, w_scale, *rest):  # x: int8, or float to quantize

@@ -200,16 +200,17 @@ class Executable:
             if name in placed:
                 target[name] = placed[name]
                 continue
-            target[name] = placed[name] = self._place(make(), name)
+            target[name] = placed[name] = self._place(make(), name, replicated=name in lowering.replicated)
             for source in lowering.take_weights_read():  # a derived array's sources: copied
                 drop_pages(self.model.weights[source])
             if nbytes >= 1 << 20:
                 release_freed_memory()  # the host copy (and packing scratch) of a big weight
         return embedded, passed
 
-    def _place(self, array, name: str = "array"):
+    def _place(self, array, name: str = "array", replicated: bool = False):
         if self._shardings is not None:
-            placed = sharding.place(array, self._shardings.sharding(name, array), f"weight {name}")
+            spec = sharding.replicated(self._shardings.mesh) if replicated else self._shardings.sharding(name, array)
+            placed = sharding.place(array, spec, f"weight {name}")
         else:
             placed = jax.device_put(array) if self.device is None else jax.device_put(array, self.device)
         if isinstance(array, np.memmap):

@@ -39,6 +39,7 @@ class Lowering:
         # name -> (bytes, make, embeddable) of the arrays rules derived from weights
         self._derived: dict[str, tuple[int, Callable[[], Any], bool]] = {}
         self._derived_by: dict[str, set[Operation]] = {}  # the ops whose kernels read each
+        self.replicated: set[str] = set()  # derived arrays not laid out as their weight
         self._lowering: Operation | None = None
         self.dead: set[Operation] = set()  # ops the programs skip (see program.py)
         self.served: dict[Operation, str] = {}  # the target whose rule made each op's kernel
@@ -56,9 +57,14 @@ class Lowering:
         read, self._read = self._read, set()
         return read
 
-    def derive(self, name: str, nbytes: int, make: Callable[[], Any], *, embeddable: bool = True) -> str:
-        """Name an array made from the weights when the model is placed (once per name)."""
+    def derive(self, name: str, nbytes: int, make: Callable[[], Any], *, embeddable: bool = True,
+               replicated: bool = False) -> str:
+        """Name an array made from the weights when the model is placed (once per name).
+        ``replicated``: its axes are not its weight's, so on a mesh it is copied whole to
+        every device rather than split as the weight is."""
         self._derived.setdefault(name, (nbytes, make, embeddable))
+        if replicated:
+            self.replicated.add(name)
         self._derived_by.setdefault(name, set()).add(self._lowering)
         return name
 

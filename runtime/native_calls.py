@@ -253,22 +253,25 @@ def few_rows_gemm(a, packed, n: int, *, bias=None, activation: str = "none"):
         activation=library().activations[activation])
 
 
-def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, bias=None,
+def quantized_gemm(a, packed, colsum, n: int, col_scale, *, row_scale=None, row_zero=None, bias=None,
                    out_scale=None, activation: str = "none"):
     """int8 a [M, K] x the packed weight with the epilogue in the kernel:
     ``activation((acc * row_scale[m]) * col_scale[n] + bias[n])`` as float32 [M, n], or
-    requantized to int8 by ``out_scale`` (round half to even, clamped to +-127)."""
+    requantized to int8 by ``out_scale`` (round half to even, clamped to +-127). With
+    ``row_zero`` (int32 [M], from ``quantize_rows``) acc = sum (a - row_zero[m]) w."""
+    zero = np.zeros((0,), np.int32) if row_zero is None else row_zero
     return kernel("QuantizedGemm")(
-        a, packed, colsum, _optional(row_scale), _optional(col_scale), _optional(bias), _optional(out_scale),
+        a, packed, colsum, _optional(row_scale), zero, _optional(col_scale), _optional(bias), _optional(out_scale),
         results=_result((a.shape[0], n), out_scale), activation=library().activations[activation])
 
 
 def dynamic_gemm(x, packed, colsum, w_scale, n: int, *, bias=None, out_scale=None, x_scale=None,
                  activation: str = "none"):
-    """float32 x [M, K] quantized per row on the fly, times the packed int8 weight, with the
-    epilogue ``activation((acc * row_scale[m]) * w_scale[n] + bias[n])`` (one custom call for
-    the whole dynamic dot). With ``x_scale`` (a calibrated scale) every row is quantized
-    with it instead, and the epilogue has no row scale."""
+    """float32 x [M, K] quantized per row on the fly (asymmetric: ``int8.row_params``), times
+    the packed int8 weight, with the epilogue ``activation((acc * row_scale[m]) * w_scale[n] +
+    bias[n])`` (one custom call for the whole dynamic dot). With ``x_scale`` (a calibrated
+    scale) every row is quantized with it instead (symmetric), and the epilogue has no row
+    scale."""
     return kernel("DynamicGemm")(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
         results=_result((x.shape[0], n), out_scale), activation=library().activations[activation])
@@ -290,8 +293,9 @@ def quantized_conv(x, packed, colsum, n: int, col_scale, *, window, strides, dil
 def dynamic_conv(x, packed, colsum, n: int, w_scale, *, window, strides, dilation, padding_low,
                  out_size, bias=None, out_scale=None, x_scale=None, activation: str = "none"):
     """``quantized_conv`` of a float32 x [N, H, W, C] quantized per sample in the kernel
-    (scale = max|x[b]| / 127): rows of sample b get its scale in the epilogue. With
-    ``x_scale`` (a calibrated scale) every sample uses it and the epilogue does not."""
+    (asymmetric, ``int8.row_params`` over the sample; the border holds its zero point): rows
+    of sample b get its scale and zero point in the epilogue. With ``x_scale`` (a calibrated
+    scale) every sample uses it, symmetric, and the epilogue has no row scale."""
     rows = x.shape[0] * out_size[0] * out_size[1]
     return kernel("DynamicConv")(
         x, packed, colsum, _optional(w_scale), _optional(bias), _optional(out_scale), _optional(x_scale),
@@ -308,11 +312,12 @@ def max_pool(x, *, window, strides, padding_low, out_size):
 
 
 def quantize_rows(x):
-    """(int8 [M, K], float32 scales [M]): float32 rows x [M, K] quantized as
-    ``dynamic_gemm`` quantizes them (symmetric, one scale per row)."""
+    """(int8 [M, K], float32 scales [M], int32 zero points [M]): float32 rows x [M, K]
+    quantized as ``dynamic_gemm`` quantizes them (asymmetric, per row)."""
     m, k = x.shape
     return kernel("QuantizeRows")(x, results=(jax.ShapeDtypeStruct((m, k), jnp.int8),
-                                              jax.ShapeDtypeStruct((m,), jnp.float32)))
+                                              jax.ShapeDtypeStruct((m,), jnp.float32),
+                                              jax.ShapeDtypeStruct((m,), jnp.int32)))
 
 
 def dynamic_act_gemm(a, b, *, sizes=None, strides=None):

@@ -21,9 +21,10 @@ XLA_FLOAT16 = register_target(
 _HALF = {"f16": jnp.dtype(jnp.float16), "bf16": jnp.dtype(jnp.bfloat16)}
 
 
-def _accumulate(op: quant.QuantizedMatmulOp):
-    """(weights, xq, wq) -> int32 accumulator, with XLA's int8 dot_general."""
-    params = op.params()
+def _accumulate(op: quant.QuantizedMatmulOp, **overrides):
+    """(weights, xq, wq) -> int32 accumulator, with XLA's int8 dot_general (a convolution's
+    parameters replaced by ``overrides``)."""
+    params = {**op.params(), **overrides}
     if op.PRIMITIVE == "dot_general":
         dims = params["dimension_numbers"]
         return lambda weights, xq, wq: xla_int8.int8_dot(xq, wq, dims)
@@ -81,30 +82,85 @@ def _half_matmul(op, ctx: LoweringContext):
 
 @register(quant.DynamicMatmulOp)
 def _dynamic(op: quant.DynamicMatmulOp, ctx: LoweringContext):
-    return _dynamic_kernel(op, _accumulate(op))
+    return _dynamic_kernel(op, weight_sums(op, ctx))
 
 
-def _dynamic_kernel(op: quant.DynamicMatmulOp, acc_fn):
+def weight_sums(op: quant.DynamicMatmulOp, ctx: LoweringContext):
+    """(weights, wq) -> int32 sums of the int8 weight over what each result element
+    contracts, shaped to broadcast against the result: the zero-point correction's
+    ``zero * sum(w)``. Made once at load for a stored weight, else (or where the kernel runs
+    outside a placed program: the quantization report's single layers) on every call."""
+    out_ndim = len(op.result.type.get_shape())
+    rhs_shape = tuple(op.rhs.type.get_shape())
+    if op.PRIMITIVE == "dot_general":
+        d = op.dot_dims()
+        size = int(np.prod([rhs_shape[i] for i in (*d.rhs_batch, *d.rhs_free)]))
+
+        def sums(w):  # [batch..., 1 per lhs free dim, rhs free...]
+            w = jnp.sum(jnp.asarray(w, jnp.int32), axis=d.rhs_contract, keepdims=True)
+            w = jnp.transpose(w, (*d.rhs_batch, *d.rhs_free, *d.rhs_contract))
+            keep = [rhs_shape[i] for i in (*d.rhs_batch, *d.rhs_free)]
+            return w.reshape(keep[:len(d.rhs_batch)] + [1] * len(d.lhs_free) + keep[len(d.rhs_batch):])
+    else:
+        dn = op.conv_dims()
+        out_axis = dn.out_spec[1]
+        size = rhs_shape[dn.rhs_spec[0]]
+
+        def sums(w):  # per output channel
+            w = jnp.asarray(w, jnp.int32)
+            return int8.expand(jnp.sum(w, axis=tuple(i for i in range(w.ndim) if i != dn.rhs_spec[0])),
+                               out_ndim, out_axis)
+    if isinstance(op.rhs.owner, jlax.WeightOp):
+        name = op.rhs.owner.weight_name
+        layout = op.params()["dimension_numbers"]
+        derived = ctx.derive(f"{name}@sums:{layout}", 4 * size, lambda: np.asarray(sums(np.asarray(ctx.weight(name)))),
+                             replicated=True)
+        return lambda weights, wq: weights[derived] if derived in weights else sums(wq)
+    return lambda weights, wq: sums(wq)
+
+
+def _dynamic_kernel(op: quant.DynamicMatmulOp, weight_sums):
+    """Per row (dots: over the contracting dims) or per sample (convolutions: over all its
+    values) asymmetric int8 of the float input (``int8.row_params``), the int8 products,
+    minus zero * sum(w), rescaled. A convolution's padding and input dilation are applied to
+    the float input first: zeros quantize to the zero point, so the window sums stay whole."""
     activation = op.activation
     out_ndim = len(op.result.type.get_shape())
     w_out_axis = out_axis_of_w(op, out_ndim)
     if op.PRIMITIVE == "dot_general":
-        reduce_axes = op.dot_dims().lhs_contract  # one scale per row: max |x| over the contracting dims
+        d = op.dot_dims()
+        reduce_axes = d.lhs_contract
+        row_perm = (*d.lhs_batch, *d.lhs_free, *d.lhs_contract)
+        rows = len(d.lhs_batch) + len(d.lhs_free)
+        acc_fn = _accumulate(op)
+
+        def per_row(v):  # [lhs batch..., lhs free..., 1 per rhs free dim]: the result's layout
+            v = jnp.transpose(v, row_perm)
+            return v.reshape(v.shape[:rows] + (1,) * (out_ndim - rows))
+
+        def quantize(x, scale, zero):
+            return int8.quantize_asymmetric(x, scale, zero)
     else:
-        batch_axis = op.conv_dims().lhs_spec[0]
+        dn = op.conv_dims()
         lhs_ndim = len(op.lhs.type.get_shape())
-        reduce_axes = tuple(d for d in range(lhs_ndim) if d != batch_axis)
+        reduce_axes = tuple(d for d in range(lhs_ndim) if d != dn.lhs_spec[0])
+        edges = [(0, 0, 0)] * lhs_ndim
+        params = op.params()
+        for axis, (lo, hi), dil in zip(dn.lhs_spec[2:], params["padding"], params["lhs_dilation"], strict=True):
+            edges[axis] = (lo, hi, dil - 1)
+        nsp = lhs_ndim - 2
+
+        def per_row(v):  # per sample, on the result's batch axis
+            return int8.expand(v.reshape(-1), out_ndim, dn.out_spec[0])
+
+        def quantize(x, scale, zero):
+            return int8.quantize_asymmetric(lax.pad(x, np.float32(0), edges), scale, zero)
+        acc_fn = _accumulate(op, padding=((0, 0),) * nsp, lhs_dilation=(1,) * nsp)
 
     def run(weights, x, wq, w_scale, bias=None):
-        x_scale = int8.safe_scale(jnp.max(jnp.abs(x), axis=reduce_axes, keepdims=True))
-        acc = acc_fn(weights, int8.quantize(x, x_scale), wq).astype(jnp.float32)
-        if op.PRIMITIVE == "dot_general":   # per row: lhs free dims lead the result
-            row = jnp.squeeze(x_scale, axis=reduce_axes)
-            row = row.reshape(row.shape + (1,) * (out_ndim - row.ndim))
-        else:                               # per sample: batch dim of the result
-            n_axis = op.conv_dims().out_spec[0]
-            row = int8.expand(x_scale.reshape(-1), out_ndim, n_axis)
-        y = acc * row * int8.expand(w_scale, out_ndim, w_out_axis)
+        scale, zero = int8.row_params(x, reduce_axes)
+        acc = acc_fn(weights, quantize(x, scale, zero), wq) - per_row(zero) * weight_sums(weights, wq)
+        y = acc.astype(jnp.float32) * per_row(scale) * int8.expand(w_scale, out_ndim, w_out_axis)
         return (fused.fused_epilogue(y, bias, activation),)
     return run
 

@@ -134,6 +134,11 @@ def place(array, sharding: NamedSharding, what: str):
                           f"mesh {dict(sharding.mesh.shape)}: {str(e).splitlines()[0]}") from None
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A whole copy on every device of ``mesh``."""
+    return NamedSharding(mesh, P())
+
+
 def batch_sharding(mesh: Mesh, batch_axis: str | None, ndim: int) -> NamedSharding:
     """An input's sharding: axis 0 split over ``batch_axis`` (rank-0 inputs replicated)."""
     if batch_axis is None or ndim == 0:

@@ -177,10 +177,11 @@ def test_a_kernel_error_raises():
     """A kernel's own check (here: operands of the wrong dtypes) surfaces as an exception."""
     x = np.zeros((2, 8), np.float32)
     plan = host_plan.HostPlan(jax.make_jaxpr(native.quantize_rows)(x), {})
-    q, scale = plan([x])
-    np.testing.assert_array_equal(q, np.zeros((2, 8), np.int8))
+    q, scale, zero = plan([x])
     np.testing.assert_array_equal(scale, np.ones(2, np.float32))  # a zero row has scale 1
-    wrong = (ctypes.c_int32 * 3)(11, 11, 11)  # the int8 result declared float32
+    np.testing.assert_array_equal(zero, np.full(2, -128, np.int32))  # ... and its range starts at 0
+    np.testing.assert_array_equal(q, np.full((2, 8), -128, np.int8))
+    wrong = (ctypes.c_int32 * 4)(11, 11, 11, 4)  # the int8 result declared float32
     plan._program[0].dtypes = ctypes.cast(wrong, ctypes.POINTER(ctypes.c_int32))
     with pytest.raises(RuntimeError, match="operands or attributes do not match the kernel"):
         plan([x])

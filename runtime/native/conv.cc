@@ -58,14 +58,17 @@ void gather_rows(const uint8_t* __restrict padded, int64_t hp, int64_t wp, const
 }
 
 // fill_row(dst, b, y) writes input row y of sample b (w * c unsigned bytes) to dst and says
-// whether it holds NaN's code (unsigned 0); nan_code is set if any does.
+// whether it holds NaN's code (unsigned 0); nan_code is set if any does. The border holds
+// each sample's zero: code 0 (128 unsigned), or 128 + sample_zero[b] when given.
 template <typename FillRow>
-uint8_t* im2col_rows(const ConvGeometry& g, int64_t Kp, FillRow fill_row, bool& nan_code) {
+uint8_t* im2col_rows(const ConvGeometry& g, int64_t Kp, FillRow fill_row, bool& nan_code,
+                     const int32_t* sample_zero = nullptr) {
   const int64_t hp = std::max(g.pad_top + g.h, (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1);
   const int64_t wp = std::max(g.pad_left + g.w, (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
   const int64_t padded_bytes = g.n * hp * wp * g.c;
   uint8_t* padded = scratch(padded_bytes + 64, 1);
-  std::memset(padded, 128, padded_bytes);
+  for (int64_t b = 0; b < g.n; ++b)
+    std::memset(padded + b * hp * wp * g.c, sample_zero != nullptr ? 128 + sample_zero[b] : 128, hp * wp * g.c);
   for (int64_t b = 0; b < g.n; ++b)
     for (int64_t y = 0; y < g.h; ++y)
       nan_code |= fill_row(padded + ((b * hp + y + g.pad_top) * wp + g.pad_left) * g.c, b, y);
@@ -80,20 +83,23 @@ uint8_t* im2col_rows(const ConvGeometry& g, int64_t Kp, FillRow fill_row, bool& 
 
 // The shared body of both convolutions: patches gathered from the padded input that
 // fill_row writes, then the GEMM and epilogue into out [N * OH * OW, O]; output positions
-// whose window reads NaN's code are NaN (or its code).
+// whose window reads NaN's code are NaN (or its code). With sample_zero (asymmetric per
+// sample: the border holds each sample's zero point, row_zero the same per output row)
+// every code is a value.
 template <typename Pool, typename FillRow>
 ffi::Error ConvGemm(Pool& pool, const ConvGeometry& g, FillRow fill_row, ffi::Buffer<ffi::S8>& packed,
                     ffi::Buffer<ffi::S32>& colsum, const float* row_scale, ffi::Buffer<ffi::F32>& col_scale,
                     ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& out_scale, ffi::Result<ffi::AnyBuffer>& out,
-                    int32_t activation) {
+                    int32_t activation, const int32_t* sample_zero = nullptr, const int32_t* row_zero = nullptr) {
   const int64_t M = g.n * g.oh * g.ow, N = out->dimensions()[1];
   if (out->dimensions()[0] != M) return ffi::Error::InvalidArgument("output rows != N * OH * OW");
   const int64_t Kp = (g.kh * g.kw * g.c + 3) / 4 * 4;
   bool nan_code = false;
-  const uint8_t* au = im2col_rows(g, Kp, fill_row, nan_code);
+  const uint8_t* au = im2col_rows(g, Kp, fill_row, nan_code, sample_zero);
   std::vector<float> storage;
   if (nan_code) row_scale = nan_row_scales(au, M, Kp, row_scale, storage);
-  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale, col_scale, bias, out_scale, out, activation);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale, col_scale, bias, out_scale, out, activation,
+                      row_zero);
 }
 
 }  // namespace
@@ -118,9 +124,11 @@ ffi::Error QuantizedConv(Pool pool, ffi::Buffer<ffi::S8> x, ffi::Buffer<ffi::S8>
 }
 
 // Convolution of a float x [N, H, W, C], quantized while it is copied into the padded
-// buffer: per sample (scale = max|x[b]| / 127, as the XLA path, NaN for a sample with NaN
-// or Inf; each sample's scale on its rows in the epilogue), or with x_scale when given (calibrated; folded into col_scale by
-// the caller). Then the patches and the epilogue as for int8 input.
+// buffer: per sample, asymmetric (dialects/int8.py asymmetric_params over the whole sample,
+// as the XLA path; NaN scale for a sample with NaN or Inf), the border filled with the
+// sample's zero point, each sample's scale and zero point on its rows in the epilogue; or
+// symmetric with x_scale when given (calibrated; folded into col_scale by the caller). Then
+// the patches and the epilogue as for int8 input.
 template <typename Pool>
 ffi::Error DynamicConv(Pool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> packed, ffi::Buffer<ffi::S32> colsum,
                        ffi::Buffer<ffi::F32> w_scale, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
@@ -134,17 +142,26 @@ ffi::Error DynamicConv(Pool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> 
     return ffi::Error::InvalidArgument("jaxlite_dynamic_conv takes NHWC input and 2-D window attributes");
   const int64_t positions = g.oh * g.ow, sample = g.h * g.w * g.c;
   const float* xs = x.typed_data();
-  std::vector<float> inv(g.n, fixed > 0.0f ? 1.0f / fixed : 0.0f), row_scale(fixed > 0.0f ? 0 : g.n * positions);
-  for (int64_t b = 0; b < g.n && fixed == 0.0f; ++b) {
-    const float s = symmetric_scale(xs + b * sample, sample);
-    inv[b] = 1.0f / s;
-    std::fill(row_scale.begin() + b * positions, row_scale.begin() + (b + 1) * positions, s);
+  if (fixed > 0.0f) {
+    const __m512 inv = _mm512_set1_ps(1.0f / fixed);
+    auto fill_row = [&](uint8_t* dst, int64_t b, int64_t y) {
+      return quantize_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c, inv);
+    };
+    return ConvGemm(pool, g, fill_row, packed, colsum, nullptr, w_scale, bias, out_scale, out, *activation);
+  }
+  std::vector<float> scale(g.n), row_scale(g.n * positions);
+  std::vector<int32_t> zero(g.n), row_zero(g.n * positions);
+  for (int64_t b = 0; b < g.n; ++b) {
+    asymmetric_params(xs + b * sample, sample, scale[b], zero[b]);
+    std::fill(row_scale.begin() + b * positions, row_scale.begin() + (b + 1) * positions, scale[b]);
+    std::fill(row_zero.begin() + b * positions, row_zero.begin() + (b + 1) * positions, zero[b]);
   }
   auto fill_row = [&](uint8_t* dst, int64_t b, int64_t y) {
-    return quantize_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c, _mm512_set1_ps(inv[b]));
+    asymmetric_copy(dst, xs + (b * g.h + y) * g.w * g.c, g.w * g.c, 1.0f / scale[b], zero[b]);
+    return false;  // a NaN or Inf makes the sample's scale NaN
   };
-  return ConvGemm(pool, g, fill_row, packed, colsum, fixed > 0.0f ? nullptr : row_scale.data(), w_scale, bias,
-                  out_scale, out, *activation);
+  return ConvGemm(pool, g, fill_row, packed, colsum, row_scale.data(), w_scale, bias, out_scale, out, *activation,
+                  zero.data(), row_zero.data());
 }
 
 }  // namespace jaxlite

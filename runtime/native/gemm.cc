@@ -103,6 +103,18 @@ uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp, bool& 
   return au;
 }
 
+uint8_t* asymmetric_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, int32_t* row_zero,
+                         int64_t lda) {
+  uint8_t* au = scratch(M * Kp);
+  for (int64_t i = 0; i < M; ++i) {
+    const float* row = A + i * (lda ? lda : K);
+    asymmetric_params(row, K, row_scale[i], row_zero[i]);
+    std::memset(au + i * Kp + K, 128, Kp - K);
+    asymmetric_copy(au + i * Kp, row, K, 1.0f / row_scale[i], row_zero[i]);
+  }
+  return au;
+}
+
 uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, bool& nonfinite,
                         float fixed_scale, int64_t lda) {
   uint8_t* au = scratch(M * Kp);
@@ -140,25 +152,34 @@ void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_
 
 // int8 rows a [M, K] times the packed weight; row_scale (M or 0 values), bias (N or 0) and
 // out_scale (1: an int8 result, or 0) are optional. A row holding NaN's code gives NaN
-// (float result) or NaN's code (int8 result).
+// (float result) or NaN's code (int8 result) -- except with row_zero (M zero points: rows
+// quantized asymmetrically, QuantizeRows), where every code is a value and a NaN row has a
+// NaN scale.
 template <typename Pool>
 ffi::Error QuantizedGemm(Pool pool, ffi::Buffer<ffi::S8> a, ffi::Buffer<ffi::S8> packed, ffi::Buffer<ffi::S32> colsum,
-                         ffi::Buffer<ffi::F32> row_scale, ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
-                         ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out, ActivationAttr activation) {
+                         ffi::Buffer<ffi::F32> row_scale, ffi::Buffer<ffi::S32> row_zero,
+                         ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
+                         ffi::Result<ffi::AnyBuffer> out, ActivationAttr activation) {
   const int64_t M = a.dimensions()[0], K = a.dimensions()[1], N = out->dimensions()[1];
   const int64_t Kp = (K + 3) / 4 * 4;
+  const bool zeros = row_zero.element_count() != 0;
+  if (zeros && (static_cast<int64_t>(row_zero.element_count()) != M ||
+                static_cast<int64_t>(row_scale.element_count()) != M))
+    return ffi::Error::InvalidArgument("jaxlite_quantized_gemm: row_zero needs M zero points and M row scales");
   bool nan_code = false;
   const uint8_t* au = unsigned_rows(a.typed_data(), M, K, Kp, nan_code);
   std::vector<float> storage;
-  const float* rows = nan_code ? nan_row_scales(au, M, Kp, optional(row_scale), storage) : optional(row_scale);
-  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, rows, col_scale, bias, out_scale, out, *activation);
+  const float* rows = nan_code && !zeros ? nan_row_scales(au, M, Kp, optional(row_scale), storage)
+                                         : optional(row_scale);
+  return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, rows, col_scale, bias, out_scale, out, *activation,
+                      zeros ? row_zero.typed_data() : nullptr);
 }
 
-// Dynamic range: float A quantized per row on the fly, then the float epilogue with the
-// row scales (out = ((acc * row_scale) * w_scale + bias) -> activation); a row with NaN or
-// Inf has a NaN scale, so its result is NaN.
-// With x_scale (a calibrated scale) every row is quantized with it instead, and the
-// epilogue has no row scale.
+// Dynamic range: float A quantized per row on the fly (asymmetric: a scale and a zero point
+// per row), then the float epilogue with the row scales (out = ((acc * row_scale) * w_scale
+// + bias) -> activation, acc = sum (q - zero) w); a row with NaN or Inf has a NaN scale, so
+// its result is NaN. With x_scale (a calibrated scale) every row is quantized with it
+// instead (symmetric), and the epilogue has no row scale.
 template <typename Pool>
 ffi::Error DynamicGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> packed, ffi::Buffer<ffi::S32> colsum,
                        ffi::Buffer<ffi::F32> w_scale, ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> out_scale,
@@ -167,12 +188,18 @@ ffi::Error DynamicGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> 
   const int64_t Kp = (K + 3) / 4 * 4;
   const float fixed = fixed_scale(x_scale);
   if (fixed < 0.0f) return ffi::Error::InvalidArgument("x_scale must be > 0");
-  std::vector<float> row_scale(fixed > 0.0f ? 0 : M), storage;
+  if (fixed == 0.0f) {  // per-row scales are NaN for rows with NaN/Inf
+    std::vector<float> row_scale(M);
+    std::vector<int32_t> row_zero(M);
+    const uint8_t* au = asymmetric_rows(a.typed_data(), M, K, Kp, row_scale.data(), row_zero.data());
+    return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, row_scale.data(), w_scale, bias, out_scale, out,
+                        *activation, row_zero.data());
+  }
+  std::vector<float> storage;
   bool nonfinite = false;
-  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, row_scale.data(), nonfinite, fixed);
-  // per-row scales are NaN for rows with NaN/Inf already; a fixed scale needs the codes found
-  const float* rows = fixed > 0.0f ? (nonfinite ? nan_row_scales(au, M, Kp, nullptr, storage) : nullptr)
-                                   : row_scale.data();
+  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, nullptr, nonfinite, fixed);
+  // a fixed scale needs the NaN codes found
+  const float* rows = nonfinite ? nan_row_scales(au, M, Kp, nullptr, storage) : nullptr;
   return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, rows, w_scale, bias, out_scale, out, *activation);
 }
 

@@ -7,7 +7,9 @@
 //
 // W is packed once at load (runtime/native_calls.py): panels of 32 columns, k in groups of 4,
 // the layout vpdpbusd reads. vpdpbusd multiplies unsigned by signed bytes, so A is shifted
-// to A+128 (a bit flip) and 128 * colsum(W) is subtracted from the accumulator.
+// to A+128 (a bit flip) and 128 * colsum(W) is subtracted from the accumulator -- or
+// (128 + zero[m]) * colsum(W) for rows quantized with a zero point (dynamic range rows:
+// dialects/int8.py asymmetric_params), which makes acc = sum (a - zero) w.
 #pragma once
 
 #include "vector_math.h"
@@ -23,18 +25,22 @@ struct Epilogue {
   float out_inv_scale;     // > 0: requantize to int8 (1 / out_scale)
   void* out;
   int64_t ldo;
+  const int32_t* row_zero = nullptr;  // per-row zero points of A's codes; nullptr: 0
 
   // The epilogue of the rows from m0 on, indexed from 0 (a block of rows on one thread).
   Epilogue from_row(int64_t m0) const {
     Epilogue e = *this;
     if (e.row_scale != nullptr) e.row_scale += m0;
+    if (e.row_zero != nullptr) e.row_zero += m0;
     if (out_inv_scale > 0.0f) e.out = static_cast<int8_t*>(out) + m0 * ldo;
     else e.out = static_cast<float*>(out) + m0 * ldo;
     return e;
   }
 
   inline void operator()(int64_t m, int64_t n, __m512i acc, __mmask16 mask) const {
-    acc = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, colsum + n), 7));
+    const __m512i sums = _mm512_maskz_loadu_epi32(mask, colsum + n);
+    acc = _mm512_sub_epi32(acc, row_zero == nullptr ? _mm512_slli_epi32(sums, 7)
+                                                    : _mm512_mullo_epi32(sums, _mm512_set1_epi32(128 + row_zero[m])));
     __m512 v = _mm512_cvtepi32_ps(acc);
     if (row_scale != nullptr) v = _mm512_mul_ps(v, _mm512_set1_ps(row_scale[m]));
     v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, col_scale + n));
@@ -56,6 +62,12 @@ void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed,
 // int8 A -> A + 128 as unsigned bytes, K padded to Kp with 128 (i.e. zero), in scratch;
 // nan_code is set where A holds NaN's code (-128).
 uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp, bool& nan_code);
+
+// float A -> per-row asymmetric int8 (dialects/int8.py asymmetric_params: scale and zero
+// point per row into row_scale and row_zero, NaN scale for a row with NaN/Inf), stored as
+// code + 128 with K padded to Kp, in scratch. Rows are lda floats apart (0: K, packed).
+uint8_t* asymmetric_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, int32_t* row_zero,
+                         int64_t lda = 0);
 
 // float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row, NaN for a
 // row with NaN/Inf; q = round_half_even(a * (1 / scale)) clamped to +-127, -128 for NaN/Inf:
@@ -130,19 +142,20 @@ inline float fixed_scale(ffi::Buffer<ffi::F32>& x_scale) {
 }
 
 // The float epilogue: float [M,N], or int8 when out_scale is given. row_scale (size M or
-// 0), bias (N or 0) and out_scale (1 or 0) are optional.
+// 0), bias (N or 0) and out_scale (1 or 0) are optional; row_zero: the rows' zero points.
 template <typename Pool>
 ffi::Error EpilogueGemm(Pool& pool, const uint8_t* au, int64_t M, int64_t Kp, int64_t N,
                         ffi::Buffer<ffi::S8>& packed, ffi::Buffer<ffi::S32>& colsum, const float* row_scale,
                         ffi::Buffer<ffi::F32>& col_scale, ffi::Buffer<ffi::F32>& bias,
-                        ffi::Buffer<ffi::F32>& out_scale, ffi::Result<ffi::AnyBuffer>& out, int32_t activation) {
+                        ffi::Buffer<ffi::F32>& out_scale, ffi::Result<ffi::AnyBuffer>& out, int32_t activation,
+                        const int32_t* row_zero = nullptr) {
   if (activation < kNone || activation > kLast) return ffi::Error::InvalidArgument("unknown activation");
   const bool requantize = out_scale.element_count() != 0;
   if (requantize != (out->element_type() == ffi::DataType::S8))
     return ffi::Error::InvalidArgument("an int8 result needs out_scale, a float one must not have it");
   const float inv = requantize ? 1.0f / out_scale.typed_data()[0] : 0.0f;
   const Epilogue epi{colsum.typed_data(), row_scale, col_scale.typed_data(), optional(bias), activation, inv,
-                     out->untyped_data(), N};
+                     out->untyped_data(), N, row_zero};
   gemm(au, M, Kp, packed.typed_data(), N, epi, pool);
   return ffi::Error::Success();
 }

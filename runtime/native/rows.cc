@@ -110,29 +110,27 @@ ffi::Error Softmax(Pool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F3
   return ffi::Error::Success();
 }
 
-// Per-row symmetric quantization of float32 x [M, K] into int8 q and scales [M], exactly as
-// the dynamic GEMM does it inside (scale = max|row| / 127, 1 for a zero row, NaN for a row
-// with NaN/Inf; q = round_half_even(x * (1 / scale)) clamped to +-127, -128 for NaN/Inf). For an input that several dynamic
-// dots read (attention's q, k and v projections of one LayerNorm output): quantized once,
-// then each GEMM takes the int8 rows with their scales.
+// Per-row asymmetric quantization of float32 x [M, K] into int8 codes q, scales [M] and
+// zero points [M], exactly as the dynamic GEMM does it inside (dialects/int8.py
+// asymmetric_params and quantize_asymmetric). For an input that several dynamic dots read
+// (attention's q, k and v projections of one LayerNorm output): quantized once, then each
+// GEMM takes the int8 rows with their scales and zero points.
 template <typename Pool>
 ffi::Error QuantizeRows(Pool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S8> q,
-                        ffi::ResultBuffer<ffi::F32> scale) {
+                        ffi::ResultBuffer<ffi::F32> scale, ffi::ResultBuffer<ffi::S32> zero) {
   const auto d = x.dimensions();
-  if (d.size() != 2 || static_cast<int64_t>(scale->element_count()) != d[0])
-    return ffi::Error::InvalidArgument("jaxlite_quantize_rows takes [M, K] and gives [M, K] and [M]");
+  if (d.size() != 2 || static_cast<int64_t>(scale->element_count()) != d[0] ||
+      static_cast<int64_t>(zero->element_count()) != d[0])
+    return ffi::Error::InvalidArgument("jaxlite_quantize_rows takes [M, K] and gives [M, K], [M] and [M]");
   const int64_t rows = d[0], n = d[1];
   const float* X = x.typed_data();
-  int8_t* Q = q->typed_data();
+  uint8_t* Q = reinterpret_cast<uint8_t*>(q->typed_data());
   float* S = scale->typed_data();
+  int32_t* Z = zero->typed_data();
   for_rows(pool, rows, n, [=](int64_t r) {
     const float* xr = X + r * n;
-    const float s = S[r] = symmetric_scale(xr, n);
-    const __m512 inv_s = _mm512_set1_ps(1.0f / s);
-    for (int64_t k = 0; k < n; k += 16) {
-      const __mmask16 m = tail_mask(n - k);
-      _mm_mask_storeu_epi8(Q + r * n + k, m, _mm512_cvtepi32_epi8(quantize_epi32(_mm512_maskz_loadu_ps(m, xr + k), inv_s)));
-    }
+    asymmetric_params(xr, n, S[r], Z[r]);
+    asymmetric_copy(Q + r * n, xr, n, 1.0f / S[r], Z[r], 0);
   });
   return ffi::Error::Success();
 }

@@ -168,6 +168,76 @@ inline float symmetric_scale(const float* x, int64_t n) {
   return m > 0.0f ? m / 127.0f : 1.0f;
 }
 
+// The asymmetric parameters of a dynamically quantized row (dialects/int8.py,
+// asymmetric_params): lo = min(min x, 0), hi = max(max x, 0), scale = (hi * 0.5 - lo * 0.5)
+// * (2 / 255 in float32) (1 for an all-zero row, NaN where x holds a NaN or an Inf), zero = clamp(round_half_even(
+// -lo * (1 / scale)), 0, 255) - 128 (0 for a NaN scale).
+inline void asymmetric_params(const float* x, int64_t n, float& scale, int32_t& zero) {
+  __m512 vmin = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 v = _mm512_loadu_ps(x + k);
+    bad |= nonfinite(v);
+    vmin = _mm512_min_ps(vmin, v);
+    vmax = _mm512_max_ps(vmax, v);
+  }
+  if (k < n) {  // masked-off lanes load 0, which changes neither bound
+    const __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - k), x + k);
+    bad |= nonfinite(v);
+    vmin = _mm512_min_ps(vmin, v);
+    vmax = _mm512_max_ps(vmax, v);
+  }
+  if (bad) {
+    scale = std::numeric_limits<float>::quiet_NaN();
+    zero = 0;
+    return;
+  }
+  const float lo = _mm512_reduce_min_ps(vmin), hi = _mm512_reduce_max_ps(vmax);
+  const float raw = (hi * 0.5f - lo * 0.5f) * (2.0f / 255.0f);
+  scale = raw > 0.0f ? raw : 1.0f;
+  const float z = std::nearbyint(-lo * (1.0f / scale));
+  zero = static_cast<int32_t>(std::min(255.0f, std::max(0.0f, z))) - 128;
+}
+
+// clamp(round_half_even(x * inv_s) + zero, -128, 127) (the int8 code of dialects/int8.py
+// quantize_asymmetric), xor-ed with flip (0x80: + 128, unsigned for vpdpbusd; 0: the code
+// itself): x * inv_s is clamped
+// to +-256 first so it converts without overflow (the result clamps the same), and the
+// signed saturating packs clamp to int8. 64 at a time as unsigned_bytes64, then 16, then a tail.
+inline __m512i asymmetric_epi32(__m512 x, __m512 inv_s, __m512i zero) {
+  const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, inv_s), _mm512_set1_ps(-256.0f)),
+                                 _mm512_set1_ps(256.0f));
+  return _mm512_add_epi32(_mm512_cvtps_epi32(q), zero);
+}
+
+inline void asymmetric_copy(uint8_t* dst, const float* src, int64_t n, float inv_scale, int32_t zero_point,
+                            uint8_t flip_bits = 0x80) {
+  const __m512 inv_s = _mm512_set1_ps(inv_scale);
+  const __m512i zero = _mm512_set1_epi32(zero_point);
+  const __m128i flip = _mm_set1_epi8(static_cast<char>(flip_bits));
+  int64_t k = 0;
+  for (; k + 64 <= n; k += 64) {
+    const __m512i q0 = asymmetric_epi32(_mm512_loadu_ps(src + k), inv_s, zero);
+    const __m512i q1 = asymmetric_epi32(_mm512_loadu_ps(src + k + 16), inv_s, zero);
+    const __m512i q2 = asymmetric_epi32(_mm512_loadu_ps(src + k + 32), inv_s, zero);
+    const __m512i q3 = asymmetric_epi32(_mm512_loadu_ps(src + k + 48), inv_s, zero);
+    const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(q0, q1), _mm512_packs_epi32(q2, q3));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_si512(dst + k, _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes),
+                                                  _mm512_set1_epi8(static_cast<char>(flip_bits))));
+  }
+  for (; k + 16 <= n; k += 16) {
+    const __m512i q = asymmetric_epi32(_mm512_loadu_ps(src + k), inv_s, zero);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm_xor_si128(_mm512_cvtsepi32_epi8(q), flip));
+  }
+  if (k < n) {
+    const __mmask16 mask = tail_mask(n - k);
+    const __m512i q = asymmetric_epi32(_mm512_maskz_loadu_ps(mask, src + k), inv_s, zero);
+    _mm_mask_storeu_epi8(dst + k, mask, _mm_xor_si128(_mm512_cvtsepi32_epi8(q), flip));
+  }
+}
+
 // dst[0:n] = round_half_even(src[0:n] * inv_s) clamped to +-127 (-128 where not finite),
 // plus 128: 64 at a time, then whole vectors (plain loads and stores: masked ones are
 // slow), then a masked tail. True where src holds a NaN or an Inf.
