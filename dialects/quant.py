@@ -14,8 +14,9 @@ the matmuls' ``activation`` and ``w_axis`` are typed properties (``axis = 1 : i6
   [min(x, 0), max(x, 0)]: ``int8.row_params``), int8 x int8 -> int32 minus zero * sum(w),
   rescaled, + bias, activation -> f32. No calibration needed.
 * ``jquant.dynamic_act_dot``: a dot_general between two float activations (attention's
-  scores and weighted sum), both quantized on the fly -- lhs with one scale per index of
-  its batch and free dims (symmetric, max |x| over the contracting dims), rhs likewise -- int8 x int8 ->
+  scores and weighted sum), both quantized on the fly, asymmetric as the dynamic ops' rows
+  -- one scale and zero point per index of an operand's batch and free dims, over the
+  contracting dims -- int8 x int8 ->
   int32, rescaled -> f32.
 * ``jquant.qdot`` / ``jquant.qconv``: int8 activations with a calibrated scale, int8
   weights, int32 accumulation, + bias, activation; the result is requantized to int8 when

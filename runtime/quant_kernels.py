@@ -177,23 +177,22 @@ def act_dot_layout(op: quant.DynamicActDotOp):
             tuple(op.result.type.get_shape()))
 
 
-def act_dot_scales(x, y, op: quant.DynamicActDotOp):
-    """Per-row scales of both operands in the [B, M, K] / [B, N, K] layout."""
-    lhs_perm, rhs_perm, (b, m, n, k), _ = act_dot_layout(op)
-    x = jnp.transpose(x, lhs_perm).reshape(b, m, k)
-    y = jnp.transpose(y, rhs_perm).reshape(b, n, k)
-    xs = int8.safe_scale(jnp.max(jnp.abs(x), axis=2, keepdims=True))
-    ys = int8.safe_scale(jnp.max(jnp.abs(y), axis=2, keepdims=True))
-    return x, y, xs, ys
-
-
 @register(quant.DynamicActDotOp)
 def _dynamic_act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
-    *_, out_shape = act_dot_layout(op)
+    """Both sides' rows asymmetric (``int8.row_params``: attention's probabilities, on
+    whichever side einsum puts them, are all >= 0), in the [B, M, K] / [B, N, K] layout:
+    acc = sum (x - x_zero)(y - y_zero), from the int8 dot and the code sums."""
+    lhs_perm, rhs_perm, (b, m, n, k), out_shape = act_dot_layout(op)
 
     def run(weights, x, y):
-        x, y, xs, ys = act_dot_scales(x, y, op)
-        acc = xla_int8.int8_dot(int8.quantize(x, xs), int8.quantize(y, ys), (((2,), (2,)), ((0,), (0,))))
+        x = jnp.transpose(x, lhs_perm).reshape(b, m, k)
+        y = jnp.transpose(y, rhs_perm).reshape(b, n, k)
+        xs, x_zero = int8.row_params(x, (2,))
+        ys, y_zero = int8.row_params(y, (2,))
+        xq, yq = int8.quantize_asymmetric(x, xs, x_zero), int8.quantize_asymmetric(y, ys, y_zero)
+        acc = xla_int8.int8_dot(xq, yq, (((2,), (2,)), ((0,), (0,))))
+        x_sums = jnp.sum(xq.astype(jnp.int32), axis=2, keepdims=True) - k * x_zero  # sum (x - x_zero)
+        acc = acc - x_zero * jnp.sum(yq.astype(jnp.int32), axis=2)[:, None, :] - x_sums * jnp.swapaxes(y_zero, 1, 2)
         return ((acc.astype(jnp.float32) * xs * jnp.swapaxes(ys, 1, 2)).reshape(out_shape),)
     return run
 

@@ -219,11 +219,12 @@ def test_cuda_k_padding_keeps_int8_dots_exact(xs, ws, dims):
     np.testing.assert_array_equal(np.asarray(xla_int8.int8_dot(x, w, dims)), np.asarray(ref))
 
 
-def _asymmetric_rows(x):
-    """numpy's own take on the dynamic rows' scheme (dialects/int8.py): per row, the range
-    [min(x, 0), max(x, 0)] over 256 codes with a zero point; (codes - zero, scale)."""
-    lo = np.minimum(x.min(1, keepdims=True), 0).astype(np.float32)
-    hi = np.maximum(x.max(1, keepdims=True), 0).astype(np.float32)
+def _asymmetric_rows(x, axes=(1,)):
+    """numpy's own take on the dynamic rows' scheme (dialects/int8.py): per row (over
+    ``axes``), the range [min(x, 0), max(x, 0)] over 256 codes with a zero point; (codes -
+    zero, scale)."""
+    lo = np.minimum(x.min(tuple(axes), keepdims=True), 0).astype(np.float32)
+    hi = np.maximum(x.max(tuple(axes), keepdims=True), 0).astype(np.float32)
     s = (hi * np.float32(0.5) - lo * np.float32(0.5)) * (np.float32(2) / np.float32(255))
     s[s == 0] = 1
     inv = np.float32(1) / s
@@ -697,8 +698,9 @@ def _einsum_operands(spec, rng):
 
 @pytest.mark.parametrize("spec", ATTENTION_EINSUMS)
 def test_dynamic_act_dot_matches_its_definition(spec):
-    """Both operands quantized per row (one scale per index of batch + free dims, max over
-    the contracting dims); native and XLA kernels agree; print -> parse round-trips."""
+    """Both operands quantized per row (one scale per index of batch + free dims, over the
+    contracting dims, asymmetric); native and XLA kernels agree; print ->
+    parse round-trips."""
     rng = np.random.default_rng(4)
     a, b = _einsum_operands(spec, rng)
     fn = lambda a, b: jnp.einsum(spec, a, b)  # noqa: E731
@@ -709,8 +711,8 @@ def test_dynamic_act_dot_matches_its_definition(spec):
     ins, out = spec.split("->")
     la, lb = ins.split(",")
     contract = [c for c in la if c in lb and c not in out]
-    qa, sa = _rowwise_int8(a, [la.index(c) for c in contract])
-    qb, sb = _rowwise_int8(b, [lb.index(c) for c in contract])
+    qa, sa = _asymmetric_rows(a, [la.index(c) for c in contract])
+    qb, sb = _asymmetric_rows(b, [lb.index(c) for c in contract])
     acc = np.einsum(spec, qa.astype(np.int64), qb.astype(np.int64)).astype(np.float32)
     want = acc * _broadcast_scale(sa, la, contract, out) * _broadcast_scale(sb, lb, contract, out)
     xla = np.asarray(model.compile(native_gemm=False)(a, b))
@@ -731,12 +733,6 @@ def test_act_dot_operands_are_read_in_place_where_strides_allow():
     assert _strides_of((5, 17), [], [0], [1]) == (0, 17)
     assert _strides_of((2, 9, 3, 20), [0, 2], [1], [3]) is None  # batch dims do not merge
     assert _strides_of((1, 128, 4, 64), [0, 2], [3], [1]) is None  # K not contiguous
-
-
-def _rowwise_int8(x, contract_axes):
-    m = np.max(np.abs(x), axis=tuple(contract_axes), keepdims=True)
-    s = np.where(m > 0, m / 127, 1).astype(np.float32)
-    return np.clip(np.round(x / s), -127, 127).astype(np.int8), s
 
 
 def _broadcast_scale(s, labels, contract, out):

@@ -128,25 +128,42 @@ uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float*
   return au;
 }
 
-void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
-                       int32_t* colsum, float* scale) {
+void asymmetric_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
+                     int32_t* colsum, float* scale, int32_t* zero) {
   const int64_t k4 = Kp / 4, panels = (N + 31) / 32;
   std::memset(packed, 0, panels * k4 * 128);
   alignas(64) int8_t q[16];
   for (int64_t n = 0; n < N; ++n) {
     const float* row = B + n * ldb;
-    const float s = scale[n] = symmetric_scale(row, K);
-    const __m512 inv_s = _mm512_set1_ps(1.0f / s);
+    asymmetric_params(row, K, scale[n], zero[n]);
+    const __m512 inv_s = _mm512_set1_ps(1.0f / scale[n]);
+    const __m512i z = _mm512_set1_epi32(zero[n]);
     int8_t* col = packed + (n / 32) * k4 * 128 + (n % 32) * 4;
     __m512i sum = _mm512_setzero_si512();
     for (int64_t k = 0; k < K; k += 16) {
       const __mmask16 mask = tail_mask(K - k);
-      const __m512i qi = _mm512_maskz_mov_epi32(mask, quantize_epi32(_mm512_maskz_loadu_ps(mask, row + k), inv_s));
+      const __m512i code = _mm512_max_epi32(_mm512_set1_epi32(-128), _mm512_min_epi32(
+          _mm512_set1_epi32(127), asymmetric_epi32(_mm512_maskz_loadu_ps(mask, row + k), inv_s, z)));
+      const __m512i qi = _mm512_maskz_mov_epi32(mask, code);
       sum = _mm512_add_epi32(sum, qi);
       _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
       for (int64_t g = 0; g < 4 && k + 4 * g < K; ++g) std::memcpy(col + ((k / 4) + g) * 128, q + 4 * g, 4);
     }
     colsum[n] = _mm512_reduce_add_epi32(sum);
+  }
+}
+
+void centred_row_sums(const uint8_t* au, int64_t M, int64_t K, int64_t Kp, const int32_t* row_zero,
+                      int32_t* sums) {
+  for (int64_t i = 0; i < M; ++i) {
+    __m512i total = _mm512_setzero_si512();  // byte sums in 64-bit lanes
+    for (int64_t k = 0; k < Kp; k += 64) {
+      const __mmask64 mask = Kp - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (Kp - k)) - 1;
+      total = _mm512_add_epi64(total, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(mask, au + i * Kp + k),
+                                                      _mm512_setzero_si512()));
+    }
+    const int64_t unsigned_sum = _mm512_reduce_add_epi64(total) - 128 * (Kp - K);  // less the padding
+    sums[i] = static_cast<int32_t>(unsigned_sum - K * (128 + int64_t{row_zero[i]}));
   }
 }
 
@@ -204,8 +221,10 @@ ffi::Error DynamicGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> 
 }
 
 // A batch of products of two float activations, A [B, M, K] x B [B, N, K]^T -> [B, M, N]:
-// A's rows and B's rows both quantized on the fly (one scale each), B packed per batch,
-// out = (acc * a_scale[m]) * b_scale[n]. The operands are read in place through strides
+// A's rows and B's rows both quantized on the fly, asymmetrically (a scale and a zero point
+// per row, as the dynamic GEMM's A: attention's probabilities, on either side, are all >= 0),
+// B packed per batch -- out = (acc * a_scale[m]) * b_scale[n], acc = sum (a - a_zero[m])
+// (b - b_zero[n]). The operands are read in place through strides
 // (batch, row; K contiguous), so attention's heads need no transposes: q and k come
 // straight from their [seq, heads, head_dim] projections. Batches are spread over the
 // thread pool.
@@ -229,13 +248,16 @@ ffi::Error DynamicActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F
   const float* Bm = b.typed_data();
   float* C = out->typed_data();
   auto one = [=](int64_t i) {
-    std::vector<float> row_scale(M), col_scale(N);
-    std::vector<int32_t> colsum(N);
-    bool nonfinite = false;  // such rows and columns have NaN scales
-    const uint8_t* au = quantized_rows(A + i * a_batch, M, K, Kp, row_scale.data(), nonfinite, 0.0f, a_row);
+    std::vector<float> row_scale(M), col_scale(N);  // rows and columns with NaN/Inf have NaN scales
+    std::vector<int32_t> row_zero(M), row_sums(M), col_zero(N), colsum(N);
+    const uint8_t* au = asymmetric_rows(A + i * a_batch, M, K, Kp, row_scale.data(), row_zero.data(), a_row);
+    centred_row_sums(au, M, K, Kp, row_zero.data(), row_sums.data());
     int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32, 1));
-    quantize_and_pack(Bm + i * b_batch, N, K, b_row, Kp, packed, colsum.data(), col_scale.data());
-    const Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N};
+    asymmetric_pack(Bm + i * b_batch, N, K, b_row, Kp, packed, colsum.data(), col_scale.data(), col_zero.data());
+    Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N,
+                 row_zero.data()};
+    epi.col_zero = col_zero.data();
+    epi.row_sums = row_sums.data();
     gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
   };
   const int64_t threads = std::min<int64_t>({usable_threads(pool), batches, batches * M * Kp * N / (1 << 19)});

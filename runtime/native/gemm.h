@@ -9,7 +9,9 @@
 // the layout vpdpbusd reads. vpdpbusd multiplies unsigned by signed bytes, so A is shifted
 // to A+128 (a bit flip) and 128 * colsum(W) is subtracted from the accumulator -- or
 // (128 + zero[m]) * colsum(W) for rows quantized with a zero point (dynamic range rows:
-// dialects/int8.py asymmetric_params), which makes acc = sum (a - zero) w.
+// dialects/int8.py asymmetric_params), which makes acc = sum (a - zero) w; a W quantized
+// with zero points per column too (attention's second activation) also subtracts
+// w_zero[n] * sum (a - zero).
 #pragma once
 
 #include "vector_math.h"
@@ -26,12 +28,15 @@ struct Epilogue {
   void* out;
   int64_t ldo;
   const int32_t* row_zero = nullptr;  // per-row zero points of A's codes; nullptr: 0
+  const int32_t* col_zero = nullptr;  // per-column zero points of W's codes (with row_sums)
+  const int32_t* row_sums = nullptr;  // per row: sum over k of (A's code - row_zero)
 
   // The epilogue of the rows from m0 on, indexed from 0 (a block of rows on one thread).
   Epilogue from_row(int64_t m0) const {
     Epilogue e = *this;
     if (e.row_scale != nullptr) e.row_scale += m0;
     if (e.row_zero != nullptr) e.row_zero += m0;
+    if (e.row_sums != nullptr) e.row_sums += m0;
     if (out_inv_scale > 0.0f) e.out = static_cast<int8_t*>(out) + m0 * ldo;
     else e.out = static_cast<float*>(out) + m0 * ldo;
     return e;
@@ -41,6 +46,9 @@ struct Epilogue {
     const __m512i sums = _mm512_maskz_loadu_epi32(mask, colsum + n);
     acc = _mm512_sub_epi32(acc, row_zero == nullptr ? _mm512_slli_epi32(sums, 7)
                                                     : _mm512_mullo_epi32(sums, _mm512_set1_epi32(128 + row_zero[m])));
+    if (col_zero != nullptr)
+      acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, col_zero + n),
+                                                     _mm512_set1_epi32(row_sums[m])));
     __m512 v = _mm512_cvtepi32_ps(acc);
     if (row_scale != nullptr) v = _mm512_mul_ps(v, _mm512_set1_ps(row_scale[m]));
     v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mask, col_scale + n));
@@ -93,11 +101,16 @@ inline const float* nan_row_scales(const uint8_t* au, int64_t M, int64_t Kp, con
   return storage.data();
 }
 
-// Quantizes each of the N rows of float B [N, K] (scale = max|row| / 127, as for A; rows
-// ldb floats apart) and packs them as the weight layout's columns: panels of 32, k in
-// groups of 4, zero padded.
-void quantize_and_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
-                       int32_t* colsum, float* scale);
+// Quantizes each of the N rows of float B [N, K] asymmetrically (scale and zero point as for
+// asymmetric_rows; rows ldb floats apart) and packs the codes as the weight layout's
+// columns: panels of 32, k in groups of 4, zero padded; colsum: each row's code sum.
+void asymmetric_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
+                     int32_t* colsum, float* scale, int32_t* zero);
+
+// sums[m] = sum over k < K of (code - row_zero[m]) for the unsigned rows au (code + 128, K
+// padded to Kp with 128): the correction a zero point of the packed side needs.
+void centred_row_sums(const uint8_t* au, int64_t M, int64_t K, int64_t Kp, const int32_t* row_zero,
+                      int32_t* sums);
 
 // Splits the GEMM over the intra-op thread pool when it is big enough to pay for it (a few
 // chunks per thread, for balance): over panel pairs, and also over blocks of rows when
