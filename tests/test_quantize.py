@@ -419,6 +419,18 @@ def test_native_dynamic_gemm_quantizes_rows_like_xla():
         np.testing.assert_allclose(shared, got, rtol=1e-6, atol=1e-6)
 
 
+def test_native_gemm_refuses_zero_points_that_do_not_fit():
+    """Zero points come with one scale per row (quantize_rows gives both); a mismatch is the
+    kernel's error, not a read past the buffer."""
+    native = _native_or_skip()
+    packed, colsum = native.pack(np.ones((16, 32), np.int8))
+    a = np.zeros((4, 16), np.int8)
+    with pytest.raises(Exception, match="row_zero needs M zero points"):
+        jax.block_until_ready(native.quantized_gemm(a, packed, colsum, 32, np.ones(32, np.float32),
+                                                    row_scale=np.ones(4, np.float32),
+                                                    row_zero=np.zeros(3, np.int32)))
+
+
 @pytest.mark.parametrize("example", [digits_cnn, digits_mlp, transformer])
 def test_native_and_xla_int8_paths_agree(example):
     fn, args = example.factory()
