@@ -1,7 +1,8 @@
 """Builds jaxlite's native CPU kernels (runtime/native/) when the package is built.
 
-Everything else about the package is in pyproject.toml. Three shared libraries go next to
+Everything else about the package is in pyproject.toml. Four shared libraries go next to
 jaxlite/runtime/: ``_cpu_features`` (CPUID, built without ISA flags so it loads anywhere),
+``_direct_call`` (a CPython module: one call of a direct host plan without ctypes),
 ``_kernels_avx512vnni`` (the int8 kernels, built for AVX-512 VNNI against jaxlib's XLA FFI
 headers) and ``_kernels_onednn`` (float kernels on oneDNN, built against the headers of
 ``onednn-devel-cpu-gomp`` and linked to the ``libdnnl`` of ``onednn-cpu-gomp``, which the
@@ -87,6 +88,7 @@ def native_extensions() -> list[Extension]:
         return []
     return [
         Extension("jaxlite.runtime._cpu_features", [f"{NATIVE}/cpu_features.c"], extra_compile_args=["-O2"]),
+        Extension("jaxlite.runtime._direct_call", [f"{NATIVE}/direct_call.c"], extra_compile_args=["-O2", "-Wall"]),
         Extension("jaxlite.runtime._kernels_avx512vnni", KERNEL_SOURCES, language="c++",
                   depends=[f"{NATIVE}/{h}" for h in ("common.h", "vector_math.h", "gemm.h", "window.h", "bindings.h",
                                                       "exports.map")],

@@ -256,8 +256,11 @@ class Executable:
         return leaves
 
     def __call__(self, *args) -> Any:
-        if self._direct is not None and (leaves := self._direct_leaves(args)) is not None:
-            return self._outputs(self._direct(leaves))
+        if self._direct is not None:
+            if self._flat_inputs and (outs := self._direct.call_arrays(args)) is not None:
+                return self._outputs(outs)
+            if (leaves := self._direct_leaves(args)) is not None:
+                return self._outputs(self._direct(leaves))
         if self.mesh is not None:
             args = self._on_mesh(args)
         try:

@@ -24,6 +24,11 @@ from jax.extend.core import Literal
 
 from jaxlite.dialects import fused, jlax, quant
 from jaxlite.runtime import native_calls
+
+try:  # the checks, copies and kernel calls of ``__call__`` in C (native/direct_call.c)
+    from jaxlite.runtime import _direct_call
+except ImportError:  # an install without the native build
+    _direct_call = None
 from jaxlite.runtime.gemm_layout import gemm_shape, weight_source
 
 # Only programs up to this many multiply-adds: the kernels run on one thread here, where XLA
@@ -99,6 +104,10 @@ class HostPlan:
         self._program_pointer = ctypes.c_void_p(ctypes.addressof(self._program))  # converted once
         self._count = len(self._steps)
         self._lock = threading.Lock()
+        self._fast = None if _direct_call is None else _direct_call.prepare(
+            ctypes.cast(self._run, ctypes.c_void_p).value, ctypes.addressof(self._program), self._count,
+            tuple((b.ctypes.data, b.nbytes, memoryview(b).format, b.shape) for b in self._inputs),
+            tuple(self._outputs), np.ndarray, self._lock)
 
     @classmethod
     def build(cls, fn, *example_args, known_leaves: int = 0) -> HostPlan | None:
@@ -186,6 +195,11 @@ class HostPlan:
         self._keep.append(args)
         self._steps.append((kernel.direct, *args))
         return outs
+
+    def call_arrays(self, arrays: tuple) -> list[np.ndarray] | None:
+        """``self(arrays)`` in one C call where ``arrays`` are exactly numpy arrays of the
+        inputs' shapes and dtypes (C-contiguous) and no other call is running; else None."""
+        return None if self._fast is None else _direct_call.call(self._fast, arrays)
 
     def __call__(self, leaves: Sequence[Any]) -> list[np.ndarray]:
         with self._lock:  # the buffers are the plan's: one call at a time

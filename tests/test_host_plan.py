@@ -138,6 +138,39 @@ def test_concurrent_calls_get_their_own_results(rng):
     assert not failures
 
 
+def test_exact_arrays_take_one_c_call_and_others_the_python_path(rng):
+    """C-contiguous numpy inputs of the signature's shapes and dtypes run in one C call
+    (native/direct_call.c); anything else (here: Fortran order) takes the Python path. Both
+    give the same outputs, also with threads mixing them on one plan."""
+    fn = _mlp(rng)
+    xs = [rng.normal(size=(8, 64)).astype(np.float32) for _ in range(4)]
+    exe = jaxlite.compile(fn, xs[0], quantize="dynamic")
+    plan = exe._direct
+    if plan._fast is None:
+        pytest.skip("installed without the native build")
+    fast = plan.call_arrays((xs[0],))
+    assert fast is not None and np.array_equal(fast[0], plan([xs[0]])[0])
+    assert plan.call_arrays((np.asfortranarray(xs[1]),)) is None
+    assert plan.call_arrays((xs[1].astype(np.float64),)) is None
+    assert plan.call_arrays((xs[1].tolist(),)) is None
+    np.testing.assert_array_equal(exe(np.asfortranarray(xs[1])), exe(xs[1]))
+    expected = [exe(x) for x in xs]
+    failures = []
+
+    def worker(i):
+        x = xs[i] if i % 2 else np.asfortranarray(xs[i])
+        for _ in range(100):
+            if not np.array_equal(exe(x), expected[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
 def test_what_the_plan_cannot_run_stays_on_xla(rng, monkeypatch):
     fn = _mlp(rng)
     x = rng.normal(size=(4, 64)).astype(np.float32)
