@@ -107,7 +107,7 @@ class HostPlan:
         self._fast = None if _direct_call is None else _direct_call.prepare(
             ctypes.cast(self._run, ctypes.c_void_p).value, ctypes.addressof(self._program), self._count,
             tuple((b.ctypes.data, b.nbytes, memoryview(b).format, b.shape) for b in self._inputs),
-            tuple(self._outputs), np.ndarray, self._lock)
+            tuple(self._outputs), (np.ndarray, type(jax.numpy.zeros(()))), self._lock)
 
     @classmethod
     def build(cls, fn, *example_args, known_leaves: int = 0) -> HostPlan | None:
@@ -197,8 +197,9 @@ class HostPlan:
         return outs
 
     def call_arrays(self, arrays: tuple) -> list[np.ndarray] | None:
-        """``self(arrays)`` in one C call where ``arrays`` are exactly numpy arrays of the
-        inputs' shapes and dtypes (C-contiguous) and no other call is running; else None."""
+        """``self(arrays)`` in one C call where ``arrays`` are exactly numpy or (CPU) jax
+        arrays of the inputs' shapes and dtypes, C-contiguous, and no other call is running;
+        else None."""
         return None if self._fast is None else _direct_call.call(self._fast, arrays)
 
     def __call__(self, leaves: Sequence[Any]) -> list[np.ndarray]:

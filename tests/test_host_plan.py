@@ -150,6 +150,8 @@ def test_exact_arrays_take_one_c_call_and_others_the_python_path(rng):
         pytest.skip("installed without the native build")
     fast = plan.call_arrays((xs[0],))
     assert fast is not None and np.array_equal(fast[0], plan([xs[0]])[0])
+    on_cpu = plan.call_arrays((jax.numpy.asarray(xs[0]),))  # jax's CPU arrays export their buffer too
+    assert on_cpu is not None and np.array_equal(on_cpu[0], fast[0])
     assert plan.call_arrays((np.asfortranarray(xs[1]),)) is None
     assert plan.call_arrays((xs[1].astype(np.float64),)) is None
     assert plan.call_arrays((xs[1].tolist(),)) is None

@@ -3,12 +3,13 @@
  * and the copies out in one C function. For a batch-1 MLP the kernels take ~2 us and the
  * Python around them (zip, copies, a lock, the ctypes call) ~3 us; here ~1 us.
  *
- *   plan = prepare(run_address, steps_address, count, inputs, outputs, ndarray_type, lock)
+ *   plan = prepare(run_address, steps_address, count, inputs, outputs, array_types, lock)
  *       inputs: ((address, nbytes, format, shape), ...) of the plan's input buffers;
  *       outputs: the plan's output arrays (copied on every call); lock: the plan's
  *       threading.Lock (held during a call, as the Python path holds it).
- *   call(plan, args) -> list of output copies, or None where args are not exactly numpy
- *       arrays of the inputs' shapes and dtypes (C-contiguous) or the lock is taken: the
+ *   call(plan, args) -> list of output copies, or None where args are not exactly arrays of
+ *       array_types (numpy's, jax's on the CPU: both export their buffer) of the inputs'
+ *       shapes and dtypes, C-contiguous, or the lock is taken: the
  *       caller then takes the Python path, which handles (or rejects) everything else.
  *
  * Built without ISA flags: it only copies and calls. */
@@ -34,15 +35,21 @@ typedef struct {
   Py_ssize_t n_inputs;
   Input* inputs;
   PyObject* outputs;  /* tuple of arrays */
-  PyObject* ndarray;  /* numpy.ndarray */
+  PyObject* types;    /* the array types taken: numpy.ndarray, jax's CPU array */
   PyObject* lock;
 } Plan;
+
+/* A struct format without its native byte-order prefix: numpy writes "f", jax "=f". */
+static const char* bare_format(const char* format) {
+  while (*format == '@' || *format == '=' || *format == '<') ++format;
+  return format;
+}
 
 static void plan_free(PyObject* capsule) {
   Plan* p = (Plan*)PyCapsule_GetPointer(capsule, "jaxlite.direct_plan");
   if (p == NULL) return;
   Py_XDECREF(p->outputs);
-  Py_XDECREF(p->ndarray);
+  Py_XDECREF(p->types);
   Py_XDECREF(p->lock);
   PyMem_Free(p->inputs);
   PyMem_Free(p);
@@ -51,9 +58,9 @@ static void plan_free(PyObject* capsule) {
 static PyObject* prepare(PyObject* self, PyObject* args) {
   unsigned long long run, steps;
   long long count;
-  PyObject *inputs, *outputs, *ndarray, *lock;
-  if (!PyArg_ParseTuple(args, "KKLO!O!OO", &run, &steps, &count, &PyTuple_Type, &inputs, &PyTuple_Type, &outputs,
-                        &ndarray, &lock))
+  PyObject *inputs, *outputs, *types, *lock;
+  if (!PyArg_ParseTuple(args, "KKLO!O!O!O", &run, &steps, &count, &PyTuple_Type, &inputs, &PyTuple_Type, &outputs,
+                        &PyTuple_Type, &types, &lock))
     return NULL;
   Plan* p = (Plan*)PyMem_Calloc(1, sizeof(Plan));
   if (p == NULL) return PyErr_NoMemory();
@@ -77,7 +84,7 @@ static PyObject* prepare(PyObject* self, PyObject* args) {
       return NULL;
     }
     in->address = (void*)(uintptr_t)address;
-    strcpy(in->format, format);
+    strcpy(in->format, bare_format(format));
     in->ndim = (int)PyTuple_GET_SIZE(shape);
     for (int d = 0; d < in->ndim; ++d) in->shape[d] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, d));
   }
@@ -86,14 +93,14 @@ static PyObject* prepare(PyObject* self, PyObject* args) {
   p->count = count;
   Py_INCREF(outputs);
   p->outputs = outputs;
-  Py_INCREF(ndarray);
-  p->ndarray = ndarray;
+  Py_INCREF(types);
+  p->types = types;
   Py_INCREF(lock);
   p->lock = lock;
   PyObject* capsule = PyCapsule_New(p, "jaxlite.direct_plan", plan_free);
   if (capsule == NULL) {
     Py_DECREF(outputs);
-    Py_DECREF(ndarray);
+    Py_DECREF(types);
     Py_DECREF(lock);
     PyMem_Free(p->inputs);
     PyMem_Free(p);
@@ -103,7 +110,8 @@ static PyObject* prepare(PyObject* self, PyObject* args) {
 
 /* Whether view is a C-contiguous array of the input's format and shape. */
 static int fits(const Py_buffer* view, const Input* in) {
-  if (view->len != in->nbytes || view->ndim != in->ndim || view->format == NULL || strcmp(view->format, in->format))
+  if (view->len != in->nbytes || view->ndim != in->ndim || view->format == NULL ||
+      strcmp(bare_format(view->format), in->format))
     return 0;
   for (int d = 0; d < in->ndim; ++d)
     if (view->shape[d] != in->shape[d]) return 0;
@@ -121,7 +129,9 @@ static PyObject* call(PyObject* self, PyObject* args) {
   int ok = 1;
   for (; got < p->n_inputs; ++got) {
     PyObject* x = PyTuple_GET_ITEM(arrays, got);
-    if ((PyObject*)Py_TYPE(x) != p->ndarray || PyObject_GetBuffer(x, &views[got], PyBUF_RECORDS_RO) != 0) {
+    int taken = 0;
+    for (Py_ssize_t t = 0; t < PyTuple_GET_SIZE(p->types); ++t) taken |= (PyObject*)Py_TYPE(x) == PyTuple_GET_ITEM(p->types, t);
+    if (!taken || PyObject_GetBuffer(x, &views[got], PyBUF_RECORDS_RO) != 0) {
       PyErr_Clear();
       ok = 0;
       break;
@@ -176,7 +186,7 @@ static PyObject* call(PyObject* self, PyObject* args) {
 }
 
 static PyMethodDef methods[] = {
-    {"prepare", prepare, METH_VARARGS, "prepare(run, steps, count, inputs, outputs, ndarray, lock) -> plan"},
+    {"prepare", prepare, METH_VARARGS, "prepare(run, steps, count, inputs, outputs, array_types, lock) -> plan"},
     {"call", call, METH_VARARGS, "call(plan, arrays) -> list of outputs, or None: take the Python path"},
     {NULL, NULL, 0, NULL}};
 
