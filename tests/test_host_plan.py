@@ -122,20 +122,26 @@ def test_concurrent_calls_get_their_own_results(rng):
     fn = _mlp(rng)
     xs = [rng.normal(size=(8, 64)).astype(np.float32) for _ in range(4)]
     exe = jaxlite.compile(fn, xs[0], quantize="int8", calibration=[(x,) for x in xs])
+    assert _threads_get_their_own_results(exe, xs, calls=50) == []
+
+
+def _threads_get_their_own_results(exe, xs, calls: int) -> list[int]:
+    """One thread per input calling ``exe`` ``calls`` times: the threads whose results
+    differed from the input's single-threaded one."""
     expected = [exe(x) for x in xs]
     failures = []
 
     def worker(i):
-        for _ in range(50):
+        for _ in range(calls):
             if not np.array_equal(exe(xs[i]), expected[i]):
                 failures.append(i)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(xs))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not failures
+    return failures
 
 
 def test_exact_arrays_take_one_c_call_and_others_the_python_path(rng):
@@ -156,21 +162,8 @@ def test_exact_arrays_take_one_c_call_and_others_the_python_path(rng):
     assert plan.call_arrays((xs[1].astype(np.float64),)) is None
     assert plan.call_arrays((xs[1].tolist(),)) is None
     np.testing.assert_array_equal(exe(np.asfortranarray(xs[1])), exe(xs[1]))
-    expected = [exe(x) for x in xs]
-    failures = []
-
-    def worker(i):
-        x = xs[i] if i % 2 else np.asfortranarray(xs[i])
-        for _ in range(100):
-            if not np.array_equal(exe(x), expected[i]):
-                failures.append(i)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not failures
+    mixed = [x if i % 2 else np.asfortranarray(x) for i, x in enumerate(xs)]
+    assert _threads_get_their_own_results(exe, mixed, calls=100) == []
 
 
 def test_what_the_plan_cannot_run_stays_on_xla(rng, monkeypatch):
