@@ -104,7 +104,8 @@ class HostPlan:
         self._program_pointer = ctypes.c_void_p(ctypes.addressof(self._program))  # converted once
         self._count = len(self._steps)
         self._lock = threading.Lock()
-        self._fast = None if _direct_call is None else _direct_call.prepare(
+        fits_c = len(self._inputs) <= 16 and all(b.ndim <= 8 for b in self._inputs)  # direct_call.c's limits
+        self._fast = None if _direct_call is None or not fits_c else _direct_call.prepare(
             ctypes.cast(self._run, ctypes.c_void_p).value, ctypes.addressof(self._program), self._count,
             tuple((b.ctypes.data, b.nbytes, memoryview(b).format, b.shape) for b in self._inputs),
             tuple(self._outputs), (np.ndarray, type(jax.numpy.zeros(()))), self._lock)

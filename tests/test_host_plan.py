@@ -166,6 +166,15 @@ def test_exact_arrays_take_one_c_call_and_others_the_python_path(rng):
     assert _threads_get_their_own_results(exe, mixed, calls=100) == []
 
 
+def test_inputs_beyond_the_c_calls_limits_take_the_python_path():
+    """direct_call.c holds at most 8 dims per input: a 10-D input's plan runs in Python."""
+    w = np.ones((4, 3), np.float32)
+    x = np.ones((1,) * 8 + (2, 4), np.float32)
+    exe = jaxlite.compile(lambda v: v @ jnp.asarray(w), x, quantize="dynamic")
+    assert exe.direct and exe._direct._fast is None
+    np.testing.assert_allclose(exe(x), np.full((1,) * 8 + (2, 3), 4.0), rtol=1e-2)
+
+
 def test_what_the_plan_cannot_run_stays_on_xla(rng, monkeypatch):
     fn = _mlp(rng)
     x = rng.normal(size=(4, 64)).astype(np.float32)
