@@ -126,15 +126,14 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         return native.quantized_gemm(a, weights[packed], weights[colsum], n, col_scale,
                                      row_scale=row_scale, row_zero=row_zero, **kw)
 
-    def run_matmul(weights, x, col_scale, sample_scale, bias, out_scale, x_scale=None):
+    def run_matmul(weights, x, col_scale, bias, out_scale, x_scale=None):
         if is_conv and in_kernel_im2col:
-            return conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale, x_scale)
+            return conv_in_kernel(weights, x, col_scale, bias, out_scale, x_scale)
         if x_scale is not None and is_conv:
             x = int8.quantize(x, x_scale)  # im2col in XLA takes int8
         if is_conv:
-            def matmul(a):  # im2col rows, sample-major: each sample's scale repeats per position
-                rows = None if sample_scale is None else jnp.repeat(sample_scale, a.shape[0] // sample_scale.shape[0])
-                return gemm(weights, a, col_scale, rows, bias, out_scale)
+            def matmul(a):  # im2col rows
+                return gemm(weights, a, col_scale, None, bias, out_scale)
             return xla_int8.int8_conv(x, None, matmul=matmul, rhs_shape=rhs_shape, **params)
         lc = op.dot_dims().lhs_contract
         free_dims = [d for d in range(x.ndim) if d not in lc]
@@ -158,7 +157,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         geometry = dict(window=window, strides=strides, dilation=dilation, padding_low=padding_low,
                         out_size=out_size)
 
-        def conv_in_kernel(weights, x, col_scale, sample_scale, bias, out_scale, x_scale=None):
+        def conv_in_kernel(weights, x, col_scale, bias, out_scale, x_scale=None):
             """Channels-last input (1-D as height 1), patches gathered by the kernel; a float
             x is quantized there too (per sample, or with ``x_scale``)."""
             x = xla_int8.to_channels_last(x, dn)
@@ -170,20 +169,19 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
                 y = native.dynamic_conv(x, weights[packed], weights[colsum], n, col_scale, **geometry,
                                         x_scale=x_scale, **epilogue(bias, out_scale))
             else:
-                rows = None if sample_scale is None else jnp.repeat(sample_scale, out_size[0] * out_size[1])
                 y = native.quantized_conv(x, weights[packed], weights[colsum], n, col_scale, **geometry,
-                                          row_scale=rows, **epilogue(bias, out_scale))
+                                          **epilogue(bias, out_scale))
             return xla_int8.from_channels_last(y.reshape(x.shape[0], *[out_shape[d] for d in dn.out_spec[2:]], n), dn)
 
     if is_dynamic:
         if not is_conv:  # rows are quantized inside the kernel
             def run_dynamic_dot(weights, x, _wq, w_scale, bias=None):
-                y = run_matmul(weights, x, w_columns(w_scale), None, bias, None)
+                y = run_matmul(weights, x, w_columns(w_scale), bias, None)
                 return (finish(y, bias, None),)
             return run_dynamic_dot
 
         def run_dynamic_conv(weights, x, _wq, w_scale, bias=None):  # quantized per sample in the kernel
-            return (finish(conv_in_kernel(weights, x, w_columns(w_scale), None, bias, None), bias, None),)
+            return (finish(conv_in_kernel(weights, x, w_columns(w_scale), bias, None), bias, None),)
         return run_dynamic_conv
 
     def run_static(weights, x, _wq, x_scale, w_scale, *rest):  # x: int8, or float to quantize
@@ -192,7 +190,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         xp = array_module(x_scale, w_scale)
         x_scale = xp.reshape(xp.asarray(x_scale), ())
         col_scale = x_scale * w_columns(w_scale)
-        y = run_matmul(weights, x, col_scale, None, bias, out_scale, x_scale if x.dtype == jnp.float32 else None)
+        y = run_matmul(weights, x, col_scale, bias, out_scale, x_scale if x.dtype == jnp.float32 else None)
         return (finish(y, bias, out_scale),)
     return run_static
 

@@ -94,12 +94,12 @@ def weight_sums(op: quant.DynamicMatmulOp, ctx: LoweringContext):
     rhs_shape = tuple(op.rhs.type.get_shape())
     if op.PRIMITIVE == "dot_general":
         d = op.dot_dims()
-        size = int(np.prod([rhs_shape[i] for i in (*d.rhs_batch, *d.rhs_free)]))
+        keep = [rhs_shape[i] for i in (*d.rhs_batch, *d.rhs_free)]
+        size = int(np.prod(keep))
 
         def sums(w):  # [batch..., 1 per lhs free dim, rhs free...]
             w = jnp.sum(jnp.asarray(w, jnp.int32), axis=d.rhs_contract, keepdims=True)
             w = jnp.transpose(w, (*d.rhs_batch, *d.rhs_free, *d.rhs_contract))
-            keep = [rhs_shape[i] for i in (*d.rhs_batch, *d.rhs_free)]
             return w.reshape(keep[:len(d.rhs_batch)] + [1] * len(d.lhs_free) + keep[len(d.rhs_batch):])
     else:
         dn = op.conv_dims()

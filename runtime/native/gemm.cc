@@ -115,15 +115,12 @@ uint8_t* asymmetric_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float
   return au;
 }
 
-uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, bool& nonfinite,
-                        float fixed_scale, int64_t lda) {
+uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float scale, bool& nonfinite) {
   uint8_t* au = scratch(M * Kp);
+  const __m512 inv_s = _mm512_set1_ps(1.0f / scale);
   for (int64_t i = 0; i < M; ++i) {
-    const float* row = A + i * (lda ? lda : K);
-    float s = fixed_scale;
-    if (s <= 0.0f) row_scale[i] = s = symmetric_scale(row, K);
     std::memset(au + i * Kp + K, 128, Kp - K);
-    nonfinite |= quantize_copy(au + i * Kp, row, K, _mm512_set1_ps(1.0f / s));
+    nonfinite |= quantize_copy(au + i * Kp, A + i * K, K, inv_s);
   }
   return au;
 }
@@ -214,7 +211,7 @@ ffi::Error DynamicGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> 
   }
   std::vector<float> storage;
   bool nonfinite = false;
-  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, nullptr, nonfinite, fixed);
+  const uint8_t* au = quantized_rows(a.typed_data(), M, K, Kp, fixed, nonfinite);
   // a fixed scale needs the NaN codes found
   const float* rows = nonfinite ? nan_row_scales(au, M, Kp, nullptr, storage) : nullptr;
   return EpilogueGemm(pool, au, M, Kp, N, packed, colsum, rows, w_scale, bias, out_scale, out, *activation);

@@ -77,14 +77,11 @@ uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp, bool& 
 uint8_t* asymmetric_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, int32_t* row_zero,
                          int64_t lda = 0);
 
-// float A -> per-row symmetric int8 (scale = max|row| / 127, 1 for a zero row, NaN for a
-// row with NaN/Inf; q = round_half_even(a * (1 / scale)) clamped to +-127, -128 for NaN/Inf:
-// the float operations of the XLA path), stored as q + 128 with K padded to Kp, in scratch.
-// With fixed_scale > 0 every row uses that scale (a calibrated input quantize folded into
-// the GEMM) and row_scale is not written. Rows are lda floats apart (0: K, packed).
-// nonfinite is set where A holds a NaN or an Inf.
-uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float* row_scale, bool& nonfinite,
-                        float fixed_scale = 0.0f, int64_t lda = 0);
+// float A -> symmetric int8 with one calibrated scale for every row (an input quantize
+// folded into the GEMM: q = round_half_even(a * (1 / scale)) clamped to +-127, -128 for
+// NaN/Inf, the float operations of the XLA path), stored as q + 128 with K padded to Kp, in
+// scratch. nonfinite is set where A holds a NaN or an Inf.
+uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float scale, bool& nonfinite);
 
 // The row scales of a GEMM whose unsigned rows au may hold NaN's code: row_scale itself
 // (nullptr: none) where no row does, else a copy in storage (ones where row_scale is none)

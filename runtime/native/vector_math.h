@@ -150,24 +150,6 @@ inline __m512i unsigned_bytes64(const float* x, __m512 inv_s, __mmask16& bad) {
   return _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), _mm512_set1_epi8(static_cast<char>(0x80)));
 }
 
-// max|x[0:n]| / 127, or 1 where x is all zeros (q = 0 either way), NaN where x holds a NaN
-// or an Inf: the XLA path's safe_scale. The max runs on the bits of |x|, which order as
-// the values do with Inf and NaN above every finite value (max_ps would drop a NaN).
-inline float symmetric_scale(const float* x, int64_t n) {
-  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
-  __m512i vmax = _mm512_setzero_si512();
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16)
-    vmax = _mm512_max_epi32(vmax, _mm512_and_si512(_mm512_loadu_si512(x + k), magnitude));
-  if (k < n)
-    vmax = _mm512_max_epi32(vmax, _mm512_and_si512(_mm512_maskz_loadu_epi32(tail_mask(n - k), x + k), magnitude));
-  const int32_t bits = _mm512_reduce_max_epi32(vmax);
-  if (bits >= 0x7f800000) return std::numeric_limits<float>::quiet_NaN();
-  float m;
-  std::memcpy(&m, &bits, 4);
-  return m > 0.0f ? m / 127.0f : 1.0f;
-}
-
 // The asymmetric parameters of a dynamically quantized row (dialects/int8.py,
 // asymmetric_params): lo = min(min x, 0), hi = max(max x, 0), scale = (hi * 0.5 - lo * 0.5)
 // * (2 / 255 in float32) (1 for an all-zero row, NaN where x holds a NaN or an Inf), zero = clamp(round_half_even(
