@@ -22,7 +22,10 @@ from setuptools.command.build_ext import build_ext
 
 NATIVE = "runtime/native"
 KERNEL_SOURCES = [f"{NATIVE}/{name}.cc" for name in ("gemm", "conv", "pool", "rows", "direct_run")]
-ISA_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma"]
+# one library per ISA, from the same sources (AVX2: native/avx512_on_avx2.h); the runtime
+# loads the widest this CPU has (runtime/native_calls.py VARIANTS)
+ISA_FLAGS = {"avx512vnni": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma"],
+             "avx2": ["-mavx2", "-mfma"]}
 
 
 def _jaxlib_include() -> str:
@@ -43,12 +46,16 @@ class BuildNative(build_ext):
         super().build_extensions()
 
     def build_extension(self, ext):
+        build_temp = self.build_temp
+        self.build_temp = os.path.join(build_temp, ext.name)  # one object folder per library (same sources)
         try:
             super().build_extension(ext)
         except Exception as e:
             sys.exit(f"\njaxlite: building the native CPU kernels ({ext.name}) failed: {e}\n"
                      "  They need a C++17 compiler that knows AVX-512 (g++ >= 9 or clang >= 10).\n"
                      "  To install without them (every op then runs through XLA), set JAXLITE_BUILD_NATIVE=0.\n")
+        finally:
+            self.build_temp = build_temp
 
 
 def _installed_file(distribution: str, name: str) -> str | None:
@@ -89,13 +96,14 @@ def native_extensions() -> list[Extension]:
     return [
         Extension("jaxlite.runtime._cpu_features", [f"{NATIVE}/cpu_features.c"], extra_compile_args=["-O2"]),
         Extension("jaxlite.runtime._direct_call", [f"{NATIVE}/direct_call.c"], extra_compile_args=["-O2", "-Wall"]),
-        Extension("jaxlite.runtime._kernels_avx512vnni", KERNEL_SOURCES, language="c++",
-                  depends=[f"{NATIVE}/{h}" for h in ("common.h", "vector_math.h", "gemm.h", "window.h", "bindings.h",
-                                                      "exports.map")],
-                  extra_compile_args=["-std=c++17", "-O3", *ISA_FLAGS, "-Wall", "-Wno-maybe-uninitialized",
-                                      # only the extern "C" entry points are exported (JAXLITE_API)
-                                      "-fvisibility=hidden", "-fvisibility-inlines-hidden"],
-                  extra_link_args=[f"-Wl,--version-script={NATIVE}/exports.map"]),
+        *(Extension(f"jaxlite.runtime._kernels_{isa}", KERNEL_SOURCES, language="c++",
+                    depends=[f"{NATIVE}/{h}" for h in ("common.h", "vector_math.h", "gemm.h", "window.h", "bindings.h",
+                                                        "avx512_on_avx2.h", "exports.map")],
+                    extra_compile_args=["-std=c++17", "-O3", *flags, "-Wall", "-Wno-maybe-uninitialized",
+                                        # only the extern "C" entry points are exported (JAXLITE_API)
+                                        "-fvisibility=hidden", "-fvisibility-inlines-hidden"],
+                    extra_link_args=[f"-Wl,--version-script={NATIVE}/exports.map"])
+          for isa, flags in ISA_FLAGS.items()),
         *onednn_extension(),
     ]
 

@@ -1,5 +1,5 @@
-"""The ``cpu-avx512vnni`` target: jaxlite's native kernels (runtime/native_calls.py) on CPUs
-with AVX-512 VNNI.
+"""The ``cpu-avx512vnni`` and ``cpu-avx2`` targets: jaxlite's native kernels
+(runtime/native_calls.py), one build per ISA, the widest this CPU has.
 
 An int8 dot whose weight is one [K, N] matrix (``quant_kernels.gemm_shape``), or a
 convolution (patches gathered by the kernel), becomes one custom call that also applies the
@@ -39,14 +39,18 @@ from jaxlite.runtime.registry import Kernel, LoweringContext, register, register
 
 CPU_AVX512_VNNI = register_target(
     "cpu-avx512vnni", "jaxlite's int8 GEMM/convolution, pooling and row kernels for AVX-512 VNNI",
-    native.unavailable)
+    lambda: native.variant_unavailable("cpu-avx512vnni"))
+CPU_AVX2 = register_target(
+    "cpu-avx2", "the same kernels built for AVX2 + FMA (int8 dots exact as two 16-bit multiply-adds)",
+    lambda: native.variant_unavailable("cpu-avx2"))
+NATIVE_TARGETS = (CPU_AVX512_VNNI.name, CPU_AVX2.name)
 # A packed weight is compiled into the program as a constant only while it is this small:
 # XLA does nothing with a custom call's constant operand, so embedding saves only the
 # argument's dispatch and keeps the bytes resident twice.
 EMBED_PACKED_MAX_BYTES = 1024 * 1024
 
 
-@register(quant.QuantizedMatmulOp, target="cpu-avx512vnni")
+@register(quant.QuantizedMatmulOp, target=NATIVE_TARGETS)
 def _quantized_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
     """An int8 dot/conv on a weight that is one [K, N] GEMM matrix: packed at placement."""
     if not isinstance(op.rhs.owner, jlax.WeightOp) or (shape := gemm_shape(op)) is None:
@@ -220,7 +224,7 @@ def _strides_of(shape, batch_dims, row_dims, contract_dims) -> tuple[int, int] |
     return batch, rows or k
 
 
-@register(quant.DynamicActDotOp, target="cpu-avx512vnni")
+@register(quant.DynamicActDotOp, target=NATIVE_TARGETS)
 def _act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
     """``jquant.dynamic_act_dot`` as one native call on the [B, M, K] / [B, N, K] layout,
     each operand read in place where strides can express it (attention's q and k: no
@@ -245,7 +249,7 @@ def _act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
     return run
 
 
-@register(quant.CodeReduceWindowMaxOp, jlax.PRIMITIVE_OPS["reduce_window_max"], target="cpu-avx512vnni")
+@register(quant.CodeReduceWindowMaxOp, jlax.PRIMITIVE_OPS["reduce_window_max"], target=NATIVE_TARGETS)
 def _max_pool(op: jlax.LaxOp | quant.CodeReduceWindowMaxOp, ctx: LoweringContext):
     """``reduce_window_max`` over the two middle axes of a 4-D array (a 2-D max-pool,
     channels last) as one native call where its input is int8 codes (NaN's code wins, as
@@ -270,7 +274,7 @@ def _max_pool(op: jlax.LaxOp | quant.CodeReduceWindowMaxOp, ctx: LoweringContext
     return lambda weights, x: (native.max_pool(x, **geometry),)
 
 
-@register(*fused.ROW_OPS, target="cpu-avx512vnni")
+@register(*fused.ROW_OPS, target=NATIVE_TARGETS)
 def _rows(op, ctx: LoweringContext):
     """``jfuse.layer_norm`` / ``jfuse.softmax`` on float32 as one native call over the rows
     of the last axis."""
@@ -285,7 +289,7 @@ def _rows(op, ctx: LoweringContext):
         native.layer_norm(x.reshape(rows), *op.vectors(values), epsilon=epsilon).reshape(shape),)
 
 
-@register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], target="cpu-avx512vnni")
+@register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], target=NATIVE_TARGETS)
 def _few_rows_float_dot(op, ctx: LoweringContext):
     """A float32 dot of at most ``FEW_ROWS`` rows by a weight (a batch-1 dense layer): one
     FewRowsGemm, bias and activation fused, the weight packed at load (float16 / bfloat16 / int8

@@ -25,8 +25,13 @@ import numpy as np
 
 from jaxlite.runtime import cpu
 
-LIBRARY = "_kernels_avx512vnni"
-ISA = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma"})  # setup.py's flags
+# One build of the kernels per ISA (setup.py), widest first: the first whose features this
+# CPU has (cpu.features(), which JAXLITE_CPU_FEATURES can cap) serves it; the AVX2 build
+# computes the same values (native/avx512_on_avx2.h). Target name -> (library, features).
+VARIANTS = {
+    "cpu-avx512vnni": ("_kernels_avx512vnni", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma"})),
+    "cpu-avx2": ("_kernels_avx2", frozenset({"avx2", "fma"})),
+}
 KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv", "MaxPool",
            "LayerNorm", "Softmax", "QuantizeRows", "FewRowsGemm")
 FEW_ROWS = 4  # FewRowsGemm's most rows (a batch-1 dense layer's product, or a few of them)
@@ -149,26 +154,54 @@ def kernel_by_target(target: str) -> NativeKernel | None:
 
 
 @functools.cache
-def _load() -> NativeLibrary | str:
-    return load_library(LIBRARY, KERNELS)
+def _load(library: str) -> NativeLibrary | str:
+    return load_library(library, KERNELS)
 
 
-def unavailable() -> str | None:
-    """None where the native kernels can run here, else why not (one line)."""
+def _cannot_run(target: str) -> str | None:
+    """Why the build of ``target`` cannot run here (its own reasons only), or None."""
     if os.environ.get("JAXLITE_NATIVE", "1") == "0":
         return "disabled by JAXLITE_NATIVE=0"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"built for Linux on x86-64, this is {platform.system()} on {platform.machine()}"
-    if cpu.extension_path(LIBRARY) is None or cpu.extension_path("_cpu_features") is None:
+    library, isa = VARIANTS[target]
+    if cpu.extension_path(library) is None or cpu.extension_path("_cpu_features") is None:
         return ("not built: install jaxlite from its source with a C++17 compiler (pip install .), "
                 "not with JAXLITE_BUILD_NATIVE=0")
-    missing = ISA - cpu.features()
+    missing = isa - cpu.features()
     if missing - cpu.detected_features():
         return f"this CPU lacks {', '.join(sorted(missing - cpu.detected_features()))}"
     if missing:
         return f"JAXLITE_CPU_FEATURES excludes {', '.join(sorted(missing))}"
-    loaded = _load()
+    return None
+
+
+def variant_unavailable(target: str) -> str | None:
+    """None where ``target``'s build is the one that serves this CPU, else why not: a wider
+    build that can run serves it instead (only one library is loaded: they register the
+    same custom-call names)."""
+    for wider in VARIANTS:
+        if wider == target:
+            break
+        if _cannot_run(wider) is None and not isinstance(_load(VARIANTS[wider][0]), str):
+            return f"{wider} serves this CPU (JAXLITE_CPU_FEATURES=avx2,fma selects this build)"
+    why = _cannot_run(target)
+    if why is not None:
+        return why
+    loaded = _load(VARIANTS[target][0])
     return loaded if isinstance(loaded, str) else None
+
+
+def target() -> str | None:
+    """The target whose build serves this CPU (``cpu-avx512vnni``, ``cpu-avx2``), or None."""
+    return next((t for t in VARIANTS if variant_unavailable(t) is None), None)
+
+
+def unavailable() -> str | None:
+    """None where a build of the native kernels can run here, else why not (one line)."""
+    if target() is not None:
+        return None
+    return "; ".join(f"{t}: {variant_unavailable(t)}" for t in VARIANTS)
 
 
 def available() -> bool:
@@ -177,10 +210,10 @@ def available() -> bool:
 
 def library() -> NativeLibrary:
     """The loaded library; only where ``available()``."""
-    why = unavailable()
-    if why is not None:
-        raise RuntimeError(f"jaxlite's native CPU kernels are unavailable: {why}")
-    return _load()
+    chosen = target()
+    if chosen is None:
+        raise RuntimeError(f"jaxlite's native CPU kernels are unavailable: {unavailable()}")
+    return _load(VARIANTS[chosen][0])
 
 
 def kernel(name: str) -> NativeKernel:

@@ -60,15 +60,18 @@ def register_target(name: str, description: str, unavailable: Callable[[], str |
     return target
 
 
-def register(*op_types: type[Operation], target: str = "xla"):
+def register(*op_types: type[Operation], target: str | tuple[str, ...] = "xla"):
     """Decorator: ``rule(op, ctx)`` implements ops of ``op_types`` (and their subclasses)
-    on ``target``."""
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; register it first")
+    on ``target`` (or on each of several: one kernel source built per ISA)."""
+    targets = (target,) if isinstance(target, str) else target
+    for name in targets:
+        if name not in TARGETS:
+            raise ValueError(f"unknown target {name!r}; register it first")
 
     def deco(rule: Rule) -> Rule:
         for t in op_types:
-            _RULES[(t, target)] = rule
+            for name in targets:
+                _RULES[(t, name)] = rule
         return rule
     return deco
 

@@ -80,22 +80,29 @@ def test_targets_are_listed_specific_first_and_xla_last():
     assert names[-1] == "xla" and "xla-float16" in names
     statuses = dict((t.name, why) for t, why in target_status())
     assert statuses["xla"] is None and set(names) == {n for n, why in statuses.items() if why is None}
-    if native_calls.unavailable() is None:
-        assert names[0] == "cpu-avx512vnni"
+    if native_calls.unavailable() is None:  # one build of the native kernels serves this CPU, first
+        assert names[0] == native_calls.target() and sum(t in names for t in native_calls.VARIANTS) == 1
 
 
-def test_capping_the_cpu_features_leaves_the_portable_path(monkeypatch):
-    """JAXLITE_CPU_FEATURES tests the other paths on a machine that has more: without the
-    ISA the native target is unavailable and compile() runs XLA's kernels, same products."""
+def test_capping_the_cpu_features_selects_the_narrower_builds(monkeypatch):
+    """JAXLITE_CPU_FEATURES tests the other paths on a machine that has more: capped to
+    AVX2 the AVX2 build serves (the same products), capped below it compile() runs XLA's."""
     fn, args = digits_mlp.factory(8)
     model = jaxlite.convert(fn, *args, quantize="dynamic")
     native = model.compile()
     monkeypatch.setenv("JAXLITE_CPU_FEATURES", "avx2,fma")
     assert "cpu-avx512vnni" not in available_targets()
-    if cpu.detected_features() >= native_calls.ISA:
-        assert "JAXLITE_CPU_FEATURES excludes" in native_calls.unavailable()
+    if cpu.detected_features() >= native_calls.VARIANTS["cpu-avx512vnni"][1]:
+        assert "JAXLITE_CPU_FEATURES excludes" in native_calls.variant_unavailable("cpu-avx512vnni")
+    if native_calls.target() == "cpu-avx2":
+        avx2 = model.compile()
+        assert avx2.targets[0] == "cpu-avx2" and avx2.direct
+        np.testing.assert_array_equal(np.asarray(avx2(*args)), np.asarray(native(*args)))
+    monkeypatch.setenv("JAXLITE_CPU_FEATURES", "fma")
+    assert native_calls.target() is None and "avx2" in native_calls.unavailable()
     portable = model.compile()
-    assert "cpu-avx512vnni" not in portable.targets and portable.targets[-1] == "xla" and not portable.direct
+    assert not set(native_calls.VARIANTS) & set(portable.targets) and portable.targets[-1] == "xla"
+    assert not portable.direct
     np.testing.assert_allclose(np.asarray(portable(*args)), np.asarray(native(*args)), rtol=2e-5, atol=2e-5)
 
 
@@ -110,9 +117,9 @@ def test_compile_takes_an_explicit_target_order():
     with pytest.raises(jaxlite.DeviceError, match="either targets= or native_gemm="):
         model.compile(targets=["xla"], native_gemm=False)
     assert model.compile(targets=["xla-float16", "xla"]).float16_compute
-    if native_calls.unavailable() is not None:
-        with pytest.raises(jaxlite.DeviceError, match="not available here"):
-            model.compile(targets=["cpu-avx512vnni"])
+    idle = next(t for t in native_calls.VARIANTS if native_calls.variant_unavailable(t) is not None)
+    with pytest.raises(jaxlite.DeviceError, match="not available here"):
+        model.compile(targets=[idle])
 
 
 def test_doctor_names_the_cpu_and_every_target(capsys):

@@ -1,4 +1,4 @@
-"""FewRowsGemm (target ``cpu-avx512vnni``): float32 dense layers of at most four rows -- a
+"""FewRowsGemm (the native targets): float32 dense layers of at most four rows -- a
 batch-1 model's -- match jax.jit for every width, activation and layout; larger products
 go to oneDNN or XLA."""
 
@@ -10,13 +10,13 @@ import pytest
 import jaxlite
 from jaxlite.runtime import native_calls as native
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="needs jaxlite's native CPU kernels (AVX-512 VNNI)")
+pytestmark = pytest.mark.skipif(not native.available(), reason="needs jaxlite's native CPU kernels (AVX2 or AVX-512 VNNI)")
 ACTIVATIONS = [lambda y: y, jax.nn.relu, jax.nn.relu6, jax.nn.sigmoid, jnp.tanh, jax.nn.silu,
                lambda y: jax.nn.gelu(y, approximate=True), lambda y: jax.nn.gelu(y, approximate=False)]
 
 
 def _served_by_few_rows(exe) -> bool:
-    return exe.targets_used.get("cpu-avx512vnni", 0) > 0
+    return exe.targets_used.get(native.target(), 0) > 0
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])

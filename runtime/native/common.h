@@ -20,6 +20,10 @@
 
 #include "xla/ffi/api/ffi.h"
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#include "avx512_on_avx2.h"  // the AVX2 build of the kernels
+#endif
+
 namespace jaxlite {
 
 namespace ffi = xla::ffi;

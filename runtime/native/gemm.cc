@@ -9,6 +9,8 @@ namespace jaxlite {
 
 namespace {
 
+#if defined(__AVX512VNNI__)
+
 // ROWS rows of A (unsigned, row stride lda) against PANELS consecutive 32-column panels;
 // every accumulator stays in a register (ROWS * 2 * PANELS <= 24).
 template <int ROWS, int PANELS>
@@ -82,16 +84,87 @@ void row_tiles(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* panel, in
   }
 }
 
+#else  // AVX2: no vpdpbusd
+
+// ROWS rows of A against the 16 columns of one half of a 32-column panel (bytes [64 h,
+// 64 h + 64) of its 128-byte k-groups), 8 accumulators in registers. vpdpbusd's dot of
+// four unsigned by four signed bytes becomes two vpmaddwd of 16-bit halves: the even bytes
+// (k, k + 2) and the odd ones (k + 1, k + 3) of each 4-byte group, sign-extended (weight)
+// or zero-extended (A) -- every product and pair sum fits, so the result is exact and
+// equal to the AVX-512 kernel's (vpmaddubsw would saturate at 255 x 127 x 2).
+template <int ROWS>
+inline void half_tile(const uint8_t* __restrict a, int64_t lda, const int8_t* __restrict half, int64_t k4,
+                      int64_t m0, int64_t n0, int64_t n_end, const Epilogue& epi) {
+  __m256i acc[ROWS][2];
+#pragma GCC unroll 4
+  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const __m256i low_bytes = _mm256_set1_epi16(0x00FF);
+  for (int64_t kk = 0; kk < k4; ++kk) {
+    __m256i even[2], odd[2];
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; ++j) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half + kk * 128 + 32 * j));
+      even[j] = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8);
+      odd[j] = _mm256_srai_epi16(w, 8);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < ROWS; ++r) {
+      int32_t av;
+      std::memcpy(&av, a + r * lda + kk * 4, 4);
+      const __m256i va = _mm256_set1_epi32(av);
+      const __m256i a_even = _mm256_and_si256(va, low_bytes), a_odd = _mm256_srli_epi16(va, 8);
+#pragma GCC unroll 2
+      for (int j = 0; j < 2; ++j)
+        acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_add_epi32(_mm256_madd_epi16(a_even, even[j]),
+                                                                 _mm256_madd_epi16(a_odd, odd[j])));
+    }
+  }
+  const __mmask16 mask = tail_mask(n_end - n0);
+#pragma GCC unroll 4
+  for (int r = 0; r < ROWS; ++r) epi(m0 + r, n0, __m512i{acc[r][0], acc[r][1]}, mask);
+}
+
+// One panel for every row: each half in tiles of up to 4 rows, spread evenly.
+void panel_rows(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* panel, int64_t n0, int64_t n_end,
+                const Epilogue& epi) {
+  constexpr int64_t MAX_ROWS = 4;
+  const int64_t tiles = (M + MAX_ROWS - 1) / MAX_ROWS;
+  if (tiles == 0) return;
+  const int64_t base = M / tiles, extra = M % tiles, k4 = Kp / 4;
+  for (int64_t t = 0, i = 0; t < tiles; ++t) {
+    const int64_t rows = base + (t < extra ? 1 : 0);
+    for (int h = 0; h < 2 && n0 + 16 * h < n_end; ++h) {
+      const uint8_t* a = au + i * Kp;
+      const int8_t* half = panel + 64 * h;
+      const int64_t n = n0 + 16 * h;
+      switch (rows) {
+        case 4: half_tile<4>(a, Kp, half, k4, i, n, n_end, epi); break;
+        case 3: half_tile<3>(a, Kp, half, k4, i, n, n_end, epi); break;
+        case 2: half_tile<2>(a, Kp, half, k4, i, n, n_end, epi); break;
+        default: half_tile<1>(a, Kp, half, k4, i, n, n_end, epi); break;
+      }
+    }
+    i += rows;
+  }
+}
+
+#endif
+
 }  // namespace
 
 void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
                  int64_t p_begin, int64_t p_end, const Epilogue& epi) {
   const int64_t k4 = Kp / 4;
   int64_t p = p_begin;
+#if defined(__AVX512VNNI__)
   for (; p + 2 <= p_end; p += 2)
     row_tiles<2>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 2) * 32), epi);
   if (p < p_end)
     row_tiles<1>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
+#else
+  for (; p < p_end; ++p)
+    panel_rows(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
+#endif
 }
 
 uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp, bool& nan_code) {
