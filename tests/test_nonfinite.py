@@ -11,7 +11,7 @@ from jax import lax
 import jaxlite
 from jaxlite.dialects import int8, jlax, quant
 from jaxlite.examples import transformer
-from jaxlite.runtime import available_targets, native_calls
+from jaxlite.runtime import native_calls
 
 NATIVE = native_calls.target() is not None
 PATHS = [pytest.param(None, id="default"), pytest.param(["xla"], id="xla")]
