@@ -242,7 +242,8 @@ def test_forged_sizes_in_central_directory(saved, tmp_path):
 def test_version_1_files_still_load_and_compute_the_same(mode, tmp_path):
     """Files written by format version 1 (jaxlite before typed properties: tests/data/v1_*,
     a conv-ReLU, LayerNorm, GELU and dense model) load, run to the outputs the writing
-    version computed, and save again as the current version. (``dynamic`` files within
+    version computed (on another CPU: to float rounding), and save again as the current
+    version. (``dynamic`` files within
     quantization noise of them: the runtime quantizes dynamic-range activations
     asymmetrically since; the files hold only the weights and their scales.)"""
     data = Path(__file__).parent / "data"
@@ -253,8 +254,8 @@ def test_version_1_files_still_load_and_compute_the_same(mode, tmp_path):
     if mode == "dynamic":
         assert np.linalg.norm(out - want) <= 0.02 * np.linalg.norm(want)
         assert np.linalg.norm(out - expected["float32"]) < np.linalg.norm(want - expected["float32"])
-    else:
-        np.testing.assert_array_equal(out, want)
+    else:  # to float rounding: XLA's float kernels differ by CPU (AVX2 vs AVX-512: ~1e-7)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
     assert "#jfuse<activation gelu_tanh>" in model.ir() and "#builtin.int" not in model.ir()
     model.save(tmp_path / "again.jlite")
     with zipfile.ZipFile(tmp_path / "again.jlite") as zf:

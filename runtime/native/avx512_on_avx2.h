@@ -82,27 +82,39 @@ inline void mask_storeu_ps(float* p, Mask16 k, F512 a) {
   _mm256_maskstore_ps(p, lanes(k, 0), a.lo);
   _mm256_maskstore_ps(p + 8, lanes(k, 1), a.hi);
 }
-// Bytes: whole vectors where the mask is full, else byte by byte (tails only).
+// Bytes: whole vectors where the mask is full, one memcpy where it is a prefix (a row's
+// tail: every byte mask the kernels make), else byte by byte.
+inline bool is_prefix(Mask64 k) { return (k & (k + 1)) == 0; }
 inline I512 maskz_loadu_epi8(Mask64 k, const void* p) {
   if (k == ~Mask64(0)) return loadu_si512(p);
   alignas(32) uint8_t buffer[64] = {};
-  for (int i = 0; i < 64; ++i)
-    if (k >> i & 1) buffer[i] = static_cast<const uint8_t*>(p)[i];
+  if (is_prefix(k)) {
+    std::memcpy(buffer, p, __builtin_popcountll(k));
+  } else {
+    for (int i = 0; i < 64; ++i)
+      if (k >> i & 1) buffer[i] = static_cast<const uint8_t*>(p)[i];
+  }
   return loadu_si512(buffer);
+}
+inline void store_bytes(void* p, Mask64 k, const uint8_t* buffer) {
+  if (is_prefix(k)) {
+    std::memcpy(p, buffer, __builtin_popcountll(k));
+    return;
+  }
+  for (int i = 0; i < 64; ++i)
+    if (k >> i & 1) static_cast<uint8_t*>(p)[i] = buffer[i];
 }
 inline void mask_storeu_epi8(void* p, Mask64 k, I512 a) {
   if (k == ~Mask64(0)) return storeu_si512(p, a);
   alignas(32) uint8_t buffer[64];
   storeu_si512(buffer, a);
-  for (int i = 0; i < 64; ++i)
-    if (k >> i & 1) static_cast<uint8_t*>(p)[i] = buffer[i];
+  store_bytes(p, k, buffer);
 }
 inline void mask_storeu_epi8_128(void* p, Mask16 k, __m128i a) {
   if (k == 0xFFFF) return _mm_storeu_si128(static_cast<__m128i*>(p), a);
   alignas(16) uint8_t buffer[16];
   _mm_store_si128(reinterpret_cast<__m128i*>(buffer), a);
-  for (int i = 0; i < 16; ++i)
-    if (k >> i & 1) static_cast<uint8_t*>(p)[i] = buffer[i];
+  store_bytes(p, k, buffer);
 }
 
 // ---- float arithmetic ----
