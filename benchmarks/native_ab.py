@@ -3,7 +3,7 @@
     python benchmarks/native_ab.py OLD.so [--reps 400] [--only PREFIX]
 
 This machine's speed swings 30-50% between processes, which hides kernel changes of a few
-percent. So the other build (the ``runtime/_kernels_avx512vnni*.so`` of another checkout, or an
+percent. So the other build (the ``runtime/_kernels_<isa>*.so`` of another checkout -- the ISA this CPU runs -- or an
 ``int8_gemm-*.so`` that jaxlite before the install-time build compiled into ~/.cache) is
 loaded beside the current one under ``old_*`` FFI targets and the two are called alternately
 on the same arrays: GEMMs of the benchmark models' shapes (transformer, ResNet/CNN convs as

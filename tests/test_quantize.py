@@ -321,19 +321,20 @@ def _native_or_skip():
 
 def test_native_kernels_are_available_wherever_they_can_run():
     """The kernels are built when the package is installed: on a Linux x86-64 CPU with the
-    ISA they were built for, they must load (else every native test would silently skip)."""
+    ISA of one of their builds (AVX2 at least), they must load (else every native test would
+    silently skip)."""
     import platform
 
     from jaxlite.runtime import cpu, native_calls
 
-    if platform.system() != "Linux" or platform.machine() != "x86_64" or not native_calls.ISA <= cpu.features() \
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or not any(isa <= cpu.features() for _, isa in native_calls.VARIANTS.values()) \
             or os.environ.get("JAXLITE_NATIVE") == "0" or os.environ.get("JAXLITE_BUILD_NATIVE") == "0":
         pytest.skip("not a CPU the native kernels are built for")
     assert native_calls.unavailable() is None
 
 
 # shapes that hit every register tile: 6-row tiles over panel pairs, 12-row tiles over a
-# last odd panel, every row tail, K not a multiple of 4, columns not a multiple of 16
+# last odd panel (AVX-512; AVX2: 4-row tiles over half panels), every row tail, K not a multiple of 4, columns not a multiple of 16
 GEMM_SHAPES = [(1, 3, 1), (7, 5, 33), (64, 64, 128), (13, 257, 70), (300, 96, 40), (11, 20, 97), (6, 8, 64),
                (18, 16, 20), (23, 9, 96), *[(12 + r, 12, 80) for r in range(1, 12)]]
 

@@ -1,4 +1,5 @@
-// Vector math of the kernels (AVX-512): the activations of dialects/fused.py and the int8
+// Vector math of the kernels (AVX-512 intrinsics; avx512_on_avx2.h maps them for the AVX2
+// build): the activations of dialects/fused.py and the int8
 // scheme of dialects/int8.py, with the same float operations as the XLA path. NaN passes
 // through every function as it does through jax's: max_ps/min_ps return their second
 // operand when either is NaN, so the value is always the second operand of a clamp.
