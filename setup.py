@@ -77,11 +77,12 @@ def onednn_extension() -> list[Extension]:
               "installing without the oneDNN float kernels", file=sys.stderr)
         return []
     return [Extension("jaxlite.runtime._kernels_onednn", [f"{NATIVE}/onednn.cc", f"{NATIVE}/direct_run.cc"],
-                      language="c++", depends=[f"{NATIVE}/{h}" for h in ("common.h", "bindings.h", "exports.map")],
+                      language="c++", depends=[f"{NATIVE}/{h}" for h in ("common.h", "bindings.h", "gemm.h", "vector_math.h",
+                                                                             "exports.map")],
                       include_dirs=[os.path.dirname(header)], library_dirs=[os.path.dirname(library)],
                       libraries=["dnnl"],
-                      extra_compile_args=["-std=c++17", "-O2", "-Wall", "-fvisibility=hidden",
-                                          "-fvisibility-inlines-hidden"],
+                      extra_compile_args=["-std=c++17", "-O3", "-Wall", "-Wno-maybe-uninitialized",
+                                          "-fvisibility=hidden", "-fvisibility-inlines-hidden"],
                       extra_link_args=[f"-Wl,--version-script={NATIVE}/exports.map"])]
 
 

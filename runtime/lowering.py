@@ -20,7 +20,13 @@ from xdsl.ir import Block, Operation
 from jaxlite.dialects.jlax import WeightOp
 from jaxlite.dialects.module import NOT_COUNTED
 from jaxlite.dialects.weights import WeightStore
-from jaxlite.runtime import cpu_kernels, onednn_kernels, quant_kernels, xla_kernels  # noqa: F401  (register their rules)
+from jaxlite.runtime import (  # noqa: F401  (register their rules)
+    cpu_kernels,
+    onednn_int8_kernels,
+    onednn_kernels,
+    quant_kernels,
+    xla_kernels,
+)
 from jaxlite.runtime.program import BlockProgram
 from jaxlite.runtime.registry import Kernel, rules_for
 

@@ -27,7 +27,7 @@ from jaxlite.runtime.native_calls import NativeLibrary, load_library
 
 LIBRARY = "_kernels_onednn"
 DISTRIBUTION = "onednn-cpu-gomp"
-KERNELS = ("OnednnMatmul", "OnednnConv", "OnednnBatchMatmul")
+KERNELS = ("OnednnMatmul", "OnednnConv", "OnednnBatchMatmul", "OnednnInt8Matmul", "OnednnInt8Conv")
 
 
 def libdnnl_path() -> Path | None:
@@ -56,7 +56,8 @@ def _load() -> NativeLibrary | str:
     if isinstance(loaded, NativeLibrary):
         h = loaded.handle
         for name in ("JaxliteOnednnMatmulInfo", "JaxliteOnednnMatmulPack", "JaxliteOnednnConvInfo",
-                     "JaxliteOnednnConvPack", "JaxliteOnednnBatchMatmulInfo"):
+                     "JaxliteOnednnConvPack", "JaxliteOnednnBatchMatmulInfo", "JaxliteOnednnInt8MatmulInfo",
+                     "JaxliteOnednnInt8MatmulPack", "JaxliteOnednnInt8ConvInfo", "JaxliteOnednnInt8ConvPack"):
             getattr(h, name).restype = ctypes.c_char_p
         i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
         h.JaxliteOnednnMatmulInfo.argtypes = [i64, i64, i64, i32, i32, i32, ctypes.POINTER(i64)]
@@ -64,6 +65,10 @@ def _load() -> NativeLibrary | str:
         h.JaxliteOnednnConvInfo.argtypes = [ptr, ptr, i32, i32, i32, ctypes.POINTER(i64)]
         h.JaxliteOnednnConvPack.argtypes = [ptr, ptr, i32, i32, i32, ptr, ptr, i64]
         h.JaxliteOnednnBatchMatmulInfo.argtypes = [i64, i64, i64, i64, ctypes.POINTER(i64)]
+        h.JaxliteOnednnInt8MatmulInfo.argtypes = [i64, i64, i64, i32, i32, i32, ctypes.POINTER(i64)]
+        h.JaxliteOnednnInt8MatmulPack.argtypes = [i64, i64, i64, i32, i32, i32, ptr, ptr, i64]
+        h.JaxliteOnednnInt8ConvInfo.argtypes = [ptr, ptr, i32, i32, i32, ctypes.POINTER(i64)]
+        h.JaxliteOnednnInt8ConvPack.argtypes = [ptr, ptr, i32, i32, i32, ptr, ptr, i64]
     return loaded
 
 
@@ -184,6 +189,94 @@ def batch_matmul(a, b):
     """float32 ``a [B, M, K] @ b [B, K, N]`` -> [B, M, N] (both operands activations)."""
     return library().kernels["OnednnBatchMatmul"](
         a, b, results=jax.ShapeDtypeStruct((a.shape[0], a.shape[1], b.shape[2]), np.float32))
+
+
+# How an int8 primitive reads and writes (native/onednn.cc Int8Mode): int8 codes of one
+# calibrated scale to float32 ("static") or to int8 ("requantize"), or codes quantized per
+# row / sample with a scale and a zero point each ("dynamic", float32 out)
+INT8_MODES = {"static": 0, "requantize": 1, "dynamic": 2}
+
+
+def int8_matmul_info(m: int, k: int, n: int, bias: bool, activation: str, mode: str) -> tuple[str, int]:
+    """(implementation, packed weight bytes) of the int8 ``[m, k] x [k, n]`` in ``mode``."""
+    nbytes = ctypes.c_int64()
+    result = library().handle.JaxliteOnednnInt8MatmulInfo(m, k, n, int(bias), activation_code(activation),
+                                                          INT8_MODES[mode], ctypes.byref(nbytes))
+    return _info(result, nbytes)
+
+
+def int8_matmul_pack(w: np.ndarray, m: int, bias: bool, activation: str, mode: str) -> np.ndarray:
+    """An int8 [K, N] weight in the layout of that matmul."""
+    w = np.ascontiguousarray(w, np.int8)
+    k, n = w.shape
+    _, nbytes = int8_matmul_info(m, k, n, bias, activation, mode)
+    out = np.empty(nbytes, np.int8)
+    error = library().handle.JaxliteOnednnInt8MatmulPack(m, k, n, int(bias), activation_code(activation),
+                                                         INT8_MODES[mode], w.ctypes.data, out.ctypes.data, nbytes)
+    if error is not None:
+        raise RuntimeError(f"oneDNN weight packing: {error.decode()}")
+    return out
+
+
+def int8_conv_info(in_shape, geometry, bias: bool, activation: str, mode: str) -> tuple[str, int]:
+    """(implementation, packed weight bytes) of an int8 convolution (``conv_info``'s geometry)."""
+    shape, geo, nbytes = _ints(in_shape), _ints(geometry), ctypes.c_int64()
+    result = library().handle.JaxliteOnednnInt8ConvInfo(shape.ctypes.data, geo.ctypes.data, int(bias),
+                                                        activation_code(activation), INT8_MODES[mode],
+                                                        ctypes.byref(nbytes))
+    return _info(result, nbytes)
+
+
+def int8_conv_pack(w: np.ndarray, in_shape, geometry, bias: bool, activation: str, mode: str) -> np.ndarray:
+    """An int8 [O, C/G, KH, KW] weight in that convolution's layout."""
+    w = np.ascontiguousarray(w, np.int8)
+    shape, geo = _ints(in_shape), _ints(geometry)
+    _, nbytes = int8_conv_info(in_shape, geometry, bias, activation, mode)
+    out = np.empty(nbytes, np.int8)
+    error = library().handle.JaxliteOnednnInt8ConvPack(shape.ctypes.data, geo.ctypes.data, int(bias),
+                                                       activation_code(activation), INT8_MODES[mode],
+                                                       w.ctypes.data, out.ctypes.data, nbytes)
+    if error is not None:
+        raise RuntimeError(f"oneDNN weight packing: {error.decode()}")
+    return out
+
+
+def _int8_result(shape, out_scale):
+    return jax.ShapeDtypeStruct(tuple(shape), np.int8 if out_scale is not None else np.float32)
+
+
+def _vector(x, dtype=np.float32):
+    """An optional operand as a flat vector (empty when absent)."""
+    if x is None:
+        return np.zeros((0,), dtype)
+    if isinstance(x, jax.core.Tracer):
+        return jax.numpy.reshape(x, (-1,)).astype(dtype)
+    return np.asarray(x, dtype).reshape(-1)
+
+
+def int8_matmul(a, packed, n: int, col_scale, *, colsum=None, row_scale=None, row_zero=None, bias=None,
+                out_scale=None, activation: str = "none"):
+    """int8 codes ``a [M, K]`` x the packed weight: ``activation(acc * col_scale + bias)``
+    float32, or requantized to int8 by ``out_scale``; with ``row_scale`` / ``row_zero`` /
+    ``colsum`` (dynamic rows) ``activation((acc - row_zero * colsum) * row_scale * col_scale
+    + bias)``."""
+    return library().kernels["OnednnInt8Matmul"](
+        a, packed, _vector(colsum, np.int32), _vector(row_scale), _vector(row_zero, np.int32), _vector(col_scale),
+        _vector(bias), _vector(out_scale), results=_int8_result((a.shape[0], n), out_scale),
+        activation=activation_code(activation))
+
+
+def int8_conv(x, packed, geometry, out_shape, col_scale, *, colsum=None, sample_scale=None, sample_zero=None,
+              bias=None, out_scale=None, activation: str = "none"):
+    """int8 NHWC convolution of codes ``x`` by the packed weight: ``activation(acc *
+    col_scale + bias)`` float32 or requantized by ``out_scale``; with ``sample_scale`` /
+    ``sample_zero`` (one per sample, dynamic) and ``colsum`` (the weight's sums per output
+    channel) the codes are asymmetric."""
+    return library().kernels["OnednnInt8Conv"](
+        x, packed, _vector(colsum, np.int32), _vector(sample_scale), _vector(sample_zero, np.int32),
+        _vector(col_scale), _vector(bias),
+        _vector(out_scale), results=_int8_result(out_shape, out_scale), activation=activation_code(activation),
+        sizes=list(geometry))
 
 
 def kernel_paths(dtype: str = "float32") -> str:

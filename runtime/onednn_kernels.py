@@ -17,6 +17,9 @@ activation after it, stay in XLA. Shapes oneDNN serves only with its reference k
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -124,7 +127,30 @@ def _dot(op, ctx: LoweringContext, name: str, load, dtype: str):
     return Kernel(run, unread=frozenset({1}), native=True)
 
 
-def _conv(op, ctx: LoweringContext, name: str, load, dtype: str):
+@dataclass(frozen=True)
+class ConvLayout:
+    """A 1-D or 2-D convolution as oneDNN's NHWC one: ``prepare`` turns the op's input into
+    the kernel's -- ``spread`` (channels last, a transposed convolution's zeros inserted), then
+    ``fit`` (rows the windows never reach cropped, padding as wide as a window added when
+    ``pads``) --, ``finish`` the kernel's result back into the op's layout, ``oihw`` the op's
+    weight into [O, C/G, KH, KW]."""
+
+    in_shape: list[int]   # the kernel's input, NHWC
+    geometry: list[int]   # O, KH, KW, strides, dilations, padding before, OH, OW, groups
+    out_shape: tuple[int, ...]  # the kernel's result, NHWC
+    pads: bool
+    spread: Callable
+    fit: Callable
+    finish: Callable
+    oihw: Callable
+
+    def prepare(self, x):
+        return self.fit(self.spread(x))
+
+
+def conv_layout(op) -> ConvLayout | None:
+    """``op``'s convolution as oneDNN runs it, or None where it cannot (3-D, batch groups,
+    negative padding, windows that read only padding)."""
     params = op.params()
     dn = op.conv_dims()
     nsp = len(dn.lhs_spec) - 2
@@ -159,37 +185,55 @@ def _conv(op, ctx: LoweringContext, name: str, load, dtype: str):
     pre_pad = any(p >= e for p, e in zip((*low, *high), extent * 2, strict=True))
     kernel_size = [lo + c + hi for lo, c, hi in zip(low, crop, high, strict=True)] if pre_pad else crop
     kernel_low = [0] * nsp if pre_pad else low
-    groups = params["feature_group_count"]
     o = w_shape[dn.rhs_spec[0]]
     in_shape = [batch, *as_2d(kernel_size), channels]
     geometry = [o, *as_2d(window), *as_2d(strides), *as_2d(rhs_dilation), *as_2d(kernel_low, fill=0),
-                *as_2d(out_size), groups]
-    cols = (dn.out_spec[1],)
-    activation, bias, in_kernel = split_epilogue(op, out_shape, cols)
-    kernel_act, kernel_bias = (activation, bias is not None) if in_kernel else ("none", False)
+                *as_2d(out_size), params["feature_group_count"]]
 
-    def oihw():
-        w = np.transpose(load(), (dn.rhs_spec[0], dn.rhs_spec[1], *dn.rhs_spec[2:]))
-        return w.reshape(w.shape[0], w.shape[1], *as_2d(w.shape[2:]))
-
-    packed = _derive(ctx, f"{name}@onednn:{in_shape}:{geometry}:{int(kernel_bias)}:{kernel_act}:{dtype}",
-                     onednn.conv_info(in_shape, geometry, kernel_bias, kernel_act, dtype),
-                     lambda: onednn.conv_pack(oihw(), in_shape, geometry, kernel_bias, kernel_act, dtype))
-    if packed is None:
-        return None
-
-    def run(weights, x, _w, b=None):
+    def spread(x):
         x = xla_int8.to_channels_last(x, dn)
         if any(d != 1 for d in lhs_dilation):  # transposed conv: zeros between inputs
             x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(0, 0, d - 1) for d in lhs_dilation], (0, 0, 0)])
+        return x
+
+    def fit(x):
         if crop != size:
             x = x[(slice(None), *[slice(0, c) for c in crop])]
         if pre_pad:
             x = lax.pad(x, jnp.zeros((), x.dtype),
                         [(0, 0, 0), *[(lo, hi, 0) for lo, hi in zip(low, high, strict=True)], (0, 0, 0)])
+        return x.reshape(in_shape)
+
+    def finish(y):
+        return xla_int8.from_channels_last(y.reshape(batch, *out_size, o), dn)
+
+    def oihw(w):
+        w = np.transpose(w, (dn.rhs_spec[0], dn.rhs_spec[1], *dn.rhs_spec[2:]))
+        return w.reshape(w.shape[0], w.shape[1], *as_2d(w.shape[2:]))
+
+    return ConvLayout(in_shape, geometry, (batch, *as_2d(out_size), o), pre_pad, spread, fit, finish, oihw)
+
+
+def _conv(op, ctx: LoweringContext, name: str, load, dtype: str):
+    layout = conv_layout(op)
+    if layout is None:
+        return None
+    out_shape = tuple(op.results[0].type.get_shape())
+    cols = (op.conv_dims().out_spec[1],)
+    activation, bias, in_kernel = split_epilogue(op, out_shape, cols)
+    kernel_act, kernel_bias = (activation, bias is not None) if in_kernel else ("none", False)
+    in_shape, geometry = layout.in_shape, layout.geometry
+    packed = _derive(ctx, f"{name}@onednn:{in_shape}:{geometry}:{int(kernel_bias)}:{kernel_act}:{dtype}",
+                     onednn.conv_info(in_shape, geometry, kernel_bias, kernel_act, dtype),
+                     lambda: onednn.conv_pack(layout.oihw(load()), in_shape, geometry, kernel_bias, kernel_act,
+                                              dtype))
+    if packed is None:
+        return None
+
+    def run(weights, x, _w, b=None):
         column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
-        y = onednn.conv(x.reshape(in_shape), weights[packed], geometry, (batch, *as_2d(out_size), o),
-                        bias=column_bias, activation=kernel_act, dtype=dtype)
-        y = xla_int8.from_channels_last(y.reshape(batch, *out_size, o), dn)
+        y = onednn.conv(layout.prepare(x), weights[packed], geometry, layout.out_shape, bias=column_bias,
+                        activation=kernel_act, dtype=dtype)
+        y = layout.finish(y)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
     return Kernel(run, unread=frozenset({1}), native=True)

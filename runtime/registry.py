@@ -49,14 +49,17 @@ class Target:
     description: str
     # None where this machine can use the target, else why not (one line)
     unavailable: Callable[[], str | None] = field(default=lambda: None, compare=False)
+    # targets of higher preference come first in the default order (else: registration order)
+    preference: int = 0
 
 
 TARGETS: dict[str, Target] = {}
 _RULES: dict[tuple[type[Operation], str], Rule] = {}
 
 
-def register_target(name: str, description: str, unavailable: Callable[[], str | None] = lambda: None) -> Target:
-    target = TARGETS[name] = Target(name, description, unavailable)
+def register_target(name: str, description: str, unavailable: Callable[[], str | None] = lambda: None,
+                    preference: int = 0) -> Target:
+    target = TARGETS[name] = Target(name, description, unavailable, preference)
     return target
 
 
@@ -81,14 +84,14 @@ def rules_for(op: Operation, target: str) -> list[Rule]:
     return [rule for cls in type(op).__mro__ if (rule := _RULES.get((cls, target))) is not None]
 
 
-def _specific_first(name: str) -> tuple[bool, bool]:
-    return name == "xla", name.startswith("xla")
+def _specific_first(target: Target) -> tuple[bool, bool, int]:
+    return target.name == "xla", target.name.startswith("xla"), -target.preference
 
 
 def target_status() -> list[tuple[Target, str | None]]:
     """(target, None or why it is unavailable) for every registered target, most specific
     first (``xla`` last)."""
-    return [(t, t.unavailable()) for t in sorted(TARGETS.values(), key=lambda t: _specific_first(t.name))]
+    return [(t, t.unavailable()) for t in sorted(TARGETS.values(), key=_specific_first)]
 
 
 def available_targets() -> list[str]:

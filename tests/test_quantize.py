@@ -451,7 +451,7 @@ def test_native_and_xla_int8_paths_agree(example):
             assert not any(n.endswith(".q") for n in native_exe._weights)
         if native.available() and example is transformer and mode == "dynamic":
             # q, k and v read one LayerNorm output: its rows are quantized once (XLA CSE)
-            hlo = native_exe.lower().compile().as_text()
+            hlo = model.compile(targets=[native.target()]).lower().compile().as_text()
             assert hlo.count('custom_call_target="jaxlite_quantize_rows"') == 1
 
 
@@ -613,9 +613,10 @@ def test_big_packed_weights_are_arguments_not_constants():
     small = jnp.asarray(rng.standard_normal((1100, 64)).astype(np.float32) * 0.03)
     fn = lambda x: jnp.tanh(x @ big) @ small  # noqa: E731
     x = rng.standard_normal((8, 1024)).astype(np.float32)
-    exe = jaxlite.compile(fn, x, quantize="dynamic")
-    passed = [n for n in exe._weights if n.endswith("@vnni")]
-    assert len(passed) == 1 and exe._weights[passed[0]].nbytes > cpu_kernels.EMBED_PACKED_MAX_BYTES
+    for targets in ([native.target()], None):  # (None: oneDNN's int8 kernels where the CPU has AMX)
+        exe = jaxlite.convert(fn, x, quantize="dynamic").compile(targets=targets)
+        passed = [n for n in exe._weights if n.endswith("@vnni") or "@onednn-int8:" in n and "@colsum" not in n]
+        assert len(passed) == 1 and exe._weights[passed[0]].nbytes > cpu_kernels.EMBED_PACKED_MAX_BYTES
     expected = np.asarray(jax.jit(fn)(x))
     assert np.linalg.norm(np.asarray(exe(x)) - expected) <= 0.02 * np.linalg.norm(expected)
     w = rng.integers(-127, 128, (300, 70)).astype(np.int8)

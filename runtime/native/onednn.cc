@@ -14,6 +14,13 @@
 #include "bindings.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
+// jaxlite's int8 epilogue (gemm.h), which rescales the dynamic int8 matmul's products: AVX-512
+// code in a library built for any x86-64, run only where the CPU has AMX-INT8 (and so AVX-512)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+#include "gemm.h"
+#pragma GCC pop_options
+
 namespace jaxlite {
 
 namespace {
@@ -52,6 +59,8 @@ struct Prepared {
   dnnl::primitive primitive;
   dnnl::memory::desc src, weights, bias, dst;
   std::string implementation;
+  // further arguments by execution index: runtime scales, zero points, post-op operands
+  std::vector<std::pair<int, dnnl::memory::desc>> extra = {};
 };
 
 // Everything that shapes a primitive: its kind, then sizes, then flags.
@@ -87,7 +96,7 @@ std::shared_ptr<const Prepared> prepared(const Key& key, Make make, std::string&
   return cache.emplace(key, made).first->second;
 }
 
-enum Kind : int64_t { kMatmul = 1, kConv = 2, kToBfloat16 = 3, kBatchMatmul = 4 };
+enum Kind : int64_t { kMatmul = 1, kConv = 2, kToBfloat16 = 3, kBatchMatmul = 4, kInt8Matmul = 5, kInt8Conv = 6 };
 
 inline constexpr char kWeights[] = "weights";
 using WeightsAttr = ffi::Attr<int32_t, kWeights>;  // the packed weight's type: 0 float32, 1 bfloat16
@@ -135,6 +144,15 @@ struct ConvShape {
   }
   static int64_t pad_bottom(const ConvShape& s) { return (s.oh - 1) * s.sh + (s.kh - 1) * s.dh + 1 - s.h - s.pad_top; }
   static int64_t pad_right(const ConvShape& s) { return (s.ow - 1) * s.sw + (s.kw - 1) * s.dw + 1 - s.w - s.pad_left; }
+  // One sample with its padding made part of it (the convolution then pads nothing).
+  ConvShape padded_sample() const {
+    ConvShape s = *this;
+    s.n = 1;
+    s.h += pad_top + pad_bottom(*this);
+    s.w += pad_left + pad_right(*this);
+    s.pad_top = s.pad_left = 0;
+    return s;
+  }
   // The weight as oneDNN names it: [O, C, KH, KW], or [G, O/G, C/G, KH, KW] for groups.
   dnnl::memory::dims weight_dims() const {
     if (groups == 1) return {o, c, kh, kw};
@@ -192,6 +210,10 @@ CallMemories& memories_of(const Prepared& p) {
   bind(DNNL_ARG_WEIGHTS, p.weights, m.weights);
   bind(DNNL_ARG_BIAS, p.bias, m.bias);
   bind(DNNL_ARG_DST, p.dst, m.dst);
+  for (const auto& [arg, desc] : p.extra) {
+    dnnl::memory memory;
+    bind(arg, desc, memory);
+  }
   return cache.emplace(&p, std::move(m)).first->second;
 }
 
@@ -255,6 +277,208 @@ const char* describe_prepared(const std::shared_ptr<const Prepared>& p, const st
   return text.c_str();
 }
 
+
+// ---- int8: the `cpu-onednn-int8` target (oneDNN's AMX kernels) ----
+
+// How an int8 primitive reads and writes: kStatic / kStaticToInt8 take int8 codes of one
+// calibrated scale (folded into the per-column scales) and give float32 / int8 requantized
+// by a runtime output scale, the epilogue fused by oneDNN; kDynamic takes codes quantized
+// per row with a scale and a zero point each (quantize_rows) and gives the int32 products,
+// which jaxlite's own epilogue rescales (oneDNN's per-row post-ops -- a [1, M, 1] multiply
+// and a prefilled sum -- ran the product at half speed).
+enum Int8Mode : int32_t { kStatic = 0, kStaticToInt8 = 1, kDynamic = 2 };
+
+const int kWeightScaleArg = DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS;
+const int kDstScaleArg = DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST;
+
+dnnl::memory::desc vector_of(int64_t n, dt type = dt::f32) { return dnnl::memory::desc({n}, type, tag::a); }
+
+// [M, K] int8 x [K, N] int8 -> [M, N] in `mode`.
+std::shared_ptr<const Prepared> int8_matmul(int64_t M, int64_t K, int64_t N, bool bias, int32_t activation,
+                                            int32_t mode, std::string& error) {
+  return prepared(Key{kInt8Matmul, M, K, N, bias, activation, mode}, [&] {
+    if (mode < kStatic || mode > kDynamic) throw dnnl::error(dnnl_invalid_arguments, "unknown int8 mode");
+    dnnl::post_ops ops;
+    dnnl::primitive_attr attr;
+    Prepared p;
+    if (mode == kDynamic) {  // int32 products: the epilogue is jaxlite's (dynamic_epilogue)
+      p.src = dnnl::memory::desc({M, K}, dt::s8, tag::ab);
+      p.weights = dnnl::memory::desc({K, N}, dt::s8, tag::any);
+      p.dst = dnnl::memory::desc({M, N}, dt::s32, tag::ab);
+      dnnl::matmul::primitive_desc pd(cpu_engine(), p.src, p.weights, p.dst);
+      p.primitive = dnnl::matmul(pd);
+      p.weights = pd.weights_desc();
+      p.implementation = pd.impl_info_str();
+      return p;
+    } else {
+      p.src = dnnl::memory::desc({M, K}, dt::s8, tag::ab);
+      p.weights = dnnl::memory::desc({K, N}, dt::s8, tag::any);
+      p.dst = dnnl::memory::desc({M, N}, mode == kStaticToInt8 ? dt::s8 : dt::f32, tag::ab);
+      if (bias) p.bias = dnnl::memory::desc({1, N}, dt::f32, tag::ab);
+      attr.set_scales_mask(DNNL_ARG_WEIGHTS, 1 << 1);
+    }
+    if (!append_activation(ops, activation)) throw dnnl::error(dnnl_invalid_arguments, "unknown activation");
+    p.extra.emplace_back(kWeightScaleArg, vector_of(N));
+    if (mode == kStaticToInt8) {
+      attr.set_scales_mask(DNNL_ARG_DST, 0);
+      p.extra.emplace_back(kDstScaleArg, vector_of(1));
+    }
+    attr.set_post_ops(ops);
+    dnnl::matmul::primitive_desc pd(cpu_engine(), p.src, p.weights, p.bias, p.dst, attr);
+    p.primitive = dnnl::matmul(pd);
+    p.weights = pd.weights_desc();
+    p.implementation = pd.impl_info_str();
+    return p;
+  }, error);
+}
+
+// An int8 NHWC convolution in `mode`. kDynamic runs once per sample on its codes padded by
+// the kernel with the sample's zero point (the border reads as 0): without padding in the
+// primitive the zero point's correction, zero x the weight's sums, is one value per channel,
+// folded into the bias with the sample's scale -- a plain int8 convolution, which oneDNN runs
+// on its fastest kernels (with a runtime source zero point it chose slower ones, up to 2x).
+std::shared_ptr<const Prepared> int8_conv(ConvShape s, bool bias, int32_t activation, int32_t mode,
+                                          std::string& error) {
+  if (mode == kDynamic) {
+    s = s.padded_sample();
+    bias = true;
+  }
+  return prepared(Key{kInt8Conv, s.n, s.h, s.w, s.c, s.o, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.pad_top, s.pad_left,
+                      s.oh, s.ow, s.groups, bias, activation, mode}, [&] {
+    if (mode < kStatic || mode > kDynamic) throw dnnl::error(dnnl_invalid_arguments, "unknown int8 mode");
+    dnnl::post_ops ops;
+    if (!append_activation(ops, activation)) throw dnnl::error(dnnl_invalid_arguments, "unknown activation");
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    Prepared p;
+    p.src = dnnl::memory::desc({s.n, s.c, s.h, s.w}, dt::s8, tag::nhwc);
+    p.weights = dnnl::memory::desc(s.weight_dims(), dt::s8, tag::any);
+    if (bias) p.bias = vector_of(s.o);
+    p.dst = dnnl::memory::desc({s.n, s.o, s.oh, s.ow}, mode == kStaticToInt8 ? dt::s8 : dt::f32, tag::nhwc);
+    attr.set_scales_mask(DNNL_ARG_WEIGHTS, s.groups == 1 ? 1 : 3);
+    p.extra.emplace_back(kWeightScaleArg, vector_of(s.o));
+    if (mode == kStaticToInt8) {
+      attr.set_scales_mask(DNNL_ARG_DST, 0);
+      p.extra.emplace_back(kDstScaleArg, vector_of(1));
+    }
+    dnnl::convolution_forward::primitive_desc pd(
+        cpu_engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, p.src, p.weights,
+        p.bias, p.dst, {s.sh, s.sw}, {s.dh - 1, s.dw - 1}, {s.pad_top, s.pad_left},
+        {ConvShape::pad_bottom(s), ConvShape::pad_right(s)}, attr);
+    p.primitive = dnnl::convolution_forward(pd);
+    p.weights = pd.weights_desc();
+    p.implementation = pd.impl_info_str();
+    return p;
+  }, error);
+}
+
+// Runs `p` on the buffers given by execution argument (every one the primitive takes; nullptr:
+// one it may not).
+ffi::Error execute(const Prepared& p, std::initializer_list<std::pair<int, const void*>> buffers) {
+  try {
+    CallMemories& m = memories_of(p);
+    for (const auto& [arg, data] : buffers) {
+      auto it = m.args.find(arg);
+      if (it == m.args.end()) {
+        if (data == nullptr) continue;  // an optional argument this primitive was made without
+        return ffi::Error::Internal("oneDNN: an argument the primitive does not take");
+      }
+      it->second.set_data_handle(const_cast<void*>(data));
+    }
+    dnnl::stream& stream = thread_stream();
+    p.primitive.execute(stream, m.args);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+constexpr char kNanCode = static_cast<char>(0x80);  // int8 -128: a non-finite value (dialects/int8.py)
+
+bool holds_nan_code(const int8_t* codes, int64_t count) { return std::memchr(codes, kNanCode, count) != nullptr; }
+
+// Writes NaN (float32) or NaN's code (int8) over `count` results from `index` on.
+void poison(void* out, bool int8_out, int64_t index, int64_t count) {
+  if (int8_out)
+    std::memset(static_cast<int8_t*>(out) + index, kNanCode, count);
+  else
+    std::fill_n(static_cast<float*>(out) + index, count, std::numeric_limits<float>::quiet_NaN());
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+
+// The dynamic matmul's epilogue over its int32 products acc [M, N], row by row, four vectors
+// of 16 columns at a time. The Epilogue is a local copy (its fields stay in registers: the
+// stores through its `out` cannot change them) with the activation a constant (no switch per
+// vector): the loop is the epilogue's arithmetic, which the out-of-order core overlaps.
+template <int32_t Activation>
+void epilogue_rows(const int32_t* acc, int64_t M, int64_t N, Epilogue e) {
+  e.activation = Activation;
+  const int64_t full = N / 64 * 64;
+  for (int64_t m = 0; m < M; ++m) {
+    const int32_t* row = acc + m * N;
+    int64_t n = 0;
+    for (; n < full; n += 64)
+      for (int64_t j = 0; j < 64; j += 16) e(m, n + j, _mm512_loadu_si512(row + n + j), __mmask16(0xFFFF));
+    for (; n < N; n += 16) {
+      const __mmask16 mask = tail_mask(N - n);
+      e(m, n, _mm512_maskz_loadu_epi32(mask, row + n), mask);
+    }
+  }
+}
+
+void dynamic_epilogue(const int32_t* acc, int64_t M, int64_t N, const Epilogue& e) {
+  switch (e.activation) {
+    case kRelu: return epilogue_rows<kRelu>(acc, M, N, e);
+    case kRelu6: return epilogue_rows<kRelu6>(acc, M, N, e);
+    case kSigmoid: return epilogue_rows<kSigmoid>(acc, M, N, e);
+    case kTanh: return epilogue_rows<kTanh>(acc, M, N, e);
+    case kSilu: return epilogue_rows<kSilu>(acc, M, N, e);
+    case kGeluTanh: return epilogue_rows<kGeluTanh>(acc, M, N, e);
+    case kGeluErf: return epilogue_rows<kGeluErf>(acc, M, N, e);
+    default: return epilogue_rows<kNone>(acc, M, N, e);
+  }
+}
+
+// oneDNN saturates requantized results to [-128, 127]; jaxlite's codes stop at -127 (-128
+// stands for NaN).
+void clamp_codes(int8_t* codes, int64_t count) {
+  const __m512i lowest = _mm512_set1_epi8(-127);
+  for (int64_t i = 0; i < count; i += 64) {
+    const __mmask64 mask = count - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (count - i)) - 1;
+    _mm512_mask_storeu_epi8(codes + i, mask, _mm512_max_epi8(_mm512_maskz_loadu_epi8(mask, codes + i), lowest));
+  }
+}
+
+#pragma GCC pop_options
+
+// NaN's code in a convolution's input makes every output position whose window reads it
+// NaN (all channels: as the native kernels do), sample by sample.
+void poison_conv_windows(const ConvShape& s, const int8_t* x, void* out, bool int8_out) {
+  const int64_t sample = s.h * s.w * s.c;
+  std::vector<uint8_t> flagged;
+  for (int64_t b = 0; b < s.n; ++b) {
+    const int8_t* xb = x + b * sample;
+    if (!holds_nan_code(xb, sample)) continue;
+    flagged.assign(s.h * s.w, 0);
+    for (int64_t i = 0; i < s.h * s.w; ++i) flagged[i] = holds_nan_code(xb + i * s.c, s.c);
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t ow = 0; ow < s.ow; ++ow) {
+        bool reads = false;
+        for (int64_t kh = 0; kh < s.kh && !reads; ++kh) {
+          const int64_t ih = oh * s.sh - s.pad_top + kh * s.dh;
+          if (ih < 0 || ih >= s.h) continue;
+          for (int64_t kw = 0; kw < s.kw && !reads; ++kw) {
+            const int64_t iw = ow * s.sw - s.pad_left + kw * s.dw;
+            reads = iw >= 0 && iw < s.w && flagged[ih * s.w + iw];
+          }
+        }
+        if (reads) poison(out, int8_out, ((b * s.oh + oh) * s.ow + ow) * s.o, s.o);
+      }
+  }
+}
 
 }  // namespace
 
@@ -320,11 +544,143 @@ ffi::Error OnednnConv(Pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed, ffi:
   return run(*p, x.typed_data(), packed.untyped_data(), has_bias ? bias.typed_data() : nullptr, out->typed_data());
 }
 
+// int8 codes a [M, K] times the packed int8 weight. Static (no row_scale): out =
+// activation(acc * col_scale[n] + bias[n]), float32 [M, N], or int8 requantized by
+// out_scale (round(y / out_scale), clamped to +-127). Dynamic (row_scale, row_zero [M] of
+// quantize_rows): out = activation((acc - row_zero[m] * colsum[n]) * row_scale[m] *
+// col_scale[n] + bias[n]), float32. Rows holding NaN's code give NaN (its code).
+template <typename Pool>
+ffi::Error OnednnInt8Matmul(Pool, ffi::Buffer<ffi::S8> a, ffi::AnyBuffer packed, ffi::Buffer<ffi::S32> colsum,
+                            ffi::Buffer<ffi::F32> row_scale, ffi::Buffer<ffi::S32> row_zero,
+                            ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
+                            ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out,
+                            ActivationAttr activation) {
+  const auto ad = a.dimensions(), od = out->dimensions();
+  if (ad.size() != 2 || od.size() != 2 || ad[0] != od[0])
+    return ffi::Error::InvalidArgument("jaxlite_onednn_int8_matmul takes a [M, K] and gives [M, N]");
+  const int64_t M = ad[0], K = ad[1], N = od[1];
+  const bool dynamic = row_scale.element_count() != 0, requantize = out_scale.element_count() != 0;
+  const bool int8_out = out->element_type() == ffi::DataType::S8;
+  const auto count = [](const auto& buffer) { return static_cast<int64_t>(buffer.element_count()); };
+  if (int8_out != requantize || (!int8_out && out->element_type() != ffi::DataType::F32) ||
+      count(col_scale) != N || (count(bias) != 0 && count(bias) != N) || (requantize && count(out_scale) != 1) ||
+      (dynamic && (requantize || count(row_scale) != M || count(row_zero) != M || count(colsum) != N)))
+    return ffi::Error::InvalidArgument("jaxlite_onednn_int8_matmul: operand sizes do not match [M, K] x [K, N]");
+  const int32_t mode = dynamic ? kDynamic : requantize ? kStaticToInt8 : kStatic;
+  const bool has_bias = count(bias) != 0;
+  std::string error;
+  auto p = int8_matmul(M, K, N, has_bias, *activation, mode, error);
+  if (p == nullptr) return ffi::Error::InvalidArgument(error);
+  if (packed.size_bytes() != p->weights.get_size())
+    return ffi::Error::InvalidArgument("jaxlite_onednn_int8_matmul: the packed weight was made for another shape");
+  void* y = out->untyped_data();
+  if (dynamic) {  // a NaN row's scale is NaN, and so its results
+    thread_local std::vector<int32_t> products, zeros;
+    if (static_cast<int64_t>(products.size()) < M * N) products.resize(M * N);  // grows only: no refill per call
+    ffi::Error status = execute(*p, {{DNNL_ARG_SRC, a.typed_data()}, {DNNL_ARG_WEIGHTS, packed.untyped_data()},
+                                     {DNNL_ARG_DST, products.data()}});
+    if (!status.success()) return status;
+    zeros.resize(M);  // the epilogue subtracts (128 + zero) x colsum (its own codes are offset by 128)
+    for (int64_t m = 0; m < M; ++m) zeros[m] = row_zero.typed_data()[m] - 128;
+    dynamic_epilogue(products.data(), M, N,
+                     Epilogue{colsum.typed_data(), row_scale.typed_data(), col_scale.typed_data(),
+                              has_bias ? bias.typed_data() : nullptr, *activation, 0.0f, y, N, zeros.data()});
+    return ffi::Error::Success();
+  }
+  ffi::Error status = execute(*p, {{DNNL_ARG_SRC, a.typed_data()}, {DNNL_ARG_WEIGHTS, packed.untyped_data()},
+                                   {DNNL_ARG_BIAS, has_bias ? bias.typed_data() : nullptr}, {DNNL_ARG_DST, y},
+                                   {kWeightScaleArg, col_scale.typed_data()},
+                                   {kDstScaleArg, requantize ? out_scale.typed_data() : nullptr}});
+  if (!status.success()) return status;
+  if (int8_out) clamp_codes(static_cast<int8_t*>(y), M * N);
+  if (holds_nan_code(a.typed_data(), M * K))
+    for (int64_t m = 0; m < M; ++m)
+      if (holds_nan_code(a.typed_data() + m * K, K)) poison(y, int8_out, m * N, N);
+  return ffi::Error::Success();
+}
+
+// An int8 NHWC convolution of x [N, H, W, C] by the packed weight, geometry as OnednnConv's.
+// Static (no sample_scale): out = activation(acc * col_scale[o] + bias[o]), float32 or
+// requantized by out_scale; output positions whose window reads NaN's code give NaN (its
+// code). Dynamic (sample_scale, sample_zero [N]: each sample quantize_rows' row; colsum [O]:
+// the weight's sums per output channel): out = activation((acc - zero * window sums) *
+// scale * col_scale[o] + bias[o]), the border reading as the zero point (0), float32; a
+// sample with a NaN scale (a NaN or an Inf in it) gives NaN.
+template <typename Pool>
+ffi::Error OnednnInt8Conv(Pool, ffi::Buffer<ffi::S8> x, ffi::AnyBuffer packed, ffi::Buffer<ffi::S32> colsum,
+                          ffi::Buffer<ffi::F32> sample_scale, ffi::Buffer<ffi::S32> sample_zero,
+                          ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
+                          ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out, ActivationAttr activation,
+                          IntsAttr<kSizes> geometry) {
+  ConvShape s;
+  const auto xd = x.dimensions();
+  if (!ConvShape::read(Ints(xd.begin(), xd.size()), *geometry, s))
+    return ffi::Error::InvalidArgument("jaxlite_onednn_int8_conv takes [N, H, W, C] and a 12-value geometry");
+  const bool dynamic = sample_scale.element_count() != 0, requantize = out_scale.element_count() != 0;
+  const bool int8_out = out->element_type() == ffi::DataType::S8;
+  const auto count = [](const auto& buffer) { return static_cast<int64_t>(buffer.element_count()); };
+  if (count(*out) != s.n * s.oh * s.ow * s.o || int8_out != requantize ||
+      (!int8_out && out->element_type() != ffi::DataType::F32) || count(col_scale) != s.o ||
+      (count(bias) != 0 && count(bias) != s.o) || (requantize && count(out_scale) != 1) ||
+      (dynamic && (requantize || count(sample_scale) != s.n || count(sample_zero) != s.n || count(colsum) != s.o)))
+    return ffi::Error::InvalidArgument("jaxlite_onednn_int8_conv: operand sizes do not match the geometry");
+  const int32_t mode = dynamic ? kDynamic : requantize ? kStaticToInt8 : kStatic;
+  const bool has_bias = count(bias) != 0;
+  std::string error;
+  auto p = int8_conv(s, has_bias, *activation, mode, error);
+  if (p == nullptr) return ffi::Error::InvalidArgument(error);
+  if (packed.size_bytes() != p->weights.get_size())
+    return ffi::Error::InvalidArgument("jaxlite_onednn_int8_conv: the packed weight was made for another shape");
+  const void* b = has_bias ? bias.typed_data() : nullptr;
+  if (dynamic) {
+    const ConvShape q = s.padded_sample();
+    const int64_t in_sample = s.h * s.w * s.c, out_sample = s.oh * s.ow * s.o, row = s.w * s.c;
+    thread_local std::vector<int8_t> padded;
+    thread_local std::vector<float> scales, biases;
+    if (static_cast<int64_t>(padded.size()) < q.h * q.w * q.c) padded.resize(q.h * q.w * q.c);
+    scales.resize(s.o);
+    biases.resize(s.o);
+    for (int64_t i = 0; i < s.n; ++i) {
+      float* y = static_cast<float*>(out->untyped_data()) + i * out_sample;
+      const float scale = sample_scale.typed_data()[i];
+      const int32_t zero = sample_zero.typed_data()[i];
+      if (!std::isfinite(scale)) {  // a NaN or an Inf in the sample
+        poison(y, false, 0, out_sample);
+        continue;
+      }
+      std::memset(padded.data(), zero, q.h * q.w * q.c);
+      for (int64_t h = 0; h < s.h; ++h)
+        std::memcpy(padded.data() + ((h + s.pad_top) * q.w + s.pad_left) * s.c, x.typed_data() + i * in_sample + h * row,
+                    row);
+      for (int64_t o = 0; o < s.o; ++o) {
+        scales[o] = scale * col_scale.typed_data()[o];
+        biases[o] = (has_bias ? bias.typed_data()[o] : 0.0f) -
+                    static_cast<float>(zero) * scales[o] * static_cast<float>(colsum.typed_data()[o]);
+      }
+      ffi::Error status = execute(*p, {{DNNL_ARG_SRC, padded.data()}, {DNNL_ARG_WEIGHTS, packed.untyped_data()},
+                                       {DNNL_ARG_BIAS, biases.data()}, {DNNL_ARG_DST, y},
+                                       {kWeightScaleArg, scales.data()}});
+      if (!status.success()) return status;
+    }
+    return ffi::Error::Success();
+  }
+  ffi::Error status = execute(*p, {{DNNL_ARG_SRC, x.typed_data()}, {DNNL_ARG_WEIGHTS, packed.untyped_data()},
+                                   {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, out->untyped_data()},
+                                   {kWeightScaleArg, col_scale.typed_data()},
+                                   {kDstScaleArg, requantize ? out_scale.typed_data() : nullptr}});
+  if (!status.success()) return status;
+  if (int8_out) clamp_codes(static_cast<int8_t*>(out->untyped_data()), count(*out));
+  if (holds_nan_code(x.typed_data(), count(x))) poison_conv_windows(s, x.typed_data(), out->untyped_data(), int8_out);
+  return ffi::Error::Success();
+}
+
 }  // namespace jaxlite
 
 JAXLITE_EXPORT(OnednnMatmul)
 JAXLITE_EXPORT(OnednnConv)
 JAXLITE_EXPORT(OnednnBatchMatmul)
+JAXLITE_EXPORT(OnednnInt8Matmul)
+JAXLITE_EXPORT(OnednnInt8Conv)
 
 // Load-time entry points (ctypes): the primitive's implementation (its name, e.g.
 // "brg:avx512_core", or the error) and packed-weight size in *bytes (-1 on error), and the
@@ -368,6 +724,45 @@ JAXLITE_API const char* JaxliteOnednnConvPack(const int64_t* in, const int64_t* 
   auto p = jaxlite::conv(s, bias != 0, activation, type, error);
   if (p == nullptr) return "oneDNN refused the convolution";
   return jaxlite::pack(*p, dnnl::memory::desc(s.weight_dims(), jaxlite::operand_type(type),
+                                              s.groups == 1 ? jaxlite::tag::oihw : jaxlite::tag::goihw),
+                       weight, out, bytes);
+}
+
+// The int8 primitives' (mode: 0 static, 1 static requantized to int8, 2 dynamic)
+// implementation and packed size, and the reorder of a plain int8 weight -- [K, N] or
+// [O, C/G, KH, KW] -- into their layout.
+JAXLITE_API const char* JaxliteOnednnInt8MatmulInfo(int64_t M, int64_t K, int64_t N, int32_t bias, int32_t activation,
+                                                    int32_t mode, int64_t* bytes) {
+  std::string error;
+  return jaxlite::describe_prepared(jaxlite::int8_matmul(M, K, N, bias != 0, activation, mode, error), error, bytes);
+}
+
+JAXLITE_API const char* JaxliteOnednnInt8MatmulPack(int64_t M, int64_t K, int64_t N, int32_t bias, int32_t activation,
+                                                    int32_t mode, const void* weight, void* out, int64_t bytes) {
+  std::string error;
+  auto p = jaxlite::int8_matmul(M, K, N, bias != 0, activation, mode, error);
+  if (p == nullptr) return "oneDNN refused the int8 matmul";
+  return jaxlite::pack(*p, dnnl::memory::desc({K, N}, jaxlite::dt::s8, jaxlite::tag::ab), weight, out, bytes);
+}
+
+JAXLITE_API const char* JaxliteOnednnInt8ConvInfo(const int64_t* in, const int64_t* geometry, int32_t bias,
+                                                  int32_t activation, int32_t mode, int64_t* bytes) {
+  jaxlite::ConvShape s;
+  std::string error = "jaxlite_onednn_int8_conv: invalid geometry";
+  if (!jaxlite::ConvShape::read(jaxlite::Ints(in, 4), jaxlite::Ints(geometry, 12), s))
+    return jaxlite::describe_prepared(nullptr, error, bytes);
+  return jaxlite::describe_prepared(jaxlite::int8_conv(s, bias != 0, activation, mode, error), error, bytes);
+}
+
+JAXLITE_API const char* JaxliteOnednnInt8ConvPack(const int64_t* in, const int64_t* geometry, int32_t bias,
+                                                  int32_t activation, int32_t mode, const void* weight, void* out,
+                                                  int64_t bytes) {
+  jaxlite::ConvShape s;
+  std::string error;
+  if (!jaxlite::ConvShape::read(jaxlite::Ints(in, 4), jaxlite::Ints(geometry, 12), s)) return "invalid geometry";
+  auto p = jaxlite::int8_conv(s, bias != 0, activation, mode, error);
+  if (p == nullptr) return "oneDNN refused the int8 convolution";
+  return jaxlite::pack(*p, dnnl::memory::desc(s.weight_dims(), jaxlite::dt::s8,
                                               s.groups == 1 ? jaxlite::tag::oihw : jaxlite::tag::goihw),
                        weight, out, bytes);
 }
