@@ -1,10 +1,11 @@
 """Builds jaxlite's native CPU kernels (runtime/native/) when the package is built.
 
-Everything else about the package is in pyproject.toml. Four shared libraries go next to
+Everything else about the package is in pyproject.toml. Five shared libraries go next to
 jaxlite/runtime/: ``_cpu_features`` (CPUID, built without ISA flags so it loads anywhere),
 ``_direct_call`` (a CPython module: one call of a direct host plan without ctypes),
-``_kernels_avx512vnni`` (the int8 kernels, built for AVX-512 VNNI against jaxlib's XLA FFI
-headers) and ``_kernels_onednn`` (float kernels on oneDNN, built against the headers of
+``_kernels_avx512vnni`` and ``_kernels_avx2`` (the int8 kernels, one build per ISA, against
+jaxlib's XLA FFI headers) and ``_kernels_onednn`` (float kernels on oneDNN, and int8 ones for
+CPUs with AMX, whose epilogue alone is compiled for AVX-512; built against the headers of
 ``onednn-devel-cpu-gomp`` and linked to the ``libdnnl`` of ``onednn-cpu-gomp``, which the
 runtime loads from the installed package before this library: no rpath into the build
 environment). The runtime loads each only where the CPU and the installation allow, and needs
@@ -74,7 +75,7 @@ def onednn_extension() -> list[Extension]:
     library = _installed_file("onednn-cpu-gomp", "libdnnl.so")
     if header is None or library is None:
         print("jaxlite: onednn-cpu-gomp / onednn-devel-cpu-gomp are not in the build environment: "
-              "installing without the oneDNN float kernels", file=sys.stderr)
+              "installing without the oneDNN kernels", file=sys.stderr)
         return []
     return [Extension("jaxlite.runtime._kernels_onednn", [f"{NATIVE}/onednn.cc", f"{NATIVE}/direct_run.cc"],
                       language="c++", depends=[f"{NATIVE}/{h}" for h in ("common.h", "bindings.h", "gemm.h", "vector_math.h",

@@ -41,7 +41,8 @@ def machine(threads: str) -> str:
             f"python {sys.version.split()[0]}; jaxlite targets: {', '.join(available_targets())}; "
             f"oneDNN: {onednn_calls.kernel_paths()}"
             + (f"; bfloat16 {onednn_calls.kernel_paths('bfloat16')}" if onednn_kernels.computes_bfloat16()
-               and onednn_calls.unavailable() is None else ""))
+               and onednn_calls.unavailable() is None else "")
+            + (f"; int8 {onednn_calls.int8_kernel_paths()}" if "cpu-onednn-int8" in available_targets() else ""))
 
 
 def peak_rss_mb() -> float:

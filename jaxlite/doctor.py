@@ -8,7 +8,7 @@ import jax
 from jaxlite._version import __version__
 from jaxlite.runtime import cpu, onednn_calls, onednn_kernels
 from jaxlite.runtime.executable import choose_targets
-from jaxlite.runtime.registry import target_status
+from jaxlite.runtime.registry import TARGETS, target_status
 
 
 def report() -> list[tuple[str, str]]:
@@ -23,6 +23,9 @@ def report() -> list[tuple[str, str]]:
         bf16 = (onednn_calls.kernel_paths("bfloat16") if onednn_kernels.computes_bfloat16()
                 else "none: bfloat16 models are upcast to float32 (no AVX512-BF16 or AMX-BF16 here)")
         rows.append(("oneDNN bfloat16 kernels", bf16))
+        int8 = TARGETS["cpu-onednn-int8"].unavailable()
+        rows.append(("oneDNN int8 kernels", onednn_calls.int8_kernel_paths() if int8 is None
+                     else f"not used: {int8}"))
     platform = jax.default_backend()
     rows.append((f"compile() on {platform}", "targets " + ", ".join(choose_targets(platform))
                  + (" (float16 models add xla-float16)" if platform == "gpu" else "")))

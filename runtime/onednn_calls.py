@@ -288,3 +288,15 @@ def kernel_paths(dtype: str = "float32") -> str:
     dense, _ = matmul_info(128, 256, 256, True, "relu", dtype)
     convolution, _ = conv_info([1, 56, 56, 64], [64, 3, 3, 1, 1, 1, 1, 1, 1, 56, 56, 1], True, "relu", dtype)
     return f"dense {dense}, convolution {convolution}"
+
+
+def int8_kernel_paths() -> str:
+    """The implementations oneDNN picks here for a typical ``dynamic`` dense layer and a
+    calibrated 3x3 convolution in int8 (e.g. ``brg:avx512_core_amx``), or why there are none."""
+    why = unavailable()
+    if why is not None:
+        return f"none ({why})"
+    dense, _ = int8_matmul_info(128, 256, 256, True, "relu", "dynamic")
+    convolution, _ = int8_conv_info([1, 56, 56, 64], [64, 3, 3, 1, 1, 1, 1, 1, 1, 56, 56, 1], True, "relu",
+                                    "requantize")
+    return f"dense {dense}, convolution {convolution}"
