@@ -23,6 +23,7 @@ from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.runtime import native_calls as native
 from jaxlite.runtime import xla_int8
 from jaxlite.runtime.gemm_layout import (
+    act_dot_operands,
     array_module,
     column_axes,
     dot_rows,
@@ -34,7 +35,6 @@ from jaxlite.runtime.gemm_layout import (
     weight_2d,
     weight_source,
 )
-from jaxlite.runtime.quant_kernels import act_dot_layout
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
 
 CPU_AVX512_VNNI = register_target(
@@ -199,53 +199,16 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     return run_static
 
 
-def _strides_of(shape, batch_dims, row_dims, contract_dims) -> tuple[int, int] | None:
-    """(batch stride, row stride) in elements that read the [B, M, K] view of a row-major
-    array of ``shape`` in place -- its dims grouped as batch, rows, contracted -- or None
-    when that view needs a transpose (K not contiguous, or a group whose dims do not merge
-    into one stride)."""
-    strides = [int(np.prod(shape[d + 1:])) for d in range(len(shape))]
-
-    def merged(dims):  # the stride of a group of dims (size-1 dims ignored), or None
-        dims = [d for d in dims if shape[d] != 1]
-        for outer, inner in zip(dims, dims[1:], strict=False):
-            if strides[outer] != strides[inner] * shape[inner]:
-                return None
-        return strides[dims[-1]] if dims else 0
-
-    k_dims = [d for d in contract_dims if shape[d] != 1]
-    k = int(np.prod([shape[d] for d in contract_dims]))
-    if merged(k_dims) not in (0, 1) or (k_dims and k_dims[-1] != max(k_dims)) or \
-            (k_dims and strides[k_dims[0]] * shape[k_dims[0]] != k):
-        return None
-    batch, rows = merged(batch_dims), merged(row_dims)
-    if batch is None or rows is None:
-        return None
-    return batch, rows or k
-
-
 @register(quant.DynamicActDotOp, target=NATIVE_TARGETS)
 def _act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
     """``jquant.dynamic_act_dot`` as one native call on the [B, M, K] / [B, N, K] layout,
     each operand read in place where strides can express it (attention's q and k: no
     transposes), else transposed first."""
-    lhs_perm, rhs_perm, (b, m, n, k), out_shape = act_dot_layout(op)
-    d = op.dot_dims()
-    views = []
-    for shape, perm, contract, batch in ((tuple(op.lhs.type.get_shape()), lhs_perm, d.lhs_contract, d.lhs_batch),
-                                         (tuple(op.rhs.type.get_shape()), rhs_perm, d.rhs_contract, d.rhs_batch)):
-        free = [d for d in perm if d not in contract and d not in batch]
-        views.append(_strides_of(shape, list(batch), free, list(contract)))
-
-    def operand(x, perm, view, rows):
-        if view is not None:
-            return x, view
-        return jnp.transpose(x, perm).reshape(b, rows, k), (rows * k, k)
+    sizes, out_shape, operands = act_dot_operands(op)
 
     def run(weights, x, y):
-        x, (xb, xr) = operand(x, lhs_perm, views[0], m)
-        y, (yb, yr) = operand(y, rhs_perm, views[1], n)
-        return (native.dynamic_act_gemm(x, y, sizes=(b, m, n, k), strides=(xb, xr, yb, yr)).reshape(out_shape),)
+        x, y, strides = operands(x, y)
+        return (native.dynamic_act_gemm(x, y, sizes=sizes, strides=strides).reshape(out_shape),)
     return run
 
 

@@ -128,3 +128,65 @@ def per_column(x, out_shape: tuple[int, ...], cols: tuple[int, ...]):
     x = xp.reshape(xp.asarray(x), aligned(np.shape(x), len(out_shape)))
     x = x[tuple(slice(None) if d in cols else 0 for d in range(len(out_shape)))]
     return xp.broadcast_to(x, [out_shape[d] for d in cols]).reshape(-1)
+
+
+def strided_view(shape, batch_dims, row_dims, contract_dims) -> tuple[int, int] | None:
+    """(batch stride, row stride) in elements that read the [B, M, K] view of a row-major
+    array of ``shape`` in place -- its dims grouped as batch, rows, contracted -- or None
+    when that view needs a transpose (K not contiguous, or a group whose dims do not merge
+    into one stride)."""
+    strides = [int(np.prod(shape[d + 1:])) for d in range(len(shape))]
+
+    def merged(dims):  # the stride of a group of dims (size-1 dims ignored), or None
+        dims = [d for d in dims if shape[d] != 1]
+        for outer, inner in zip(dims, dims[1:], strict=False):
+            if strides[outer] != strides[inner] * shape[inner]:
+                return None
+        return strides[dims[-1]] if dims else 0
+
+    k_dims = [d for d in contract_dims if shape[d] != 1]
+    k = int(np.prod([shape[d] for d in contract_dims]))
+    if merged(k_dims) not in (0, 1) or (k_dims and k_dims[-1] != max(k_dims)) or \
+            (k_dims and strides[k_dims[0]] * shape[k_dims[0]] != k):
+        return None
+    batch, rows = merged(batch_dims), merged(row_dims)
+    if batch is None or rows is None:
+        return None
+    return batch, rows or k
+
+
+def act_dot_layout(op: quant.DynamicActDotOp):
+    """(lhs perm, rhs perm, (B, M, N, K) sizes, result shape): the transposes that make a
+    dot between activations a batch of [M, K] x [N, K]^T products (dot_general's result
+    order is batch, lhs free, rhs free)."""
+    d = op.dot_dims()
+    ls, rs = tuple(op.lhs.type.get_shape()), tuple(op.rhs.type.get_shape())
+    size = lambda shape, dims: int(np.prod([shape[i] for i in dims]))  # noqa: E731
+    sizes = (size(ls, d.lhs_batch), size(ls, d.lhs_free), size(rs, d.rhs_free), size(ls, d.lhs_contract))
+    return ((*d.lhs_batch, *d.lhs_free, *d.lhs_contract), (*d.rhs_batch, *d.rhs_free, *d.rhs_contract), sizes,
+            tuple(op.result.type.get_shape()))
+
+
+def act_dot_operands(op: quant.DynamicActDotOp):
+    """((B, M, N, K), result shape, ``operands(x, y) -> (x, y, strides)``) of a dot between two
+    activations as a kernel on the [B, M, K] / [B, N, K] layout takes it: each operand read in
+    place where strides can express it (attention's q and k: no transposes), else transposed
+    first; strides are (x's batch and row stride, y's) in elements."""
+    lhs_perm, rhs_perm, (b, m, n, k), out_shape = act_dot_layout(op)
+    d = op.dot_dims()
+    views = []
+    for shape, perm, contract, batch in ((tuple(op.lhs.type.get_shape()), lhs_perm, d.lhs_contract, d.lhs_batch),
+                                         (tuple(op.rhs.type.get_shape()), rhs_perm, d.rhs_contract, d.rhs_batch)):
+        free = [d for d in perm if d not in contract and d not in batch]
+        views.append(strided_view(shape, list(batch), free, list(contract)))
+
+    def operand(x, perm, view, rows):
+        if view is not None:
+            return x, view
+        return jnp.transpose(x, perm).reshape(b, rows, k), (rows * k, k)
+
+    def operands(x, y):
+        x, (xb, xr) = operand(x, lhs_perm, views[0], m)
+        y, (yb, yr) = operand(y, rhs_perm, views[1], n)
+        return x, y, (xb, xr, yb, yr)
+    return (b, m, n, k), out_shape, operands

@@ -27,7 +27,8 @@ from jaxlite.runtime.native_calls import NativeLibrary, load_library
 
 LIBRARY = "_kernels_onednn"
 DISTRIBUTION = "onednn-cpu-gomp"
-KERNELS = ("OnednnMatmul", "OnednnConv", "OnednnBatchMatmul", "OnednnInt8Matmul", "OnednnInt8Conv")
+KERNELS = ("OnednnMatmul", "OnednnConv", "OnednnBatchMatmul", "OnednnInt8Matmul", "OnednnInt8Conv",
+           "OnednnInt8ActMatmul")
 
 
 def libdnnl_path() -> Path | None:
@@ -57,7 +58,8 @@ def _load() -> NativeLibrary | str:
         h = loaded.handle
         for name in ("JaxliteOnednnMatmulInfo", "JaxliteOnednnMatmulPack", "JaxliteOnednnConvInfo",
                      "JaxliteOnednnConvPack", "JaxliteOnednnBatchMatmulInfo", "JaxliteOnednnInt8MatmulInfo",
-                     "JaxliteOnednnInt8MatmulPack", "JaxliteOnednnInt8ConvInfo", "JaxliteOnednnInt8ConvPack"):
+                     "JaxliteOnednnInt8MatmulPack", "JaxliteOnednnInt8ConvInfo", "JaxliteOnednnInt8ConvPack",
+                     "JaxliteOnednnInt8BatchMatmulInfo"):
             getattr(h, name).restype = ctypes.c_char_p
         i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
         h.JaxliteOnednnMatmulInfo.argtypes = [i64, i64, i64, i32, i32, i32, ctypes.POINTER(i64)]
@@ -69,6 +71,7 @@ def _load() -> NativeLibrary | str:
         h.JaxliteOnednnInt8MatmulPack.argtypes = [i64, i64, i64, i32, i32, i32, ptr, ptr, i64]
         h.JaxliteOnednnInt8ConvInfo.argtypes = [ptr, ptr, i32, i32, i32, ctypes.POINTER(i64)]
         h.JaxliteOnednnInt8ConvPack.argtypes = [ptr, ptr, i32, i32, i32, ptr, ptr, i64]
+        h.JaxliteOnednnInt8BatchMatmulInfo.argtypes = [i64, i64, i64, i64, ctypes.POINTER(i64)]
     return loaded
 
 
@@ -288,6 +291,21 @@ def kernel_paths(dtype: str = "float32") -> str:
     dense, _ = matmul_info(128, 256, 256, True, "relu", dtype)
     convolution, _ = conv_info([1, 56, 56, 64], [64, 3, 3, 1, 1, 1, 1, 1, 1, 56, 56, 1], True, "relu", dtype)
     return f"dense {dense}, convolution {convolution}"
+
+
+def int8_batch_matmul_info(b: int, m: int, k: int, n: int) -> str:
+    """oneDNN's implementation of the int8 ``[b, m, k] x [b, k, n]`` of two activations."""
+    nbytes = ctypes.c_int64()
+    return _info(library().handle.JaxliteOnednnInt8BatchMatmulInfo(b, m, k, n, ctypes.byref(nbytes)), nbytes)[0]
+
+
+def int8_act_matmul(a, b, *, sizes, strides):
+    """float32 [B, M, N] = a [B, M, K] x b [B, N, K]^T, both sides' rows quantized on the fly
+    (``native_calls.dynamic_act_gemm``'s semantics), read through ``sizes`` (B, M, N, K) and
+    ``strides`` (a's batch and row stride, b's)."""
+    bsz, m, n, _ = sizes
+    return library().kernels["OnednnInt8ActMatmul"](
+        a, b, results=jax.ShapeDtypeStruct((bsz, m, n), np.float32), sizes=list(sizes), strides=list(strides))
 
 
 def int8_kernel_paths() -> str:

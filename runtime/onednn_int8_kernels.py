@@ -8,8 +8,9 @@ rescale, bias, activation and, between int8 layers, the requantize. ``dynamic`` 
 quantized per row (convolutions: per sample) by the native ``quantize_rows``, asymmetric as
 on every other path: dense layers take oneDNN's int32 products through jaxlite's own
 epilogue (per-row zero points), convolutions fold the sample's zero point into their bias.
-NaN's code (-128) in an int8 input makes the rows / output positions that read it NaN, as
-the native kernels do. Products oneDNN would not run on AMX (a few rows), and small ones,
+Attention's products of two activations quantize both sides per row in the kernel and take
+oneDNN's batched int8 product through the same epilogue. NaN's code (-128) in an int8 input
+makes the rows / output positions that read it NaN, as the native kernels do. Products oneDNN would not run on AMX (a few rows), and small ones,
 stay on the native target.
 """
 
@@ -23,6 +24,7 @@ from jaxlite.runtime import cpu
 from jaxlite.runtime import native_calls as native
 from jaxlite.runtime import onednn_calls as onednn
 from jaxlite.runtime.gemm_layout import (
+    act_dot_operands,
     array_module,
     column_axes,
     dot_rows,
@@ -158,3 +160,24 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
             x = int8.quantize(x, x_scale)
         return (run_matmul(weights, x, x_scale * w_columns(w_scale), bias, out_scale),)
     return Kernel(run_static, unread=frozenset({1}), native=True)
+
+
+@register(quant.DynamicActDotOp, target=CPU_ONEDNN_INT8.name)
+def _act_dot(op: quant.DynamicActDotOp, ctx: LoweringContext):
+    """``jquant.dynamic_act_dot`` (attention's two products) as one call: both sides' rows
+    quantized in the kernel, oneDNN's batched int8 product, the native epilogue; operands read
+    in place where strides can express it."""
+    sizes, out_shape, operands = act_dot_operands(op)
+    b, m, n, k = sizes
+    if b * m * n * k < MIN_MACS:
+        return None
+    try:
+        if "amx" not in onednn.int8_batch_matmul_info(b, m, k, n):
+            return None
+    except onednn.OnednnRefused:
+        return None
+
+    def run(weights, x, y):
+        x, y, strides = operands(x, y)
+        return (onednn.int8_act_matmul(x, y, sizes=sizes, strides=strides).reshape(out_shape),)
+    return Kernel(run, native=True)

@@ -11,7 +11,7 @@ from jax import lax
 from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.dialects.params import encode
 from jaxlite.runtime import xla_int8
-from jaxlite.runtime.gemm_layout import out_axis_of_w
+from jaxlite.runtime.gemm_layout import act_dot_layout, out_axis_of_w
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
 from jaxlite.runtime.xla_kernels import evaluated, window_extremum
 
@@ -163,18 +163,6 @@ def _dynamic_kernel(op: quant.DynamicMatmulOp, weight_sums):
         y = acc.astype(jnp.float32) * per_row(scale) * int8.expand(w_scale, out_ndim, w_out_axis)
         return (fused.fused_epilogue(y, bias, activation),)
     return run
-
-
-def act_dot_layout(op: quant.DynamicActDotOp):
-    """(lhs perm, rhs perm, (B, M, N, K) sizes, result shape): the transposes that make a
-    dot between activations a batch of [M, K] x [N, K]^T products (dot_general's result
-    order is batch, lhs free, rhs free)."""
-    d = op.dot_dims()
-    ls, rs = tuple(op.lhs.type.get_shape()), tuple(op.rhs.type.get_shape())
-    size = lambda shape, dims: int(np.prod([shape[i] for i in dims]))  # noqa: E731
-    sizes = (size(ls, d.lhs_batch), size(ls, d.lhs_free), size(rs, d.rhs_free), size(ls, d.lhs_contract))
-    return ((*d.lhs_batch, *d.lhs_free, *d.lhs_contract), (*d.rhs_batch, *d.rhs_free, *d.rhs_contract), sizes,
-            tuple(op.result.type.get_shape()))
 
 
 @register(quant.DynamicActDotOp)

@@ -138,3 +138,26 @@ def test_nan_poisons_what_reads_it_as_on_the_native_kernels(every_size, rng, kin
         ours, native = _both(fn, x, mode, [(clean,)] if mode == "int8" else None)
         np.testing.assert_array_equal(np.isnan(ours), np.isnan(native))
         assert np.isnan(ours).any() and not np.isnan(ours).all()
+
+
+@needs_amx
+@pytest.mark.parametrize("layout", ["attention", "transposed"])
+def test_products_of_two_activations_equal_the_native_kernels(every_size, rng, layout):
+    """Attention's scores and weighted sum (q and k read in place, the probabilities as the
+    rhs), and a dot whose operands need transposes; a NaN poisons its row / column."""
+    q = rng.standard_normal((2, 32, 4, 16)).astype(np.float32)
+    k = rng.standard_normal((2, 32, 4, 16)).astype(np.float32)
+    q[1, 3, 2, 5] = np.nan
+    if layout == "attention":
+        def fn(q, k):
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+            return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), k)
+    else:
+        def fn(q, k):
+            return jnp.einsum("bqhd,bkhd->bdqk", q, k)
+    model = jaxlite.convert(fn, q, k, quantize="dynamic")
+    exe = model.compile()
+    assert "cpu-onednn-int8" in exe.describe_kernels()
+    ours, native = np.asarray(exe(q, k)), np.asarray(model.compile(targets=NATIVE)(q, k))
+    np.testing.assert_array_equal(ours, native)
+    assert np.isnan(ours).any() and not np.isnan(ours).all()

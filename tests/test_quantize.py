@@ -740,13 +740,13 @@ def test_act_dot_operands_are_read_in_place_where_strides_allow():
     """Attention's q and k ([batch, seq, heads, head_dim], contracting head_dim) are read
     by the native act-dot through (head, row) strides; what strides cannot express is
     transposed first."""
-    from jaxlite.runtime.cpu_kernels import _strides_of
+    from jaxlite.runtime.gemm_layout import strided_view
 
-    assert _strides_of((1, 128, 4, 64), [0, 2], [1], [3]) == (64, 256)
-    assert _strides_of((2, 4, 128, 128), [0, 1], [2], [3]) == (128 * 128, 128)
-    assert _strides_of((5, 17), [], [0], [1]) == (0, 17)
-    assert _strides_of((2, 9, 3, 20), [0, 2], [1], [3]) is None  # batch dims do not merge
-    assert _strides_of((1, 128, 4, 64), [0, 2], [3], [1]) is None  # K not contiguous
+    assert strided_view((1, 128, 4, 64), [0, 2], [1], [3]) == (64, 256)
+    assert strided_view((2, 4, 128, 128), [0, 1], [2], [3]) == (128 * 128, 128)
+    assert strided_view((5, 17), [], [0], [1]) == (0, 17)
+    assert strided_view((2, 9, 3, 20), [0, 2], [1], [3]) is None  # batch dims do not merge
+    assert strided_view((1, 128, 4, 64), [0, 2], [3], [1]) is None  # K not contiguous
 
 
 def _broadcast_scale(s, labels, contract, out):

@@ -96,7 +96,7 @@ std::shared_ptr<const Prepared> prepared(const Key& key, Make make, std::string&
   return cache.emplace(key, made).first->second;
 }
 
-enum Kind : int64_t { kMatmul = 1, kConv = 2, kToBfloat16 = 3, kBatchMatmul = 4, kInt8Matmul = 5, kInt8Conv = 6 };
+enum Kind : int64_t { kMatmul = 1, kConv = 2, kToBfloat16 = 3, kBatchMatmul = 4, kInt8Matmul = 5, kInt8Conv = 6, kInt8BatchMatmul = 7 };
 
 inline constexpr char kWeights[] = "weights";
 using WeightsAttr = ffi::Attr<int32_t, kWeights>;  // the packed weight's type: 0 float32, 1 bfloat16
@@ -400,6 +400,22 @@ std::shared_ptr<const Prepared> int8_conv(ConvShape s, bool bias, int32_t activa
   }, error);
 }
 
+// [B, M, K] x [B, K, N] int8 -> int32 [B, M, N]: a product of two activations quantized per
+// row (attention's), the right side's codes stored [B, N, K] (read transposed).
+std::shared_ptr<const Prepared> int8_batch_matmul(int64_t B, int64_t M, int64_t K, int64_t N, std::string& error) {
+  return prepared(Key{kInt8BatchMatmul, B, M, K, N}, [&] {
+    OneThread one_thread;
+    Prepared p;
+    p.src = dnnl::memory::desc({B, M, K}, dt::s8, tag::abc);
+    p.weights = dnnl::memory::desc({B, K, N}, dt::s8, tag::acb);
+    p.dst = dnnl::memory::desc({B, M, N}, dt::s32, tag::abc);
+    dnnl::matmul::primitive_desc pd(cpu_engine(), p.src, p.weights, p.dst);
+    p.primitive = dnnl::matmul(pd);
+    p.implementation = pd.impl_info_str();
+    return p;
+  }, error);
+}
+
 // Runs `p` on the buffers given by execution argument (every one the primitive takes; nullptr:
 // one it may not), on one thread.
 ffi::Error execute(const Prepared& p, std::initializer_list<std::pair<int, const void*>> buffers) {
@@ -480,6 +496,22 @@ void dynamic_epilogue(Pool& pool, const int32_t* acc, int64_t M, int64_t N, cons
     const int64_t m0 = M * b / blocks, m1 = M * (b + 1) / blocks;
     epilogue_block(acc + m0 * N, m1 - m0, N, e.from_row(m0));
   });
+}
+
+// Float rows (`stride` floats apart) -> int8 codes [rows, K], quantized per row as
+// quantize_rows does (asymmetric; a row with NaN/Inf gets a NaN scale), with each row's
+// scale, zero point and code sum.
+void asymmetric_codes(const float* x, int64_t rows, int64_t K, int64_t stride, int8_t* codes, float* scale,
+                      int32_t* zero, int32_t* sums) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * stride;
+    int8_t* q = codes + r * K;
+    asymmetric_params(row, K, scale[r], zero[r]);
+    asymmetric_copy(reinterpret_cast<uint8_t*>(q), row, K, 1.0f / scale[r], zero[r], 0);
+    int32_t sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += q[k];
+    sums[r] = sum;
+  }
 }
 
 // oneDNN saturates requantized results to [-128, 127]; jaxlite's codes stop at -127 (-128
@@ -714,6 +746,62 @@ ffi::Error OnednnInt8Conv(Pool, ffi::Buffer<ffi::S8> x, ffi::AnyBuffer packed, f
   return ffi::Error::Success();
 }
 
+// float32 [B, M, N] = a [B, M, K] x b [B, N, K]^T with both sides' rows quantized on the fly
+// (asymmetric, one scale and zero point per row of each), the native DynamicActGemm's
+// semantics and results: the int8 products on oneDNN, acc = sum (a - a_zero)(b - b_zero)
+// and the rescale in jaxlite's epilogue. a and b are read through sizes (B, M, N, K) and
+// strides (a's batch and row stride, b's, in elements; K contiguous).
+template <typename Pool>
+ffi::Error OnednnInt8ActMatmul(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                               ffi::ResultBuffer<ffi::F32> out, IntsAttr<kSizes> sizes_attr,
+                               IntsAttr<kStrides> strides_attr) {
+  const Ints sizes = *sizes_attr, strides = *strides_attr;
+  if (sizes.size() != 4 || strides.size() != 4)
+    return ffi::Error::InvalidArgument("jaxlite_onednn_int8_act_matmul: sizes [B, M, N, K], strides [4]");
+  const int64_t batches = sizes[0], M = sizes[1], N = sizes[2], K = sizes[3];
+  const int64_t a_batch = strides[0], a_row = strides[1], b_batch = strides[2], b_row = strides[3];
+  const auto fits = [K](int64_t elements, int64_t n_batch, int64_t b_stride, int64_t rows, int64_t r_stride) {
+    return b_stride >= 0 && r_stride >= K && (n_batch - 1) * b_stride + (rows - 1) * r_stride + K <= elements;
+  };
+  if (batches < 1 || M < 1 || N < 1 || K < 1 || !fits(a.element_count(), batches, a_batch, M, a_row) ||
+      !fits(b.element_count(), batches, b_batch, N, b_row) ||
+      static_cast<int64_t>(out->element_count()) != batches * M * N)
+    return ffi::Error::InvalidArgument("jaxlite_onednn_int8_act_matmul: sizes and strides do not fit the operands");
+  std::string error;
+  auto p = int8_batch_matmul(batches, M, K, N, error);
+  if (p == nullptr) return ffi::Error::InvalidArgument(error);
+  thread_local std::vector<int8_t> a_codes, b_codes;
+  thread_local std::vector<int32_t> products, a_zero, b_zero, a_sums, b_sums;
+  thread_local std::vector<float> a_scale, b_scale;
+  const auto grow = [](auto& v, int64_t n) {
+    if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  };
+  grow(a_codes, batches * M * K), grow(b_codes, batches * N * K), grow(products, batches * M * N);
+  grow(a_zero, batches * M), grow(a_sums, batches * M), grow(a_scale, batches * M);
+  grow(b_zero, batches * N), grow(b_sums, batches * N), grow(b_scale, batches * N);
+  for (int64_t i = 0; i < batches; ++i) {
+    asymmetric_codes(a.typed_data() + i * a_batch, M, K, a_row, a_codes.data() + i * M * K, a_scale.data() + i * M,
+                     a_zero.data() + i * M, a_sums.data() + i * M);
+    asymmetric_codes(b.typed_data() + i * b_batch, N, K, b_row, b_codes.data() + i * N * K, b_scale.data() + i * N,
+                     b_zero.data() + i * N, b_sums.data() + i * N);
+  }
+  ffi::Error status = execute(*p, {{DNNL_ARG_SRC, a_codes.data()}, {DNNL_ARG_WEIGHTS, b_codes.data()},
+                                   {DNNL_ARG_DST, products.data()}});
+  if (!status.success()) return status;
+  for (int64_t i = 0; i < batches * M; ++i) {  // the epilogue's forms: (128 + zero) and sum (a - a_zero)
+    a_sums[i] -= K * a_zero[i];
+    a_zero[i] -= 128;
+  }
+  for (int64_t i = 0; i < batches; ++i) {
+    Epilogue e{b_sums.data() + i * N, a_scale.data() + i * M, b_scale.data() + i * N, nullptr, kNone, 0.0f,
+               out->typed_data() + i * M * N, N, a_zero.data() + i * M};
+    e.col_zero = b_zero.data() + i * N;
+    e.row_sums = a_sums.data() + i * M;
+    dynamic_epilogue(pool, products.data() + i * M * N, M, N, e);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace jaxlite
 
 JAXLITE_EXPORT(OnednnMatmul)
@@ -721,6 +809,7 @@ JAXLITE_EXPORT(OnednnConv)
 JAXLITE_EXPORT(OnednnBatchMatmul)
 JAXLITE_EXPORT(OnednnInt8Matmul)
 JAXLITE_EXPORT(OnednnInt8Conv)
+JAXLITE_EXPORT(OnednnInt8ActMatmul)
 
 // Load-time entry points (ctypes): the primitive's implementation (its name, e.g.
 // "brg:avx512_core", or the error) and packed-weight size in *bytes (-1 on error), and the
@@ -805,4 +894,9 @@ JAXLITE_API const char* JaxliteOnednnInt8ConvPack(const int64_t* in, const int64
   return jaxlite::pack(*p, dnnl::memory::desc(s.weight_dims(), jaxlite::dt::s8,
                                               s.groups == 1 ? jaxlite::tag::oihw : jaxlite::tag::goihw),
                        weight, out, bytes);
+}
+
+JAXLITE_API const char* JaxliteOnednnInt8BatchMatmulInfo(int64_t B, int64_t M, int64_t K, int64_t N, int64_t* bytes) {
+  std::string error;
+  return jaxlite::describe_prepared(jaxlite::int8_batch_matmul(B, M, K, N, error), error, bytes);
 }
