@@ -10,8 +10,8 @@ on every other path: dense layers take oneDNN's int32 products through jaxlite's
 epilogue (per-row zero points), convolutions fold the sample's zero point into their bias.
 Attention's products of two activations quantize both sides per row in the kernel and take
 oneDNN's batched int8 product through the same epilogue. NaN's code (-128) in an int8 input
-makes the rows / output positions that read it NaN, as the native kernels do. Products oneDNN would not run on AMX (a few rows), and small ones,
-stay on the native target.
+makes the rows / output positions that read it NaN, as the native kernels do. Products
+oneDNN would not run on AMX (a few rows), and small ones, stay on the native target.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ MIN_MACS = 1 << 18
 
 @register(quant.QuantizedMatmulOp, target=CPU_ONEDNN_INT8.name)
 def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
+    """An int8 dense layer (a weight that is one [K, N] matrix) or 1-D / 2-D convolution by
+    a weight, as one oneDNN primitive where oneDNN runs it on AMX."""
     if not isinstance(op.rhs.owner, jlax.WeightOp):
         return None
     is_conv = op.PRIMITIVE == "conv_general_dilated"
@@ -75,7 +77,8 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
         w_shape = tuple(op.rhs.type.get_shape())
         macs = int(np.prod(layout.out_shape)) * int(np.prod(w_shape)) // w_shape[op.conv_dims().rhs_spec[0]]
         key = f"{name}@onednn-int8:{layout.in_shape}:{layout.geometry}:{int(kernel_bias)}:{activation}:{mode}"
-        info = (onednn.int8_conv_info, layout.in_shape, layout.geometry)
+        describe = lambda: onednn.int8_conv_info(layout.in_shape, layout.geometry,  # noqa: E731
+                                                 kernel_bias, activation, mode)
         make = lambda: onednn.int8_conv_pack(layout.oihw(np.asarray(ctx.weight(name))), layout.in_shape,  # noqa: E731
                                              layout.geometry, kernel_bias, activation, mode)
     else:
@@ -85,13 +88,13 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
         m, rows = dot_rows(op)
         macs = m * k * n
         key = f"{name}@onednn-int8:{m}x{k}x{n}:{int(kernel_bias)}:{activation}:{mode}"
-        info = (onednn.int8_matmul_info, m, k, n)
+        describe = lambda: onednn.int8_matmul_info(m, k, n, kernel_bias, activation, mode)  # noqa: E731
         make = lambda: onednn.int8_matmul_pack(weight_2d(op, np.asarray(ctx.weight(name))), m,  # noqa: E731
                                                kernel_bias, activation, mode)
     if macs < MIN_MACS:
         return None
     try:
-        implementation, nbytes = info[0](*info[1:], kernel_bias, activation, mode)
+        implementation, nbytes = describe()
     except onednn.OnednnRefused:
         return None
     if "amx" not in implementation:
