@@ -4,7 +4,8 @@
 // per shape, made once and kept, with the bias and the activation fused into it; the weight
 // is reordered into the primitive's own layout once, when the model is placed
 // (JaxliteOnednn*Pack), so a call only wraps the buffers and runs it. oneDNN chooses its
-// kernel from what the CPU has (AMX, AVX-512, AVX2) by itself.
+// kernel from what the CPU has (AMX, AVX-512, AVX2) by itself. The int8 primitives below (the
+// `cpu-onednn-int8` target, CPUs with AMX-INT8) serve jaxlite's int8 modes.
 #include <memory>
 #include <mutex>
 #include <string>
@@ -96,7 +97,9 @@ std::shared_ptr<const Prepared> prepared(const Key& key, Make make, std::string&
   return cache.emplace(key, made).first->second;
 }
 
-enum Kind : int64_t { kMatmul = 1, kConv = 2, kToBfloat16 = 3, kBatchMatmul = 4, kInt8Matmul = 5, kInt8Conv = 6, kInt8BatchMatmul = 7 };
+enum Kind : int64_t {
+  kMatmul = 1, kConv = 2, kToBfloat16 = 3, kBatchMatmul = 4, kInt8Matmul = 5, kInt8Conv = 6, kInt8BatchMatmul = 7
+};
 
 inline constexpr char kWeights[] = "weights";
 using WeightsAttr = ffi::Attr<int32_t, kWeights>;  // the packed weight's type: 0 float32, 1 bfloat16
