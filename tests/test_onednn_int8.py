@@ -161,3 +161,28 @@ def test_products_of_two_activations_equal_the_native_kernels(every_size, rng, l
     ours, native = np.asarray(exe(q, k)), np.asarray(model.compile(targets=NATIVE)(q, k))
     np.testing.assert_array_equal(ours, native)
     assert np.isnan(ours).any() and not np.isnan(ours).all()
+
+
+@needs_amx
+def test_an_int8_convolution_chain_requantizes_like_the_native_kernels(every_size, rng):
+    """Two convolutions in int8: the first requantizes in oneDNN (codes clamped to +-127),
+    the second reads its codes; NaN in one sample poisons what its windows reach."""
+    w1 = (rng.standard_normal((3, 3, 32, 32)) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((3, 3, 32, 32)) * 0.1).astype(np.float32)
+
+    def fn(x):
+        conv = lambda v, w: lax.conv_general_dilated(v, w, (1, 1), "SAME",  # noqa: E731
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv(jax.nn.relu(conv(x, w1)), w2)
+
+    calibration = [(rng.standard_normal((2, 8, 8, 32)).astype(np.float32),) for _ in range(4)]
+    x = rng.standard_normal((2, 8, 8, 32)).astype(np.float32)
+    x[1, 0, 0, 3] = np.nan
+    model = jaxlite.convert(fn, x, quantize="int8", calibration=calibration)
+    exe = model.compile()
+    assert exe.describe_kernels().startswith("cpu-onednn-int8 2")
+    ours, native = np.asarray(exe(x)), np.asarray(model.compile(targets=NATIVE)(x))
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(native))
+    assert np.isnan(ours[1]).any() and not np.isnan(ours[0]).any() and not np.isnan(ours[1]).all()
+    finite = ~np.isnan(native)
+    assert np.abs(ours - native)[finite].max() <= 0.02 * np.abs(native[finite]).max()
