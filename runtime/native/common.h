@@ -51,6 +51,23 @@ inline constexpr char kActivationNames[] = "none,relu,relu6,sigmoid,tanh,silu,ge
 constexpr int count_names(const char* s) { return *s == 0 ? 1 : (*s == ',') + count_names(s + 1); }
 static_assert(count_names(kActivationNames) == kLast + 1, "one name per activation");
 
+// The operands of a product of two activations, a [B, M, K] x b [B, N, K]^T read in place
+// through sizes (B, M, N, K) and strides (a's batch and row stride, b's, in elements; K
+// contiguous): read() is false where they do not fit the buffers (out: B * M * N values).
+struct ActProduct {
+  int64_t batches, M, N, K, a_batch, a_row, b_batch, b_row;
+
+  bool read(Ints sizes, Ints strides, int64_t a_elements, int64_t b_elements, int64_t out_elements) {
+    if (sizes.size() != 4 || strides.size() != 4) return false;
+    *this = {sizes[0], sizes[1], sizes[2], sizes[3], strides[0], strides[1], strides[2], strides[3]};
+    const auto fits = [this](int64_t elements, int64_t b_stride, int64_t rows, int64_t r_stride) {
+      return b_stride >= 0 && r_stride >= K && (batches - 1) * b_stride + (rows - 1) * r_stride + K <= elements;
+    };
+    return batches >= 1 && M >= 1 && N >= 1 && K >= 1 && fits(a_elements, a_batch, M, a_row) &&
+           fits(b_elements, b_batch, N, b_row) && out_elements == batches * M * N;
+  }
+};
+
 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
 }

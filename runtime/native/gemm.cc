@@ -301,18 +301,12 @@ ffi::Error DynamicGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::S8> 
 template <typename Pool>
 ffi::Error DynamicActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out,
                           IntsAttr<kSizes> sizes_attr, IntsAttr<kStrides> strides_attr) {
-  const Ints sizes = *sizes_attr, strides = *strides_attr;
-  if (sizes.size() != 4 || strides.size() != 4)
-    return ffi::Error::InvalidArgument("jaxlite_dynamic_act_gemm: sizes [B, M, N, K], strides [4]");
-  const int64_t batches = sizes[0], M = sizes[1], N = sizes[2], K = sizes[3];
-  const int64_t a_batch = strides[0], a_row = strides[1], b_batch = strides[2], b_row = strides[3];
-  const auto fits = [K](int64_t elements, int64_t n_batch, int64_t b_stride, int64_t rows, int64_t r_stride) {
-    return b_stride >= 0 && r_stride >= K && (n_batch - 1) * b_stride + (rows - 1) * r_stride + K <= elements;
-  };
-  if (batches < 1 || M < 1 || N < 1 || K < 1 || !fits(a.element_count(), batches, a_batch, M, a_row) ||
-      !fits(b.element_count(), batches, b_batch, N, b_row) ||
-      static_cast<int64_t>(out->element_count()) != batches * M * N)
-    return ffi::Error::InvalidArgument("jaxlite_dynamic_act_gemm: sizes and strides do not fit the operands");
+  ActProduct shape;
+  if (!shape.read(*sizes_attr, *strides_attr, a.element_count(), b.element_count(), out->element_count()))
+    return ffi::Error::InvalidArgument(
+        "jaxlite_dynamic_act_gemm: sizes [B, M, N, K] and strides [4] that fit the operands");
+  const int64_t batches = shape.batches, M = shape.M, N = shape.N, K = shape.K;
+  const int64_t a_batch = shape.a_batch, a_row = shape.a_row, b_batch = shape.b_batch, b_row = shape.b_row;
   const int64_t Kp = (K + 3) / 4 * 4, panels = (N + 31) / 32;
   const float* A = a.typed_data();
   const float* Bm = b.typed_data();
