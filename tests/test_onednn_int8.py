@@ -186,3 +186,14 @@ def test_an_int8_convolution_chain_requantizes_like_the_native_kernels(every_siz
     assert np.isnan(ours[1]).any() and not np.isnan(ours[0]).any() and not np.isnan(ours[1]).all()
     finite = ~np.isnan(native)
     assert np.abs(ours - native)[finite].max() <= 0.02 * np.abs(native[finite]).max()
+
+
+@needs_amx
+def test_the_kernels_refuse_operands_that_do_not_fit():
+    from jaxlite.runtime import onednn_calls as onednn
+    a = np.zeros((2, 8, 16), np.float32)
+    with pytest.raises(Exception, match="strides"):  # rows 16 apart cannot hold K = 32
+        jax.block_until_ready(onednn.int8_act_matmul(a, a, sizes=(2, 8, 8, 32), strides=(128, 16, 128, 16)))
+    with pytest.raises(Exception, match="operand sizes"):
+        jax.block_until_ready(onednn.int8_matmul(np.zeros((4, 8), np.int8), np.zeros(64, np.int8), 5,
+                                                 np.ones(3, np.float32)))
