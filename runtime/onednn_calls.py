@@ -258,14 +258,14 @@ def _vector(x, dtype=np.float32):
 
 
 def int8_matmul(a, packed, n: int, col_scale, *, colsum=None, row_scale=None, row_zero=None, bias=None,
-                out_scale=None, activation: str = "none"):
-    """int8 codes ``a [M, K]`` x the packed weight: ``activation(acc * col_scale + bias)``
-    float32, or requantized to int8 by ``out_scale``; with ``row_scale`` / ``row_zero`` /
-    ``colsum`` (dynamic rows) ``activation((acc - row_zero * colsum) * row_scale * col_scale
-    + bias)``."""
+                out_scale=None, x_scale=None, activation: str = "none"):
+    """int8 codes ``a [M, K]`` (or float32 ``a`` quantized in the kernel with the calibrated
+    ``x_scale``) x the packed weight: ``activation(acc * col_scale + bias)`` float32, or
+    requantized to int8 by ``out_scale``; with ``row_scale`` / ``row_zero`` / ``colsum``
+    (dynamic rows) ``activation((acc - row_zero * colsum) * row_scale * col_scale + bias)``."""
     return library().kernels["OnednnInt8Matmul"](
         a, packed, _vector(colsum, np.int32), _vector(row_scale), _vector(row_zero, np.int32), _vector(col_scale),
-        _vector(bias), _vector(out_scale), results=_int8_result((a.shape[0], n), out_scale),
+        _vector(bias), _vector(out_scale), _vector(x_scale), results=_int8_result((a.shape[0], n), out_scale),
         activation=activation_code(activation))
 
 

@@ -142,8 +142,9 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
             return Kernel(run_dynamic_conv, unread=frozenset({1}), native=True)
         run_matmul = run_conv
     else:
-        def run_matmul(weights, x, col_scale, bias, out_scale):
-            y = onednn.int8_matmul(rows(x), weights[packed], n, col_scale, **epilogue(bias, out_scale))
+        def run_matmul(weights, x, col_scale, bias, out_scale, x_scale=None):
+            y = onednn.int8_matmul(rows(x), weights[packed], n, col_scale, x_scale=x_scale,
+                                   **epilogue(bias, out_scale))
             return finish(y.reshape(out_shape), bias, out_scale)
 
         if is_dynamic:
@@ -159,9 +160,12 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
         out_scale = rest[-1] if requantize else None
         xp = array_module(x_scale, w_scale)
         x_scale = xp.reshape(xp.asarray(x_scale), ())
-        if x.dtype == jnp.float32:
-            x = int8.quantize(x, x_scale)
-        return (run_matmul(weights, x, x_scale * w_columns(w_scale), bias, out_scale),)
+        col_scale = x_scale * w_columns(w_scale)
+        if x.dtype != jnp.float32:
+            return (run_matmul(weights, x, col_scale, bias, out_scale),)
+        if is_conv:
+            return (run_matmul(weights, int8.quantize(x, x_scale), col_scale, bias, out_scale),)
+        return (run_matmul(weights, x, col_scale, bias, out_scale, x_scale=x_scale),)  # quantized in the kernel
     return Kernel(run_static, unread=frozenset({1}), native=True)
 
 

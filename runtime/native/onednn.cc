@@ -517,6 +517,17 @@ void asymmetric_codes(const float* x, int64_t rows, int64_t K, int64_t stride, i
   }
 }
 
+// float32 -> the int8 codes of one calibrated scale (dialects/int8.py quantize: NaN/Inf give
+// NaN's code), as the native kernels quantize an input they read.
+void quantize_codes(const float* x, int64_t count, float scale, int8_t* codes) {
+  quantize_copy(reinterpret_cast<uint8_t*>(codes), x, count, _mm512_set1_ps(1.0f / scale));  // code + 128
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t i = 0; i < count; i += 64) {
+    const __mmask64 mask = count - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (count - i)) - 1;
+    _mm512_mask_storeu_epi8(codes + i, mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, codes + i), flip));
+  }
+}
+
 // oneDNN saturates requantized results to [-128, 127]; jaxlite's codes stop at -127 (-128
 // stands for NaN).
 void clamp_codes(int8_t* codes, int64_t count) {
@@ -621,26 +632,36 @@ ffi::Error OnednnConv(Pool, ffi::Buffer<ffi::F32> x, ffi::AnyBuffer packed, ffi:
 
 // int8 codes a [M, K] times the packed int8 weight. Static (no row_scale): out =
 // activation(acc * col_scale[n] + bias[n]), float32 [M, N], or int8 requantized by
-// out_scale (round(y / out_scale), clamped to +-127). Dynamic (row_scale, row_zero [M] of
+// out_scale (round(y / out_scale), clamped to +-127); a float32 a is quantized first with
+// x_scale (one value; empty for int8 a), as the native kernels read a calibrated input. Dynamic (row_scale, row_zero [M] of
 // quantize_rows): out = activation((acc - row_zero[m] * colsum[n]) * row_scale[m] *
 // col_scale[n] + bias[n]), float32. Rows holding NaN's code give NaN (its code).
 template <typename Pool>
-ffi::Error OnednnInt8Matmul(Pool pool, ffi::Buffer<ffi::S8> a, ffi::AnyBuffer packed, ffi::Buffer<ffi::S32> colsum,
+ffi::Error OnednnInt8Matmul(Pool pool, ffi::AnyBuffer a, ffi::AnyBuffer packed, ffi::Buffer<ffi::S32> colsum,
                             ffi::Buffer<ffi::F32> row_scale, ffi::Buffer<ffi::S32> row_zero,
                             ffi::Buffer<ffi::F32> col_scale, ffi::Buffer<ffi::F32> bias,
-                            ffi::Buffer<ffi::F32> out_scale, ffi::Result<ffi::AnyBuffer> out,
-                            ActivationAttr activation) {
+                            ffi::Buffer<ffi::F32> out_scale, ffi::Buffer<ffi::F32> x_scale,
+                            ffi::Result<ffi::AnyBuffer> out, ActivationAttr activation) {
   const auto ad = a.dimensions(), od = out->dimensions();
   if (ad.size() != 2 || od.size() != 2 || ad[0] != od[0])
     return ffi::Error::InvalidArgument("jaxlite_onednn_int8_matmul takes a [M, K] and gives [M, N]");
   const int64_t M = ad[0], K = ad[1], N = od[1];
   const bool dynamic = row_scale.element_count() != 0, requantize = out_scale.element_count() != 0;
-  const bool int8_out = out->element_type() == ffi::DataType::S8;
+  const bool float_in = a.element_type() == ffi::DataType::F32, int8_out = out->element_type() == ffi::DataType::S8;
   const auto count = [](const auto& buffer) { return static_cast<int64_t>(buffer.element_count()); };
   if (int8_out != requantize || (!int8_out && out->element_type() != ffi::DataType::F32) ||
-      count(col_scale) != N || (count(bias) != 0 && count(bias) != N) || (requantize && count(out_scale) != 1) ||
-      (dynamic && (requantize || count(row_scale) != M || count(row_zero) != M || count(colsum) != N)))
+      (!float_in && a.element_type() != ffi::DataType::S8) || float_in != (count(x_scale) == 1) ||
+      (float_in && !(x_scale.typed_data()[0] > 0.0f)) || count(col_scale) != N ||
+      (count(bias) != 0 && count(bias) != N) || (requantize && count(out_scale) != 1) ||
+      (dynamic && (float_in || requantize || count(row_scale) != M || count(row_zero) != M || count(colsum) != N)))
     return ffi::Error::InvalidArgument("jaxlite_onednn_int8_matmul: operand sizes do not match [M, K] x [K, N]");
+  const int8_t* codes = static_cast<const int8_t*>(a.untyped_data());
+  if (float_in) {  // a calibrated input quantized here: codes of x_scale (NaN/Inf: NaN's code)
+    thread_local std::vector<int8_t> quantized;
+    if (static_cast<int64_t>(quantized.size()) < M * K) quantized.resize(M * K);
+    quantize_codes(static_cast<const float*>(a.untyped_data()), M * K, x_scale.typed_data()[0], quantized.data());
+    codes = quantized.data();
+  }
   const int32_t mode = dynamic ? kDynamic : requantize ? kStaticToInt8 : kStatic;
   const bool has_bias = count(bias) != 0;
   std::string error;
@@ -652,7 +673,7 @@ ffi::Error OnednnInt8Matmul(Pool pool, ffi::Buffer<ffi::S8> a, ffi::AnyBuffer pa
   if (dynamic) {  // a NaN row's scale is NaN, and so its results
     thread_local std::vector<int32_t> products, zeros;
     if (static_cast<int64_t>(products.size()) < M * N) products.resize(M * N);  // grows only: no refill per call
-    ffi::Error status = execute(*p, {{DNNL_ARG_SRC, a.typed_data()}, {DNNL_ARG_WEIGHTS, packed.untyped_data()},
+    ffi::Error status = execute(*p, {{DNNL_ARG_SRC, codes}, {DNNL_ARG_WEIGHTS, packed.untyped_data()},
                                      {DNNL_ARG_DST, products.data()}});
     if (!status.success()) return status;
     zeros.resize(M);  // the epilogue subtracts (128 + zero) x colsum (its own codes are offset by 128)
@@ -662,15 +683,15 @@ ffi::Error OnednnInt8Matmul(Pool pool, ffi::Buffer<ffi::S8> a, ffi::AnyBuffer pa
                               has_bias ? bias.typed_data() : nullptr, *activation, 0.0f, y, N, zeros.data()});
     return ffi::Error::Success();
   }
-  ffi::Error status = execute(*p, {{DNNL_ARG_SRC, a.typed_data()}, {DNNL_ARG_WEIGHTS, packed.untyped_data()},
+  ffi::Error status = execute(*p, {{DNNL_ARG_SRC, codes}, {DNNL_ARG_WEIGHTS, packed.untyped_data()},
                                    {DNNL_ARG_BIAS, has_bias ? bias.typed_data() : nullptr}, {DNNL_ARG_DST, y},
                                    {kWeightScaleArg, col_scale.typed_data()},
                                    {kDstScaleArg, requantize ? out_scale.typed_data() : nullptr}});
   if (!status.success()) return status;
   if (int8_out) clamp_codes(static_cast<int8_t*>(y), M * N);
-  if (holds_nan_code(a.typed_data(), M * K))
+  if (holds_nan_code(codes, M * K))
     for (int64_t m = 0; m < M; ++m)
-      if (holds_nan_code(a.typed_data() + m * K, K)) poison(y, int8_out, m * N, N);
+      if (holds_nan_code(codes + m * K, K)) poison(y, int8_out, m * N, N);
   return ffi::Error::Success();
 }
 
