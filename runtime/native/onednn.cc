@@ -16,11 +16,19 @@
 #include "oneapi/dnnl/dnnl.hpp"
 
 // jaxlite's int8 epilogue (gemm.h), which rescales the dynamic int8 matmul's products: AVX-512
-// code in a library built for any x86-64, run only where the CPU has AMX-INT8 (and so AVX-512)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+// code in a library built for any x86-64, run only where the CPU has AMX-INT8 (and so AVX-512).
+// Every function between AVX512_BEGIN and AVX512_END is compiled for AVX-512.
+#if defined(__clang__)
+#define AVX512_BEGIN \
+  _Pragma("clang attribute push(__attribute__((target(\"avx512f,avx512bw,avx512dq,avx512vl,avx2,fma\"))), apply_to = function)")
+#define AVX512_END _Pragma("clang attribute pop")
+#else
+#define AVX512_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx512f,avx512bw,avx512dq,avx512vl,avx2,fma\")")
+#define AVX512_END _Pragma("GCC pop_options")
+#endif
+AVX512_BEGIN
 #include "gemm.h"
-#pragma GCC pop_options
+AVX512_END
 
 namespace jaxlite {
 
@@ -454,8 +462,7 @@ void poison(void* out, bool int8_out, int64_t index, int64_t count) {
     std::fill_n(static_cast<float*>(out) + index, count, std::numeric_limits<float>::quiet_NaN());
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
+AVX512_BEGIN
 
 // The dynamic matmul's epilogue over its int32 products acc [M, N], row by row, four vectors
 // of 16 columns at a time. The Epilogue is a local copy (its fields stay in registers: the
@@ -538,7 +545,7 @@ void clamp_codes(int8_t* codes, int64_t count) {
   }
 }
 
-#pragma GCC pop_options
+AVX512_END
 
 // NaN's code in a convolution's input makes every output position whose window reads it
 // NaN (all channels: as the native kernels do), sample by sample.
