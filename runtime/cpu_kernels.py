@@ -28,11 +28,11 @@ from jaxlite.runtime.gemm_layout import (
     column_axes,
     dot_rows,
     gemm_shape,
-    out_axis_of_w,
     per_column,
     split_epilogue,
     varies_only_by_column,
     weight_2d,
+    weight_scale_columns,
     weight_source,
 )
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
@@ -84,9 +84,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     """Kernel of ``op`` whose [K, n] weight lives packed under ``packed``/``colsum``."""
     params = op.params()
     out_shape = tuple(op.result.type.get_shape())
-    out_ndim = len(out_shape)
     cols = column_axes(op)
-    w_out_axis = out_axis_of_w(op, out_ndim)
     activation = op.activation
     is_conv = op.PRIMITIVE == "conv_general_dilated"
     is_dynamic = isinstance(op, quant.DynamicMatmulOp)
@@ -98,10 +96,6 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     # the float input of several dynamic dots (attention's q, k, v): quantized once
     shared_input = isinstance(op, quant.DynamicDotOp) and sum(
         isinstance(use.operation, quant.DynamicDotOp) and use.index == 0 for use in op.lhs.uses) > 1
-
-    def w_columns(w_scale):
-        xp = array_module(w_scale)
-        return per_column(xp.reshape(xp.asarray(w_scale), int8.expand_shape(out_ndim, w_out_axis)), out_shape, cols)
 
     def finish(y, bias, out_scale):
         """What the kernel left undone: bias / activation / requantize in XLA."""
@@ -180,12 +174,12 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
     if is_dynamic:
         if not is_conv:  # rows are quantized inside the kernel
             def run_dynamic_dot(weights, x, _wq, w_scale, bias=None):
-                y = run_matmul(weights, x, w_columns(w_scale), bias, None)
+                y = run_matmul(weights, x, weight_scale_columns(op, w_scale), bias, None)
                 return (finish(y, bias, None),)
             return run_dynamic_dot
 
         def run_dynamic_conv(weights, x, _wq, w_scale, bias=None):  # quantized per sample in the kernel
-            return (finish(conv_in_kernel(weights, x, w_columns(w_scale), bias, None), bias, None),)
+            return (finish(conv_in_kernel(weights, x, weight_scale_columns(op, w_scale), bias, None), bias, None),)
         return run_dynamic_conv
 
     def run_static(weights, x, _wq, x_scale, w_scale, *rest):  # x: int8, or float to quantize
@@ -193,7 +187,7 @@ def native_kernel(op: quant.QuantizedMatmulOp, packed: str, colsum: str, n: int)
         out_scale = rest[-1] if requantize else None
         xp = array_module(x_scale, w_scale)
         x_scale = xp.reshape(xp.asarray(x_scale), ())
-        col_scale = x_scale * w_columns(w_scale)
+        col_scale = x_scale * weight_scale_columns(op, w_scale)
         y = run_matmul(weights, x, col_scale, bias, out_scale, x_scale if x.dtype == jnp.float32 else None)
         return (finish(y, bias, out_scale),)
     return run_static

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlite.dialects import fused, jlax, quant
+from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.runtime import xla_int8
 
 
@@ -128,6 +128,15 @@ def per_column(x, out_shape: tuple[int, ...], cols: tuple[int, ...]):
     x = xp.reshape(xp.asarray(x), aligned(np.shape(x), len(out_shape)))
     x = x[tuple(slice(None) if d in cols else 0 for d in range(len(out_shape)))]
     return xp.broadcast_to(x, [out_shape[d] for d in cols]).reshape(-1)
+
+
+def weight_scale_columns(op, w_scale):
+    """The [N] vector of a quantized op's weight scale (per channel or one value) along the
+    GEMM's columns (``column_axes``)."""
+    out_shape = tuple(op.results[0].type.get_shape())
+    xp = array_module(w_scale)
+    w_scale = xp.reshape(xp.asarray(w_scale), int8.expand_shape(len(out_shape), out_axis_of_w(op, len(out_shape))))
+    return per_column(w_scale, out_shape, column_axes(op))
 
 
 def strided_view(shape, batch_dims, row_dims, contract_dims) -> tuple[int, int] | None:

@@ -29,10 +29,10 @@ from jaxlite.runtime.gemm_layout import (
     column_axes,
     dot_rows,
     gemm_shape,
-    out_axis_of_w,
     per_column,
     varies_only_by_column,
     weight_2d,
+    weight_scale_columns,
 )
 from jaxlite.runtime.onednn_kernels import EMBED_PACKED_MAX_BYTES, conv_layout
 from jaxlite.runtime.registry import Kernel, LoweringContext, register, register_target
@@ -107,12 +107,6 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
                 return layout.oihw(w).reshape(layout.geometry[0], -1).sum(axis=1, dtype=np.int32)
             return native.column_sums(weight_2d(op, w))
         colsum = ctx.derive(f"{key}@colsum", 4 * (layout.geometry[0] if is_conv else n), column_sums)
-    out_ndim, w_out_axis = len(out_shape), out_axis_of_w(op, len(out_shape))
-
-    def w_columns(w_scale):
-        xp = array_module(w_scale)
-        return per_column(xp.reshape(xp.asarray(w_scale), int8.expand_shape(out_ndim, w_out_axis)), out_shape, cols)
-
     def epilogue(bias, out_scale) -> dict:
         return dict(bias=per_column(bias, out_shape, cols) if kernel_bias else None, activation=activation,
                     out_scale=out_scale if mode == "requantize" else None)
@@ -136,7 +130,7 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
                 x = layout.spread(x)  # quantized per sample before cropping, as on the other paths
                 codes, scale, zero = native.quantize_rows(x.reshape(x.shape[0], -1))
                 y = onednn.int8_conv(layout.fit(codes.reshape(x.shape)), weights[packed], layout.geometry,
-                                     layout.out_shape, w_columns(w_scale), colsum=weights[colsum],
+                                     layout.out_shape, weight_scale_columns(op, w_scale), colsum=weights[colsum],
                                      sample_scale=scale, sample_zero=zero, **epilogue(bias, None))
                 return (finish(layout.finish(y), bias, None),)
             return Kernel(run_dynamic_conv, unread=frozenset({1}), native=True)
@@ -150,7 +144,7 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
         if is_dynamic:
             def run_dynamic_dot(weights, x, _wq, w_scale, bias=None):
                 codes, scale, zero = native.quantize_rows(rows(x))  # shared by dots of the same rows (CSE)
-                y = onednn.int8_matmul(codes, weights[packed], n, w_columns(w_scale), colsum=weights[colsum],
+                y = onednn.int8_matmul(codes, weights[packed], n, weight_scale_columns(op, w_scale), colsum=weights[colsum],
                                        row_scale=scale, row_zero=zero, **epilogue(bias, None))
                 return (finish(y.reshape(out_shape), bias, None),)
             return Kernel(run_dynamic_dot, unread=frozenset({1}), native=True)
@@ -160,7 +154,7 @@ def _int8_matmul(op: quant.QuantizedMatmulOp, ctx: LoweringContext):
         out_scale = rest[-1] if requantize else None
         xp = array_module(x_scale, w_scale)
         x_scale = xp.reshape(xp.asarray(x_scale), ())
-        col_scale = x_scale * w_columns(w_scale)
+        col_scale = x_scale * weight_scale_columns(op, w_scale)
         if x.dtype != jnp.float32:
             return (run_matmul(weights, x, col_scale, bias, out_scale),)
         if is_conv:

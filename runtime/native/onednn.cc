@@ -525,14 +525,17 @@ void asymmetric_codes(const float* x, int64_t rows, int64_t K, int64_t stride, i
 }
 
 // float32 -> the int8 codes of one calibrated scale (dialects/int8.py quantize: NaN/Inf give
-// NaN's code), as the native kernels quantize an input they read.
-void quantize_codes(const float* x, int64_t count, float scale, int8_t* codes) {
-  quantize_copy(reinterpret_cast<uint8_t*>(codes), x, count, _mm512_set1_ps(1.0f / scale));  // code + 128
+// NaN's code), as the native kernels quantize an input they read. True where x holds a NaN or
+// an Inf (so its codes hold NaN's).
+bool quantize_codes(const float* x, int64_t count, float scale, int8_t* codes) {
+  const bool nonfinite =  // code + 128
+      quantize_copy(reinterpret_cast<uint8_t*>(codes), x, count, _mm512_set1_ps(1.0f / scale));
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t i = 0; i < count; i += 64) {
     const __mmask64 mask = count - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (count - i)) - 1;
     _mm512_mask_storeu_epi8(codes + i, mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, codes + i), flip));
   }
+  return nonfinite;
 }
 
 // oneDNN saturates requantized results to [-128, 127]; jaxlite's codes stop at -127 (-128
@@ -663,10 +666,12 @@ ffi::Error OnednnInt8Matmul(Pool pool, ffi::AnyBuffer a, ffi::AnyBuffer packed, 
       (dynamic && (float_in || requantize || count(row_scale) != M || count(row_zero) != M || count(colsum) != N)))
     return ffi::Error::InvalidArgument("jaxlite_onednn_int8_matmul: operand sizes do not match [M, K] x [K, N]");
   const int8_t* codes = static_cast<const int8_t*>(a.untyped_data());
+  bool nan_code = false;  // (int8 codes are scanned after the product, float input while quantized)
   if (float_in) {  // a calibrated input quantized here: codes of x_scale (NaN/Inf: NaN's code)
     thread_local std::vector<int8_t> quantized;
     if (static_cast<int64_t>(quantized.size()) < M * K) quantized.resize(M * K);
-    quantize_codes(static_cast<const float*>(a.untyped_data()), M * K, x_scale.typed_data()[0], quantized.data());
+    nan_code = quantize_codes(static_cast<const float*>(a.untyped_data()), M * K, x_scale.typed_data()[0],
+                              quantized.data());
     codes = quantized.data();
   }
   const int32_t mode = dynamic ? kDynamic : requantize ? kStaticToInt8 : kStatic;
@@ -696,7 +701,7 @@ ffi::Error OnednnInt8Matmul(Pool pool, ffi::AnyBuffer a, ffi::AnyBuffer packed, 
                                    {kDstScaleArg, requantize ? out_scale.typed_data() : nullptr}});
   if (!status.success()) return status;
   if (int8_out) clamp_codes(static_cast<int8_t*>(y), M * N);
-  if (holds_nan_code(codes, M * K))
+  if (float_in ? nan_code : holds_nan_code(codes, M * K))
     for (int64_t m = 0; m < M; ++m)
       if (holds_nan_code(codes + m * K, K)) poison(y, int8_out, m * N, N);
   return ffi::Error::Success();
