@@ -21,6 +21,7 @@ from xdsl.ir import Operation
 
 from jaxlite.dialects import fused, int8, jlax, quant
 from jaxlite.runtime import native_calls as native
+from jaxlite.runtime import onednn_calls as onednn
 from jaxlite.runtime import xla_int8
 from jaxlite.runtime.gemm_layout import (
     act_dot_operands,
@@ -247,10 +248,12 @@ def _rows(op, ctx: LoweringContext):
 
 
 @register(fused.FusedOp, jlax.PRIMITIVE_OPS["dot_general"], target=NATIVE_TARGETS)
-def _few_rows_float_dot(op, ctx: LoweringContext):
-    """A float32 dot of at most ``FEW_ROWS`` rows by a weight (a batch-1 dense layer): one
-    FewRowsGemm, bias and activation fused, the weight packed at load (float16 / bfloat16 / int8
-    weights upcast to float32 then). Larger products are oneDNN's."""
+def _float_dot(op, ctx: LoweringContext):
+    """A float32 dot by a weight as one FloatGemm, bias and activation fused, the weight packed
+    at load (float16 / bfloat16 / int8 weights upcast to float32 then): a batch-1 layer (at most
+    ``FEW_ROWS`` rows, a weight of at most ``FEW_ROWS_MAX_WEIGHT`` floats) always; more rows
+    where oneDNN has no brgemm kernel for the product (its generic ``gemm:jit`` sgemm, which
+    AVX2 CPUs get) or is not here. Other products are oneDNN's."""
     if op.PRIMITIVE != "dot_general" or any(str(v.type.get_element_type()) != "f32"
                                             for v in (op.operands[0], op.results[0])):
         return None
@@ -261,18 +264,24 @@ def _few_rows_float_dot(op, ctx: LoweringContext):
     name, load, _ = source
     k, n = shape
     m, rows = dot_rows(op)
-    if not 1 <= m <= native.FEW_ROWS or k * n > native.FEW_ROWS_MAX_WEIGHT:
+    if m < 1 or (k * n > native.FEW_ROWS_MAX_WEIGHT if m <= native.FEW_ROWS else _onednn_brgemm(m, k, n)):
         return None
     out_shape = tuple(op.results[0].type.get_shape())
     cols = column_axes(op)
     activation, bias, in_kernel = split_epilogue(op, out_shape, cols)
-    packed = ctx.derive(f"{name}@few_rows:{k}x{n}", 4 * k * (-(-n // 16) * 16),
-                        lambda: native.few_rows_pack(weight_2d(op, load())),
+    packed = ctx.derive(f"{name}@float_gemm:{k}x{n}", 4 * k * (-(-n // 16) * 16),
+                        lambda: native.float_gemm_pack(weight_2d(op, load())),
                         embeddable=4 * k * n <= EMBED_PACKED_MAX_BYTES)
 
     def run(weights, x, _w, b=None):
         column_bias = per_column(b, out_shape, cols) if b is not None and in_kernel else None
-        y = native.few_rows_gemm(rows(x), weights[packed], n, bias=column_bias,
-                                 activation=activation if in_kernel else "none").reshape(out_shape)
+        y = native.float_gemm(rows(x), weights[packed], n, bias=column_bias,
+                              activation=activation if in_kernel else "none").reshape(out_shape)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
     return Kernel(run, unread=frozenset({1}), native=True)
+
+
+def _onednn_brgemm(m: int, k: int, n: int) -> bool:
+    """Whether oneDNN runs this float32 product on a brgemm kernel (AVX-512 and AMX CPUs);
+    its generic sgemm (``gemm:jit``) measured at half FloatGemm's rate on an AVX2 CPU."""
+    return onednn.unavailable() is None and onednn.matmul_info(m, k, n, False, "none")[0].startswith("brg")

@@ -41,8 +41,8 @@ MAX_ARENA_BYTES = 64 << 20
 _FFI_DTYPES = {np.dtype(np.int8): 2, np.dtype(np.int32): 4, np.dtype(np.float32): 11}
 # kernels whose operand 1 is a packed weight [Kp * Npad]: rows x its size multiply-adds
 _GEMM_KERNELS = ("QuantizedGemm", "DynamicGemm", "QuantizedConv", "DynamicConv")
-# the float kernels (oneDNN's, FewRowsGemm): operand 1 is a packed weight (padded: K x N or more)
-_FLOAT_KERNELS = ("OnednnMatmul", "OnednnConv", "FewRowsGemm")
+# the float kernels (oneDNN's, FloatGemm): operand 1 is a packed weight (padded: K x N or more)
+_FLOAT_KERNELS = ("OnednnMatmul", "OnednnConv", "FloatGemm")
 # primitives that only relabel a row-major buffer's shape
 _VIEWS = ("reshape", "squeeze", "expand_dims")
 

@@ -33,10 +33,10 @@ VARIANTS = {
     "cpu-avx2": ("_kernels_avx2", frozenset({"avx2", "fma"})),
 }
 KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv", "MaxPool",
-           "LayerNorm", "Softmax", "QuantizeRows", "FewRowsGemm")
-FEW_ROWS = 4  # FewRowsGemm's most rows (a batch-1 dense layer's product, or a few of them)
-# and its largest weight (floats): beyond it reading the weight dominates, and oneDNN's
-# GEMM reads it with every core where FewRowsGemm uses one
+           "LayerNorm", "Softmax", "QuantizeRows", "FloatGemm")
+FEW_ROWS = 4  # FloatGemm's one-thread case (a batch-1 dense layer's product, or a few of them)
+# and its largest weight there (floats): beyond it reading the weight dominates, and oneDNN's
+# GEMM reads it with every core where FloatGemm's few rows use one
 FEW_ROWS_MAX_WEIGHT = 1 << 20
 # under jax.vmap each kernel runs once per batch element (they take fixed ranks)
 _VMAP = "sequential"
@@ -271,17 +271,17 @@ def _result(shape, out_scale):
     return jax.ShapeDtypeStruct(shape, jnp.int8 if out_scale is not None else jnp.float32)
 
 
-def few_rows_pack(w: np.ndarray) -> np.ndarray:
-    """A float32 [K, N] weight as FewRowsGemm reads it: [ceil(N / 16), K, 16], zero-padded."""
+def float_gemm_pack(w: np.ndarray) -> np.ndarray:
+    """A float32 [K, N] weight as FloatGemm reads it: [ceil(N / 16), K, 16], zero-padded."""
     k, n = w.shape
     padded = np.zeros((k, -(-n // 16) * 16), np.float32)
     padded[:, :n] = w
     return np.ascontiguousarray(padded.reshape(k, -1, 16).transpose(1, 0, 2))
 
 
-def few_rows_gemm(a, packed, n: int, *, bias=None, activation: str = "none"):
-    """float32 ``activation(a [M <= FEW_ROWS, K] @ W + bias)`` [M, n], W from ``few_rows_pack``."""
-    return kernel("FewRowsGemm")(
+def float_gemm(a, packed, n: int, *, bias=None, activation: str = "none"):
+    """float32 ``activation(a [M, K] @ W + bias)`` [M, n], W from ``float_gemm_pack``."""
+    return kernel("FloatGemm")(
         a, packed, _optional(bias), results=jax.ShapeDtypeStruct((a.shape[0], n), jnp.float32),
         activation=library().activations[activation])
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxlite
-from jaxlite.runtime import available_targets, host_plan
+from jaxlite.runtime import available_targets, cpu_kernels, host_plan
 from jaxlite.runtime import native_calls as native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="needs jaxlite's native CPU kernels (AVX2 or AVX-512 VNNI)")
@@ -227,7 +227,8 @@ def test_a_kernel_error_raises():
 def test_loops_and_float_layers_are_judged_from_the_ir(rng):
     """A scan (an RNN), or a float layer beside native int8 ones where no native target
     takes float layers: no trace is spent on the direct path, and the program runs jitted.
-    With oneDNN's float kernels the mixed program is all native and runs direct."""
+    With oneDNN's float kernels (or FloatGemm's, which take 8 rows where oneDNN has no
+    brgemm kernel) the mixed program is all native and runs direct."""
     w = rng.normal(size=(16, 16)).astype(np.float32) / 4
 
     def rnn(x):
@@ -239,7 +240,7 @@ def test_loops_and_float_layers_are_judged_from_the_ir(rng):
     def mixed(x):
         return jnp.tanh(x @ w) @ w2 + b  # the second layer kept float: a jfuse.dot
 
-    x = rng.normal(size=(5, 8, 16)).astype(np.float32)  # 8 rows: more than FewRowsGemm takes
+    x = rng.normal(size=(5, 8, 16)).astype(np.float32)  # 8 rows: more than FloatGemm's batch-1 case
     exe = jaxlite.compile(rnn, x, quantize="dynamic")
     assert not host_plan.worth_tracing(exe.model.module.ops.first.body.block) and not exe.direct
     np.testing.assert_allclose(np.asarray(exe(x)), np.asarray(jax.jit(rnn)(x)), rtol=0.05, atol=0.05)
@@ -248,7 +249,8 @@ def test_loops_and_float_layers_are_judged_from_the_ir(rng):
     assert {"jquant.dynamic_dot", "jfuse.dot"} <= kinds
     assert host_plan.worth_tracing(partly.module.ops.first.body.block)
     int8_only = [t for t in available_targets() if t != "cpu-onednn"]
-    assert not partly.compile(targets=int8_only).direct
+    assert partly.compile(targets=int8_only).direct == (
+        native.available() and not cpu_kernels._onednn_brgemm(8, 16, 8))
     if {"cpu-onednn", native.target()} <= set(available_targets()):
         exe = partly.compile()
         assert exe.direct

@@ -133,7 +133,7 @@ def _conv_net(rng):
         y = jax.nn.relu(lax.conv_general_dilated(x, k1, (1, 1), "SAME", dimension_numbers=dn))
         y = jax.nn.relu(lax.conv_general_dilated(y, k2, (1, 1), "SAME", dimension_numbers=dn))
         return y.reshape(y.shape[0], -1) @ w
-    return fn, rng.standard_normal((5, 8, 8, 3)).astype(np.float32)  # 5 rows: oneDNN's, not FewRowsGemm's
+    return fn, rng.standard_normal((5, 8, 8, 3)).astype(np.float32)  # 5 rows: more than FloatGemm's batch-1 case
 
 
 @pytest.mark.parametrize("mode", ["float16", "bfloat16", "int8-weights"])
@@ -145,7 +145,7 @@ def test_low_precision_weights_are_packed_once_for_onednn(rng, mode):
     from jaxlite.runtime.lowering import Lowering
     fn, x = _conv_net(rng)
     model = jaxlite.convert(fn, x, quantize=mode)
-    exe = model.compile()
+    exe = model.compile(targets=["cpu-onednn", "xla"])  # the dense layer too (FloatGemm's on AVX2)
     ref = np.asarray(jax.jit(fn)(x))
     err = np.linalg.norm(np.asarray(exe(x)) - ref) / np.linalg.norm(ref)
     assert err < (3e-2 if mode == "int8-weights" else 1e-2), err
@@ -177,12 +177,12 @@ def test_small_float_programs_run_direct_whatever_the_weights_precision(rng, mod
     precision (upcast or dequantized at load), and says which kernels served it."""
     w1, w2 = (rng.standard_normal(s).astype(np.float32) * 0.2 for s in ((32, 64), (64, 8)))
     b1 = rng.standard_normal(64).astype(np.float32)
-    x = rng.standard_normal((6, 32)).astype(np.float32)  # 6 rows: oneDNN's, not FewRowsGemm's
+    x = rng.standard_normal((6, 32)).astype(np.float32)  # 6 rows: more than FloatGemm's batch-1 case
 
     def fn(x):
         return jax.nn.relu(x @ w1 + b1) @ w2
 
-    exe = jaxlite.convert(fn, x, quantize=mode).compile()
+    exe = jaxlite.convert(fn, x, quantize=mode).compile(targets=["cpu-onednn", "xla"])
     assert exe.direct
     assert exe.describe_kernels().startswith("cpu-onednn 2") and exe.describe_kernels().endswith("; direct")
     ref = np.asarray(jax.jit(fn)(x))

@@ -329,13 +329,16 @@ ffi::Error DynamicActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F
   return ffi::Error::Success();
 }
 
-// ---- float32 products of a few rows (batch-1 dense layers) ----
+// ---- float32 GEMM on a packed weight (dense layers) ----
 
-// Rows x one group of `Panels` 16-column panels of the packed weight ([N / 16][K][16]):
-// Rows x Panels accumulators stay in registers over all of K.
+// Rows x Panels accumulators (16 columns each) stay in registers over all of K: rows of A
+// (lda floats apart) against consecutive 16-column panels of the weight packed as
+// [ceil(N / 16)][K][16] (zero-padded columns), then the bias and the activation on the way
+// out to rows ldo floats apart.
 template <int Rows, int Panels>
-void few_rows_panels(const float* a, int64_t K, const float* panels, int64_t first_col, int64_t N,
-                     const float* bias, int32_t activation, float* out) {
+inline void float_tile(const float* __restrict a, int64_t lda, int64_t K, const float* __restrict panels,
+                       int64_t first_col, int64_t N, const float* bias, int32_t activation, float* out,
+                       int64_t ldo) {
   __m512 acc[Rows][Panels];
   for (int r = 0; r < Rows; ++r)
     for (int j = 0; j < Panels; ++j) acc[r][j] = _mm512_setzero_ps();
@@ -343,7 +346,7 @@ void few_rows_panels(const float* a, int64_t K, const float* panels, int64_t fir
     __m512 w[Panels];
     for (int j = 0; j < Panels; ++j) w[j] = _mm512_loadu_ps(panels + (j * K + k) * 16);
     for (int r = 0; r < Rows; ++r) {
-      const __m512 x = _mm512_set1_ps(a[r * K + k]);
+      const __m512 x = _mm512_set1_ps(a[r * lda + k]);
       for (int j = 0; j < Panels; ++j) acc[r][j] = _mm512_fmadd_ps(x, w[j], acc[r][j]);
     }
   }
@@ -353,44 +356,114 @@ void few_rows_panels(const float* a, int64_t K, const float* panels, int64_t fir
     const __mmask16 mask = N - col >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (N - col)) - 1);
     const __m512 b = bias != nullptr ? _mm512_maskz_loadu_ps(mask, bias + col) : _mm512_setzero_ps();
     for (int r = 0; r < Rows; ++r)
-      _mm512_mask_storeu_ps(out + r * N + col, mask, activate(_mm512_add_ps(acc[r][j], b), activation));
+      _mm512_mask_storeu_ps(out + r * ldo + col, mask, activate(_mm512_add_ps(acc[r][j], b), activation));
   }
 }
 
+// A few rows (a batch-1 dense layer) against every panel, four at a time: bound by reading
+// the weight once, so no blocking.
 template <int Rows>
 void few_rows(const float* a, int64_t K, const float* packed, int64_t N, const float* bias, int32_t activation,
               float* out) {
   const int64_t panels = (N + 15) / 16;
   int64_t p = 0;
   for (; p + 4 <= panels; p += 4)
-    few_rows_panels<Rows, 4>(a, K, packed + p * K * 16, p * 16, N, bias, activation, out);
-  for (; p < panels; ++p) few_rows_panels<Rows, 1>(a, K, packed + p * K * 16, p * 16, N, bias, activation, out);
+    float_tile<Rows, 4>(a, K, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
+  for (; p < panels; ++p) float_tile<Rows, 1>(a, K, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
 }
 
-// float32 a [M, K] (M <= 4) times a weight packed as [ceil(N / 16)][K][16] (zero-padded
-// columns), + bias (N or 0 values), activation: out [M, N]. A batch-1 dense layer is bound by
-// reading its weight once; a general GEMM's blocking and setup cost more than that here.
+// The many-rows tile: 6 rows x 4 panels (24 zmm accumulators) with AVX-512, 6 rows x 1
+// panel with AVX2 (12 ymm accumulators through avx512_on_avx2.h): BLIS's 6 x 16 kernel.
+constexpr int kTileRows = 6;
+#if defined(__AVX512F__)
+constexpr int kTilePanels = 4;
+#else
+constexpr int kTilePanels = 1;
+#endif
+// The weight columns one pass of row tiles reads, kept in L2 while every tile passes over
+// them (A's tile, 6 x K, stays in L1 across the block's panels).
+constexpr int64_t kPanelBlockBytes = 128 * 1024;
+
+template <int Rows>
+void tile_panels(const float* a, int64_t K, const float* packed, int64_t p_begin, int64_t p_end, int64_t N,
+                 const float* bias, int32_t activation, float* out) {
+  int64_t p = p_begin;
+  for (; p + kTilePanels <= p_end; p += kTilePanels)
+    float_tile<Rows, kTilePanels>(a, K, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
+  for (; p < p_end; ++p) float_tile<Rows, 1>(a, K, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
+}
+
+// Rows [0, M) of A [M, K] x panels [p_begin, p_end) into out [M, N]: blocks of panels, and
+// for each, tiles of up to 6 rows spread evenly (128 rows: 18 x 6 + 4 x 5).
+void float_gemm(const float* a, int64_t M, int64_t K, const float* packed, int64_t N, int64_t p_begin,
+                int64_t p_end, const float* bias, int32_t activation, float* out) {
+  const int64_t block = std::max<int64_t>(kTilePanels, kPanelBlockBytes / (K * 64) / kTilePanels * kTilePanels);
+  const int64_t tiles = (M + kTileRows - 1) / kTileRows;
+  const int64_t base = M / tiles, extra = M % tiles;
+  for (int64_t pb = p_begin; pb < p_end; pb += block) {
+    const int64_t pe = std::min(p_end, pb + block);
+    for (int64_t t = 0, i = 0; t < tiles; ++t) {
+      const int64_t rows = base + (t < extra ? 1 : 0);
+      const float* at = a + i * K;
+      float* ot = out + i * N;
+      switch (rows) {
+        case 6: tile_panels<6>(at, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 5: tile_panels<5>(at, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 4: tile_panels<4>(at, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 3: tile_panels<3>(at, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 2: tile_panels<2>(at, K, packed, pb, pe, N, bias, activation, ot); break;
+        default: tile_panels<1>(at, K, packed, pb, pe, N, bias, activation, ot); break;
+      }
+      i += rows;
+    }
+  }
+}
+
+// float32 a [M, K] times a weight packed as [ceil(N / 16)][K][16] (zero-padded columns),
+// + bias (N or 0 values), activation: out [M, N]. Up to four rows read the weight once on one
+// thread; more rows run blocked, split over the pool by column blocks (and row blocks when
+// there are too few column blocks) once the product is worth it.
 template <typename Pool>
-ffi::Error FewRowsGemm(Pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> packed, ffi::Buffer<ffi::F32> bias,
-                       ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation) {
+ffi::Error FloatGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> packed, ffi::Buffer<ffi::F32> bias,
+                     ffi::ResultBuffer<ffi::F32> out, ActivationAttr activation) {
   const auto ad = a.dimensions(), od = out->dimensions();
-  if (ad.size() != 2 || od.size() != 2 || ad[0] != od[0] || ad[0] < 1 || ad[0] > 4)
-    return ffi::Error::InvalidArgument("jaxlite FewRowsGemm takes [M <= 4, K] and gives [M, N]");
+  if (ad.size() != 2 || od.size() != 2 || ad[0] != od[0] || ad[0] < 1)
+    return ffi::Error::InvalidArgument("jaxlite FloatGemm takes [M, K] and gives [M, N]");
   const int64_t M = ad[0], K = ad[1], N = od[1];
-  if (static_cast<int64_t>(packed.element_count()) != (N + 15) / 16 * 16 * K)
-    return ffi::Error::InvalidArgument("jaxlite FewRowsGemm: the packed weight is not [ceil(N / 16)][K][16]");
+  if (K < 1 || N < 1 || static_cast<int64_t>(packed.element_count()) != (N + 15) / 16 * 16 * K)
+    return ffi::Error::InvalidArgument("jaxlite FloatGemm: the packed weight is not [ceil(N / 16)][K][16]");
   const int64_t nb = static_cast<int64_t>(bias.element_count());
-  if (nb != 0 && nb != N) return ffi::Error::InvalidArgument("jaxlite FewRowsGemm: the bias has N values or none");
+  if (nb != 0 && nb != N) return ffi::Error::InvalidArgument("jaxlite FloatGemm: the bias has N values or none");
   if (*activation < 0 || *activation > kLast) return ffi::Error::InvalidArgument("unknown activation");
   const float* b = nb != 0 ? bias.typed_data() : nullptr;
   const float *x = a.typed_data(), *w = packed.typed_data();
   float* y = out->typed_data();
+  const int32_t act = *activation;
   switch (M) {
-    case 1: few_rows<1>(x, K, w, N, b, *activation, y); break;
-    case 2: few_rows<2>(x, K, w, N, b, *activation, y); break;
-    case 3: few_rows<3>(x, K, w, N, b, *activation, y); break;
-    default: few_rows<4>(x, K, w, N, b, *activation, y); break;
+    case 1: few_rows<1>(x, K, w, N, b, act, y); return ffi::Error::Success();
+    case 2: few_rows<2>(x, K, w, N, b, act, y); return ffi::Error::Success();
+    case 3: few_rows<3>(x, K, w, N, b, act, y); return ffi::Error::Success();
+    case 4: few_rows<4>(x, K, w, N, b, act, y); return ffi::Error::Success();
+    default: break;
   }
+  constexpr int64_t kMinRows = 24;  // per row block: 4 tiles of 6
+  const int64_t panels = (N + 15) / 16;
+  const int64_t groups = (panels + kTilePanels - 1) / kTilePanels;
+  const int64_t threads = std::min<int64_t>(usable_threads(pool), M * K * N >> 20);
+  if (threads <= 1) {
+    float_gemm(x, M, K, w, N, 0, panels, b, act, y);
+    return ffi::Error::Success();
+  }
+  const int64_t col_chunks = std::min<int64_t>(groups, 4 * threads);
+  const int64_t row_chunks =
+      std::min<int64_t>(std::max<int64_t>(1, M / kMinRows), (4 * threads + col_chunks - 1) / col_chunks);
+  parallel_for(pool, threads, col_chunks * row_chunks, [=](int64_t c) {
+    const int64_t rc = c / col_chunks, cc = c % col_chunks;
+    const int64_t p0 = std::min(panels, groups * cc / col_chunks * kTilePanels);
+    const int64_t p1 = std::min(panels, groups * (cc + 1) / col_chunks * kTilePanels);
+    const int64_t m0 = M * rc / row_chunks, m1 = M * (rc + 1) / row_chunks;
+    if (m1 > m0 && p1 > p0) float_gemm(x + m0 * K, m1 - m0, K, w, N, p0, p1, b, act, y + m0 * N);
+  });
   return ffi::Error::Success();
 }
 
@@ -400,4 +473,4 @@ ffi::Error FewRowsGemm(Pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> pack
 JAXLITE_EXPORT(QuantizedGemm)
 JAXLITE_EXPORT(DynamicGemm)
 JAXLITE_EXPORT(DynamicActGemm)
-JAXLITE_EXPORT(FewRowsGemm)
+JAXLITE_EXPORT(FloatGemm)

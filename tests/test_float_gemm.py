@@ -1,6 +1,6 @@
-"""FewRowsGemm (the native targets): float32 dense layers of at most four rows -- a
-batch-1 model's -- match jax.jit for every width, activation and layout; larger products
-go to oneDNN or XLA."""
+"""FloatGemm (the native targets): float32 dense layers match jax.jit for every width,
+activation and layout -- those of at most four rows (a batch-1 model's) always, more rows
+where oneDNN has no brgemm kernel for them (AVX2 CPUs); the others go to oneDNN."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jaxlite
+from jaxlite.runtime import cpu_kernels
 from jaxlite.runtime import native_calls as native
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="needs jaxlite's native CPU kernels (AVX2 or AVX-512 VNNI)")
@@ -15,7 +16,7 @@ ACTIVATIONS = [lambda y: y, jax.nn.relu, jax.nn.relu6, jax.nn.sigmoid, jnp.tanh,
                lambda y: jax.nn.gelu(y, approximate=True), lambda y: jax.nn.gelu(y, approximate=False)]
 
 
-def _served_by_few_rows(exe) -> bool:
+def _served_by_float_gemm(exe) -> bool:
     return exe.targets_used.get(native.target(), 0) > 0
 
 
@@ -30,7 +31,7 @@ def test_every_width_matches_jax(rng, rows, k, n):
         return jax.nn.relu(x @ w + b)
 
     exe = jaxlite.convert(fn, x).compile()
-    assert _served_by_few_rows(exe) and exe.direct
+    assert _served_by_float_gemm(exe) and exe.direct
     np.testing.assert_allclose(exe(x), jax.jit(fn)(x), rtol=1e-5, atol=1e-5)
 
 
@@ -45,7 +46,7 @@ def test_every_fused_activation(rng, activation):
 
     model = jaxlite.convert(fn, x)
     exe = model.compile()
-    assert _served_by_few_rows(exe)
+    assert _served_by_float_gemm(exe)
     np.testing.assert_allclose(exe(x), jax.jit(fn)(x), rtol=2e-5, atol=2e-5)
 
 
@@ -58,24 +59,42 @@ def test_transposed_inputs_row_biases_and_weights_stored_in_lower_precision(rng)
 
     x = rng.standard_normal((6, 3)).astype(np.float32)
     exe = jaxlite.convert(fn, x).compile()
-    assert _served_by_few_rows(exe)
+    assert _served_by_float_gemm(exe)
     np.testing.assert_allclose(np.asarray(exe(x)), jax.jit(fn)(x), rtol=1e-5, atol=1e-5)
     for mode, tolerance in (("float16", 2e-3), ("bfloat16", 1e-2), ("int8-weights", 3e-2)):
         exe = jaxlite.convert(fn, x, quantize=mode).compile()
-        assert _served_by_few_rows(exe)
+        assert _served_by_float_gemm(exe)
         ref = np.asarray(jax.jit(fn)(x))
         assert np.linalg.norm(np.asarray(exe(x)) - ref) <= tolerance * np.linalg.norm(ref)
 
 
-@pytest.mark.parametrize("rows, k, n", [(5, 8, 8), (1, 1025, 1024)])
-def test_more_rows_or_bigger_weights_are_not_its(rng, rows, k, n):
-    """Five rows, or a weight over FEW_ROWS_MAX_WEIGHT floats (read by one core here, by
-    every core in oneDNN's GEMM)."""
-    w = rng.standard_normal((k, n)).astype(np.float32)
-    x = rng.standard_normal((rows, k)).astype(np.float32)
+def test_a_bigger_weight_at_batch_1_is_not_its(rng):
+    """A weight over FEW_ROWS_MAX_WEIGHT floats: read by one core here, by every core in
+    oneDNN's GEMM."""
+    w = rng.standard_normal((1025, 1024)).astype(np.float32)
+    x = rng.standard_normal((1, 1025)).astype(np.float32)
     exe = jaxlite.convert(lambda x: x @ w, x).compile()
-    assert not _served_by_few_rows(exe)
+    assert not _served_by_float_gemm(exe)
     np.testing.assert_allclose(np.asarray(exe(x)), x @ w, rtol=2e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("rows, k, n", [(5, 8, 8), (7, 3, 17), (13, 64, 33), (128, 256, 96), (37, 300, 70),
+                                        (4096, 32, 16), (256, 512, 300)])
+@pytest.mark.parametrize("activation", [1, 6])
+def test_many_rows_match_jax(rng, rows, k, n, activation):
+    """Row tiles of 1 to 6 rows, column tails, panel blocks, and (the last two: over 2M
+    multiply-adds) the split over threads, by rows and by columns; served by FloatGemm exactly
+    where oneDNN has no brgemm kernel."""
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+
+    def fn(x):
+        return ACTIVATIONS[activation](x @ w + b)
+
+    exe = jaxlite.convert(fn, x).compile()
+    assert _served_by_float_gemm(exe) == (not cpu_kernels._onednn_brgemm(rows, k, n))
+    np.testing.assert_allclose(np.asarray(exe(x)), jax.jit(fn)(x), rtol=2e-5, atol=2e-5)
 
 
 def test_the_jitted_path_gives_the_same_results(rng):
@@ -97,5 +116,5 @@ def test_nan_and_inf_propagate_as_in_jax(rng, activation):
         return ACTIVATIONS[activation](x @ w)
 
     exe = jaxlite.convert(fn, x).compile()
-    assert _served_by_few_rows(exe)
+    assert _served_by_float_gemm(exe)
     np.testing.assert_allclose(exe(x), jax.jit(fn)(x), rtol=2e-5, atol=2e-5)  # NaN where jax has NaN
