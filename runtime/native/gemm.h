@@ -42,7 +42,7 @@ struct Epilogue {
     return e;
   }
 
-  inline void operator()(int64_t m, int64_t n, __m512i acc, __mmask16 mask) const {
+  __attribute__((always_inline)) inline void operator()(int64_t m, int64_t n, __m512i acc, __mmask16 mask) const {
     const __m512i sums = _mm512_maskz_loadu_epi32(mask, colsum + n);
     acc = _mm512_sub_epi32(acc, row_zero == nullptr ? _mm512_slli_epi32(sums, 7)
                                                     : _mm512_mullo_epi32(sums, _mm512_set1_epi32(128 + row_zero[m])));

@@ -10,7 +10,7 @@
 namespace jaxlite {
 
 // exp(x) to ~1 ulp (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n).
-inline __m512 exp_ps(__m512 x) {
+__attribute__((always_inline)) inline __m512 exp_ps(__m512 x) {
   x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), _mm512_max_ps(_mm512_set1_ps(-88.3762626647949f), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
