@@ -253,12 +253,15 @@ def _float_dot(op, ctx: LoweringContext):
     at load (float16 / bfloat16 / int8 weights upcast to float32 then): a batch-1 layer (at most
     ``FEW_ROWS`` rows, a weight of at most ``FEW_ROWS_MAX_WEIGHT`` floats) always; more rows
     where oneDNN has no brgemm kernel for the product (its generic ``gemm:jit`` sgemm, which
-    AVX2 CPUs get) or is not here. Other products are oneDNN's."""
+    AVX2 CPUs get) or is not here. Other products are oneDNN's. A dot of two activations is
+    ``_float_act_dot``'s."""
     if op.PRIMITIVE != "dot_general" or any(str(v.type.get_element_type()) != "f32"
                                             for v in (op.operands[0], op.results[0])):
         return None
     source = weight_source(op, ctx, keep_bfloat16=False)  # a bfloat16 weight upcast: these are bound
     shape = gemm_shape(op)                                 # by oneDNN's call cost, not arithmetic
+    if source is None and isinstance(op, jlax.LaxOp) and str(op.operands[1].type.get_element_type()) == "f32":
+        return _float_act_dot(op)
     if source is None or shape is None:
         return None
     name, load, _ = source
@@ -279,6 +282,26 @@ def _float_dot(op, ctx: LoweringContext):
                               activation=activation if in_kernel else "none").reshape(out_shape)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
     return Kernel(run, unread=frozenset({1}), native=True)
+
+
+# Products of two activations smaller than this (multiply-adds) stay XLA's (as oneDNN's do)
+MIN_ACTIVATION_DOT_MACS = 1 << 16
+
+
+def _float_act_dot(op):
+    """A float32 dot of two activations (attention's scores and weighted sum) as one
+    FloatActGemm on the [B, M, K] x [B, N, K]^T layout, operands read in place where strides
+    allow (``act_dot_operands``) -- where oneDNN has no brgemm kernel for the batch."""
+    sizes, out_shape, operands = act_dot_operands(op)
+    b, m, n, k = sizes
+    if b * m * n * k < MIN_ACTIVATION_DOT_MACS or (
+            onednn.unavailable() is None and onednn.batch_matmul_info(b, m, k, n).startswith("brg")):
+        return None
+
+    def run(weights, x, y):
+        x, y, strides = operands(x, y)
+        return (native.float_act_gemm(x, y, sizes=sizes, strides=strides).reshape(out_shape),)
+    return Kernel(run, native=True)
 
 
 def _onednn_brgemm(m: int, k: int, n: int) -> bool:

@@ -164,19 +164,19 @@ def strided_view(shape, batch_dims, row_dims, contract_dims) -> tuple[int, int] 
     return batch, rows or k
 
 
-def act_dot_layout(op: quant.DynamicActDotOp):
+def act_dot_layout(op: quant.DynamicActDotOp | jlax.LaxOp):
     """(lhs perm, rhs perm, (B, M, N, K) sizes, result shape): the transposes that make a
-    dot between activations a batch of [M, K] x [N, K]^T products (dot_general's result
+    dot between activations (``jquant.dynamic_act_dot`` or a float ``dot_general``) a batch of [M, K] x [N, K]^T products (dot_general's result
     order is batch, lhs free, rhs free)."""
     d = op.dot_dims()
-    ls, rs = tuple(op.lhs.type.get_shape()), tuple(op.rhs.type.get_shape())
+    ls, rs = tuple(op.operands[0].type.get_shape()), tuple(op.operands[1].type.get_shape())
     size = lambda shape, dims: int(np.prod([shape[i] for i in dims]))  # noqa: E731
     sizes = (size(ls, d.lhs_batch), size(ls, d.lhs_free), size(rs, d.rhs_free), size(ls, d.lhs_contract))
     return ((*d.lhs_batch, *d.lhs_free, *d.lhs_contract), (*d.rhs_batch, *d.rhs_free, *d.rhs_contract), sizes,
-            tuple(op.result.type.get_shape()))
+            tuple(op.results[0].type.get_shape()))
 
 
-def act_dot_operands(op: quant.DynamicActDotOp):
+def act_dot_operands(op: quant.DynamicActDotOp | jlax.LaxOp):
     """((B, M, N, K), result shape, ``operands(x, y) -> (x, y, strides)``) of a dot between two
     activations as a kernel on the [B, M, K] / [B, N, K] layout takes it: each operand read in
     place where strides can express it (attention's q and k: no transposes), else transposed
@@ -184,8 +184,8 @@ def act_dot_operands(op: quant.DynamicActDotOp):
     lhs_perm, rhs_perm, (b, m, n, k), out_shape = act_dot_layout(op)
     d = op.dot_dims()
     views = []
-    for shape, perm, contract, batch in ((tuple(op.lhs.type.get_shape()), lhs_perm, d.lhs_contract, d.lhs_batch),
-                                         (tuple(op.rhs.type.get_shape()), rhs_perm, d.rhs_contract, d.rhs_batch)):
+    for shape, perm, contract, batch in ((tuple(op.operands[0].type.get_shape()), lhs_perm, d.lhs_contract, d.lhs_batch),
+                                         (tuple(op.operands[1].type.get_shape()), rhs_perm, d.rhs_contract, d.rhs_batch)):
         free = [d for d in perm if d not in contract and d not in batch]
         views.append(strided_view(shape, list(batch), free, list(contract)))
 

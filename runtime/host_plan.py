@@ -179,7 +179,7 @@ class HostPlan:
             raise NotDirect(f"{target}: attributes {e}") from None
         if kernel.name in _GEMM_KERNELS:
             self._macs += outs[0].shape[0] * ins[1].size
-        elif kernel.name == "DynamicActGemm":
+        elif kernel.name in ("DynamicActGemm", "FloatActGemm"):
             self._macs += int(np.prod(np.asarray(getattr(attributes["sizes"], "val", attributes["sizes"]))))
         elif kernel.name in _FLOAT_KERNELS:  # out elements x (K = the packed weight's values / N)
             n, value_bytes = outs[0].shape[-1], 2 if _int_attribute(attributes, "weights") == 1 else 4

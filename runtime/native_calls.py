@@ -33,7 +33,7 @@ VARIANTS = {
     "cpu-avx2": ("_kernels_avx2", frozenset({"avx2", "fma"})),
 }
 KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv", "MaxPool",
-           "LayerNorm", "Softmax", "QuantizeRows", "FloatGemm")
+           "LayerNorm", "Softmax", "QuantizeRows", "FloatGemm", "FloatActGemm")
 FEW_ROWS = 4  # FloatGemm's one-thread case (a batch-1 dense layer's product, or a few of them)
 # and its largest weight there (floats): beyond it reading the weight dominates, and oneDNN's
 # GEMM reads it with every core where FloatGemm's few rows use one
@@ -364,6 +364,14 @@ def dynamic_act_gemm(a, b, *, sizes=None, strides=None):
     bsz, m, n, _ = sizes
     return kernel("DynamicActGemm")(a, b, results=jax.ShapeDtypeStruct((bsz, m, n), jnp.float32),
                                     sizes=sizes, strides=strides)
+
+
+def float_act_gemm(a, b, *, sizes, strides):
+    """float32 [B, M, N] = a [B, M, K] x b [B, N, K]^T, read in place: ``sizes`` (B, M, N, K)
+    and ``strides`` (a's batch and row stride, b's, in elements; K contiguous)."""
+    bsz, m, n, _ = sizes
+    return kernel("FloatActGemm")(a, b, results=jax.ShapeDtypeStruct((bsz, m, n), jnp.float32),
+                                  sizes=sizes, strides=strides)
 
 
 def layer_norm(x, scale, bias, *, epsilon: float):

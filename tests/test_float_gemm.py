@@ -118,3 +118,36 @@ def test_nan_and_inf_propagate_as_in_jax(rng, activation):
     exe = jaxlite.convert(fn, x).compile()
     assert _served_by_float_gemm(exe)
     np.testing.assert_allclose(exe(x), jax.jit(fn)(x), rtol=2e-5, atol=2e-5)  # NaN where jax has NaN
+
+
+@pytest.mark.parametrize("spec, lhs, rhs, bmnk", [
+    ("bqhd,bkhd->bhqk", (1, 128, 4, 64), (1, 128, 4, 64), (4, 128, 128, 64)),   # attention's scores: in place
+    ("bhqk,bkhd->bqhd", (1, 4, 128, 128), (1, 128, 4, 64), (4, 128, 64, 128)),  # the weighted sum: v transposed
+    ("mk,nk->mn", (37, 100), (21, 100), (1, 37, 21, 100)),                       # a column tail, odd rows
+    ("bmk,bkn->bmn", (3, 50, 40), (3, 40, 35), (3, 50, 35, 40)),
+])
+def test_products_of_two_activations_match_jax(rng, spec, lhs, rhs, bmnk):
+    """Served by FloatActGemm exactly where oneDNN has no brgemm kernel for the batch."""
+    from jaxlite.runtime import onednn_calls as onednn
+
+    x, y = (rng.standard_normal(s).astype(np.float32) for s in (lhs, rhs))
+
+    def fn(x, y):
+        return jnp.einsum(spec, x, y)
+
+    exe = jaxlite.convert(fn, x, y).compile()
+    np.testing.assert_allclose(np.asarray(exe(x, y)), np.asarray(jax.jit(fn)(x, y)), rtol=1e-4, atol=1e-4)
+    b, m, n, k = bmnk
+    brgemm = onednn.unavailable() is None and onednn.batch_matmul_info(b, m, k, n).startswith("brg")
+    assert _served_by_float_gemm(exe) == (b * m * n * k >= cpu_kernels.MIN_ACTIVATION_DOT_MACS and not brgemm)
+
+
+def test_a_nan_in_one_activation_spreads_as_in_jax(rng):
+    x, y = (rng.standard_normal((2, 64, 48)).astype(np.float32) for _ in range(2))
+    x[1, 3, 7], y[0, 5, 2] = np.nan, np.inf
+
+    def fn(x, y):
+        return jnp.einsum("bmk,bnk->bmn", x, y)
+
+    exe = jaxlite.convert(fn, x, y).compile()
+    np.testing.assert_allclose(np.asarray(exe(x, y)), np.asarray(jax.jit(fn)(x, y)), rtol=1e-4, atol=1e-4)

@@ -385,17 +385,18 @@ constexpr int kTilePanels = 1;
 constexpr int64_t kPanelBlockBytes = 128 * 1024;
 
 template <int Rows>
-void tile_panels(const float* a, int64_t K, const float* packed, int64_t p_begin, int64_t p_end, int64_t N,
-                 const float* bias, int32_t activation, float* out) {
+void tile_panels(const float* a, int64_t lda, int64_t K, const float* packed, int64_t p_begin, int64_t p_end,
+                 int64_t N, const float* bias, int32_t activation, float* out) {
   int64_t p = p_begin;
   for (; p + kTilePanels <= p_end; p += kTilePanels)
-    float_tile<Rows, kTilePanels>(a, K, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
-  for (; p < p_end; ++p) float_tile<Rows, 1>(a, K, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
+    float_tile<Rows, kTilePanels>(a, lda, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
+  for (; p < p_end; ++p) float_tile<Rows, 1>(a, lda, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
 }
 
-// Rows [0, M) of A [M, K] x panels [p_begin, p_end) into out [M, N]: blocks of panels, and
-// for each, tiles of up to 6 rows spread evenly (128 rows: 18 x 6 + 4 x 5).
-void float_gemm(const float* a, int64_t M, int64_t K, const float* packed, int64_t N, int64_t p_begin,
+// Rows [0, M) of A (rows lda floats apart, K used) x panels [p_begin, p_end) into out
+// [M, N]: blocks of panels, and for each, tiles of up to 6 rows spread evenly (128 rows:
+// 18 x 6 + 4 x 5).
+void float_gemm(const float* a, int64_t lda, int64_t M, int64_t K, const float* packed, int64_t N, int64_t p_begin,
                 int64_t p_end, const float* bias, int32_t activation, float* out) {
   const int64_t block = std::max<int64_t>(kTilePanels, kPanelBlockBytes / (K * 64) / kTilePanels * kTilePanels);
   const int64_t tiles = (M + kTileRows - 1) / kTileRows;
@@ -404,15 +405,15 @@ void float_gemm(const float* a, int64_t M, int64_t K, const float* packed, int64
     const int64_t pe = std::min(p_end, pb + block);
     for (int64_t t = 0, i = 0; t < tiles; ++t) {
       const int64_t rows = base + (t < extra ? 1 : 0);
-      const float* at = a + i * K;
+      const float* at = a + i * lda;
       float* ot = out + i * N;
       switch (rows) {
-        case 6: tile_panels<6>(at, K, packed, pb, pe, N, bias, activation, ot); break;
-        case 5: tile_panels<5>(at, K, packed, pb, pe, N, bias, activation, ot); break;
-        case 4: tile_panels<4>(at, K, packed, pb, pe, N, bias, activation, ot); break;
-        case 3: tile_panels<3>(at, K, packed, pb, pe, N, bias, activation, ot); break;
-        case 2: tile_panels<2>(at, K, packed, pb, pe, N, bias, activation, ot); break;
-        default: tile_panels<1>(at, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 6: tile_panels<6>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 5: tile_panels<5>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 4: tile_panels<4>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 3: tile_panels<3>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 2: tile_panels<2>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        default: tile_panels<1>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
       }
       i += rows;
     }
@@ -451,7 +452,7 @@ ffi::Error FloatGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> p
   const int64_t groups = (panels + kTilePanels - 1) / kTilePanels;
   const int64_t threads = std::min<int64_t>(usable_threads(pool), M * K * N >> 20);
   if (threads <= 1) {
-    float_gemm(x, M, K, w, N, 0, panels, b, act, y);
+    float_gemm(x, K, M, K, w, N, 0, panels, b, act, y);
     return ffi::Error::Success();
   }
   const int64_t col_chunks = std::min<int64_t>(groups, 4 * threads);
@@ -462,8 +463,41 @@ ffi::Error FloatGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> p
     const int64_t p0 = std::min(panels, groups * cc / col_chunks * kTilePanels);
     const int64_t p1 = std::min(panels, groups * (cc + 1) / col_chunks * kTilePanels);
     const int64_t m0 = M * rc / row_chunks, m1 = M * (rc + 1) / row_chunks;
-    if (m1 > m0 && p1 > p0) float_gemm(x + m0 * K, m1 - m0, K, w, N, p0, p1, b, act, y + m0 * N);
+    if (m1 > m0 && p1 > p0) float_gemm(x + m0 * K, K, m1 - m0, K, w, N, p0, p1, b, act, y + m0 * N);
   });
+  return ffi::Error::Success();
+}
+
+// A batch of float32 products of two activations, A [B, M, K] x B [B, N, K]^T -> [B, M, N]
+// (attention's scores and weighted sum), read in place through strides as DynamicActGemm
+// reads them: each batch's B rows are packed into FloatGemm's panels, then FloatGemm's
+// tiles run over A's rows. Batches are spread over the thread pool.
+template <typename Pool>
+ffi::Error FloatActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out,
+                        IntsAttr<kSizes> sizes_attr, IntsAttr<kStrides> strides_attr) {
+  ActProduct shape;
+  if (!shape.read(*sizes_attr, *strides_attr, a.element_count(), b.element_count(), out->element_count()))
+    return ffi::Error::InvalidArgument("jaxlite FloatActGemm: sizes [B, M, N, K] and strides [4] that fit the operands");
+  const ActProduct s = shape;
+  const int64_t panels = (s.N + 15) / 16;
+  const float* A = a.typed_data();
+  const float* Bm = b.typed_data();
+  float* C = out->typed_data();
+  auto one = [=](int64_t i) {
+    float* packed = reinterpret_cast<float*>(scratch(panels * s.K * 16 * sizeof(float), 1));
+    const float* rows = Bm + i * s.b_batch;
+    for (int64_t p = 0; p < panels; ++p) {
+      float* panel = packed + p * s.K * 16;
+      const int64_t width = std::min<int64_t>(16, s.N - 16 * p);
+      for (int64_t k = 0; k < s.K; ++k) {
+        for (int64_t c = 0; c < width; ++c) panel[k * 16 + c] = rows[(16 * p + c) * s.b_row + k];
+        for (int64_t c = width; c < 16; ++c) panel[k * 16 + c] = 0.0f;
+      }
+    }
+    float_gemm(A + i * s.a_batch, s.a_row, s.M, s.K, packed, s.N, 0, panels, nullptr, kNone, C + i * s.M * s.N);
+  };
+  const int64_t threads = std::min<int64_t>({usable_threads(pool), s.batches, s.batches * s.M * s.K * s.N >> 19});
+  parallel_for(pool, threads, s.batches, one);
   return ffi::Error::Success();
 }
 
@@ -474,3 +508,4 @@ JAXLITE_EXPORT(QuantizedGemm)
 JAXLITE_EXPORT(DynamicGemm)
 JAXLITE_EXPORT(DynamicActGemm)
 JAXLITE_EXPORT(FloatGemm)
+JAXLITE_EXPORT(FloatActGemm)
