@@ -267,7 +267,8 @@ def _float_dot(op, ctx: LoweringContext):
     name, load, _ = source
     k, n = shape
     m, rows = dot_rows(op)
-    if m < 1 or (k * n > native.FEW_ROWS_MAX_WEIGHT if m <= native.FEW_ROWS else _onednn_brgemm(m, k, n)):
+    if min(m, k, n) < 1 or (k * n > native.FEW_ROWS_MAX_WEIGHT if m <= native.FEW_ROWS
+                            else onednn_brgemm_dense(m, k, n)):
         return None
     out_shape = tuple(op.results[0].type.get_shape())
     cols = column_axes(op)
@@ -294,8 +295,7 @@ def _float_act_dot(op):
     allow (``act_dot_operands``) -- where oneDNN has no brgemm kernel for the batch."""
     sizes, out_shape, operands = act_dot_operands(op)
     b, m, n, k = sizes
-    if b * m * n * k < MIN_ACTIVATION_DOT_MACS or (
-            onednn.unavailable() is None and onednn.batch_matmul_info(b, m, k, n).startswith("brg")):
+    if b * m * n * k < MIN_ACTIVATION_DOT_MACS or onednn_brgemm_batch(b, m, k, n):
         return None
 
     def run(weights, x, y):
@@ -304,7 +304,23 @@ def _float_act_dot(op):
     return Kernel(run, native=True)
 
 
-def _onednn_brgemm(m: int, k: int, n: int) -> bool:
-    """Whether oneDNN runs this float32 product on a brgemm kernel (AVX-512 and AMX CPUs);
-    its generic sgemm (``gemm:jit``) measured at half FloatGemm's rate on an AVX2 CPU."""
-    return onednn.unavailable() is None and onednn.matmul_info(m, k, n, False, "none")[0].startswith("brg")
+def _onednn_brgemm(implementation) -> bool:
+    """Whether oneDNN runs a float32 product on a brgemm kernel (AVX-512 and AMX CPUs), given
+    the call that names its implementation; its generic sgemm (``gemm:jit``) measured at half
+    FloatGemm's rate on an AVX2 CPU."""
+    if onednn.unavailable() is not None:
+        return False
+    try:
+        return implementation().startswith("brg")
+    except onednn.OnednnRefused:
+        return False
+
+
+def onednn_brgemm_dense(m: int, k: int, n: int) -> bool:
+    """``_onednn_brgemm`` of an [m, k] x [k, n] dense layer."""
+    return _onednn_brgemm(lambda: onednn.matmul_info(m, k, n, False, "none")[0])
+
+
+def onednn_brgemm_batch(b: int, m: int, k: int, n: int) -> bool:
+    """``_onednn_brgemm`` of a batch of ``b`` [m, k] x [k, n] products."""
+    return _onednn_brgemm(lambda: onednn.batch_matmul_info(b, m, k, n))

@@ -93,7 +93,7 @@ def test_many_rows_match_jax(rng, rows, k, n, activation):
         return ACTIVATIONS[activation](x @ w + b)
 
     exe = jaxlite.convert(fn, x).compile()
-    assert _served_by_float_gemm(exe) == (not cpu_kernels._onednn_brgemm(rows, k, n))
+    assert _served_by_float_gemm(exe) == (not cpu_kernels.onednn_brgemm_dense(rows, k, n))
     np.testing.assert_allclose(np.asarray(exe(x)), jax.jit(fn)(x), rtol=2e-5, atol=2e-5)
 
 
@@ -128,8 +128,6 @@ def test_nan_and_inf_propagate_as_in_jax(rng, activation):
 ])
 def test_products_of_two_activations_match_jax(rng, spec, lhs, rhs, bmnk):
     """Served by FloatActGemm exactly where oneDNN has no brgemm kernel for the batch."""
-    from jaxlite.runtime import onednn_calls as onednn
-
     x, y = (rng.standard_normal(s).astype(np.float32) for s in (lhs, rhs))
 
     def fn(x, y):
@@ -138,8 +136,8 @@ def test_products_of_two_activations_match_jax(rng, spec, lhs, rhs, bmnk):
     exe = jaxlite.convert(fn, x, y).compile()
     np.testing.assert_allclose(np.asarray(exe(x, y)), np.asarray(jax.jit(fn)(x, y)), rtol=1e-4, atol=1e-4)
     b, m, n, k = bmnk
-    brgemm = onednn.unavailable() is None and onednn.batch_matmul_info(b, m, k, n).startswith("brg")
-    assert _served_by_float_gemm(exe) == (b * m * n * k >= cpu_kernels.MIN_ACTIVATION_DOT_MACS and not brgemm)
+    assert _served_by_float_gemm(exe) == (b * m * n * k >= cpu_kernels.MIN_ACTIVATION_DOT_MACS
+                                          and not cpu_kernels.onednn_brgemm_batch(b, m, k, n))
 
 
 def test_a_nan_in_one_activation_spreads_as_in_jax(rng):
@@ -151,3 +149,12 @@ def test_a_nan_in_one_activation_spreads_as_in_jax(rng):
 
     exe = jaxlite.convert(fn, x, y).compile()
     np.testing.assert_allclose(np.asarray(exe(x, y)), np.asarray(jax.jit(fn)(x, y)), rtol=1e-4, atol=1e-4)
+
+
+def test_a_product_onednn_refuses_is_not_left_to_it():
+    from jaxlite.runtime import onednn_calls as onednn
+
+    def refused():
+        raise onednn.OnednnRefused("no primitive for this shape")
+
+    assert not cpu_kernels._onednn_brgemm(refused)

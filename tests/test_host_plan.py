@@ -250,7 +250,7 @@ def test_loops_and_float_layers_are_judged_from_the_ir(rng):
     assert host_plan.worth_tracing(partly.module.ops.first.body.block)
     int8_only = [t for t in available_targets() if t != "cpu-onednn"]
     assert partly.compile(targets=int8_only).direct == (
-        native.available() and not cpu_kernels._onednn_brgemm(8, 16, 8))
+        native.available() and not cpu_kernels.onednn_brgemm_dense(8, 16, 8))
     if {"cpu-onednn", native.target()} <= set(available_targets()):
         exe = partly.compile()
         assert exe.direct
