@@ -24,6 +24,7 @@ from jaxlite.runtime import native_calls as native
 from jaxlite.runtime import onednn_calls as onednn
 from jaxlite.runtime import xla_int8
 from jaxlite.runtime.gemm_layout import (
+    MIN_ACTIVATION_DOT_MACS,
     act_dot_operands,
     array_module,
     column_axes,
@@ -283,10 +284,6 @@ def _float_dot(op, ctx: LoweringContext):
                               activation=activation if in_kernel else "none").reshape(out_shape)
         return (y if in_kernel else fused.fused_epilogue(y, b, activation),)
     return Kernel(run, unread=frozenset({1}), native=True)
-
-
-# Products of two activations smaller than this (multiply-adds) stay XLA's (as oneDNN's do)
-MIN_ACTIVATION_DOT_MACS = 1 << 16
 
 
 def _float_act_dot(op):

@@ -164,6 +164,11 @@ def strided_view(shape, batch_dims, row_dims, contract_dims) -> tuple[int, int] 
     return batch, rows or k
 
 
+# Products of two activations smaller than this (multiply-adds) stay XLA's: the transposes
+# into a kernel's layout and the call would cost more than they save
+MIN_ACTIVATION_DOT_MACS = 1 << 16
+
+
 def act_dot_layout(op: quant.DynamicActDotOp | jlax.LaxOp):
     """(lhs perm, rhs perm, (B, M, N, K) sizes, result shape): the transposes that make a
     dot between activations (``jquant.dynamic_act_dot`` or a float ``dot_general``) a batch of [M, K] x [N, K]^T products (dot_general's result

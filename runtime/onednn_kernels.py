@@ -28,6 +28,7 @@ from jaxlite.dialects import fused, jlax
 from jaxlite.runtime import cpu, xla_int8
 from jaxlite.runtime import onednn_calls as onednn
 from jaxlite.runtime.gemm_layout import (
+    MIN_ACTIVATION_DOT_MACS,
     column_axes,
     dot_rows,
     gemm_shape,
@@ -68,10 +69,6 @@ def _float_matmul(op, ctx: LoweringContext):
     except onednn.OnednnRefused:
         return None
 
-
-# Products of two activations smaller than this (multiply-adds) stay XLA's: the transposes
-# into oneDNN's layout and the call would cost more than they save
-MIN_ACTIVATION_DOT_MACS = 1 << 16
 
 
 def _activation_dot(op):
