@@ -158,3 +158,24 @@ def test_a_product_onednn_refuses_is_not_left_to_it():
         raise onednn.OnednnRefused("no primitive for this shape")
 
     assert not cpu_kernels._onednn_brgemm(refused)
+
+
+@pytest.mark.parametrize("rows, k, n", [(7, 3, 17), (128, 256, 200), (256, 512, 300)])
+def test_many_rows_on_float_gemm_whatever_onednn_has(rng, monkeypatch, rows, k, n):
+    """FloatGemm's many-rows tiles (6x16 on AVX2, 6x64 with AVX-512) and FloatActGemm, also on
+    CPUs where oneDNN's brgemm would take these products."""
+    monkeypatch.setattr(cpu_kernels, "onednn_brgemm_dense", lambda *shape: False)
+    monkeypatch.setattr(cpu_kernels, "onednn_brgemm_batch", lambda *shape: False)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+
+    def fn(x):
+        h = jax.nn.gelu(x @ w + b)
+        return h, jnp.einsum("mn,kn->mk", h, h)  # a product of two activations
+
+    exe = jaxlite.convert(fn, x).compile()
+    act_product_is_native = rows * rows * n >= cpu_kernels.MIN_ACTIVATION_DOT_MACS
+    assert exe.targets_used.get(native.target(), 0) == 1 + act_product_is_native
+    for got, want in zip(exe(x), jax.jit(fn)(x), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-4)
