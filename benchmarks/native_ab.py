@@ -1,4 +1,4 @@
-"""The native int8 kernels of this checkout against another build of them, in one process.
+"""The native kernels of this checkout against another build of them, in one process.
 
     python benchmarks/native_ab.py OLD.so [--reps 400] [--only PREFIX]
 
@@ -7,7 +7,8 @@ percent. So the other build (the ``runtime/_kernels_<isa>*.so`` of another check
 ``int8_gemm-*.so`` that jaxlite before the install-time build compiled into ~/.cache) is
 loaded beside the current one under ``old_*`` FFI targets and the two are called alternately
 on the same arrays: GEMMs of the benchmark models' shapes (transformer, ResNet/CNN convs as
-GEMMs, the digits MLP), both float-input (dynamic) and int8-input, and the attention dot.
+GEMMs, the digits MLP), both float-input (dynamic) and int8-input, the attention dot, and
+the float32 FloatGemm / FloatActGemm where the other build has them.
 Prints min and 25th percentile per build and their ratio. Pinned to one core, inline dispatch.
 The two builds must have the same FFI signatures (the Python wrappers are this checkout's);
 ``--only dynamic`` (rows whose label starts with it) compares the kernels that kept theirs.
@@ -35,7 +36,9 @@ import numpy as np  # noqa: E402
 
 from jaxlite.runtime import native_calls as native  # noqa: E402
 
-KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv")
+KERNELS = ("QuantizedGemm", "DynamicGemm", "DynamicActGemm", "QuantizedConv", "DynamicConv", "FloatGemm",
+           "FloatActGemm")
+FLOAT_SHAPES = [(128, 256, 256), (128, 256, 1024), (128, 1024, 256), (784, 128, 256), (512, 512, 512)]
 # (batch, height, width, in channels, out channels) of 3x3 SAME convolutions: the digits CNN's
 CONVS = [(64, 8, 8, 1, 16), (64, 4, 4, 16, 32)]
 SHAPES = [(128, 256, 256, "none"), (128, 256, 1024, "gelu_tanh"), (128, 1024, 256, "none"),
@@ -46,7 +49,7 @@ SHAPES = [(128, 256, 256, "none"), (128, 256, 1024, "gelu_tanh"), (128, 1024, 25
 def old_targets():
     """While tracing: this checkout's kernel calls name the other build's FFI targets."""
     kernels = native.library().kernels
-    saved = {name: kernels[name] for name in KERNELS}
+    saved = {name: kernels[name] for name in KERNELS if name in kernels}
     for name, kernel in saved.items():
         kernels[name] = dataclasses.replace(kernel, prefix="old_jaxlite_")
     try:
@@ -89,7 +92,8 @@ def run() -> None:
     copy = os.path.join(tempfile.mkdtemp(), "old.so")  # a second copy loads as its own library
     shutil.copy(sys.argv[1], copy)
     lib = ctypes.CDLL(copy, mode=os.RTLD_LOCAL)
-    for name in KERNELS:
+    in_both = [name for name in KERNELS if hasattr(lib, f"Jaxlite{name}")]  # older builds lack the float ones
+    for name in in_both:
         jax.ffi.register_ffi_target("old_" + native.kernel(name).target, jax.ffi.pycapsule(getattr(lib, f"Jaxlite{name}")),
                                     platform="cpu")
     rng = np.random.default_rng(0)
@@ -121,6 +125,15 @@ def run() -> None:
                     x, p, cs, o, s, out_scale=jnp.float32(0.05), activation="relu", **g), xq, reps)
     heads = jnp.asarray(rng.standard_normal((4, 128, 64)).astype(np.float32))
     compare("act 4x128x64x128", lambda a: native.dynamic_act_gemm(a, a), heads, reps)
+    if "FloatGemm" in in_both:
+        for m, k, n in FLOAT_SHAPES:
+            packed = jnp.asarray(native.float_gemm_pack(rng.standard_normal((k, n)).astype(np.float32)))
+            x = jnp.asarray(rng.standard_normal((m, k)).astype(np.float32))
+            compare(f"float {m}x{k}x{n} gelu_tanh",
+                    lambda x, p=packed, n=n: native.float_gemm(x, p, n, activation="gelu_tanh"), x, reps)
+    if "FloatActGemm" in in_both:
+        compare("float act 4x128x64x128", lambda a: native.float_act_gemm(
+            a, a, sizes=(4, 128, 128, 64), strides=(128 * 64, 64, 128 * 64, 64)), heads, reps)
 
 
 if __name__ == "__main__":
