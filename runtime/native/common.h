@@ -130,4 +130,17 @@ void parallel_for(Pool& pool, int64_t threads, int64_t count, F fn) {
   wait_until(progress->done, count);
 }
 
+// Runs fn(m0, m1, g0, g1) over a grid of row blocks [m0, m1) of M and chunks [g0, g1) of
+// `groups` column groups on `threads` threads: a few chunks per thread (for balance), split
+// by columns first, by rows only up to max_row_blocks.
+template <typename Pool, typename F>
+void parallel_grid(Pool& pool, int64_t threads, int64_t M, int64_t groups, int64_t max_row_blocks, F fn) {
+  const int64_t col_chunks = std::min<int64_t>(groups, 4 * threads);
+  const int64_t row_chunks = std::min<int64_t>(max_row_blocks, (4 * threads + col_chunks - 1) / col_chunks);
+  parallel_for(pool, threads, col_chunks * row_chunks, [=](int64_t c) {
+    const int64_t rc = c / col_chunks, cc = c % col_chunks;
+    fn(M * rc / row_chunks, M * (rc + 1) / row_chunks, groups * cc / col_chunks, groups * (cc + 1) / col_chunks);
+  });
+}
+
 }  // namespace jaxlite

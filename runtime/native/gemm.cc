@@ -360,16 +360,22 @@ inline void float_tile(const float* __restrict a, int64_t lda, int64_t K, const 
   }
 }
 
+// Rows x panels [p_begin, p_end), Group panels per tile, then single panels.
+template <int Rows, int Group>
+void row_panels(const float* a, int64_t lda, int64_t K, const float* packed, int64_t p_begin, int64_t p_end,
+                int64_t N, const float* bias, int32_t activation, float* out) {
+  int64_t p = p_begin;
+  for (; p + Group <= p_end; p += Group)
+    float_tile<Rows, Group>(a, lda, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
+  for (; p < p_end; ++p) float_tile<Rows, 1>(a, lda, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
+}
+
 // A few rows (a batch-1 dense layer) against every panel, four at a time: bound by reading
 // the weight once, so no blocking.
 template <int Rows>
 void few_rows(const float* a, int64_t K, const float* packed, int64_t N, const float* bias, int32_t activation,
               float* out) {
-  const int64_t panels = (N + 15) / 16;
-  int64_t p = 0;
-  for (; p + 4 <= panels; p += 4)
-    float_tile<Rows, 4>(a, K, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
-  for (; p < panels; ++p) float_tile<Rows, 1>(a, K, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
+  row_panels<Rows, 4>(a, K, K, packed, 0, (N + 15) / 16, N, bias, activation, out);
 }
 
 // The many-rows tile: 6 rows x 4 panels (24 zmm accumulators) with AVX-512, 6 rows x 1
@@ -383,15 +389,6 @@ constexpr int kTilePanels = 1;
 // The weight columns one pass of row tiles reads, kept in L2 while every tile passes over
 // them (A's tile, 6 x K, stays in L1 across the block's panels).
 constexpr int64_t kPanelBlockBytes = 128 * 1024;
-
-template <int Rows>
-void tile_panels(const float* a, int64_t lda, int64_t K, const float* packed, int64_t p_begin, int64_t p_end,
-                 int64_t N, const float* bias, int32_t activation, float* out) {
-  int64_t p = p_begin;
-  for (; p + kTilePanels <= p_end; p += kTilePanels)
-    float_tile<Rows, kTilePanels>(a, lda, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
-  for (; p < p_end; ++p) float_tile<Rows, 1>(a, lda, K, packed + p * K * 16, p * 16, N, bias, activation, out, N);
-}
 
 // Rows [0, M) of A (rows lda floats apart, K used) x panels [p_begin, p_end) into out
 // [M, N]: blocks of panels, and for each, tiles of up to 6 rows spread evenly (128 rows:
@@ -408,12 +405,12 @@ void float_gemm(const float* a, int64_t lda, int64_t M, int64_t K, const float* 
       const float* at = a + i * lda;
       float* ot = out + i * N;
       switch (rows) {
-        case 6: tile_panels<6>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
-        case 5: tile_panels<5>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
-        case 4: tile_panels<4>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
-        case 3: tile_panels<3>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
-        case 2: tile_panels<2>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
-        default: tile_panels<1>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 6: row_panels<6, kTilePanels>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 5: row_panels<5, kTilePanels>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 4: row_panels<4, kTilePanels>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 3: row_panels<3, kTilePanels>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        case 2: row_panels<2, kTilePanels>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
+        default: row_panels<1, kTilePanels>(at, lda, K, packed, pb, pe, N, bias, activation, ot); break;
       }
       i += rows;
     }
@@ -455,16 +452,11 @@ ffi::Error FloatGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> p
     float_gemm(x, K, M, K, w, N, 0, panels, b, act, y);
     return ffi::Error::Success();
   }
-  const int64_t col_chunks = std::min<int64_t>(groups, 4 * threads);
-  const int64_t row_chunks =
-      std::min<int64_t>(std::max<int64_t>(1, M / kMinRows), (4 * threads + col_chunks - 1) / col_chunks);
-  parallel_for(pool, threads, col_chunks * row_chunks, [=](int64_t c) {
-    const int64_t rc = c / col_chunks, cc = c % col_chunks;
-    const int64_t p0 = std::min(panels, groups * cc / col_chunks * kTilePanels);
-    const int64_t p1 = std::min(panels, groups * (cc + 1) / col_chunks * kTilePanels);
-    const int64_t m0 = M * rc / row_chunks, m1 = M * (rc + 1) / row_chunks;
-    if (m1 > m0 && p1 > p0) float_gemm(x + m0 * K, K, m1 - m0, K, w, N, p0, p1, b, act, y + m0 * N);
-  });
+  parallel_grid(pool, threads, M, groups, std::max<int64_t>(1, M / kMinRows),
+                [=](int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
+                  const int64_t p0 = std::min(panels, g0 * kTilePanels), p1 = std::min(panels, g1 * kTilePanels);
+                  if (m1 > m0 && p1 > p0) float_gemm(x + m0 * K, K, m1 - m0, K, w, N, p0, p1, b, act, y + m0 * N);
+                });
   return ffi::Error::Success();
 }
 
@@ -475,10 +467,9 @@ ffi::Error FloatGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> p
 template <typename Pool>
 ffi::Error FloatActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out,
                         IntsAttr<kSizes> sizes_attr, IntsAttr<kStrides> strides_attr) {
-  ActProduct shape;
-  if (!shape.read(*sizes_attr, *strides_attr, a.element_count(), b.element_count(), out->element_count()))
+  ActProduct s;
+  if (!s.read(*sizes_attr, *strides_attr, a.element_count(), b.element_count(), out->element_count()))
     return ffi::Error::InvalidArgument("jaxlite FloatActGemm: sizes [B, M, N, K] and strides [4] that fit the operands");
-  const ActProduct s = shape;
   const int64_t panels = (s.N + 15) / 16;
   const float* A = a.typed_data();
   const float* Bm = b.typed_data();

@@ -128,14 +128,9 @@ void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_
     gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
     return;
   }
-  const int64_t col_chunks = std::min<int64_t>(pairs, 4 * threads);
-  const int64_t row_chunks = std::min<int64_t>(max_row_blocks, (4 * threads + col_chunks - 1) / col_chunks);
-  parallel_for(pool, threads, col_chunks * row_chunks, [=](int64_t c) {
-    const int64_t rc = c / col_chunks, cc = c % col_chunks;
-    const int64_t b = std::min(panels, pairs * cc / col_chunks * 2);
-    const int64_t e = std::min(panels, pairs * (cc + 1) / col_chunks * 2);
-    const int64_t m0 = M * rc / row_chunks, m1 = M * (rc + 1) / row_chunks;
-    gemm_panels(au + m0 * Kp, m1 - m0, Kp, packed, N, b, e, epi.from_row(m0));
+  parallel_grid(pool, threads, M, pairs, max_row_blocks, [=](int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
+    gemm_panels(au + m0 * Kp, m1 - m0, Kp, packed, N, std::min(panels, g0 * 2), std::min(panels, g1 * 2),
+                epi.from_row(m0));
   });
 }
 
