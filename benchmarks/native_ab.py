@@ -10,7 +10,8 @@ on the same arrays: GEMMs of the benchmark models' shapes (transformer, ResNet/C
 GEMMs, the digits MLP), both float-input (dynamic) and int8-input, the attention dot, and
 the float32 FloatGemm / FloatActGemm where the other build has them.
 Prints min and 25th percentile per build and their ratio. Pinned to one core, inline dispatch.
-The two builds must have the same FFI signatures (the Python wrappers are this checkout's);
+The two builds must have the same FFI signatures (the Python wrappers are this checkout's;
+each build's int8 weights are packed in the layout it reads, JaxliteWeightLayout);
 ``--only dynamic`` (rows whose label starts with it) compares the kernels that kept theirs.
 The current build against itself reads 0.99-1.00 on every row here: that is the resolution.
 """
@@ -58,11 +59,12 @@ def old_targets():
         kernels.update(saved)
 
 
-def compare(label: str, make, arg, reps: int) -> None:
+def compare(label: str, make, arg, reps: int, make_old=None) -> None:
+    """make (and make_old for the other build, where its operands differ) timed on arg."""
     if "--only" in sys.argv and not label.startswith(sys.argv[sys.argv.index("--only") + 1]):
         return
     with old_targets():
-        old = jax.jit(make).lower(arg).compile()  # traced while the old names are set
+        old = jax.jit(make_old or make).lower(arg).compile()  # traced while the old names are set
     new = jax.jit(make).lower(arg).compile()
     times = {"old": [], "new": []}
     for _ in range(reps):
@@ -96,33 +98,36 @@ def run() -> None:
     for name in in_both:
         jax.ffi.register_ffi_target("old_" + native.kernel(name).target, jax.ffi.pycapsule(getattr(lib, f"Jaxlite{name}")),
                                     platform="cpu")
+    old_layout = native.weight_layout(lib)
     rng = np.random.default_rng(0)
     for m, k, n, act in SHAPES:
         w = rng.standard_normal((k, n)).astype(np.float32)
         wq = np.clip(np.round(w / (np.abs(w).max(0) / 127)), -127, 127).astype(np.int8)
-        packed, colsum = native.pack(wq)
+        colsum = native.column_sums(wq)
+        packs = native.packed_weight(wq), native.packed_weight(wq, old_layout)  # new build's, old build's
         scale = jnp.full((n,), 0.01, jnp.float32)
         x = jnp.asarray(rng.standard_normal((m, k)).astype(np.float32))
-        compare(f"dynamic {m}x{k}x{n} {act}",
-                lambda x, p=packed, c=colsum, s=scale, n=n, a=act: native.dynamic_gemm(x, p, c, s, n, activation=a),
-                x, reps)
+        dynamic = [lambda x, p=p, n=n, a=act, s=scale, c=colsum: native.dynamic_gemm(x, p, c, s, n, activation=a)
+                   for p in packs]
+        compare(f"dynamic {m}x{k}x{n} {act}", dynamic[0], x, reps, dynamic[1])
         xq = jnp.asarray(rng.integers(-127, 128, (m, k)).astype(np.int8))
-        compare(f"int8 {m}x{k}x{n} {act}",
-                lambda x, p=packed, c=colsum, s=scale, n=n, a=act: native.quantized_gemm(
-                    x, p, c, n, s, out_scale=jnp.float32(0.05), activation=a), xq, reps)
+        int8 = [lambda x, p=p, n=n, a=act, s=scale, c=colsum: native.quantized_gemm(
+                    x, p, c, n, s, out_scale=jnp.float32(0.05), activation=a) for p in packs]
+        compare(f"int8 {m}x{k}x{n} {act}", int8[0], xq, reps, int8[1])
     for b, h, w_, c, o in CONVS:
         wq = rng.integers(-127, 128, (9 * c, o)).astype(np.int8)
-        packed, colsum = native.pack(wq)
+        colsum = native.column_sums(wq)
+        packs = native.packed_weight(wq), native.packed_weight(wq, old_layout)
         scale = jnp.full((o,), 0.01, jnp.float32)
         geometry = dict(window=(3, 3), strides=(1, 1), dilation=(1, 1), padding_low=(1, 1), out_size=(h, w_))
         x = jnp.asarray(rng.standard_normal((b, h, w_, c)).astype(np.float32))
-        compare(f"dynamic conv {b}x{h}x{w_}x{c}->{o} relu",
-                lambda x, p=packed, cs=colsum, s=scale, o=o, g=geometry: native.dynamic_conv(
-                    x, p, cs, o, s, activation="relu", **g), x, reps)
+        dynamic = [lambda x, p=p, cs=colsum, s=scale, o=o, g=geometry: native.dynamic_conv(
+                       x, p, cs, o, s, activation="relu", **g) for p in packs]
+        compare(f"dynamic conv {b}x{h}x{w_}x{c}->{o} relu", dynamic[0], x, reps, dynamic[1])
         xq = jnp.asarray(rng.integers(-127, 128, (b, h, w_, c)).astype(np.int8))
-        compare(f"int8 conv {b}x{h}x{w_}x{c}->{o} relu",
-                lambda x, p=packed, cs=colsum, s=scale, o=o, g=geometry: native.quantized_conv(
-                    x, p, cs, o, s, out_scale=jnp.float32(0.05), activation="relu", **g), xq, reps)
+        int8 = [lambda x, p=p, cs=colsum, s=scale, o=o, g=geometry: native.quantized_conv(
+                    x, p, cs, o, s, out_scale=jnp.float32(0.05), activation="relu", **g) for p in packs]
+        compare(f"int8 conv {b}x{h}x{w_}x{c}->{o} relu", int8[0], xq, reps, int8[1])
     heads = jnp.asarray(rng.standard_normal((4, 128, 64)).astype(np.float32))
     compare("act 4x128x64x128", lambda a: native.dynamic_act_gemm(a, a), heads, reps)
     if "FloatGemm" in in_both:

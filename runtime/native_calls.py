@@ -115,6 +115,7 @@ class NativeLibrary:
         names = self.handle.JaxliteActivations
         names.restype = ctypes.c_char_p
         self.activations = {name: code for code, name in enumerate(names().decode().split(","))}
+        self.weight_layout = weight_layout(self.handle)
         self.kernels: dict[str, NativeKernel] = {}
         for name in kernels:
             signature = getattr(self.handle, f"JaxliteSignature{name}")
@@ -229,17 +230,37 @@ def activation_code(activation: str) -> int | None:
 # weights in the GEMMs' layout
 
 
-def packed_weight(w: np.ndarray) -> np.ndarray:
-    """An int8 [K, N] weight in the kernel's layout: panels of 32 columns, k in groups of 4."""
+# The packed int8 weight's layouts (native/gemm.h kWeightLayout): panels of 32 columns, in
+# each the columns' values for `group` consecutive k, as bytes (vpdpbusd) or widened to
+# int16 (the AVX2 build's vpmaddwd). Name -> (element type, group).
+WEIGHT_LAYOUTS = {"int8x4": (np.dtype(np.int8), 4), "int16x2": (np.dtype(np.int16), 2)}
+
+
+def weight_layout(handle: ctypes.CDLL) -> str | None:
+    """The packed weight's layout a loaded kernel library reads (a key of WEIGHT_LAYOUTS);
+    None for a library without the int8 GEMM. Builds before the AVX2 one widened its weight
+    read int8x4 whatever their ISA."""
+    if not hasattr(handle, "JaxliteQuantizedGemm"):
+        return None
+    if not hasattr(handle, "JaxliteWeightLayout"):
+        return "int8x4"
+    handle.JaxliteWeightLayout.restype = ctypes.c_char_p
+    return handle.JaxliteWeightLayout().decode()
+
+
+def packed_weight(w: np.ndarray, layout: str | None = None) -> np.ndarray:
+    """An int8 [K, N] weight in ``layout`` (default: the serving build's), as bytes."""
+    dtype, group = WEIGHT_LAYOUTS[layout or library().weight_layout]
     k, n = w.shape
-    k4, panels = (k + 3) // 4, (n + 31) // 32
-    padded = np.zeros((k4 * 4, panels * 32), np.int8)
+    kp, panels = -(-k // 4) * 4, -(-n // 32)
+    padded = np.zeros((kp, panels * 32), dtype)
     padded[:k, :n] = w
-    return padded.reshape(k4, 4, panels, 32).transpose(2, 0, 3, 1).reshape(-1)  # one copy
+    packed = padded.reshape(kp // group, group, panels, 32).transpose(2, 0, 3, 1).reshape(-1)  # one copy
+    return packed.view(np.int8)
 
 
 def packed_bytes(k: int, n: int) -> int:
-    return -(-k // 4) * 4 * -(-n // 32) * 32
+    return -(-k // 4) * 4 * -(-n // 32) * 32 * WEIGHT_LAYOUTS[library().weight_layout][0].itemsize
 
 
 def column_sums(w: np.ndarray) -> np.ndarray:

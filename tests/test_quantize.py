@@ -420,6 +420,29 @@ def test_native_dynamic_gemm_quantizes_rows_like_xla():
         np.testing.assert_allclose(shared, got, rtol=1e-6, atol=1e-6)
 
 
+def test_packed_weight_is_in_the_layout_the_serving_build_reads():
+    """AVX-512 VNNI reads bytes, k in groups of 4; AVX2 int16, k in pairs (widened at load);
+    both in panels of 32 zero-padded columns. A library without the query (builds before
+    the widened AVX2 weight) reads bytes."""
+    native = _native_or_skip()
+    layout = native.library().weight_layout
+    assert layout == ("int8x4" if native.target() == "cpu-avx512vnni" else "int16x2")
+    w = np.arange(-60, 60).astype(np.int8).reshape(10, 12)  # K 10 -> 12, N 12 -> 32
+    packed = native.packed_weight(w)
+    assert packed.dtype == np.int8 and packed.size == native.packed_bytes(10, 12)
+    dtype, group = native.WEIGHT_LAYOUTS[layout]
+    values = packed.view(dtype).reshape(12 // group, 32, group)  # [k group][column][k]
+    matrix = values.transpose(0, 2, 1).reshape(12, 32)
+    np.testing.assert_array_equal(matrix[:10, :12], w)
+    assert not matrix[10:].any() and not matrix[:, 12:].any()
+
+    class OlderBuild:
+        JaxliteQuantizedGemm = None
+
+    assert native.weight_layout(OlderBuild()) == "int8x4"
+    assert native.weight_layout(object()) is None  # no int8 GEMM (the oneDNN library)
+
+
 def test_native_gemm_refuses_zero_points_that_do_not_fit():
     """Zero points come with one scale per row (quantize_rows gives both); a mismatch is the
     kernel's error, not a read past the buffer."""

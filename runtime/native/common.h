@@ -73,9 +73,10 @@ inline __mmask16 tail_mask(int64_t left) {
 }
 
 // Scratch buffers per thread (slot 0: the GEMM's A rows, slot 1: a padded conv input or a
-// packed right-hand side), reused across calls: no page faults on every call.
+// packed right-hand side, slot 2: A's rows widened for the AVX2 tiles), reused across
+// calls: no page faults on every call.
 inline uint8_t* scratch(size_t bytes, int slot = 0) {
-  thread_local std::vector<uint8_t> buffers[2];
+  thread_local std::vector<uint8_t> buffers[3];
   if (buffers[slot].size() < bytes) buffers[slot].resize(bytes);
   return buffers[slot].data();
 }

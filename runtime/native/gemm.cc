@@ -86,65 +86,71 @@ void row_tiles(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* panel, in
 
 #else  // AVX2: no vpdpbusd
 
-// ROWS rows of A against the 16 columns of one half of a 32-column panel (bytes [64 h,
-// 64 h + 64) of its 128-byte k-groups), 8 accumulators in registers. vpdpbusd's dot of
-// four unsigned by four signed bytes becomes two vpmaddwd of 16-bit halves: the even bytes
-// (k, k + 2) and the odd ones (k + 1, k + 3) of each 4-byte group, sign-extended (weight)
-// or zero-extended (A) -- every product and pair sum fits, so the result is exact and
-// equal to the AVX-512 kernel's (vpmaddubsw would saturate at 255 x 127 x 2).
+// ROWS rows of A (widened to 16 bits, kernel_rows) times the 16 columns of one half of a
+// 32-column panel (int16 [32 h, 32 h + 32) of its 64-value k-pair groups) into acc, 2 * ROWS
+// accumulators in registers. vpmaddwd multiplies a pair of A's values by a column's pair of
+// weights and adds the two: exact (every product and pair sum fits), so the result equals
+// the AVX-512 kernel's. The weight was widened at load: the loop only loads, multiplies and
+// adds. Not inlined into the epilogue's code: with it GCC kept half the accumulators on the
+// stack.
 template <int ROWS>
-inline void half_tile(const uint8_t* __restrict a, int64_t lda, const int8_t* __restrict half, int64_t k4,
-                      int64_t m0, int64_t n0, int64_t n_end, const Epilogue& epi) {
-  __m256i acc[ROWS][2];
-#pragma GCC unroll 4
-  for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-  const __m256i low_bytes = _mm256_set1_epi16(0x00FF);
-  for (int64_t kk = 0; kk < k4; ++kk) {
-    __m256i even[2], odd[2];
-#pragma GCC unroll 2
-    for (int j = 0; j < 2; ++j) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half + kk * 128 + 32 * j));
-      even[j] = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8);
-      odd[j] = _mm256_srai_epi16(w, 8);
-    }
-#pragma GCC unroll 4
+__attribute__((noinline)) void half_products(const int16_t* __restrict a, int64_t lda,
+                                             const int16_t* __restrict half, int64_t k2, __m256i* acc) {
+  __m256i sum[ROWS][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
+  for (int64_t kk = 0; kk < k2; ++kk) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half + kk * 64));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half + kk * 64 + 16));
+#pragma GCC unroll 6
     for (int r = 0; r < ROWS; ++r) {
-      int32_t av;
-      std::memcpy(&av, a + r * lda + kk * 4, 4);
-      const __m256i va = _mm256_set1_epi32(av);
-      const __m256i a_even = _mm256_and_si256(va, low_bytes), a_odd = _mm256_srli_epi16(va, 8);
-#pragma GCC unroll 2
-      for (int j = 0; j < 2; ++j)
-        acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_add_epi32(_mm256_madd_epi16(a_even, even[j]),
-                                                                 _mm256_madd_epi16(a_odd, odd[j])));
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * kk, 4);
+      const __m256i va = _mm256_set1_epi32(pair);
+      sum[r][0] = _mm256_add_epi32(sum[r][0], _mm256_madd_epi16(va, w0));
+      sum[r][1] = _mm256_add_epi32(sum[r][1], _mm256_madd_epi16(va, w1));
     }
   }
-  const __mmask16 mask = tail_mask(n_end - n0);
-#pragma GCC unroll 4
-  for (int r = 0; r < ROWS; ++r) epi(m0 + r, n0, __m512i{acc[r][0], acc[r][1]}, mask);
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) {
+    acc[2 * r] = sum[r][0];
+    acc[2 * r + 1] = sum[r][1];
+  }
 }
 
-// One panel for every row: each half in tiles of up to 4 rows, spread evenly.
-void panel_rows(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* panel, int64_t n0, int64_t n_end,
+template <int ROWS>
+inline void half_tile(const int16_t* a, int64_t lda, const int16_t* half, int64_t k2, int64_t m0, int64_t n0,
+                      int64_t n_end, const Epilogue& epi) {
+  __m256i acc[2 * ROWS];
+  half_products<ROWS>(a, lda, half, k2, acc);
+  const __mmask16 mask = tail_mask(n_end - n0);
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r) epi(m0 + r, n0, __m512i{acc[2 * r], acc[2 * r + 1]}, mask);
+}
+
+// One panel for every row: each half in tiles of up to 6 rows, spread evenly.
+void panel_rows(const int16_t* rows, int64_t M, int64_t Kp, const int16_t* panel, int64_t n0, int64_t n_end,
                 const Epilogue& epi) {
-  constexpr int64_t MAX_ROWS = 4;
+  constexpr int64_t MAX_ROWS = 6;
   const int64_t tiles = (M + MAX_ROWS - 1) / MAX_ROWS;
   if (tiles == 0) return;
-  const int64_t base = M / tiles, extra = M % tiles, k4 = Kp / 4;
+  const int64_t base = M / tiles, extra = M % tiles, k2 = Kp / 2;
   for (int64_t t = 0, i = 0; t < tiles; ++t) {
-    const int64_t rows = base + (t < extra ? 1 : 0);
+    const int64_t count = base + (t < extra ? 1 : 0);
     for (int h = 0; h < 2 && n0 + 16 * h < n_end; ++h) {
-      const uint8_t* a = au + i * Kp;
-      const int8_t* half = panel + 64 * h;
+      const int16_t* a = rows + i * Kp;
+      const int16_t* half = panel + 32 * h;
       const int64_t n = n0 + 16 * h;
-      switch (rows) {
-        case 4: half_tile<4>(a, Kp, half, k4, i, n, n_end, epi); break;
-        case 3: half_tile<3>(a, Kp, half, k4, i, n, n_end, epi); break;
-        case 2: half_tile<2>(a, Kp, half, k4, i, n, n_end, epi); break;
-        default: half_tile<1>(a, Kp, half, k4, i, n, n_end, epi); break;
+      switch (count) {
+        case 6: half_tile<6>(a, Kp, half, k2, i, n, n_end, epi); break;
+        case 5: half_tile<5>(a, Kp, half, k2, i, n, n_end, epi); break;
+        case 4: half_tile<4>(a, Kp, half, k2, i, n, n_end, epi); break;
+        case 3: half_tile<3>(a, Kp, half, k2, i, n, n_end, epi); break;
+        case 2: half_tile<2>(a, Kp, half, k2, i, n, n_end, epi); break;
+        default: half_tile<1>(a, Kp, half, k2, i, n, n_end, epi); break;
       }
     }
-    i += rows;
+    i += count;
   }
 }
 
@@ -152,20 +158,33 @@ void panel_rows(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* panel, i
 
 }  // namespace
 
-void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
+void gemm_panels(const TileRow* rows, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
                  int64_t p_begin, int64_t p_end, const Epilogue& epi) {
-  const int64_t k4 = Kp / 4;
-  int64_t p = p_begin;
+  int64_t p = p_begin;  // a panel is 32 * Kp weights
 #if defined(__AVX512VNNI__)
   for (; p + 2 <= p_end; p += 2)
-    row_tiles<2>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 2) * 32), epi);
+    row_tiles<2>(rows, M, Kp, packed + p * Kp * 32, p * 32, std::min<int64_t>(N, (p + 2) * 32), epi);
   if (p < p_end)
-    row_tiles<1>(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
+    row_tiles<1>(rows, M, Kp, packed + p * Kp * 32, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
 #else
+  const int16_t* wide = reinterpret_cast<const int16_t*>(packed);
   for (; p < p_end; ++p)
-    panel_rows(au, M, Kp, packed + p * k4 * 128, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
+    panel_rows(rows, M, Kp, wide + p * Kp * 32, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
 #endif
 }
+
+#if !defined(__AVX512VNNI__)
+const TileRow* kernel_rows(const uint8_t* au, int64_t M, int64_t Kp) {
+  int16_t* rows = reinterpret_cast<int16_t*>(scratch(M * Kp * sizeof(int16_t), 2));
+  const int64_t n = M * Kp;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(rows + i),
+                        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(au + i))));
+  for (; i < n; ++i) rows[i] = au[i];
+  return rows;
+}
+#endif
 
 uint8_t* unsigned_rows(const int8_t* A, int64_t M, int64_t K, int64_t Kp, bool& nan_code) {
   uint8_t* au = scratch(M * Kp);
@@ -200,15 +219,16 @@ uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float 
 
 void asymmetric_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
                      int32_t* colsum, float* scale, int32_t* zero) {
-  const int64_t k4 = Kp / 4, panels = (N + 31) / 32;
-  std::memset(packed, 0, panels * k4 * 128);
-  alignas(64) int8_t q[16];
+  const int64_t panels = (N + 31) / 32;
+  std::memset(packed, 0, panels * Kp * 32 * sizeof(PackedCode));
+  PackedCode* codes = reinterpret_cast<PackedCode*>(packed);
+  alignas(64) PackedCode q[16];
   for (int64_t n = 0; n < N; ++n) {
     const float* row = B + n * ldb;
     asymmetric_params(row, K, scale[n], zero[n]);
     const __m512 inv_s = _mm512_set1_ps(1.0f / scale[n]);
     const __m512i z = _mm512_set1_epi32(zero[n]);
-    int8_t* col = packed + (n / 32) * k4 * 128 + (n % 32) * 4;
+    PackedCode* col = codes + (n / 32) * Kp * 32 + (n % 32) * kCodeGroup;
     __m512i sum = _mm512_setzero_si512();
     for (int64_t k = 0; k < K; k += 16) {
       const __mmask16 mask = tail_mask(K - k);
@@ -216,8 +236,14 @@ void asymmetric_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t 
           _mm512_set1_epi32(127), asymmetric_epi32(_mm512_maskz_loadu_ps(mask, row + k), inv_s, z)));
       const __m512i qi = _mm512_maskz_mov_epi32(mask, code);
       sum = _mm512_add_epi32(sum, qi);
+#if defined(__AVX512VNNI__)
       _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
-      for (int64_t g = 0; g < 4 && k + 4 * g < K; ++g) std::memcpy(col + ((k / 4) + g) * 128, q + 4 * g, 4);
+#else
+      _mm256_store_si256(reinterpret_cast<__m256i*>(q),  // codes fit: saturation changes none
+                         _mm256_permute4x64_epi64(_mm256_packs_epi32(qi.lo, qi.hi), _MM_SHUFFLE(3, 1, 2, 0)));
+#endif
+      for (int64_t g = 0; g < 16 / kCodeGroup && k + kCodeGroup * g < K; ++g)
+        std::memcpy(col + (k / kCodeGroup + g) * 32 * kCodeGroup, q + kCodeGroup * g, kCodeGroup * sizeof(PackedCode));
     }
     colsum[n] = _mm512_reduce_add_epi32(sum);
   }
@@ -316,13 +342,13 @@ ffi::Error DynamicActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F
     std::vector<int32_t> row_zero(M), row_sums(M), col_zero(N), colsum(N);
     const uint8_t* au = asymmetric_rows(A + i * a_batch, M, K, Kp, row_scale.data(), row_zero.data(), a_row);
     centred_row_sums(au, M, K, Kp, row_zero.data(), row_sums.data());
-    int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32, 1));
+    int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32 * sizeof(PackedCode), 1));
     asymmetric_pack(Bm + i * b_batch, N, K, b_row, Kp, packed, colsum.data(), col_scale.data(), col_zero.data());
     Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N,
                  row_zero.data()};
     epi.col_zero = col_zero.data();
     epi.row_sums = row_sums.data();
-    gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
+    gemm_panels(kernel_rows(au, M, Kp), M, Kp, packed, N, 0, panels, epi);
   };
   const int64_t threads = std::min<int64_t>({usable_threads(pool), batches, batches * M * Kp * N / (1 << 19)});
   parallel_for(pool, threads, batches, one);
@@ -494,6 +520,10 @@ ffi::Error FloatActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32
 
 }  // namespace jaxlite
 
+// The packed int8 weight's layout this build reads (gemm.h), for runtime/native_calls.py.
+extern "C" __attribute__((visibility("default"))) const char* JaxliteWeightLayout() {
+  return jaxlite::kWeightLayout;
+}
 
 JAXLITE_EXPORT(QuantizedGemm)
 JAXLITE_EXPORT(DynamicGemm)

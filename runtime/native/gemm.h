@@ -5,8 +5,9 @@
 //   float out:  activation((float(acc) * row_scale[m]) * col_scale[n] + bias[n])
 //   int8 out:   that value requantized: clamp(round_half_even(v * (1 / out_scale)), -127, 127)
 //
-// W is packed once at load (runtime/native_calls.py): panels of 32 columns, k in groups of 4,
-// the layout vpdpbusd reads. vpdpbusd multiplies unsigned by signed bytes, so A is shifted
+// W is packed once at load (runtime/native_calls.py) in panels of 32 columns: with AVX-512
+// VNNI as bytes, k in groups of 4 (the layout vpdpbusd reads); with AVX2 widened to 16
+// bits, k in pairs (vpmaddwd's), so the tiles need no unpacking. vpdpbusd multiplies unsigned by signed bytes, so A is shifted
 // to A+128 (a bit flip) and 128 * colsum(W) is subtracted from the accumulator -- or
 // (128 + zero[m]) * colsum(W) for rows quantized with a zero point (dynamic range rows:
 // dialects/int8.py asymmetric_params), which makes acc = sum (a - zero) w; a W quantized
@@ -63,8 +64,25 @@ struct Epilogue {
   }
 };
 
-// Column panels [p_begin, p_end) of the packed weight for every row of the unsigned A.
-void gemm_panels(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
+// The packed weight's layout, as JaxliteWeightLayout reports it to the packer
+// (runtime/native_calls.py), and the rows of A the tiles read: the unsigned bytes as they
+// are (VNNI), or widened to 16 bits once per GEMM (AVX2), not once per panel.
+#if defined(__AVX512VNNI__)
+constexpr const char* kWeightLayout = "int8x4";
+using PackedCode = int8_t;  // one weight
+constexpr int64_t kCodeGroup = 4;  // consecutive k of a column
+using TileRow = uint8_t;
+inline const TileRow* kernel_rows(const uint8_t* au, int64_t, int64_t) { return au; }
+#else
+constexpr const char* kWeightLayout = "int16x2";
+using PackedCode = int16_t;
+constexpr int64_t kCodeGroup = 2;
+using TileRow = int16_t;
+const TileRow* kernel_rows(const uint8_t* au, int64_t M, int64_t Kp);  // in scratch slot 2
+#endif
+
+// Column panels [p_begin, p_end) of the packed weight for every row of A (from kernel_rows).
+void gemm_panels(const TileRow* rows, int64_t M, int64_t Kp, const int8_t* packed, int64_t N,
                  int64_t p_begin, int64_t p_end, const Epilogue& epi);
 
 // int8 A -> A + 128 as unsigned bytes, K padded to Kp with 128 (i.e. zero), in scratch;
@@ -100,7 +118,7 @@ inline const float* nan_row_scales(const uint8_t* au, int64_t M, int64_t Kp, con
 
 // Quantizes each of the N rows of float B [N, K] asymmetrically (scale and zero point as for
 // asymmetric_rows; rows ldb floats apart) and packs the codes as the weight layout's
-// columns: panels of 32, k in groups of 4, zero padded; colsum: each row's code sum.
+// columns (kWeightLayout), zero padded; colsum: each row's code sum.
 void asymmetric_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
                      int32_t* colsum, float* scale, int32_t* zero);
 
@@ -124,12 +142,13 @@ void gemm(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* packed, int64_
   // (measured: docs/ARCHITECTURE.md).
   const int64_t max_row_blocks = macs >= (int64_t{1} << 25) ? std::max<int64_t>(1, M / kMinRows) : 1;
   const int64_t threads = std::min<int64_t>({usable_threads(pool), pairs * max_row_blocks, macs / (1 << 20)});
+  const TileRow* rows = kernel_rows(au, M, Kp);
   if (threads <= 1) {
-    gemm_panels(au, M, Kp, packed, N, 0, panels, epi);
+    gemm_panels(rows, M, Kp, packed, N, 0, panels, epi);
     return;
   }
   parallel_grid(pool, threads, M, pairs, max_row_blocks, [=](int64_t m0, int64_t m1, int64_t g0, int64_t g1) {
-    gemm_panels(au + m0 * Kp, m1 - m0, Kp, packed, N, std::min(panels, g0 * 2), std::min(panels, g1 * 2),
+    gemm_panels(rows + m0 * Kp, m1 - m0, Kp, packed, N, std::min(panels, g0 * 2), std::min(panels, g1 * 2),
                 epi.from_row(m0));
   });
 }
