@@ -14,6 +14,7 @@ does. The plan is read from the program's jaxpr, so it runs exactly what XLA wou
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,10 @@ from jaxlite.runtime.gemm_layout import gemm_shape, weight_source
 # Only programs up to this many multiply-adds: the kernels run on one thread here, where XLA
 # would split big GEMMs over its pool; below it XLA's per-call cost is the larger share.
 MAX_MACS = 8 << 20
+# ... or this many where the process may run on one core only (pinned): there XLA's pool has
+# nothing to split over, so only its per-call cost differs, and beyond this it is too small a
+# share to trace a program for at every compile.
+MAX_MACS_ONE_CORE = 64 << 20
 # ... and buffers (intermediates, inputs, outputs) up to this many bytes.
 MAX_ARENA_BYTES = 64 << 20
 
@@ -95,8 +100,8 @@ class HostPlan:
             env[var] = self._constant(value)
         self._walk(jaxpr, env)
         self._outputs = [self._read(env, v) for v in jaxpr.outvars]
-        if self._macs > MAX_MACS:
-            raise NotDirect(f"{self._macs} multiply-adds (> {MAX_MACS}): XLA's threads pay off")
+        if self._macs > max_macs():
+            raise NotDirect(f"{self._macs} multiply-adds (> {max_macs()}): XLA's threads pay off")
         if self._arena_bytes > MAX_ARENA_BYTES:
             raise NotDirect(f"{self._arena_bytes} bytes of buffers (> {MAX_ARENA_BYTES})")
         self._program = (_Step * max(1, len(self._steps)))(*[_Step(*step) for step in self._steps])
@@ -213,10 +218,22 @@ class HostPlan:
             return [out.copy() for out in self._outputs]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), as the kernels count them
+    (native/common.h usable_threads)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def max_macs() -> int:
+    """The most multiply-adds of a program the plan runs: MAX_MACS, or MAX_MACS_ONE_CORE
+    where the process has one core."""
+    return MAX_MACS_ONE_CORE if usable_cores() == 1 else MAX_MACS
+
+
 def worth_tracing(block) -> bool:
     """Whether a program might qualify, judged from its IR without tracing it (tracing a
     ResNet-18 for nothing would add to every compile): native int8 matmuls only among its
-    dots and convolutions, at most ``MAX_MACS`` multiply-adds."""
+    dots and convolutions, at most ``max_macs()`` multiply-adds."""
     macs = 0
     for op in block.ops:
         out = int(np.prod(op.results[0].type.get_shape())) if op.results else 0
@@ -235,7 +252,7 @@ def worth_tracing(block) -> bool:
             macs += out * _reduced_size(op)  # a float matmul: oneDNN's where that target runs
         elif isinstance(op, jlax.RegionOp):
             return False  # loops and branches stay in XLA
-    return 0 < macs <= MAX_MACS
+    return 0 < macs <= max_macs()
 
 
 def _int_attribute(attributes: dict, name: str) -> int:

@@ -2,6 +2,7 @@
 same results, numpy arrays out; everything else stays on the jitted path."""
 
 import ctypes
+import os
 import threading
 
 import jax
@@ -184,7 +185,25 @@ def test_what_the_plan_cannot_run_stays_on_xla(rng, monkeypatch):
         float_model.compile(direct=True, targets=["xla"])
     assert not jaxlite.convert(fn, x, quantize="dynamic").compile(native_gemm=False).direct
     monkeypatch.setattr(host_plan, "MAX_MACS", 1000)  # big programs keep XLA's threads
+    monkeypatch.setattr(host_plan, "usable_cores", lambda: 2)
     assert not jaxlite.convert(fn, x, quantize="dynamic").compile().direct
+
+
+def test_a_process_on_one_core_runs_bigger_programs_direct(rng, monkeypatch):
+    """Pinned to one core XLA's pool has nothing to split over: the limit is
+    MAX_MACS_ONE_CORE, and the affinity decides which limit applies."""
+    fn = _mlp(rng)
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    model = jaxlite.convert(fn, x, quantize="dynamic")
+    monkeypatch.setattr(host_plan, "MAX_MACS", 1000)
+    monkeypatch.setattr(host_plan, "usable_cores", lambda: 1)
+    one_core = model.compile()
+    assert one_core.direct
+    np.testing.assert_array_equal(one_core(x), model.compile(direct=False)(x))
+    monkeypatch.setattr(host_plan, "MAX_MACS_ONE_CORE", 1000)
+    assert not model.compile().direct
+    monkeypatch.undo()
+    assert host_plan.usable_cores() == len(os.sched_getaffinity(0))
 
 
 def test_programs_with_xla_ops_stay_on_xla(rng):
