@@ -238,8 +238,8 @@ WEIGHT_LAYOUTS = {"int8x4": (np.dtype(np.int8), 4), "int16x2": (np.dtype(np.int1
 
 def weight_layout(handle: ctypes.CDLL) -> str | None:
     """The packed weight's layout a loaded kernel library reads (a key of WEIGHT_LAYOUTS);
-    None for a library without the int8 GEMM. Builds before the AVX2 one widened its weight
-    read int8x4 whatever their ISA."""
+    None for a library without the int8 GEMM. A build without the query predates the int16
+    AVX2 layout: it reads int8x4 whatever its ISA."""
     if not hasattr(handle, "JaxliteQuantizedGemm"):
         return None
     if not hasattr(handle, "JaxliteWeightLayout"):

@@ -118,6 +118,7 @@ __attribute__((noinline)) void half_products(const int16_t* __restrict a, int64_
   }
 }
 
+// half_products, then the epilogue of each row.
 template <int ROWS>
 inline void half_tile(const int16_t* a, int64_t lda, const int16_t* half, int64_t k2, int64_t m0, int64_t n0,
                       int64_t n_end, const Epilogue& epi) {
@@ -242,8 +243,9 @@ void asymmetric_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t 
       _mm256_store_si256(reinterpret_cast<__m256i*>(q),  // codes fit: saturation changes none
                          _mm256_permute4x64_epi64(_mm256_packs_epi32(qi.lo, qi.hi), _MM_SHUFFLE(3, 1, 2, 0)));
 #endif
-      for (int64_t g = 0; g < 16 / kCodeGroup && k + kCodeGroup * g < K; ++g)
-        std::memcpy(col + (k / kCodeGroup + g) * 32 * kCodeGroup, q + kCodeGroup * g, kCodeGroup * sizeof(PackedCode));
+      for (int64_t g = 0; g < 16 / kCodeGroup && k + kCodeGroup * g < K; ++g)  // a column's k group
+        std::memcpy(col + (k / kCodeGroup + g) * 32 * kCodeGroup, q + kCodeGroup * g,
+                    kCodeGroup * sizeof(PackedCode));
     }
     colsum[n] = _mm512_reduce_add_epi32(sum);
   }

@@ -6,13 +6,13 @@
 //   int8 out:   that value requantized: clamp(round_half_even(v * (1 / out_scale)), -127, 127)
 //
 // W is packed once at load (runtime/native_calls.py) in panels of 32 columns: with AVX-512
-// VNNI as bytes, k in groups of 4 (the layout vpdpbusd reads); with AVX2 widened to 16
-// bits, k in pairs (vpmaddwd's), so the tiles need no unpacking. vpdpbusd multiplies unsigned by signed bytes, so A is shifted
-// to A+128 (a bit flip) and 128 * colsum(W) is subtracted from the accumulator -- or
-// (128 + zero[m]) * colsum(W) for rows quantized with a zero point (dynamic range rows:
-// dialects/int8.py asymmetric_params), which makes acc = sum (a - zero) w; a W quantized
-// with zero points per column too (attention's second activation) also subtracts
-// w_zero[n] * sum (a - zero).
+// VNNI as bytes, k in groups of 4 (the layout vpdpbusd reads); with AVX2 widened to 16 bits,
+// k in pairs (vpmaddwd's), so the tiles need no unpacking. vpdpbusd multiplies unsigned by
+// signed bytes, so A is shifted to A+128 (a bit flip) and 128 * colsum(W) is subtracted from
+// the accumulator -- or (128 + zero[m]) * colsum(W) for rows quantized with a zero point
+// (dynamic range rows: dialects/int8.py asymmetric_params), which makes acc = sum (a - zero)
+// w; a W quantized with zero points per column too (attention's second activation) also
+// subtracts w_zero[n] * sum (a - zero).
 #pragma once
 
 #include "vector_math.h"
