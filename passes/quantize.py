@@ -18,8 +18,10 @@ zero point 0; per output channel by default):
   so int8 values flow from layer to layer and float appears only where an op has no int8
   kernel; a dequantize still right after a qdot/qconv that nothing else reads becomes the
   op's float result (its epilogue writes float: no requantize), and a quantize read only
-  by one folds into it (the op takes float and quantizes as it reads). Dots between two
-  activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
+  by one folds into it (the op takes float and quantizes as it reads). A dequantize that
+  sank from a qdot/qconv only through reshapes and transposes moves back up first, so such
+  a chain ends in float too (attention's Q, K and V, read in float by the dots between
+  them). Dots between two activations become ``jquant.dynamic_act_dot`` as in dynamic mode.
 
 ``skip`` holds fnmatch patterns of kernel weight names or op names kept in float
 (``jquant.dynamic_act_dot`` keeps every dot between two activations in float).
@@ -227,7 +229,8 @@ class QuantizePass(ModelPass):
         # int8 from layer to layer: dequantize sinks through what commutes with it and
         # cancels against the next quantize; then float ends and int8 starts fold into the
         # quantized ops (only once the chains are settled, hence a second walk)
-        for patterns in ([SinkDequantize(), CancelRequantize()], [FloatResult(), FoldInputQuantize()]):
+        for patterns in ([SinkDequantize(), CancelRequantize()],
+                         [RaiseDequantize(), FloatResult(), FoldInputQuantize()]):
             PatternRewriteWalker(GreedyRewritePatternApplier(patterns)).rewrite_module(module)
 
 
@@ -263,6 +266,40 @@ class FloatResult(RewritePattern):
         rewriter.insert(new, InsertPoint.before(q))
         rewriter.replace(dq, [], [new.result])
         rewriter.erase(q)
+
+
+# ops that only move elements: an int8 copy of them saves no arithmetic after a quantized op
+_MOVES_ONLY = {"reshape", "transpose", "squeeze", "expand_dims", "copy"}
+
+
+class RaiseDequantize(RewritePattern):
+    """dequantize(T(qdot(...)), s) -> T(dequantize(qdot(...), s)) for T that only moves
+    elements, where each int8 value has one reader: a chain that ends in float anyway gains
+    nothing from int8 in between, and with the dequantize next to the qdot, ``FloatResult``
+    lets the kernel write float (one rounding and one XLA conversion fewer)."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, dq: quant.DequantizeOp, rewriter: PatternRewriter):
+        scale = _scale_of(dq)
+        chain: list[jlax.LaxOp] = []
+        value = dq.input
+        while isinstance(op := producer(value), jlax.LaxOp) and op.PRIMITIVE in _MOVES_ONLY \
+                and len(op.operands) == 1 and len(users(op.results[0])) == 1:
+            chain.append(op)
+            value = op.operands[0]
+        q = producer(value)
+        if not chain or scale is None or not isinstance(q, quant.StaticMatmulOp) or q.out_scale is None \
+                or splat_value(q.out_scale) != scale or len(users(q.result)) != 1:
+            return
+        new_ops: list[Operation] = [quant.DequantizeOp(q.result, dq.scale)]
+        for op in reversed(chain):
+            shape = shape_dtype(op.results[0].type)[0]
+            new_ops.append(type(op)([new_ops[-1].results[0]], [tensor_type(shape, np.float32)],
+                                    dict(op.attributes)))
+        rewriter.insert(new_ops, InsertPoint.after(q))
+        rewriter.replace(dq, [], [new_ops[-1].results[0]])
+        for op in chain:
+            rewriter.erase(op)
 
 
 class FoldInputQuantize(RewritePattern):

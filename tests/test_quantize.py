@@ -113,6 +113,34 @@ def test_int8_result_read_as_float_comes_from_the_epilogue():
         assert np.linalg.norm(np.asarray(exe(x)) - expected) <= 0.03 * np.linalg.norm(expected)
 
 
+def test_int8_chain_ending_in_float_after_reshapes_is_float_from_the_epilogue():
+    """Attention's Q and K: qdot -> reshape -> transpose -> a dot between activations (float).
+    The dequantize that sank to the end of the reshapes moves back to the qdot, whose epilogue
+    then writes float; the int8 chain into the next qdot (through a reshape) stays int8."""
+    rng = np.random.default_rng(2)
+    wq, wk, w2 = (jnp.asarray(rng.standard_normal((32, 32)).astype(np.float32) * 0.2) for _ in range(3))
+    w3 = jnp.asarray(rng.standard_normal((16, 32)).astype(np.float32) * 0.2)
+
+    def fn(x):
+        q = (x @ wq).reshape(16, 4, 8).transpose(1, 0, 2)
+        k = (x @ wk).reshape(16, 4, 8).transpose(1, 0, 2)
+        scores = jnp.einsum("hqd,hkd->hqk", q, k)
+        return scores.sum(), jax.nn.relu(x @ w2).reshape(32, 16) @ w3
+
+    x = rng.standard_normal((16, 32)).astype(np.float32)
+    model = jaxlite.convert(fn, x, quantize="int8", calibration=[(x,)])
+    kinds = [op.name for op in model.module.walk()]
+    qdots = [op for op in model.module.walk() if op.name == "jquant.qdot"]
+    assert kinds.count("jquant.dequantize") == 0 and kinds.count("jquant.dynamic_act_dot") == 1
+    assert sorted(str(q.result.type) for q in qdots) == ["tensor<16x32xf32>"] * 2 + ["tensor<16x32xi8>", "tensor<32x32xf32>"]
+    assert "tensor<32x16xi8>" in model.ir()  # relu's output reshaped as int8 on its way to a qdot
+    expected = jax.jit(fn)(x)
+    for exe in (model.compile(), model.compile(native_gemm=False)):
+        for got, want in zip(exe(x), expected, strict=True):
+            want = np.asarray(want)
+            assert np.linalg.norm(np.asarray(got) - want) <= 0.05 * np.linalg.norm(want)
+
+
 def test_dynamic_and_int8_weights_ir():
     fn, args = digits_mlp.factory()
     dyn = jaxlite.convert(fn, *args, quantize="dynamic")
