@@ -79,9 +79,12 @@ inline __m512 erf_ps(__m512 x) {
 
 // The activations of dialects/fused.py, in jax.nn's operation order.
 // -inf * 0 in jax's formulas of silu and gelu: NaN there, where the approximations give -inf.
+// y + min(0, x) * 0 adds NaN where x = -inf and -0 where x < 0 (leaving y as it is, -0
+// included), +0 where x >= 0 (where y is not -0): the same values as a compare and blend,
+// in three plain operations where the AVX2 build emulates the mask.
 inline __m512 nan_at_minus_infinity(__m512 x, __m512 y) {
-  const __mmask16 at = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);
-  return _mm512_mask_mov_ps(y, at, _mm512_set1_ps(__builtin_nanf("")));
+  const __m512 zero = _mm512_setzero_ps();
+  return _mm512_add_ps(y, _mm512_mul_ps(_mm512_min_ps(zero, x), zero));
 }
 
 // Always inlined: called as a function, the AVX2 build passes and returns its 64-byte vector
@@ -97,14 +100,21 @@ __attribute__((always_inline)) inline __m512 activate(__m512 v, int32_t activati
     case kGeluTanh: {
       // x * 0.5 * (1 + tanh(z)), z = sqrt(2/pi) * (x + 0.044715 x^3), computed as the equal
       // x / (1 + exp(-2z)): ~20 vector ops where the tanh form takes ~30 and a division (the
-      // epilogue of a transformer's first MLP GEMM was a third of its time). rcp14 and one
-      // Newton step give the reciprocal to ~1 ulp; where exp(-2z) overflows the result is 0.
-      const __m512 two_z = _mm512_mul_ps(v, _mm512_fmadd_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(0.0713548162726f),
-                                                           _mm512_set1_ps(1.5957691216057308f)));
-      const __m512 d = _mm512_add_ps(one, exp_ps(_mm512_sub_ps(zero, two_z)));
+      // epilogue of a transformer's first MLP GEMM was a third of its time). Where exp(-2z)
+      // overflows the result is 0.
+      const __m512 minus_two_z = _mm512_mul_ps(
+          v, _mm512_fmadd_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(-0.0713548162726f),
+                             _mm512_set1_ps(-1.5957691216057308f)));
+      const __m512 d = _mm512_add_ps(one, exp_ps(minus_two_z));
+#if defined(__AVX512F__)
+      // rcp14 and one Newton step: the reciprocal to ~1 ulp, without a division
       __m512 r = _mm512_rcp14_ps(d);
       r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
       return nan_at_minus_infinity(v, _mm512_mul_ps(v, r));
+#else
+      // AVX2 has no rcp14 (its emulation divides): one division, correctly rounded
+      return nan_at_minus_infinity(v, _mm512_div_ps(v, d));
+#endif
     }
     case kGeluErf:  // x * (erf(x / sqrt(2)) + 1) / 2
       return _mm512_div_ps(
