@@ -43,7 +43,8 @@ FLOAT_SHAPES = [(128, 256, 256), (128, 256, 1024), (128, 1024, 256), (784, 128, 
 # (batch, height, width, in channels, out channels) of 3x3 SAME convolutions: the digits CNN's
 CONVS = [(64, 8, 8, 1, 16), (64, 4, 4, 16, 32)]
 SHAPES = [(128, 256, 256, "none"), (128, 256, 1024, "gelu_tanh"), (128, 1024, 256, "none"),
-          (1024, 144, 32, "relu"), (4096, 9, 16, "relu"), (64, 64, 128, "relu"), (64, 64, 10, "none")]
+          (1024, 144, 32, "relu"), (4096, 9, 16, "relu"), (64, 64, 128, "relu"), (64, 64, 10, "none"),
+          (1, 64, 256, "relu"), (1, 256, 256, "relu"), (4, 1024, 1024, "none")]  # batch 1-4 dense layers
 
 
 @contextmanager

@@ -231,15 +231,18 @@ def activation_code(activation: str) -> int | None:
 
 
 # The packed int8 weight's layouts (native/gemm.h kWeightLayout): panels of 32 columns, in
-# each the columns' values for `group` consecutive k, as bytes (vpdpbusd) or widened to
-# int16 (the AVX2 build's vpmaddwd). Name -> (element type, group).
-WEIGHT_LAYOUTS = {"int8x4": (np.dtype(np.int8), 4), "int16x2": (np.dtype(np.int16), 2)}
+# each the columns' values for `group` consecutive k: groups of 4 bytes (vpdpbusd), pairs
+# of bytes (the AVX2 build, which widens them as it loads), or pairs widened to int16 at
+# load (the AVX2 build of 7331421..c1e1302; kept so benchmarks/native_ab.py can pack for
+# it). Name -> (element type, group).
+WEIGHT_LAYOUTS = {"int8x4": (np.dtype(np.int8), 4), "int8x2": (np.dtype(np.int8), 2),
+                  "int16x2": (np.dtype(np.int16), 2)}
 
 
 def weight_layout(handle: ctypes.CDLL) -> str | None:
     """The packed weight's layout a loaded kernel library reads (a key of WEIGHT_LAYOUTS);
-    None for a library without the int8 GEMM. A build without the query predates the int16
-    AVX2 layout: it reads int8x4 whatever its ISA."""
+    None for a library without the int8 GEMM. A build without the query predates the AVX2
+    layouts: it reads int8x4 whatever its ISA."""
     if not hasattr(handle, "JaxliteQuantizedGemm"):
         return None
     if not hasattr(handle, "JaxliteWeightLayout"):

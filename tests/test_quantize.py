@@ -449,20 +449,22 @@ def test_native_dynamic_gemm_quantizes_rows_like_xla():
 
 
 def test_packed_weight_is_in_the_layout_the_serving_build_reads():
-    """AVX-512 VNNI reads bytes, k in groups of 4; AVX2 int16, k in pairs (widened at load);
-    both in panels of 32 zero-padded columns. A library without the query (builds before
-    the widened AVX2 weight) reads bytes."""
+    """AVX-512 VNNI reads bytes, k in groups of 4; AVX2 bytes, k in pairs (widened as the
+    tile loads them); both in panels of 32 zero-padded columns. A library without the query
+    (builds before the AVX2 layouts) reads groups of 4."""
     native = _native_or_skip()
     layout = native.library().weight_layout
-    assert layout == ("int8x4" if native.target() == "cpu-avx512vnni" else "int16x2")
+    assert layout == ("int8x4" if native.target() == "cpu-avx512vnni" else "int8x2")
     w = np.arange(-60, 60).astype(np.int8).reshape(10, 12)  # K 10 -> 12, N 12 -> 32
-    packed = native.packed_weight(w)
-    assert packed.dtype == np.int8 and packed.size == native.packed_bytes(10, 12)
-    dtype, group = native.WEIGHT_LAYOUTS[layout]
-    values = packed.view(dtype).reshape(12 // group, 32, group)  # [k group][column][k]
-    matrix = values.transpose(0, 2, 1).reshape(12, 32)
-    np.testing.assert_array_equal(matrix[:10, :12], w)
-    assert not matrix[10:].any() and not matrix[:, 12:].any()
+    assert native.packed_weight(w).size == native.packed_bytes(10, 12)
+    np.testing.assert_array_equal(native.packed_weight(w), native.packed_weight(w, layout))
+    for name, (dtype, group) in native.WEIGHT_LAYOUTS.items():
+        packed = native.packed_weight(w, name)
+        assert packed.dtype == np.int8
+        values = packed.view(dtype).reshape(12 // group, 32, group)  # [k group][column][k]
+        matrix = values.transpose(0, 2, 1).reshape(12, 32)
+        np.testing.assert_array_equal(matrix[:10, :12], w)
+        assert not matrix[10:].any() and not matrix[:, 12:].any()
 
     class OlderBuild:
         JaxliteQuantizedGemm = None

@@ -87,21 +87,22 @@ void row_tiles(const uint8_t* au, int64_t M, int64_t Kp, const int8_t* panel, in
 #else  // AVX2: no vpdpbusd
 
 // ROWS rows of A (widened to 16 bits, kernel_rows) times the 16 columns of one half of a
-// 32-column panel (int16 [32 h, 32 h + 32) of its 64-value k-pair groups) into acc, 2 * ROWS
-// accumulators in registers. vpmaddwd multiplies a pair of A's values by a column's pair of
-// weights and adds the two: exact (every product and pair sum fits), so the result equals
-// the AVX-512 kernel's. The weight was widened at load: the loop only loads, multiplies and
-// adds. Not inlined into the epilogue's code: with it GCC kept half the accumulators on the
-// stack.
+// 32-column panel (bytes [32 h, 32 h + 32) of its 64-byte k-pair groups) into acc, 2 * ROWS
+// accumulators in registers. The weight's 16-bit pairs come from vpmovsxbw loads; vpmaddwd
+// multiplies a pair of A's values by a column's pair of weights and adds the two: exact
+// (every product and pair sum fits), so the result equals the AVX-512 kernel's. Widening
+// as it loads costs the 6-row tile nothing (the multiply-adds bound it) and halves the
+// bytes a few-row GEMM streams, against a weight widened to int16 at load. Not inlined
+// into the epilogue's code: with it GCC kept half the accumulators on the stack.
 template <int ROWS>
 __attribute__((noinline)) void half_products(const int16_t* __restrict a, int64_t lda,
-                                             const int16_t* __restrict half, int64_t k2, __m256i* acc) {
+                                             const int8_t* __restrict half, int64_t k2, __m256i* acc) {
   __m256i sum[ROWS][2];
 #pragma GCC unroll 6
   for (int r = 0; r < ROWS; ++r) sum[r][0] = sum[r][1] = _mm256_setzero_si256();
   for (int64_t kk = 0; kk < k2; ++kk) {
-    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half + kk * 64));
-    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(half + kk * 64 + 16));
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(half + kk * 64)));
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(half + kk * 64 + 16)));
 #pragma GCC unroll 6
     for (int r = 0; r < ROWS; ++r) {
       int32_t pair;
@@ -120,7 +121,7 @@ __attribute__((noinline)) void half_products(const int16_t* __restrict a, int64_
 
 // half_products, then the epilogue of each row.
 template <int ROWS>
-inline void half_tile(const int16_t* a, int64_t lda, const int16_t* half, int64_t k2, int64_t m0, int64_t n0,
+inline void half_tile(const int16_t* a, int64_t lda, const int8_t* half, int64_t k2, int64_t m0, int64_t n0,
                       int64_t n_end, const Epilogue& epi) {
   __m256i acc[2 * ROWS];
   half_products<ROWS>(a, lda, half, k2, acc);
@@ -130,7 +131,7 @@ inline void half_tile(const int16_t* a, int64_t lda, const int16_t* half, int64_
 }
 
 // One panel for every row: each half in tiles of up to 6 rows, spread evenly.
-void panel_rows(const int16_t* rows, int64_t M, int64_t Kp, const int16_t* panel, int64_t n0, int64_t n_end,
+void panel_rows(const int16_t* rows, int64_t M, int64_t Kp, const int8_t* panel, int64_t n0, int64_t n_end,
                 const Epilogue& epi) {
   constexpr int64_t MAX_ROWS = 6;
   const int64_t tiles = (M + MAX_ROWS - 1) / MAX_ROWS;
@@ -140,7 +141,7 @@ void panel_rows(const int16_t* rows, int64_t M, int64_t Kp, const int16_t* panel
     const int64_t count = base + (t < extra ? 1 : 0);
     for (int h = 0; h < 2 && n0 + 16 * h < n_end; ++h) {
       const int16_t* a = rows + i * Kp;
-      const int16_t* half = panel + 32 * h;
+      const int8_t* half = panel + 32 * h;
       const int64_t n = n0 + 16 * h;
       switch (count) {
         case 6: half_tile<6>(a, Kp, half, k2, i, n, n_end, epi); break;
@@ -168,9 +169,8 @@ void gemm_panels(const TileRow* rows, int64_t M, int64_t Kp, const int8_t* packe
   if (p < p_end)
     row_tiles<1>(rows, M, Kp, packed + p * Kp * 32, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
 #else
-  const int16_t* wide = reinterpret_cast<const int16_t*>(packed);
   for (; p < p_end; ++p)
-    panel_rows(rows, M, Kp, wide + p * Kp * 32, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
+    panel_rows(rows, M, Kp, packed + p * Kp * 32, p * 32, std::min<int64_t>(N, (p + 1) * 32), epi);
 #endif
 }
 
@@ -221,15 +221,14 @@ uint8_t* quantized_rows(const float* A, int64_t M, int64_t K, int64_t Kp, float 
 void asymmetric_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t Kp, int8_t* packed,
                      int32_t* colsum, float* scale, int32_t* zero) {
   const int64_t panels = (N + 31) / 32;
-  std::memset(packed, 0, panels * Kp * 32 * sizeof(PackedCode));
-  PackedCode* codes = reinterpret_cast<PackedCode*>(packed);
-  alignas(64) PackedCode q[16];
+  std::memset(packed, 0, panels * Kp * 32);
+  alignas(64) int8_t q[16];
   for (int64_t n = 0; n < N; ++n) {
     const float* row = B + n * ldb;
     asymmetric_params(row, K, scale[n], zero[n]);
     const __m512 inv_s = _mm512_set1_ps(1.0f / scale[n]);
     const __m512i z = _mm512_set1_epi32(zero[n]);
-    PackedCode* col = codes + (n / 32) * Kp * 32 + (n % 32) * kCodeGroup;
+    int8_t* col = packed + (n / 32) * Kp * 32 + (n % 32) * kCodeGroup;
     __m512i sum = _mm512_setzero_si512();
     for (int64_t k = 0; k < K; k += 16) {
       const __mmask16 mask = tail_mask(K - k);
@@ -237,15 +236,9 @@ void asymmetric_pack(const float* B, int64_t N, int64_t K, int64_t ldb, int64_t 
           _mm512_set1_epi32(127), asymmetric_epi32(_mm512_maskz_loadu_ps(mask, row + k), inv_s, z)));
       const __m512i qi = _mm512_maskz_mov_epi32(mask, code);
       sum = _mm512_add_epi32(sum, qi);
-#if defined(__AVX512VNNI__)
       _mm_store_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(qi));
-#else
-      _mm256_store_si256(reinterpret_cast<__m256i*>(q),  // codes fit: saturation changes none
-                         _mm256_permute4x64_epi64(_mm256_packs_epi32(qi.lo, qi.hi), _MM_SHUFFLE(3, 1, 2, 0)));
-#endif
       for (int64_t g = 0; g < 16 / kCodeGroup && k + kCodeGroup * g < K; ++g)  // a column's k group
-        std::memcpy(col + (k / kCodeGroup + g) * 32 * kCodeGroup, q + kCodeGroup * g,
-                    kCodeGroup * sizeof(PackedCode));
+        std::memcpy(col + (k / kCodeGroup + g) * 32 * kCodeGroup, q + kCodeGroup * g, kCodeGroup);
     }
     colsum[n] = _mm512_reduce_add_epi32(sum);
   }
@@ -344,7 +337,7 @@ ffi::Error DynamicActGemm(Pool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F
     std::vector<int32_t> row_zero(M), row_sums(M), col_zero(N), colsum(N);
     const uint8_t* au = asymmetric_rows(A + i * a_batch, M, K, Kp, row_scale.data(), row_zero.data(), a_row);
     centred_row_sums(au, M, K, Kp, row_zero.data(), row_sums.data());
-    int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32 * sizeof(PackedCode), 1));
+    int8_t* packed = reinterpret_cast<int8_t*>(scratch(panels * Kp * 32, 1));
     asymmetric_pack(Bm + i * b_batch, N, K, b_row, Kp, packed, colsum.data(), col_scale.data(), col_zero.data());
     Epilogue epi{colsum.data(), row_scale.data(), col_scale.data(), nullptr, kNone, 0.0f, C + i * M * N, N,
                  row_zero.data()};

@@ -6,8 +6,8 @@
 //   int8 out:   that value requantized: clamp(round_half_even(v * (1 / out_scale)), -127, 127)
 //
 // W is packed once at load (runtime/native_calls.py) in panels of 32 columns: with AVX-512
-// VNNI as bytes, k in groups of 4 (the layout vpdpbusd reads); with AVX2 widened to 16 bits,
-// k in pairs (vpmaddwd's), so the tiles need no unpacking. vpdpbusd multiplies unsigned by
+// VNNI as bytes, k in groups of 4 (the layout vpdpbusd reads); with AVX2 as bytes, k in
+// pairs, which the tile widens to vpmaddwd's 16-bit pairs as it loads them. vpdpbusd multiplies unsigned by
 // signed bytes, so A is shifted to A+128 (a bit flip) and 128 * colsum(W) is subtracted from
 // the accumulator -- or (128 + zero[m]) * colsum(W) for rows quantized with a zero point
 // (dynamic range rows: dialects/int8.py asymmetric_params), which makes acc = sum (a - zero)
@@ -66,16 +66,15 @@ struct Epilogue {
 
 // The packed weight's layout, as JaxliteWeightLayout reports it to the packer
 // (runtime/native_calls.py), and the rows of A the tiles read: the unsigned bytes as they
-// are (VNNI), or widened to 16 bits once per GEMM (AVX2), not once per panel.
+// are (VNNI), or widened to 16 bits once per GEMM (AVX2), not once per panel. The AVX2
+// weight stays bytes, k in pairs: the tile widens each 16 as it loads them (vpmovsxbw).
 #if defined(__AVX512VNNI__)
 constexpr const char* kWeightLayout = "int8x4";
-using PackedCode = int8_t;  // one weight
 constexpr int64_t kCodeGroup = 4;  // consecutive k of a column
 using TileRow = uint8_t;
 inline const TileRow* kernel_rows(const uint8_t* au, int64_t, int64_t) { return au; }
 #else
-constexpr const char* kWeightLayout = "int16x2";
-using PackedCode = int16_t;
+constexpr const char* kWeightLayout = "int8x2";
 constexpr int64_t kCodeGroup = 2;
 using TileRow = int16_t;
 const TileRow* kernel_rows(const uint8_t* au, int64_t M, int64_t Kp);  // in scratch slot 2
