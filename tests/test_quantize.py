@@ -363,7 +363,7 @@ def test_native_kernels_are_available_wherever_they_can_run():
 
 # shapes that hit every register tile: 6-row tiles over panel pairs, 12-row tiles over a
 # last odd panel (AVX-512; AVX2: 4-row tiles over half panels), every row tail, K not a multiple of 4, columns not a multiple of 16
-GEMM_SHAPES = [(1, 3, 1), (7, 5, 33), (64, 64, 128), (13, 257, 70), (300, 96, 40), (11, 20, 97), (6, 8, 64),
+GEMM_SHAPES = [(1, 3, 1), (1, 70, 50), (1, 256, 64), (7, 5, 33), (64, 64, 128), (13, 257, 70), (300, 96, 40), (11, 20, 97), (6, 8, 64),
                (18, 16, 20), (23, 9, 96), *[(12 + r, 12, 80) for r in range(1, 12)]]
 
 
