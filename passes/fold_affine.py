@@ -7,6 +7,11 @@ scale*rsqrt(var+eps), add beta; and the layer's own bias) is an affine map
 ``y -> a*y + b`` per channel. It is rewritten as one op with kernel ``W*a`` (scaled along
 its output-feature axis) followed by one ``add`` of the bias ``b``.
 Run canonicalize first, so BatchNorm's statistics are folded into constants.
+
+A scalar multiply or divide after a dot between two activations (attention's scores / sqrt(d))
+first moves onto one of the dot's inputs, through reshapes and transposes, where that input
+comes from such a layer: the scale folds into that layer's weight and bias, and no op is
+left to scale the scores.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Operation, SSAValue
+from xdsl.rewriter import InsertPoint, Rewriter
 from xdsl.transforms.dead_code_elimination import dce
 
 from jaxlite.dialects import jlax
@@ -26,6 +32,7 @@ from jaxlite.passes.common import (
     ModelPass,
     constant_array,
     is_constant,
+    producer,
     replace_pattern,
     sole_user,
 )
@@ -108,11 +115,63 @@ def _fold_one(op: jlax.LaxOp, store: WeightStore) -> bool:
     return True
 
 
+def _ends_foldable_layer(value: SSAValue) -> bool:
+    """Whether value is a dot/conv with a constant kernel, or the end of a single-use chain
+    of add/sub/mul/div by constants after one: where _fold_one can take a scale."""
+    while isinstance(op := producer(value), jlax.LaxOp):
+        if op.PRIMITIVE in ("dot_general", "conv_general_dilated"):
+            return op.feature_axes() is not None and is_constant(op.operands[1])
+        if op.PRIMITIVE not in ("add", "sub", "mul", "div"):
+            return False
+        x, c = op.operands
+        if is_constant(x):
+            x, c = c, x
+        if not is_constant(c) or is_constant(x) or sole_user(x) is not op:
+            return False
+        value = x
+    return False
+
+
+def _hoist_scalar_scale(scale_op: jlax.LaxOp, store: WeightStore) -> bool:
+    """dot(a, b) * c (or / c), c a scalar constant, a and b activations -> dot(a', b) where
+    a' = R(a0 * c), R the single-use reshapes/transposes from a layer's output a0 to a."""
+    y, c_value = scale_op.operands
+    if scale_op.PRIMITIVE == "mul" and is_constant(y):
+        y, c_value = c_value, y
+    c = constant_array(c_value, store)
+    dot = producer(y)
+    if c is None or c.size != 1 or c.dtype.kind != "f" or is_constant(y) \
+            or not (isinstance(dot, jlax.LaxOp) and dot.PRIMITIVE == "dot_general") or sole_user(y) is not scale_op \
+            or any(is_constant(v) for v in dot.operands):
+        return False
+    factor = c.reshape(()).astype(np.float64)
+    factor = factor if scale_op.PRIMITIVE == "mul" else 1.0 / factor
+    for operand in dot.operands:
+        reader, value = dot, operand
+        while isinstance(move := producer(value), jlax.LaxOp) and move.PRIMITIVE in ("reshape", "transpose") \
+                and sole_user(value) is reader:
+            reader, value = move, move.operands[0]
+        if sole_user(value) is not reader or not _ends_foldable_layer(value):
+            continue
+        shape, dtype = shape_dtype(value.type)
+        scalar = jlax.ConstantOp.from_array(np.asarray(factor, dtype))
+        scaled = jlax.PRIMITIVE_OPS["mul"]([value, scalar.results[0]], [value.type], {})
+        Rewriter.insert_op([scalar, scaled], InsertPoint.after(value.owner))
+        reader.operands[list(reader.operands).index(value)] = scaled.results[0]
+        scale_op.results[0].replace_all_uses_with(y)
+        scale_op.detach()
+        scale_op.erase()
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class FoldAffinePass(ModelPass):
     name = "fold-affine"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
+        for candidate in [o for o in op.walk() if isinstance(o, jlax.LaxOp) and o.PRIMITIVE in ("mul", "div")]:
+            _hoist_scalar_scale(candidate, self.weights)
         for candidate in [o for o in op.walk() if isinstance(o, jlax.LaxOp)
                           and o.PRIMITIVE in ("dot_general", "conv_general_dilated")]:
             _fold_one(candidate, self.weights)

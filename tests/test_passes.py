@@ -165,6 +165,27 @@ def test_fold_affine_handles_dense_then_batchnorm_and_reversed_operands():
     assert ops(after)["jfuse.dot"] == 1 and sum(ops(after).values()) == 3
 
 
+def test_attention_scale_folds_into_the_query_projection():
+    """scores / sqrt(d) moves through the head reshape and transpose onto the query
+    projection, whose weight and bias take it: no op scales the scores. A scale whose dot
+    has no layer behind either input (both are the model's inputs) stays where it is."""
+    rng = np.random.default_rng(4)
+    wq, wk = (jnp.asarray(rng.standard_normal((8, 8)).astype(np.float32)) for _ in range(2))
+    bq = jnp.asarray(rng.standard_normal(8).astype(np.float32))
+
+    def attention_scores(x):
+        q = (x @ wq + bq).reshape(4, 2, 4).transpose(1, 0, 2)
+        k = (x @ wk).reshape(4, 2, 4).transpose(1, 0, 2)
+        return jax.nn.softmax(jnp.einsum("hqd,hkd->hqk", q, k) / jnp.sqrt(3.0))
+
+    before, after = convert_checked(attention_scores, X, passes="canonicalize,dce,fold-affine,fuse,dce")
+    assert "jlax.div" not in ops(after) and "jlax.mul" not in ops(after) and ops(after)["jfuse.softmax"] == 1
+    assert ops(after)["jfuse.dot"] == 1 and ops(after)["jlax.dot_general"] == 2  # q with its bias; k; scores
+    _, unchanged = convert_checked(lambda q, k: jnp.einsum("qd,kd->qk", q, k) * 0.5, X, X,
+                                   passes="canonicalize,dce,fold-affine,fuse,dce")
+    assert ops(unchanged)["jlax.dot_general"] == 1 and ops(unchanged)["jlax.mul"] == 1
+
+
 ACTS = {
     "relu": jax.nn.relu, "relu6": jax.nn.relu6, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
     "silu": jax.nn.silu, "gelu_tanh": lambda y: jax.nn.gelu(y, approximate=True),
