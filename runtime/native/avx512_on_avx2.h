@@ -16,6 +16,7 @@
 #if defined(__AVX512F__) || !defined(__AVX2__) || !defined(__FMA__)
 #error "avx512_on_avx2.h is for builds with AVX2 and FMA but without AVX-512"
 #endif
+#define JAXLITE_AVX512_ON_AVX2 1  // for the few places that take another route on AVX2
 
 namespace jaxlite::avx2 {
 

@@ -106,7 +106,7 @@ __attribute__((always_inline)) inline __m512 activate(__m512 v, int32_t activati
           v, _mm512_fmadd_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(-0.0713548162726f),
                              _mm512_set1_ps(-1.5957691216057308f)));
       const __m512 d = _mm512_add_ps(one, exp_ps(minus_two_z));
-#if defined(__AVX512F__)
+#if !defined(JAXLITE_AVX512_ON_AVX2)
       // rcp14 and one Newton step: the reciprocal to ~1 ulp, without a division
       __m512 r = _mm512_rcp14_ps(d);
       r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
@@ -137,11 +137,23 @@ inline __mmask16 nonfinite(__m512 x) {
 // (A NaN q from a NaN scale clamps to -127: such a row's result is NaN by its scale.)
 inline __m512i quantize_epi32(__m512 x, __m512 inv_s, __mmask16& bad) {
   const __m512 q = _mm512_mul_ps(x, inv_s);
+  const __m512i codes =
+      _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f)));
+#if !defined(JAXLITE_AVX512_ON_AVX2)
   const __mmask16 nan_code = nonfinite(x);
   bad |= nan_code;
-  return _mm512_mask_mov_epi32(
-      _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f))),
-      nan_code, _mm512_set1_epi32(-128));
+  return _mm512_mask_mov_epi32(codes, nan_code, _mm512_set1_epi32(-128));
+#else
+  // AVX2: the non-finite lanes as compare results that blend directly (rebuilding lanes
+  // from an emulated mask costs four more operations per 8 lanes)
+  const __m256i exponent = _mm256_set1_epi32(0x7f800000), nan_code = _mm256_set1_epi32(-128);
+  const auto lanes = [&](__m256 half) {
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(half), exponent), exponent);
+  };
+  const __m256i lo = lanes(x.lo), hi = lanes(x.hi);
+  bad |= avx2::mask_of(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi));
+  return {_mm256_blendv_epi8(codes.lo, nan_code, lo), _mm256_blendv_epi8(codes.hi, nan_code, hi)};
+#endif
 }
 
 inline __m512i quantize_epi32(__m512 x, __m512 inv_s) {
