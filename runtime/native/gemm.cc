@@ -132,8 +132,7 @@ inline void half_tile(const int16_t* a, int64_t lda, const int8_t* half, int64_t
 
 // One row of A (a batch-1 dense layer) times a whole 32-column panel, k unrolled by 2 into
 // separate accumulators: one broadcast of A per 4 weight loads, where two half tiles of one
-// row take one per 2, and no two consecutive multiply-adds wait on the same sum (1.3x the
-// half tiles' rate on a Zen 3).
+// row take one per 2, and no two consecutive multiply-adds wait on the same sum.
 __attribute__((noinline)) void row_panel_products(const int16_t* __restrict a, const int8_t* __restrict panel,
                                                   int64_t k2, __m256i* acc) {
   __m256i sum[2][4];
