@@ -145,7 +145,10 @@ def _hoist_scalar_scale(scale_op: jlax.LaxOp, store: WeightStore) -> bool:
             or any(is_constant(v) for v in dot.operands):
         return False
     factor = c.reshape(()).astype(np.float64)
-    factor = factor if scale_op.PRIMITIVE == "mul" else 1.0 / factor
+    with np.errstate(divide="ignore"):
+        factor = factor if scale_op.PRIMITIVE == "mul" else 1.0 / factor
+    if factor == 0 or not np.isfinite(factor):  # x / 0 or x * 0 stays as written (inf, NaN)
+        return False
     for operand in dot.operands:
         reader, value = dot, operand
         while isinstance(move := producer(value), jlax.LaxOp) and move.PRIMITIVE in ("reshape", "transpose") \
