@@ -7,8 +7,8 @@
 //
 // W is packed once at load (runtime/native_calls.py) in panels of 32 columns: with AVX-512
 // VNNI as bytes, k in groups of 4 (the layout vpdpbusd reads); with AVX2 as bytes, k in
-// pairs, which the tile widens to vpmaddwd's 16-bit pairs as it loads them. vpdpbusd multiplies unsigned by
-// signed bytes, so A is shifted to A+128 (a bit flip) and 128 * colsum(W) is subtracted from
+// pairs, which the tile widens to vpmaddwd's 16-bit pairs as it loads them. vpdpbusd
+// multiplies unsigned by signed bytes, so A is shifted to A+128 (a bit flip) and 128 * colsum(W) is subtracted from
 // the accumulator -- or (128 + zero[m]) * colsum(W) for rows quantized with a zero point
 // (dynamic range rows: dialects/int8.py asymmetric_params), which makes acc = sum (a - zero)
 // w; a W quantized with zero points per column too (attention's second activation) also
@@ -66,8 +66,7 @@ struct Epilogue {
 
 // The packed weight's layout, as JaxliteWeightLayout reports it to the packer
 // (runtime/native_calls.py), and the rows of A the tiles read: the unsigned bytes as they
-// are (VNNI), or widened to 16 bits once per GEMM (AVX2), not once per panel. The AVX2
-// weight stays bytes, k in pairs: the tile widens each 16 as it loads them (vpmovsxbw).
+// are (VNNI), or widened to 16 bits once per GEMM (AVX2), not once per panel.
 #if defined(__AVX512VNNI__)
 constexpr const char* kWeightLayout = "int8x4";
 constexpr int64_t kCodeGroup = 4;  // consecutive k of a column
